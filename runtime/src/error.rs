@@ -1,0 +1,196 @@
+//! One error type for the runtime, mapped to HTTP problem details (RFC 9457) in one place.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
+
+use crate::tenant::{TenantId, TenantStatus};
+
+/// Everything that can go wrong in tenantry.
+///
+/// Each variant maps to one HTTP status through [`Error::status`]; as an axum
+/// response it becomes an `application/problem+json` body.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request named no tenant where one is required.
+    #[error("the request names no tenant: send the `{header}` header")]
+    MissingTenant {
+        /// The header the resolver reads.
+        header: String,
+    },
+    /// A tenant id does not match the pattern.
+    #[error("invalid tenant id `{value}`: {reason}")]
+    InvalidTenantId {
+        /// A short, escaped prefix of the offending value.
+        value: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// No such tenant in the registry (or it was deleted).
+    #[error("tenant `{0}` does not exist")]
+    TenantNotFound(TenantId),
+    /// The tenant exists but is not being served.
+    #[error("tenant `{id}` is {status}")]
+    TenantNotActive {
+        /// The tenant.
+        id: TenantId,
+        /// Its status.
+        status: TenantStatus,
+    },
+    /// A tenant with this id already exists.
+    #[error("tenant `{0}` already exists")]
+    TenantExists(TenantId),
+    /// A lifecycle transition that the tenant's status does not allow.
+    #[error("tenant `{id}` is {status}: {message}")]
+    InvalidTransition {
+        /// The tenant.
+        id: TenantId,
+        /// Its current status.
+        status: TenantStatus,
+        /// What to do instead.
+        message: &'static str,
+    },
+    /// Input that fails validation (other than the tenant id).
+    #[error("{0}")]
+    Validation(String),
+    /// Code asked for the current tenant outside of a tenant scope.
+    #[error("no tenant in scope: run this inside `TenantContext::scope` or behind `TenantLayer`")]
+    NoTenantInScope,
+    /// A tenant migration failed.
+    #[error("tenant migration failed: {0}")]
+    Migration(String),
+    /// The registry holds something tenantry cannot read.
+    #[error("registry: {0}")]
+    Registry(String),
+    /// The database answered with an error, or could not be reached.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<sqlx::migrate::MigrateError> for Error {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        match e {
+            sqlx::migrate::MigrateError::Execute(e) => Error::Database(e),
+            other => Error::Migration(other.to_string()),
+        }
+    }
+}
+
+impl Error {
+    /// The HTTP status this error maps to.
+    ///
+    /// A client's mistake is a 4xx; an unreachable database is 503; anything else 500.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::MissingTenant { .. } | Error::InvalidTenantId { .. } | Error::Validation(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Error::TenantNotFound(_) => StatusCode::NOT_FOUND,
+            Error::TenantNotActive { .. } => StatusCode::FORBIDDEN,
+            Error::TenantExists(_) | Error::InvalidTransition { .. } => StatusCode::CONFLICT,
+            Error::Database(e) if is_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::NoTenantInScope
+            | Error::Migration(_)
+            | Error::Registry(_)
+            | Error::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Whether the database could not be reached (as opposed to answering with an error).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Error::Database(e) if is_unavailable(e))
+    }
+
+    /// The problem details for this error.
+    pub fn to_problem(&self) -> Problem {
+        let status = self.status();
+        let (kind, title) = match self {
+            Error::MissingTenant { .. } => ("missing-tenant", "Missing tenant"),
+            Error::InvalidTenantId { .. } => ("invalid-tenant-id", "Invalid tenant id"),
+            Error::TenantNotFound(_) => ("tenant-not-found", "Tenant not found"),
+            Error::TenantNotActive { .. } => ("tenant-not-active", "Tenant not active"),
+            Error::TenantExists(_) => ("tenant-exists", "Tenant already exists"),
+            Error::InvalidTransition { .. } => ("invalid-transition", "Invalid tenant transition"),
+            Error::Validation(_) => ("validation", "Invalid request"),
+            Error::Database(_) if status == StatusCode::SERVICE_UNAVAILABLE => {
+                ("database-unavailable", "Database unavailable")
+            }
+            _ => ("internal", "Internal error"),
+        };
+        // Internal details (SQL errors, registry contents) stay in the logs.
+        let detail = if status.is_server_error() {
+            match status {
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    "the database cannot be reached; retry later".to_owned()
+                }
+                _ => "an internal error occurred; see the server logs".to_owned(),
+            }
+        } else {
+            self.to_string()
+        };
+        Problem {
+            type_: format!("https://tenantry.dev/problems/{kind}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail,
+        }
+    }
+}
+
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref(),
+            Some("57P01" | "57P02" | "57P03" | "53300")
+        ),
+        _ => false,
+    }
+}
+
+/// A problem details object (RFC 9457), the body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Problem {
+    /// A URI naming the kind of problem.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// A short summary of the kind of problem.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong in this occurrence, and what to do.
+    pub detail: String,
+}
+
+/// The media type of problem details bodies.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        response
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        if self.status().is_server_error() {
+            tracing::error!(error = %self, "tenantry request failed");
+        }
+        self.to_problem().into_response()
+    }
+}
+
+/// `Result` with tenantry's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,308 @@
+//! The tenant registry: tables in a control schema, and all of their SQL.
+
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgPool, Row};
+
+use crate::error::Error;
+use crate::strategy::quote_ident;
+use crate::tenant::{NewTenant, Strategy, Tenant, TenantId, TenantStatus};
+
+/// Upgrades of the registry, applied in order; the index + 1 is the version.
+/// `{schema}` is replaced by the quoted control schema.
+const REGISTRY_UPGRADES: &[&str] = &[
+    // 1: tenants and their migration records
+    r#"
+    CREATE TABLE {schema}.tenants (
+        id          text PRIMARY KEY CHECK (id ~ '^[a-z][a-z0-9-]{0,39}$'),
+        name        text NOT NULL,
+        domain      text UNIQUE,
+        strategy    text NOT NULL DEFAULT 'schema',
+        status      text NOT NULL CHECK (status IN ('provisioning', 'active', 'suspended', 'deleted')),
+        schema_name text NOT NULL UNIQUE,
+        server      text NOT NULL DEFAULT 'default',
+        placement   jsonb NOT NULL DEFAULT '{}'::jsonb,
+        created_at  timestamptz NOT NULL DEFAULT now(),
+        updated_at  timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE {schema}.tenant_migrations (
+        tenant_id   text NOT NULL REFERENCES {schema}.tenants (id) ON DELETE CASCADE,
+        version     bigint NOT NULL,
+        description text NOT NULL,
+        checksum    bytea NOT NULL,
+        applied_at  timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (tenant_id, version)
+    );
+    "#,
+];
+
+const TENANT_COLUMNS: &str =
+    "id, name, domain, strategy, status, schema_name, server, created_at, updated_at";
+
+/// All SQL against the registry. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TenantRepository {
+    pool: PgPool,
+    schema: String,
+    quoted_schema: String,
+    sql: Sql,
+}
+
+#[derive(Debug, Clone)]
+struct Sql {
+    select_by_id: String,
+    select_all: String,
+    insert: String,
+    set_status: String,
+    select_for_update: String,
+    purge_deleted: String,
+    record_migration: String,
+    applied_versions: String,
+}
+
+impl TenantRepository {
+    /// A repository over `pool`, keeping its tables in the schema `control_schema`.
+    ///
+    /// The name must be a plain lowercase identifier (`[a-z_][a-z0-9_]*`, at most 63 bytes).
+    pub fn new(pool: PgPool, control_schema: &str) -> Result<Self, Error> {
+        let valid = !control_schema.is_empty()
+            && control_schema.len() <= 63
+            && control_schema
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !control_schema.as_bytes()[0].is_ascii_digit();
+        if !valid {
+            return Err(Error::Validation(format!(
+                "control schema `{control_schema}` must be a lowercase identifier"
+            )));
+        }
+        let q = quote_ident(control_schema);
+        let sql = Sql {
+            select_by_id: format!("SELECT {TENANT_COLUMNS} FROM {q}.tenants WHERE id = $1"),
+            select_all: format!(
+                "SELECT {TENANT_COLUMNS} FROM {q}.tenants WHERE status <> 'deleted' ORDER BY id"
+            ),
+            insert: format!(
+                "INSERT INTO {q}.tenants (id, name, domain, strategy, status, schema_name) \
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING {TENANT_COLUMNS}"
+            ),
+            set_status: format!(
+                "UPDATE {q}.tenants SET status = $2, updated_at = now() WHERE id = $1 \
+                 RETURNING {TENANT_COLUMNS}"
+            ),
+            select_for_update: format!(
+                "SELECT {TENANT_COLUMNS} FROM {q}.tenants WHERE id = $1 FOR UPDATE"
+            ),
+            purge_deleted: format!("DELETE FROM {q}.tenants WHERE id = $1 AND status = 'deleted'"),
+            record_migration: format!(
+                "INSERT INTO {q}.tenant_migrations (tenant_id, version, description, checksum) \
+                 VALUES ($1, $2, $3, $4)"
+            ),
+            applied_versions: format!(
+                "SELECT version, checksum FROM {q}.tenant_migrations WHERE tenant_id = $1 ORDER BY version"
+            ),
+        };
+        Ok(Self {
+            pool,
+            schema: control_schema.to_owned(),
+            quoted_schema: q,
+            sql,
+        })
+    }
+
+    /// The pool the registry lives on.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The control schema's name.
+    pub fn control_schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Creates or upgrades the registry tables. Idempotent, and safe when several app
+    /// instances start at once: upgrades run under a transaction-scoped advisory lock.
+    pub async fn ensure_schema(&self) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(format!("tenantry.registry:{}", self.schema))
+            .execute(&mut *tx)
+            .await?;
+        let q = &self.quoted_schema;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE SCHEMA IF NOT EXISTS {q};
+             CREATE TABLE IF NOT EXISTS {q}.registry_version (
+                 version integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             );"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        let current: i32 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT coalesce(max(version), 0) FROM {q}.registry_version"
+        )))
+        .fetch_one(&mut *tx)
+        .await?;
+        for (index, upgrade) in REGISTRY_UPGRADES.iter().enumerate() {
+            let version = index as i32 + 1;
+            if version <= current {
+                continue;
+            }
+            sqlx::raw_sql(sqlx::AssertSqlSafe(upgrade.replace("{schema}", q)))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO {q}.registry_version (version) VALUES ($1)"
+            )))
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The tenant with this id, deleted ones included.
+    pub async fn find(&self, id: &TenantId) -> Result<Option<Tenant>, Error> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(self.sql.select_by_id.as_str()))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| tenant_from_row(&r)).transpose()
+    }
+
+    /// Every tenant that is not deleted, ordered by id.
+    pub async fn list(&self) -> Result<Vec<Tenant>, Error> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(self.sql.select_all.as_str()))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(tenant_from_row).collect()
+    }
+
+    /// The tenant with this id, locked until the caller's transaction ends.
+    pub async fn find_for_update(
+        &self,
+        conn: &mut PgConnection,
+        id: &TenantId,
+    ) -> Result<Option<Tenant>, Error> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(self.sql.select_for_update.as_str()))
+            .bind(id.as_str())
+            .fetch_optional(conn)
+            .await?;
+        row.map(|r| tenant_from_row(&r)).transpose()
+    }
+
+    /// Removes the tombstone of a deleted tenant so that its id can be used again.
+    pub async fn purge_deleted(&self, conn: &mut PgConnection, id: &TenantId) -> Result<(), Error> {
+        sqlx::query(sqlx::AssertSqlSafe(self.sql.purge_deleted.as_str()))
+            .bind(id.as_str())
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Inserts a tenant row with `status` inside the caller's transaction.
+    pub async fn insert(
+        &self,
+        conn: &mut PgConnection,
+        new: &NewTenant,
+        status: TenantStatus,
+    ) -> Result<Tenant, Error> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(self.sql.insert.as_str()))
+            .bind(new.id.as_str())
+            .bind(&new.name)
+            .bind(new.domain.as_deref())
+            .bind(new.strategy.as_str())
+            .bind(status.as_str())
+            .bind(new.id.schema_name())
+            .fetch_one(conn)
+            .await
+            .map_err(|e| match unique_violation(&e) {
+                Some(c) if c.contains("domain") => Error::Validation(format!(
+                    "domain `{}` is already used by another tenant",
+                    new.domain.as_deref().unwrap_or_default()
+                )),
+                Some(_) => Error::TenantExists(new.id.clone()),
+                None => Error::Database(e),
+            })?;
+        tenant_from_row(&row)
+    }
+
+    /// Sets a tenant's status, on `conn` (a transaction) or the pool.
+    pub async fn set_status(
+        &self,
+        conn: Option<&mut PgConnection>,
+        id: &TenantId,
+        status: TenantStatus,
+    ) -> Result<Option<Tenant>, Error> {
+        let query = sqlx::query(sqlx::AssertSqlSafe(self.sql.set_status.as_str()))
+            .bind(id.as_str())
+            .bind(status.as_str());
+        let row = match conn {
+            Some(conn) => query.fetch_optional(conn).await?,
+            None => query.fetch_optional(&self.pool).await?,
+        };
+        row.map(|r| tenant_from_row(&r)).transpose()
+    }
+
+    /// Records that `version` of the tenant migrations was applied, inside the caller's
+    /// transaction (the same one that ran its DDL).
+    pub async fn record_migration(
+        &self,
+        conn: &mut PgConnection,
+        id: &TenantId,
+        version: i64,
+        description: &str,
+        checksum: &[u8],
+    ) -> Result<(), Error> {
+        sqlx::query(sqlx::AssertSqlSafe(self.sql.record_migration.as_str()))
+            .bind(id.as_str())
+            .bind(version)
+            .bind(description)
+            .bind(checksum)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The migration versions applied to a tenant, with their checksums.
+    pub async fn applied_migrations(
+        &self,
+        conn: &mut PgConnection,
+        id: &TenantId,
+    ) -> Result<Vec<(i64, Vec<u8>)>, Error> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(self.sql.applied_versions.as_str()))
+            .bind(id.as_str())
+            .fetch_all(conn)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("version")?, r.try_get("checksum")?)))
+            .collect()
+    }
+}
+
+fn unique_violation(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
+            Some(db.constraint().unwrap_or_default().to_owned())
+        }
+        _ => None,
+    }
+}
+
+fn tenant_from_row(row: &PgRow) -> Result<Tenant, Error> {
+    let id: String = row.try_get("id")?;
+    let strategy: String = row.try_get("strategy")?;
+    let status: String = row.try_get("status")?;
+    Ok(Tenant {
+        id: TenantId::parse(&id)
+            .map_err(|_| Error::Registry(format!("invalid tenant id `{id}` in the registry")))?,
+        name: row.try_get("name")?,
+        domain: row.try_get("domain")?,
+        strategy: Strategy::from_db(&strategy)?,
+        status: TenantStatus::from_db(&status)?,
+        schema_name: row.try_get("schema_name")?,
+        server: row.try_get("server")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}

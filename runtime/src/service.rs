@@ -1,0 +1,182 @@
+//! The rules: validation, provisioning, lifecycle transitions, migrations.
+
+use crate::error::Error;
+use crate::migrate::TenantMigrations;
+use crate::repository::TenantRepository;
+use crate::strategy;
+use crate::tenant::{NewTenant, Strategy, Tenant, TenantId, TenantStatus};
+
+/// Tenant business logic over a [`TenantRepository`]. Most applications use it
+/// through [`TenantManager`](crate::TenantManager), which adds caching and pools.
+#[derive(Debug, Clone)]
+pub struct TenantService {
+    repo: TenantRepository,
+    migrations: TenantMigrations,
+}
+
+impl TenantService {
+    /// A service over `repo` that provisions tenants with `migrations`.
+    pub fn new(repo: TenantRepository, migrations: TenantMigrations) -> Self {
+        Self { repo, migrations }
+    }
+
+    /// The registry.
+    pub fn repository(&self) -> &TenantRepository {
+        &self.repo
+    }
+
+    /// The tenant migrations.
+    pub fn migrations(&self) -> &TenantMigrations {
+        &self.migrations
+    }
+
+    /// Checks a new tenant's fields.
+    pub fn validate(new: &NewTenant) -> Result<(), Error> {
+        let name = new.name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(Error::Validation(
+                "`name` must be 1 to 200 characters".to_owned(),
+            ));
+        }
+        if new.name.chars().any(char::is_control) {
+            return Err(Error::Validation(
+                "`name` must not contain control characters".to_owned(),
+            ));
+        }
+        if let Some(domain) = &new.domain {
+            let ok = !domain.is_empty()
+                && domain.len() <= 253
+                && domain.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && !label.starts_with('-')
+                        && !label.ends_with('-')
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                });
+            if !ok {
+                return Err(Error::Validation(format!(
+                    "`domain` `{}` is not a lowercase host name",
+                    domain.escape_debug()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a tenant: registry row, schema and tenant migrations in one
+    /// transaction. If any step fails nothing is left behind, and the id can be
+    /// used again once the cause is fixed.
+    pub async fn create(&self, new: &NewTenant) -> Result<Tenant, Error> {
+        Self::validate(new)?;
+        match new.strategy {
+            Strategy::Schema => {}
+        }
+        let mut tx = self.repo.pool().begin().await?;
+        self.repo.purge_deleted(&mut tx, &new.id).await?;
+        self.repo
+            .insert(&mut tx, new, TenantStatus::Provisioning)
+            .await?;
+        strategy::create_schema(&mut tx, &new.id).await?;
+        self.migrations.apply_in(&mut tx, &self.repo, &new.id).await?;
+        let tenant = self
+            .repo
+            .set_status(Some(&mut tx), &new.id, TenantStatus::Active)
+            .await?
+            .ok_or_else(|| Error::Registry("the new tenant row vanished".to_owned()))?;
+        tx.commit().await?;
+        tracing::info!(tenant = %tenant.id, "tenant created");
+        Ok(tenant)
+    }
+
+    /// `active -> suspended`. Suspending a suspended tenant changes nothing.
+    pub async fn suspend(&self, id: &TenantId) -> Result<Tenant, Error> {
+        self.transition(id, TenantStatus::Active, TenantStatus::Suspended, "only an active tenant can be suspended")
+            .await
+    }
+
+    /// `suspended -> active`. Resuming an active tenant changes nothing.
+    pub async fn resume(&self, id: &TenantId) -> Result<Tenant, Error> {
+        self.transition(id, TenantStatus::Suspended, TenantStatus::Active, "only a suspended tenant can be resumed")
+            .await
+    }
+
+    async fn transition(
+        &self,
+        id: &TenantId,
+        from: TenantStatus,
+        to: TenantStatus,
+        message: &'static str,
+    ) -> Result<Tenant, Error> {
+        let mut tx = self.repo.pool().begin().await?;
+        let current = self
+            .repo
+            .find_for_update(&mut tx, id)
+            .await?
+            .filter(|t| t.status != TenantStatus::Deleted)
+            .ok_or_else(|| Error::TenantNotFound(id.clone()))?;
+        if current.status == to {
+            return Ok(current);
+        }
+        if current.status != from {
+            return Err(Error::InvalidTransition {
+                id: id.clone(),
+                status: current.status,
+                message,
+            });
+        }
+        let tenant = self
+            .repo
+            .set_status(Some(&mut tx), id, to)
+            .await?
+            .ok_or_else(|| Error::TenantNotFound(id.clone()))?;
+        tx.commit().await?;
+        tracing::info!(tenant = %id, status = %to, "tenant status changed");
+        Ok(tenant)
+    }
+
+    /// Deletes a suspended tenant: drops its schema and leaves a `deleted` tombstone in
+    /// the registry, in one transaction. Deletion is two-phase on purpose: suspend
+    /// first, so no request is served while the data goes away.
+    pub async fn delete(&self, id: &TenantId) -> Result<Tenant, Error> {
+        let mut tx = self.repo.pool().begin().await?;
+        let current = self
+            .repo
+            .find_for_update(&mut tx, id)
+            .await?
+            .filter(|t| t.status != TenantStatus::Deleted)
+            .ok_or_else(|| Error::TenantNotFound(id.clone()))?;
+        if current.status != TenantStatus::Suspended {
+            return Err(Error::InvalidTransition {
+                id: id.clone(),
+                status: current.status,
+                message: "suspend the tenant before deleting it",
+            });
+        }
+        strategy::drop_schema(&mut tx, id).await?;
+        let tenant = self
+            .repo
+            .set_status(Some(&mut tx), id, TenantStatus::Deleted)
+            .await?
+            .ok_or_else(|| Error::TenantNotFound(id.clone()))?;
+        tx.commit().await?;
+        tracing::info!(tenant = %id, "tenant deleted");
+        Ok(tenant)
+    }
+
+    /// Applies pending tenant migrations to one tenant; returns how many ran.
+    pub async fn migrate(&self, id: &TenantId) -> Result<usize, Error> {
+        let mut tx = self.repo.pool().begin().await?;
+        let tenant = self
+            .repo
+            .find_for_update(&mut tx, id)
+            .await?
+            .filter(|t| t.status != TenantStatus::Deleted)
+            .ok_or_else(|| Error::TenantNotFound(id.clone()))?;
+        strategy::set_local_search_path(&mut tx, &tenant.id).await?;
+        let applied = self.migrations.apply_in(&mut tx, &self.repo, id).await?;
+        tx.commit().await?;
+        Ok(applied)
+    }
+}

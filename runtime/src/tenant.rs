@@ -1,0 +1,310 @@
+//! The tenant record and its validated identifier.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// Longest tenant id accepted. Schema names derived from ids stay far below
+/// PostgreSQL's 63-byte identifier limit, so two ids can never collide by truncation.
+pub const MAX_TENANT_ID_LEN: usize = 40;
+
+/// Ids that match the pattern but name PostgreSQL's or tenantry's own namespaces.
+const RESERVED_TENANT_IDS: &[&str] = &["public", "pg", "information-schema", "tenantry", "shared"];
+
+/// A validated tenant identifier.
+///
+/// The pattern is strict: 1 to 40 bytes of lowercase ASCII letters, digits and `-`,
+/// starting with a letter and not ending with `-`; a few names that PostgreSQL or
+/// tenantry use themselves (`public`, `pg-*`, ...) are reserved. Everything tenantry derives from
+/// an id (schema names, setting values) is built from this type only, so text from a
+/// request can never reach SQL unchecked.
+///
+/// ```
+/// use tenantry::TenantId;
+///
+/// let id: TenantId = "acme-corp".parse().unwrap();
+/// assert_eq!(id.as_str(), "acme-corp");
+/// assert_eq!(id.schema_name(), "tenant_acme_corp");
+///
+/// assert!("Acme".parse::<TenantId>().is_err());
+/// assert!("public\"; DROP SCHEMA public;--".parse::<TenantId>().is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct TenantId(String);
+
+impl TenantId {
+    /// Validates `raw` against the tenant id pattern.
+    pub fn parse(raw: &str) -> Result<Self, Error> {
+        let invalid = |reason: &'static str| Error::InvalidTenantId {
+            // Never echo unbounded or binary input back; keep a short, escaped prefix.
+            value: raw.chars().take(48).collect::<String>().escape_debug().to_string(),
+            reason,
+        };
+        if raw.is_empty() {
+            return Err(invalid("it is empty"));
+        }
+        if raw.len() > MAX_TENANT_ID_LEN {
+            return Err(invalid("it is longer than 40 bytes"));
+        }
+        let bytes = raw.as_bytes();
+        if !bytes[0].is_ascii_lowercase() {
+            return Err(invalid("it must start with a lowercase letter"));
+        }
+        if !bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        {
+            return Err(invalid(
+                "only lowercase letters `a-z`, digits and `-` are allowed",
+            ));
+        }
+        if bytes[bytes.len() - 1] == b'-' {
+            return Err(invalid("it must not end with `-`"));
+        }
+        if RESERVED_TENANT_IDS.contains(&raw) || raw.starts_with("pg-") {
+            return Err(invalid(
+                "it is reserved (`public`, `pg`, `pg-*`, `information-schema`, `tenantry`, `shared`)",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name of this tenant's schema under the schema strategy: `tenant_` followed by
+    /// the id with `-` replaced by `_`. The mapping is one to one because ids cannot
+    /// contain `_`, and the result never needs quoting (it is still quoted in DDL).
+    pub fn schema_name(&self) -> String {
+        format!("tenant_{}", self.0.replace('-', "_"))
+    }
+}
+
+impl fmt::Debug for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for TenantId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl AsRef<str> for TenantId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for TenantId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        TenantId::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where a tenant is in its life.
+///
+/// `provisioning -> active <-> suspended -> deleted`. Only `active` tenants are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantStatus {
+    /// Being created; not yet served.
+    Provisioning,
+    /// Served.
+    Active,
+    /// Kept, but requests are refused with 403.
+    Suspended,
+    /// Its data is gone; the registry keeps the row as a tombstone.
+    Deleted,
+}
+
+impl TenantStatus {
+    /// The text stored in the registry.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Provisioning => "provisioning",
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+            Self::Deleted => "deleted",
+        }
+    }
+
+    pub(crate) fn from_db(s: &str) -> Result<Self, Error> {
+        Ok(match s {
+            "provisioning" => Self::Provisioning,
+            "active" => Self::Active,
+            "suspended" => Self::Suspended,
+            "deleted" => Self::Deleted,
+            other => {
+                return Err(Error::Registry(format!(
+                    "unknown tenant status `{other}` in the registry"
+                )));
+            }
+        })
+    }
+}
+
+impl fmt::Display for TenantStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a tenant's data is isolated from other tenants'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// One PostgreSQL schema per tenant in a shared database (the default).
+    #[default]
+    Schema,
+}
+
+impl Strategy {
+    /// The text stored in the registry.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Schema => "schema",
+        }
+    }
+
+    pub(crate) fn from_db(s: &str) -> Result<Self, Error> {
+        match s {
+            "schema" => Ok(Self::Schema),
+            other => Err(Error::Registry(format!(
+                "unknown strategy `{other}` in the registry"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A tenant as recorded in the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tenant {
+    /// The tenant's id.
+    pub id: TenantId,
+    /// A display name.
+    pub name: String,
+    /// An optional domain (for example `acme.example.com`).
+    pub domain: Option<String>,
+    /// The isolation strategy.
+    pub strategy: Strategy,
+    /// The lifecycle status.
+    pub status: TenantStatus,
+    /// The tenant's schema (schema strategy).
+    pub schema_name: String,
+    /// The named server the tenant lives on (`default` unless placed elsewhere).
+    pub server: String,
+    /// When the tenant was created.
+    pub created_at: DateTime<Utc>,
+    /// When the tenant last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What it takes to create a tenant.
+///
+/// ```
+/// let new: tenantry::NewTenant =
+///     serde_json::from_str(r#"{"id":"acme","name":"Acme","domain":"acme.example.com"}"#).unwrap();
+/// assert_eq!(new.id.as_str(), "acme");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    /// The id; must match the [`TenantId`] pattern.
+    pub id: TenantId,
+    /// A display name (1 to 200 characters).
+    pub name: String,
+    /// An optional domain.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// The isolation strategy; schema per tenant when absent.
+    #[serde(default)]
+    pub strategy: Strategy,
+}
+
+impl NewTenant {
+    /// A new tenant with the default strategy and no domain.
+    pub fn new(id: TenantId, name: impl Into<String>) -> Self {
+        Self {
+            id,
+            name: name.into(),
+            domain: None,
+            strategy: Strategy::default(),
+        }
+    }
+
+    /// Sets the domain.
+    pub fn with_domain(mut self, domain: impl Into<String>) -> Self {
+        self.domain = Some(domain.into());
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_pattern() {
+        for ok in ["a", "acme", "acme-corp", "t1", "a-b-c-9", &"a".repeat(40)] {
+            assert!(TenantId::parse(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn rejects_hostile_and_malformed_ids() {
+        for bad in [
+            "",
+            "Acme",
+            "1acme",
+            "-acme",
+            "acme-",
+            "acme_corp",
+            "acme corp",
+            "\"; DROP SCHEMA public;--",
+            "$user",
+            "pg_catalog",
+            "public",
+            "pg-toast",
+            "a\0b",
+            "ünïcode",
+            "acme'",
+            &"a".repeat(41),
+            &"a".repeat(64),
+        ] {
+            let err = TenantId::parse(bad).unwrap_err();
+            assert!(matches!(err, Error::InvalidTenantId { .. }), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn schema_names_are_one_to_one_and_short() {
+        let a = TenantId::parse("a-b").unwrap();
+        let b = TenantId::parse("ab").unwrap();
+        assert_ne!(a.schema_name(), b.schema_name());
+        assert!(TenantId::parse(&"z".repeat(40)).unwrap().schema_name().len() <= 63);
+    }
+}

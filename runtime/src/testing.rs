@@ -1,0 +1,361 @@
+//! A throwaway PostgreSQL for tests, examples and benchmarks (feature `testing`).
+//!
+//! [`TestDatabase::create`] gives each caller a fresh, empty database:
+//!
+//! - with `DATABASE_URL` set, on that server;
+//! - otherwise on a private server this process starts from the PostgreSQL binaries
+//!   installed on the machine (found on `PATH`, at `pg_config --bindir`, or in
+//!   `/usr/lib/postgresql/*/bin`), listening on a free port of 127.0.0.1 with its data
+//!   in a temporary directory. The server is shared by the whole process and is
+//!   stopped, and its directory removed, when the process exits (a watchdog shell
+//!   notices that its stdin closed). When run as root it runs as the `postgres` user,
+//!   because PostgreSQL refuses to run as root.
+//!
+//! [`FlakyProxy`] sits between an app and the server and can cut the connection, to
+//! prove what happens when the database is unreachable.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Why a test database could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TestDbError {
+    /// No PostgreSQL server binaries were found.
+    #[error(
+        "no PostgreSQL server binaries found (looked on PATH, at `pg_config --bindir` and in \
+         /usr/lib/postgresql/*/bin): install PostgreSQL or set DATABASE_URL"
+    )]
+    NoBinaries,
+    /// Starting the server failed.
+    #[error("could not start a throwaway PostgreSQL: {0}")]
+    Start(String),
+    /// A database error.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+struct Server {
+    url: String,
+    // Holding the watchdog's stdin keeps the server alive; it stops when the process exits.
+    _watchdog: Mutex<Child>,
+}
+
+static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh database on the test server.
+#[derive(Debug)]
+pub struct TestDatabase {
+    url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl TestDatabase {
+    /// Creates a new, empty database (see the module docs for which server).
+    pub async fn create() -> Result<Self, TestDbError> {
+        let admin_url = server_url()?;
+        let name = format!(
+            "tenantry_test_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+        );
+        let mut conn = PgConnection::connect(&admin_url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+        let options: PgConnectOptions = admin_url.parse()?;
+        let url = options.database(&name).to_url_lossy().to_string();
+        Ok(Self {
+            url,
+            admin_url,
+            name,
+        })
+    }
+
+    /// The URL of this database.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The connect options of this database.
+    pub fn connect_options(&self) -> PgConnectOptions {
+        self.url.parse().expect("a URL this module made")
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Dropping needs async I/O; do it on a thread of its own so that it also works
+        // from inside a runtime. Failures only leave an unused database behind.
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(mut conn) = PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                    let _ = conn.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The URL of the server tests use: `DATABASE_URL`, or a throwaway server started once
+/// per process.
+pub fn server_url() -> Result<String, TestDbError> {
+    if let Ok(url) = std::env::var("DATABASE_URL")
+        && !url.is_empty()
+    {
+        return Ok(url);
+    }
+    match SERVER.get_or_init(|| start_server().map_err(|e| e.to_string())) {
+        Ok(server) => Ok(server.url.clone()),
+        Err(e) => Err(TestDbError::Start(e.clone())),
+    }
+}
+
+/// The directory holding `initdb` and `postgres`.
+pub fn find_bindir() -> Option<PathBuf> {
+    let has = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if has(&dir) {
+                // Follow symlinks (Debian links initdb into /usr/bin or /usr/local/bin).
+                let real = std::fs::canonicalize(dir.join("initdb")).ok();
+                if let Some(parent) = real.as_deref().and_then(Path::parent)
+                    && has(parent)
+                {
+                    return Some(parent.to_path_buf());
+                }
+                return Some(dir);
+            }
+        }
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if has(&dir) {
+            return Some(dir);
+        }
+    }
+    let mut candidates: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            has(&bin).then_some((version, bin))
+        })
+        .collect();
+    candidates.sort();
+    candidates.pop().map(|(_, dir)| dir)
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(StdListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+}
+
+fn start_server() -> Result<Server, TestDbError> {
+    let bindir = find_bindir().ok_or(TestDbError::NoBinaries)?;
+    let err = |what: &str, e: &dyn std::fmt::Display| TestDbError::Start(format!("{what}: {e}"));
+    let dir = tempfile::Builder::new()
+        .prefix("tenantry-pg-")
+        .tempdir()
+        .map_err(|e| err("creating a temporary directory", &e))?
+        .keep();
+    // PostgreSQL refuses to run as root: run it as the unprivileged `postgres` user.
+    let run_as = if nix::unistd::geteuid().is_root() {
+        let user = nix::unistd::User::from_name("postgres")
+            .ok()
+            .flatten()
+            .ok_or_else(|| {
+                TestDbError::Start(
+                    "running as root, and there is no `postgres` user to run PostgreSQL as \
+                     (PostgreSQL refuses to run as root); create one or set DATABASE_URL"
+                        .to_owned(),
+                )
+            })?;
+        nix::unistd::chown(&dir, Some(user.uid), Some(user.gid))
+            .map_err(|e| err("chown of the data directory", &e))?;
+        Some((user.uid.as_raw(), user.gid.as_raw()))
+    } else {
+        None
+    };
+    let command = |program: &Path| {
+        let mut c = Command::new(program);
+        c.current_dir(&dir).env("LC_ALL", "C").env("LANG", "C");
+        if let Some((uid, gid)) = run_as {
+            use std::os::unix::process::CommandExt;
+            c.uid(uid).gid(gid).env("HOME", &dir).env("USER", "postgres");
+        }
+        c
+    };
+    let data = dir.join("data");
+    let out = command(&bindir.join("initdb"))
+        .args(["-D"])
+        .arg(&data)
+        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions"])
+        .output()
+        .map_err(|e| err("running initdb", &e))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(TestDbError::Start(format!(
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let port = free_port().map_err(|e| err("finding a free port", &e))?;
+    // The watchdog starts the server, then blocks reading stdin; when this process
+    // exits (and stdin closes) it stops the server and removes the directory.
+    let script = r#"
+        "$1/postgres" -D "$2/data" -p "$3" -k "$2" -c listen_addresses=127.0.0.1 \
+            -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+            -c max_connections=400 -c shared_buffers=64MB >"$2/server.log" 2>&1 &
+        pid=$!
+        echo started
+        read -r _ignored
+        kill -INT "$pid" 2>/dev/null
+        wait "$pid"
+        rm -rf "$2"
+    "#;
+    let mut child = command(Path::new("/bin/sh"))
+        .arg("-c")
+        .arg(script)
+        .arg("tenantry-pg-watchdog")
+        .arg(&bindir)
+        .arg(&dir)
+        .arg(port.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| err("starting the server", &e))?;
+    let mut line = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        let _ = BufReader::new(stdout).read_line(&mut line);
+    }
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && ready(&url) {
+            break;
+        }
+        if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+            if let Some(stdin) = child.stdin.as_mut() {
+                let _ = stdin.write_all(b"stop\n");
+            }
+            return Err(TestDbError::Start(format!("the server did not start:\n{log}")));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("tenantry::testing: started a throwaway PostgreSQL at {url} (data in {})", dir.display());
+    Ok(Server {
+        url,
+        _watchdog: Mutex::new(child),
+    })
+}
+
+fn ready(url: &str) -> bool {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return false;
+    };
+    let url = url.to_owned();
+    std::thread::spawn(move || rt.block_on(async { PgConnection::connect(&url).await.is_ok() }))
+        .join()
+        .unwrap_or(false)
+}
+
+/// A TCP proxy in front of a database server that can cut every connection and
+/// refuse new ones, to simulate an outage.
+#[derive(Debug, Clone)]
+pub struct FlakyProxy {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    epoch: watch::Sender<u64>,
+}
+
+impl FlakyProxy {
+    /// Starts a proxy on a free local port forwarding to `target`.
+    pub async fn start(target: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let up = Arc::new(AtomicBool::new(true));
+        let (epoch, _) = watch::channel(0u64);
+        let proxy = Self { addr, up, epoch };
+        let state = proxy.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if !state.up.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let mut cut = state.epoch.subscribe();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut client, mut server) = (client, server);
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Ok(proxy)
+    }
+
+    /// The address to connect to instead of the server.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Cuts every open connection and refuses new ones until [`FlakyProxy::restore`].
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.epoch.send_modify(|e| *e += 1);
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
