@@ -86,7 +86,9 @@ impl TenantTx {
         // task finishes, and dropping its unclaimed `Transaction` rolls it back.
         let tx = tokio::spawn(async move { pool.begin().await })
             .await
-            .map_err(|e| Error::Registry(format!("the task beginning a transaction failed: {e}")))??;
+            .map_err(|e| {
+                Error::Registry(format!("the task beginning a transaction failed: {e}"))
+            })??;
         Ok(Self { tx, tenant })
     }
 

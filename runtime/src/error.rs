@@ -51,6 +51,9 @@ pub enum Error {
         /// What to do instead.
         message: &'static str,
     },
+    /// Something the request names does not exist (a 404 for application resources).
+    #[error("{0}")]
+    NotFound(String),
     /// Input that fails validation (other than the tenant id).
     #[error("{0}")]
     Validation(String),
@@ -86,7 +89,7 @@ impl Error {
             Error::MissingTenant { .. } | Error::InvalidTenantId { .. } | Error::Validation(_) => {
                 StatusCode::BAD_REQUEST
             }
-            Error::TenantNotFound(_) => StatusCode::NOT_FOUND,
+            Error::TenantNotFound(_) | Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::TenantNotActive { .. } => StatusCode::FORBIDDEN,
             Error::TenantExists(_) | Error::InvalidTransition { .. } => StatusCode::CONFLICT,
             Error::Database(e) if is_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
@@ -111,6 +114,7 @@ impl Error {
             Error::TenantNotFound(_) => ("tenant-not-found", "Tenant not found"),
             Error::TenantNotActive { .. } => ("tenant-not-active", "Tenant not active"),
             Error::TenantExists(_) => ("tenant-exists", "Tenant already exists"),
+            Error::NotFound(_) => ("not-found", "Not found"),
             Error::InvalidTransition { .. } => ("invalid-transition", "Invalid tenant transition"),
             Error::Validation(_) => ("validation", "Invalid request"),
             Error::Database(_) if status == StatusCode::SERVICE_UNAVAILABLE => {

@@ -19,7 +19,9 @@ pub use context::TenantContext;
 pub use db::{TenantDb, TenantTx};
 pub use error::{Error, PROBLEM_JSON, Problem, Result};
 pub use manager::{TenantManager, TenantManagerBuilder};
-pub use middleware::{CurrentTenant, DEFAULT_TENANT_HEADER, TenantLayer, TenantMiddleware, Tenants};
+pub use middleware::{
+    CurrentTenant, DEFAULT_TENANT_HEADER, TenantLayer, TenantMiddleware, Tenants,
+};
 pub use migrate::TenantMigrations;
 pub use pool::{PoolConfig, PoolStats, TenantPools};
 pub use repository::TenantRepository;

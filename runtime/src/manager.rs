@@ -58,7 +58,10 @@ struct Cached {
 impl std::fmt::Debug for TenantManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TenantManager")
-            .field("control_schema", &self.inner.service.repository().control_schema())
+            .field(
+                "control_schema",
+                &self.inner.service.repository().control_schema(),
+            )
             .field("pools", &self.inner.pools)
             .finish_non_exhaustive()
     }

@@ -79,7 +79,9 @@ impl TenantService {
             .insert(&mut tx, new, TenantStatus::Provisioning)
             .await?;
         strategy::create_schema(&mut tx, &new.id).await?;
-        self.migrations.apply_in(&mut tx, &self.repo, &new.id).await?;
+        self.migrations
+            .apply_in(&mut tx, &self.repo, &new.id)
+            .await?;
         let tenant = self
             .repo
             .set_status(Some(&mut tx), &new.id, TenantStatus::Active)
@@ -92,14 +94,24 @@ impl TenantService {
 
     /// `active -> suspended`. Suspending a suspended tenant changes nothing.
     pub async fn suspend(&self, id: &TenantId) -> Result<Tenant, Error> {
-        self.transition(id, TenantStatus::Active, TenantStatus::Suspended, "only an active tenant can be suspended")
-            .await
+        self.transition(
+            id,
+            TenantStatus::Active,
+            TenantStatus::Suspended,
+            "only an active tenant can be suspended",
+        )
+        .await
     }
 
     /// `suspended -> active`. Resuming an active tenant changes nothing.
     pub async fn resume(&self, id: &TenantId) -> Result<Tenant, Error> {
-        self.transition(id, TenantStatus::Suspended, TenantStatus::Active, "only a suspended tenant can be resumed")
-            .await
+        self.transition(
+            id,
+            TenantStatus::Suspended,
+            TenantStatus::Active,
+            "only a suspended tenant can be resumed",
+        )
+        .await
     }
 
     async fn transition(

@@ -50,9 +50,11 @@ pub(crate) async fn set_local_search_path(
     id: &TenantId,
 ) -> Result<(), Error> {
     let schema = quote_ident(&id.schema_name());
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET LOCAL search_path TO {schema}")))
-        .execute(conn)
-        .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL search_path TO {schema}"
+    )))
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -42,7 +42,12 @@ impl TenantId {
     pub fn parse(raw: &str) -> Result<Self, Error> {
         let invalid = |reason: &'static str| Error::InvalidTenantId {
             // Never echo unbounded or binary input back; keep a short, escaped prefix.
-            value: raw.chars().take(48).collect::<String>().escape_debug().to_string(),
+            value: raw
+                .chars()
+                .take(48)
+                .collect::<String>()
+                .escape_debug()
+                .to_string(),
             reason,
         };
         if raw.is_empty() {
@@ -305,6 +310,12 @@ mod tests {
         let a = TenantId::parse("a-b").unwrap();
         let b = TenantId::parse("ab").unwrap();
         assert_ne!(a.schema_name(), b.schema_name());
-        assert!(TenantId::parse(&"z".repeat(40)).unwrap().schema_name().len() <= 63);
+        assert!(
+            TenantId::parse(&"z".repeat(40))
+                .unwrap()
+                .schema_name()
+                .len()
+                <= 63
+        );
     }
 }

@@ -186,7 +186,9 @@ pub fn find_bindir() -> Option<PathBuf> {
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(StdListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+    Ok(StdListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
 }
 
 fn start_server() -> Result<Server, TestDbError> {
@@ -220,7 +222,10 @@ fn start_server() -> Result<Server, TestDbError> {
         c.current_dir(&dir).env("LC_ALL", "C").env("LANG", "C");
         if let Some((uid, gid)) = run_as {
             use std::os::unix::process::CommandExt;
-            c.uid(uid).gid(gid).env("HOME", &dir).env("USER", "postgres");
+            c.uid(uid)
+                .gid(gid)
+                .env("HOME", &dir)
+                .env("USER", "postgres");
         }
         c
     };
@@ -228,7 +233,15 @@ fn start_server() -> Result<Server, TestDbError> {
     let out = command(&bindir.join("initdb"))
         .args(["-D"])
         .arg(&data)
-        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions"])
+        .args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--no-instructions",
+        ])
         .output()
         .map_err(|e| err("running initdb", &e))?;
     if !out.status.success() {
@@ -279,11 +292,16 @@ fn start_server() -> Result<Server, TestDbError> {
             if let Some(stdin) = child.stdin.as_mut() {
                 let _ = stdin.write_all(b"stop\n");
             }
-            return Err(TestDbError::Start(format!("the server did not start:\n{log}")));
+            return Err(TestDbError::Start(format!(
+                "the server did not start:\n{log}"
+            )));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!("tenantry::testing: started a throwaway PostgreSQL at {url} (data in {})", dir.display());
+    eprintln!(
+        "tenantry::testing: started a throwaway PostgreSQL at {url} (data in {})",
+        dir.display()
+    );
     Ok(Server {
         url,
         _watchdog: Mutex::new(child),

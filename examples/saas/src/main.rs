@@ -1,1 +1,86 @@
-fn main() {}
+//! `cargo run -p saas`: the tenantry quick start on 127.0.0.1:3000 (`PORT` overrides).
+//!
+//! Uses `DATABASE_URL`, or else starts a private PostgreSQL and says so. The admin
+//! token comes from `SAAS_ADMIN_TOKEN`; when unset, one is made and printed.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use rand::RngExt;
+use sqlx::postgres::PgPoolOptions;
+use tenantry::TenantManager;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("saas: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+
+    let port: u16 = match std::env::var("PORT") {
+        Ok(p) => p
+            .parse()
+            .map_err(|_| format!("PORT `{p}` is not a port number"))?,
+        Err(_) => 3000,
+    };
+
+    // Keep the throwaway database alive for as long as the server runs.
+    let mut _throwaway = None;
+    let url = match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            let db = tenantry::testing::TestDatabase::create().await?;
+            println!(
+                "DATABASE_URL is not set: started a private PostgreSQL, database at {}",
+                db.url()
+            );
+            let url = db.url().to_owned();
+            _throwaway = Some(db);
+            url
+        }
+    };
+
+    let admin_token = match std::env::var("SAAS_ADMIN_TOKEN") {
+        Ok(t) if !t.is_empty() => t,
+        _ => {
+            let bytes: [u8; 16] = rand::rng().random();
+            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            println!("SAAS_ADMIN_TOKEN is not set: admin token for this run is {token}");
+            token
+        }
+    };
+
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(std::time::Duration::from_secs(3))
+        .connect(&url)
+        .await?;
+    let manager = TenantManager::builder(pool)
+        .migrations(saas::tenant_migrations())
+        .build()
+        .await?;
+    let app = saas::router(saas::AppState {
+        manager,
+        admin_token,
+    });
+
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    println!("saas listening on http://{addr}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

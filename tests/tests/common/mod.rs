@@ -1,0 +1,126 @@
+//! Shared helpers of the integration tests.
+#![allow(dead_code)]
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use tenantry::testing::TestDatabase;
+use tenantry::{NewTenant, PoolConfig, TenantManager, TenantMigrations};
+use tower::ServiceExt;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A fresh database and a registry pool on it.
+pub async fn database() -> (TestDatabase, PgPool) {
+    let db = TestDatabase::create()
+        .await
+        .expect("a test database (set DATABASE_URL or install PostgreSQL)");
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect(db.url())
+        .await
+        .expect("connect to the test database");
+    (db, pool)
+}
+
+/// A manager over a fresh database with the saas example's migrations.
+pub async fn manager(config: PoolConfig) -> (TestDatabase, TenantManager) {
+    let (db, pool) = database().await;
+    let manager = TenantManager::builder(pool)
+        .migrations(saas::tenant_migrations())
+        .pool_config(config)
+        .build()
+        .await
+        .expect("build the manager");
+    (db, manager)
+}
+
+/// The saas example's router over `manager`.
+pub fn saas_app(manager: &TenantManager) -> Router {
+    saas::router(saas::AppState {
+        manager: manager.clone(),
+        admin_token: ADMIN_TOKEN.to_owned(),
+    })
+}
+
+pub async fn create(manager: &TenantManager, id: &str) {
+    manager
+        .create_tenant(NewTenant::new(id.parse().unwrap(), format!("Tenant {id}")))
+        .await
+        .unwrap_or_else(|e| panic!("create tenant {id}: {e}"));
+}
+
+pub fn empty_migrations() -> TenantMigrations {
+    TenantMigrations::empty()
+}
+
+/// One response, with its body parsed as JSON (`Null` when empty).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub json: serde_json::Value,
+}
+
+impl Reply {
+    pub fn content_type(&self) -> &str {
+        self.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// Asserts a problem details body with `status`.
+    pub fn assert_problem(&self, status: u16) {
+        assert_eq!(self.status.as_u16(), status, "{self:?}");
+        assert_eq!(self.content_type(), "application/problem+json", "{self:?}");
+        assert_eq!(self.json["status"], status, "{self:?}");
+        assert!(self.json["title"].is_string() && self.json["detail"].is_string());
+    }
+}
+
+/// Sends one request through `app`.
+pub async fn send(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Option<serde_json::Value>,
+) -> Reply {
+    let mut builder = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let request = match body {
+        Some(json) => builder
+            .header("content-type", "application/json")
+            .body(Body::from(json.to_string())),
+        None => builder.body(Body::empty()),
+    }
+    .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let json = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            panic!(
+                "non-JSON body ({status}): {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        })
+    };
+    Reply {
+        status,
+        headers,
+        json,
+    }
+}
+
+pub fn admin() -> (&'static str, String) {
+    ("authorization", format!("Bearer {ADMIN_TOKEN}"))
+}

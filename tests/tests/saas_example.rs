@@ -1,0 +1,285 @@
+//! The `saas` example, route by route: the seed's FastAPI example plus projects.
+
+mod common;
+
+use axum::http::Method;
+use common::*;
+use serde_json::json;
+use tenantry::PoolConfig;
+
+#[tokio::test]
+async fn tenants_admin_routes() {
+    let (_db, manager) = manager(PoolConfig::default()).await;
+    let app = saas_app(&manager);
+    let (k, v) = admin();
+    let auth = [(k, v.as_str())];
+
+    let created = send(
+        &app,
+        Method::POST,
+        "/api/v1/tenants",
+        &auth,
+        Some(json!({"id": "acme", "name": "Acme", "domain": "acme.example.com"})),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(created.json["id"], "acme");
+    assert_eq!(created.json["name"], "Acme");
+    assert_eq!(created.json["domain"], "acme.example.com");
+    assert_eq!(created.json["status"], "active");
+
+    let duplicate = send(
+        &app,
+        Method::POST,
+        "/api/v1/tenants",
+        &auth,
+        Some(json!({"id": "acme", "name": "Again"})),
+    )
+    .await;
+    duplicate.assert_problem(409);
+
+    for bad in [
+        json!({"id": "Not Valid", "name": "X"}),
+        json!({"id": "ok", "name": ""}),
+        json!({"id": "ok"}),
+        json!({"id": "ok", "name": "X", "domain": "Bad Domain"}),
+        json!({"id": "ok", "name": "X", "unknown": 1}),
+        json!([1, 2]),
+    ] {
+        let reply = send(
+            &app,
+            Method::POST,
+            "/api/v1/tenants",
+            &auth,
+            Some(bad.clone()),
+        )
+        .await;
+        assert!(
+            reply.status == 400 || reply.status == 422,
+            "{bad}: {reply:?}"
+        );
+        assert_eq!(reply.content_type(), "application/problem+json", "{bad}");
+    }
+    assert!(
+        manager
+            .get_tenant_by_id(&"ok".parse().unwrap())
+            .await
+            .unwrap()
+            .is_none(),
+        "a rejected request created nothing"
+    );
+
+    let got = send(&app, Method::GET, "/api/v1/tenants/acme", &auth, None).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.json["name"], "Acme");
+    send(&app, Method::GET, "/api/v1/tenants/nobody", &auth, None)
+        .await
+        .assert_problem(404);
+    send(&app, Method::GET, "/api/v1/tenants/NOT_AN_ID", &auth, None)
+        .await
+        .assert_problem(400);
+
+    let listed = send(&app, Method::GET, "/api/v1/tenants", &auth, None).await;
+    assert_eq!(listed.json.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn admin_routes_need_the_token() {
+    let (_db, manager) = manager(PoolConfig::default()).await;
+    let app = saas_app(&manager);
+    let body = Some(json!({"id": "acme", "name": "Acme"}));
+    send(&app, Method::POST, "/api/v1/tenants", &[], body.clone())
+        .await
+        .assert_problem(401);
+    send(
+        &app,
+        Method::POST,
+        "/api/v1/tenants",
+        &[("authorization", "Bearer wrong")],
+        body,
+    )
+    .await
+    .assert_problem(401);
+    send(&app, Method::GET, "/api/v1/tenants/acme", &[], None)
+        .await
+        .assert_problem(401);
+    assert!(manager.list_tenants().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn current_tenant_is_null_without_header() {
+    let (_db, manager) = manager(PoolConfig::default()).await;
+    create(&manager, "acme").await;
+    let app = saas_app(&manager);
+
+    let none = send(&app, Method::GET, "/api/v1/current-tenant", &[], None).await;
+    assert_eq!(none.status, 200);
+    assert_eq!(none.json, json!({"tenant": null}));
+
+    let some = send(
+        &app,
+        Method::GET,
+        "/api/v1/current-tenant",
+        &[("x-tenant-id", "acme")],
+        None,
+    )
+    .await;
+    assert_eq!(some.status, 200);
+    assert_eq!(some.json["tenant"]["id"], "acme");
+    assert_eq!(some.json["tenant"]["name"], "Tenant acme");
+
+    send(
+        &app,
+        Method::GET,
+        "/api/v1/current-tenant",
+        &[("x-tenant-id", "ghost")],
+        None,
+    )
+    .await
+    .assert_problem(404);
+}
+
+#[tokio::test]
+async fn projects_belong_to_their_tenant() {
+    let (_db, manager) = manager(PoolConfig::default()).await;
+    create(&manager, "acme").await;
+    create(&manager, "globex").await;
+    let app = saas_app(&manager);
+    let acme = [("x-tenant-id", "acme")];
+    let globex = [("x-tenant-id", "globex")];
+
+    let mut acme_ids = Vec::new();
+    for name in ["apollo", "gemini", "mercury"] {
+        let r = send(
+            &app,
+            Method::POST,
+            "/api/v1/projects",
+            &acme,
+            Some(json!({"name": name})),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{r:?}");
+        assert_eq!(r.json["name"], name);
+        acme_ids.push(r.json["id"].as_i64().unwrap());
+    }
+    let g = send(
+        &app,
+        Method::POST,
+        "/api/v1/projects",
+        &globex,
+        Some(json!({"name": "hal"})),
+    )
+    .await;
+    assert_eq!(g.status, 201);
+
+    let listed = send(&app, Method::GET, "/api/v1/projects", &acme, None).await;
+    let names: Vec<_> = listed
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].clone())
+        .collect();
+    assert_eq!(
+        names,
+        vec![json!("apollo"), json!("gemini"), json!("mercury")]
+    );
+    let listed = send(&app, Method::GET, "/api/v1/projects", &globex, None).await;
+    assert_eq!(listed.json, json!([{"id": g.json["id"], "name": "hal"}]));
+
+    // acme's third project does not exist for globex (whose only project has id 1).
+    let third = format!("/api/v1/projects/{}", acme_ids[2]);
+    assert_eq!(
+        send(&app, Method::GET, &third, &acme, None).await.status,
+        200
+    );
+    send(&app, Method::GET, &third, &globex, None)
+        .await
+        .assert_problem(404);
+    send(&app, Method::DELETE, &third, &globex, None)
+        .await
+        .assert_problem(404);
+    assert_eq!(
+        send(&app, Method::GET, &third, &acme, None).await.status,
+        200,
+        "globex's delete touched nothing"
+    );
+
+    let deleted = send(&app, Method::DELETE, &third, &acme, None).await;
+    assert_eq!(deleted.status, 204);
+    send(&app, Method::GET, &third, &acme, None)
+        .await
+        .assert_problem(404);
+    send(&app, Method::DELETE, &third, &acme, None)
+        .await
+        .assert_problem(404);
+
+    send(
+        &app,
+        Method::POST,
+        "/api/v1/projects",
+        &acme,
+        Some(json!({"name": ""})),
+    )
+    .await
+    .assert_problem(400);
+    let r = send(
+        &app,
+        Method::POST,
+        "/api/v1/projects",
+        &acme,
+        Some(json!({"nom": "x"})),
+    )
+    .await;
+    assert!(r.status == 400 || r.status == 422);
+    send(&app, Method::GET, "/api/v1/projects/abc", &acme, None)
+        .await
+        .assert_problem(400);
+    send(&app, Method::GET, "/api/v1/projects", &[], None)
+        .await
+        .assert_problem(400);
+}
+
+#[tokio::test]
+async fn data_endpoint_returns_this_tenants_rows() {
+    let (_db, manager) = manager(PoolConfig::default()).await;
+    create(&manager, "acme").await;
+    create(&manager, "globex").await;
+    let app = saas_app(&manager);
+    for (tenant, value) in [("acme", "a1"), ("globex", "g1"), ("acme", "a2")] {
+        let r = send(
+            &app,
+            Method::POST,
+            "/api/v1/data",
+            &[("x-tenant-id", tenant)],
+            Some(json!({"value": value})),
+        )
+        .await;
+        assert_eq!(r.status, 201);
+    }
+    let acme = send(
+        &app,
+        Method::GET,
+        "/api/v1/data",
+        &[("x-tenant-id", "acme")],
+        None,
+    )
+    .await;
+    let values: Vec<_> = acme.json["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].clone())
+        .collect();
+    assert_eq!(values, vec![json!("a1"), json!("a2")]);
+    let globex = send(
+        &app,
+        Method::GET,
+        "/api/v1/data",
+        &[("x-tenant-id", "globex")],
+        None,
+    )
+    .await;
+    assert_eq!(globex.json["data"].as_array().unwrap().len(), 1);
+    assert_eq!(globex.json["data"][0]["value"], "g1");
+}
