@@ -1,0 +1,279 @@
+//! Isolation soak: many tenants, concurrent requests through the real router, random
+//! cancellation (the request future dropped at random points, also inside the
+//! transaction) and injected handler errors. Afterwards every tenant holds exactly its
+//! own acknowledged rows: none of another tenant's, none lost, none rolled back.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::routing::post;
+use common::*;
+use http_body_util::BodyExt;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use tenantry::{Error, PoolConfig, TenantLayer, TenantManager, TenantTx};
+use tower::ServiceExt;
+
+const TENANTS: usize = 20;
+const OPERATIONS: usize = 20_000;
+const WORKERS: usize = 32;
+
+/// Inserts a project in the tenant's transaction, then fails: the insert must roll back.
+async fn insert_then_fail(mut tx: TenantTx, body: String) -> Result<StatusCode, Error> {
+    sqlx::query("INSERT INTO projects (name) VALUES ($1)")
+        .bind(&body)
+        .execute(&mut *tx)
+        .await?;
+    Err(Error::Validation(
+        "injected failure after the insert".to_owned(),
+    ))
+}
+
+#[derive(Default)]
+struct Ledger {
+    attempted: HashMap<String, HashSet<String>>,
+    acknowledged: HashMap<String, HashSet<String>>,
+    doomed: HashMap<String, HashSet<String>>,
+    cancelled: usize,
+    completed: usize,
+    unexpected: Vec<String>,
+    foreign_reads: Vec<String>,
+}
+
+fn tenant_name(i: usize) -> String {
+    format!("soak-{i:02}")
+}
+
+async fn soak(pool_size: u32) {
+    let (_db, manager) = manager(PoolConfig {
+        max_connections_per_tenant: pool_size,
+        ..PoolConfig::default()
+    })
+    .await;
+    for i in 0..TENANTS {
+        create(&manager, &tenant_name(i)).await;
+    }
+    let app: Router = saas_app(&manager).merge(
+        Router::new()
+            .route("/test/insert-then-fail", post(insert_then_fail))
+            .layer(TenantLayer::new(manager.clone())),
+    );
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+
+    let workers = (0..WORKERS).map(|w| {
+        let app = app.clone();
+        let ledger = ledger.clone();
+        let next = next.clone();
+        tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(0x7e4a + w as u64 + pool_size as u64 * 1000);
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= OPERATIONS {
+                    break;
+                }
+                let tenant = tenant_name(rng.random_range(0..TENANTS));
+                let marker = format!("{tenant}:{n}");
+                let kind = rng.random_range(0..10);
+                let (method, uri, body) = match kind {
+                    0..=3 => (
+                        "POST",
+                        "/api/v1/projects",
+                        Some(serde_json::json!({"name": marker}).to_string()),
+                    ),
+                    4..=5 => (
+                        "POST",
+                        "/api/v1/data",
+                        Some(serde_json::json!({"value": marker}).to_string()),
+                    ),
+                    6 => (
+                        "POST",
+                        "/test/insert-then-fail",
+                        Some(format!("{marker}:doomed")),
+                    ),
+                    7..=8 => ("GET", "/api/v1/projects", None),
+                    _ => ("GET", "/api/v1/data", None),
+                };
+                {
+                    let mut l = ledger.lock().unwrap();
+                    match kind {
+                        0..=5 => {
+                            l.attempted
+                                .entry(tenant.clone())
+                                .or_default()
+                                .insert(marker.clone());
+                        }
+                        6 => {
+                            l.doomed
+                                .entry(tenant.clone())
+                                .or_default()
+                                .insert(format!("{marker}:doomed"));
+                        }
+                        _ => {}
+                    }
+                }
+                let mut request = Request::builder()
+                    .method(method)
+                    .uri(uri)
+                    .header("x-tenant-id", &tenant);
+                if body.is_some() && kind != 6 {
+                    request = request.header("content-type", "application/json");
+                }
+                let request = request
+                    .body(body.map(Body::from).unwrap_or_else(Body::empty))
+                    .unwrap();
+                let call = async {
+                    let response = app.clone().oneshot(request).await.unwrap();
+                    let status = response.status();
+                    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+                    (status, bytes)
+                };
+                // One request in four is cancelled after a random delay: before the
+                // handler, while BEGIN is in flight, inside the transaction, at COMMIT.
+                let outcome = if rng.random_range(0..4) == 0 {
+                    let delay = Duration::from_micros(rng.random_range(0..3_000));
+                    tokio::time::timeout(delay, call).await.ok()
+                } else {
+                    Some(call.await)
+                };
+                let mut l = ledger.lock().unwrap();
+                let Some((status, bytes)) = outcome else {
+                    l.cancelled += 1;
+                    continue;
+                };
+                l.completed += 1;
+                match (kind, status.as_u16()) {
+                    (0..=5, 201) => {
+                        l.acknowledged
+                            .entry(tenant.clone())
+                            .or_default()
+                            .insert(marker);
+                    }
+                    (6, 400) => {}
+                    (7..=9, 200) => {
+                        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                        let items = if kind == 9 {
+                            json["data"].clone()
+                        } else {
+                            json
+                        };
+                        for item in items.as_array().unwrap() {
+                            let text = item
+                                .get("name")
+                                .or_else(|| item.get("value"))
+                                .unwrap()
+                                .as_str()
+                                .unwrap();
+                            if !text.starts_with(&format!("{tenant}:")) {
+                                l.foreign_reads.push(format!("{tenant} read {text}"));
+                            }
+                        }
+                    }
+                    (k, s) => l.unexpected.push(format!(
+                        "kind {k} -> {s}: {}",
+                        String::from_utf8_lossy(&bytes)
+                    )),
+                }
+            }
+        })
+    });
+    for w in futures::future::join_all(workers).await {
+        w.unwrap();
+    }
+    // Let connections dropped by cancelled requests go back to their pools.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let l = std::mem::take(&mut *ledger.lock().unwrap());
+    assert_eq!(l.completed + l.cancelled, OPERATIONS);
+    assert!(
+        l.cancelled > OPERATIONS / 20,
+        "the soak cancelled enough requests: {}",
+        l.cancelled
+    );
+    assert!(
+        l.foreign_reads.is_empty(),
+        "cross-tenant reads: {:?}",
+        &l.foreign_reads[..l.foreign_reads.len().min(5)]
+    );
+    assert!(
+        l.unexpected.is_empty(),
+        "unexpected statuses: {:?}",
+        &l.unexpected[..l.unexpected.len().min(5)]
+    );
+
+    // Read every tenant's tables directly (not through tenantry) and compare.
+    let pool = manager.service().repository().pool();
+    let mut acknowledged_total = 0;
+    for i in 0..TENANTS {
+        let tenant = tenant_name(i);
+        let schema = format!("tenant_{}", tenant.replace('-', "_"));
+        let mut rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT name FROM {schema}.projects"
+        )))
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let values: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT value FROM {schema}.data"
+        )))
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        rows.extend(values);
+        let stored: HashSet<String> = rows.iter().cloned().collect();
+        assert_eq!(stored.len(), rows.len(), "{tenant}: no row stored twice");
+        let empty = HashSet::new();
+        let acknowledged = l.acknowledged.get(&tenant).unwrap_or(&empty);
+        let attempted = l.attempted.get(&tenant).unwrap_or(&empty);
+        let doomed = l.doomed.get(&tenant).unwrap_or(&empty);
+        acknowledged_total += acknowledged.len();
+        for row in &stored {
+            assert!(
+                row.starts_with(&format!("{tenant}:")),
+                "{tenant} holds another tenant's row {row}"
+            );
+            assert!(
+                !doomed.contains(row),
+                "{tenant}: a rolled-back insert survived: {row}"
+            );
+            assert!(
+                attempted.contains(row),
+                "{tenant}: a row nobody wrote: {row}"
+            );
+        }
+        let lost: Vec<_> = acknowledged.difference(&stored).collect();
+        assert!(
+            lost.is_empty(),
+            "{tenant}: acknowledged rows lost: {lost:?}"
+        );
+    }
+    assert!(
+        acknowledged_total > OPERATIONS / 4,
+        "enough writes were acknowledged: {acknowledged_total}"
+    );
+    eprintln!(
+        "soak pool={pool_size}: {OPERATIONS} operations, {} completed, {} cancelled, {acknowledged_total} acknowledged writes",
+        l.completed, l.cancelled
+    );
+    close(manager).await;
+}
+
+async fn close(manager: TenantManager) {
+    manager.pools().close_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_with_one_connection_per_tenant() {
+    soak(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_with_four_connections_per_tenant() {
+    soak(4).await;
+}
