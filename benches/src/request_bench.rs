@@ -24,7 +24,9 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use tenantry::{CurrentTenant, NewTenant, PoolConfig, TenantDb, TenantLayer, TenantManager, TenantTx};
+use tenantry::{
+    CurrentTenant, NewTenant, PoolConfig, TenantDb, TenantLayer, TenantManager, TenantTx,
+};
 
 const ROWS: i64 = 1000;
 
@@ -47,7 +49,9 @@ fn args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let n: usize = value.parse().map_err(|_| format!("{flag}: `{value}` is not a number"))?;
+        let n: usize = value
+            .parse()
+            .map_err(|_| format!("{flag}: `{value}` is not a number"))?;
         match flag.as_str() {
             "--rounds" => a.rounds = n.max(1),
             "--secs" => a.secs = n.max(1) as u64,
@@ -68,7 +72,10 @@ async fn plain(State(pool): State<PgPool>, Path(id): Path<i64>) -> Result<String
     Ok(name)
 }
 
-async fn plain_tx(State(pool): State<PgPool>, Path(id): Path<i64>) -> Result<String, tenantry::Error> {
+async fn plain_tx(
+    State(pool): State<PgPool>,
+    Path(id): Path<i64>,
+) -> Result<String, tenantry::Error> {
     let mut tx = pool.begin().await?;
     let name: String = sqlx::query_scalar("SELECT name FROM projects WHERE id = $1")
         .bind(id)
@@ -152,7 +159,11 @@ async fn drive(
     });
     let mut latencies = Vec::new();
     let mut errors = 0;
-    for (l, e) in futures::future::join_all(tasks).await.into_iter().map(|t| t.expect("load task")) {
+    for (l, e) in futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|t| t.expect("load task"))
+    {
         latencies.extend(l);
         errors += e;
     }
@@ -191,8 +202,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let db = tenantry::testing::TestDatabase::create().await?;
     let url = db.url().to_owned();
     let connections_per_tenant = args.per_tenant;
-    let plain_pool = PgPoolOptions::new().max_connections(16).connect(&url).await?;
-    let registry = PgPoolOptions::new().max_connections(4).connect(&url).await?;
+    let plain_pool = PgPoolOptions::new()
+        .max_connections(16)
+        .connect(&url)
+        .await?;
+    let registry = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await?;
     let manager = TenantManager::builder(registry)
         .migrations(saas::tenant_migrations())
         .pool_config(PoolConfig {
@@ -212,7 +229,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     for t in 0..args.tenants {
         let tenant = manager
-            .create_tenant(NewTenant::new(format!("bench-{t:03}").parse()?, format!("Bench {t}")))
+            .create_tenant(NewTenant::new(
+                format!("bench-{t:03}").parse()?,
+                format!("Bench {t}"),
+            ))
             .await?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "INSERT INTO {}.projects (name) SELECT 'project ' || g FROM generate_series(1, {ROWS}) g; ANALYZE {}.projects",
@@ -262,7 +282,15 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         // Rotate the order every round, so no variant always runs first.
         for k in 0..variants.len() {
             let i = (k + round) % variants.len();
-            let f = drive(&client, addr, variants[i].2, args.tenants, args.concurrency, args.secs).await;
+            let f = drive(
+                &client,
+                addr,
+                variants[i].2,
+                args.tenants,
+                args.concurrency,
+                args.secs,
+            )
+            .await;
             rps[i].push(f.rps);
             lat[i].extend(f.latencies);
             errors[i] += f.errors;
@@ -294,7 +322,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("ratios (median over rounds of the per-round ratio):");
     println!("  b / a       = {:.3}", median(ratio_of(1, 0)));
     println!("  b-tx / a-tx = {:.3}", median(ratio_of(5, 4)));
-    println!("  c / d       = {:.3}  (cost of resolution against an empty handler)", median(ratio_of(2, 3)));
+    println!(
+        "  c / d       = {:.3}  (cost of resolution against an empty handler)",
+        median(ratio_of(2, 3))
+    );
     let stats = manager.pools().stats();
     println!(
         "  tenant pools: {} open, {} opened, {} evicted; registry lookups {}",

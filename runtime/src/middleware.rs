@@ -233,3 +233,29 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantTx {
         manager.tenant_tx(tenant).await
     }
 }
+
+/// `Option<TenantDb>`: a connection when the request names a tenant, `None` when it
+/// does not (behind an `.optional()` layer).
+impl<S: Send + Sync> OptionalFromRequestParts<S> for TenantDb {
+    type Rejection = Error;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Error> {
+        let scope = scope(parts)?;
+        match &scope.tenant {
+            Some(tenant) => scope.manager.tenant_db(tenant.clone()).await.map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// `Option<TenantTx>`: a transaction when the request names a tenant, `None` when it
+/// does not (behind an `.optional()` layer).
+impl<S: Send + Sync> OptionalFromRequestParts<S> for TenantTx {
+    type Rejection = Error;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Error> {
+        let scope = scope(parts)?;
+        match &scope.tenant {
+            Some(tenant) => scope.manager.tenant_tx(tenant.clone()).await.map(Some),
+            None => Ok(None),
+        }
+    }
+}

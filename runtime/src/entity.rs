@@ -1,0 +1,462 @@
+//! Tenant-aware models: the trait behind `#[derive(TenantEntity)]`, the tenant-bound
+//! handle its operations require, and a filter builder that binds every value.
+
+use std::future::Future;
+use std::marker::PhantomData;
+
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::{Arguments, Encode, PgConnection, Postgres, Type};
+
+use crate::db::{TenantDb, TenantTx};
+use crate::error::Error;
+use crate::tenant::Tenant;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for crate::db::TenantDb {}
+    impl Sealed for crate::db::TenantTx {}
+}
+
+/// A database handle bound to one tenant: [`TenantDb`] or [`TenantTx`].
+///
+/// Tenant-aware operations take `&mut impl TenantHandle`, never a pool or a plain
+/// connection, so running one without a tenant scope does not compile. The trait is
+/// sealed: only tenantry makes tenant-bound handles.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not bound to a tenant",
+    label = "a tenant-aware operation needs a `TenantDb` or `TenantTx` here",
+    note = "take `db: tenantry::TenantDb` (or `tx: tenantry::TenantTx`) as a handler argument, or get one from `TenantManager::db()`; a pool or a plain connection has no tenant scope"
+)]
+pub trait TenantHandle: sealed::Sealed + Send {
+    /// The connection, already scoped to the tenant.
+    fn connection(&mut self) -> &mut PgConnection;
+    /// The tenant it is bound to.
+    fn bound_tenant(&self) -> &Tenant;
+}
+
+impl TenantHandle for TenantDb {
+    fn connection(&mut self) -> &mut PgConnection {
+        self
+    }
+    fn bound_tenant(&self) -> &Tenant {
+        self.tenant()
+    }
+}
+
+impl TenantHandle for TenantTx {
+    fn connection(&mut self) -> &mut PgConnection {
+        self
+    }
+    fn bound_tenant(&self) -> &Tenant {
+        self.tenant()
+    }
+}
+
+/// The statements of an entity, generated once per type at compile time.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct EntitySql {
+    pub find: &'static str,
+    pub list: &'static str,
+    pub count: &'static str,
+    pub insert: &'static str,
+    pub update: &'static str,
+    pub delete: &'static str,
+    pub select_prefix: &'static str,
+    pub count_prefix: &'static str,
+}
+
+/// A model stored per tenant. Derive it with `#[derive(TenantEntity)]`.
+///
+/// Every operation takes a tenant-bound handle ([`TenantHandle`]). With a tenant
+/// column (`#[tenant(tenant_column)]`) every generated statement also carries
+/// `tenant_column = <the handle's tenant>`, and inserts fill that column; without
+/// one, the entity relies on the handle's scoping (schema per tenant).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a tenant entity",
+    label = "derive `TenantEntity` for this type",
+    note = "add `#[derive(tenantry::TenantEntity)]` to the struct"
+)]
+pub trait TenantEntity: Sized + Send + Unpin + 'static {
+    /// The primary key's type.
+    type Id: for<'q> Encode<'q, Postgres> + Type<Postgres> + Send + Sync;
+
+    /// The table.
+    const TABLE: &'static str;
+    /// The stored columns, in field order.
+    const COLUMNS: &'static [&'static str];
+    /// The primary key column.
+    const PRIMARY_KEY: &'static str;
+    /// The tenant column, if the table is shared between tenants.
+    const TENANT_COLUMN: Option<&'static str>;
+    /// The generated statements.
+    #[doc(hidden)]
+    const SQL: EntitySql;
+
+    /// Decodes a row.
+    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error>;
+
+    /// The primary key of this value.
+    fn id(&self) -> &Self::Id;
+
+    /// Arguments of the insert statement (the tenant column filled from `tenant`).
+    #[doc(hidden)]
+    fn insert_arguments(&self, tenant: &str) -> Result<PgArguments, Error>;
+
+    /// Arguments of the update statement.
+    #[doc(hidden)]
+    fn update_arguments(&self, tenant: &str) -> Result<PgArguments, Error>;
+
+    /// The row with this primary key, if the tenant has it.
+    fn find<'a, H: TenantHandle>(
+        handle: &'a mut H,
+        id: &'a Self::Id,
+    ) -> impl Future<Output = Result<Option<Self>, Error>> + Send + 'a {
+        async move {
+            let args = keyed_arguments::<Self>(id, handle.bound_tenant())?;
+            let row = sqlx::query_with(Self::SQL.find, args)
+                .fetch_optional(handle.connection())
+                .await?;
+            row.as_ref()
+                .map(Self::from_row)
+                .transpose()
+                .map_err(Error::from)
+        }
+    }
+
+    /// A page of the tenant's rows, ordered by primary key.
+    fn list<'a, H: TenantHandle>(
+        handle: &'a mut H,
+        limit: i64,
+        offset: i64,
+    ) -> impl Future<Output = Result<Vec<Self>, Error>> + Send + 'a {
+        async move {
+            if limit < 0 || offset < 0 {
+                return Err(Error::Validation(
+                    "`limit` and `offset` must not be negative".to_owned(),
+                ));
+            }
+            let mut args = tenant_arguments::<Self>(handle.bound_tenant())?;
+            add(&mut args, limit)?;
+            add(&mut args, offset)?;
+            let rows = sqlx::query_with(Self::SQL.list, args)
+                .fetch_all(handle.connection())
+                .await?;
+            rows.iter()
+                .map(Self::from_row)
+                .collect::<Result<_, _>>()
+                .map_err(Error::from)
+        }
+    }
+
+    /// How many rows the tenant has.
+    fn count<H: TenantHandle>(
+        handle: &mut H,
+    ) -> impl Future<Output = Result<i64, Error>> + Send + '_ {
+        async move {
+            let args = tenant_arguments::<Self>(handle.bound_tenant())?;
+            let n: i64 = sqlx::query_scalar_with(Self::SQL.count, args)
+                .fetch_one(handle.connection())
+                .await?;
+            Ok(n)
+        }
+    }
+
+    /// Inserts this value (generated columns are left to the database) and returns
+    /// the stored row.
+    fn insert<'a, H: TenantHandle>(
+        &'a self,
+        handle: &'a mut H,
+    ) -> impl Future<Output = Result<Self, Error>> + Send + 'a
+    where
+        Self: Sync,
+    {
+        async move {
+            let args = self.insert_arguments(handle.bound_tenant().id.as_str())?;
+            let row = sqlx::query_with(Self::SQL.insert, args)
+                .fetch_one(handle.connection())
+                .await?;
+            Self::from_row(&row).map_err(Error::from)
+        }
+    }
+
+    /// Writes every non-key column of this value; returns the stored row, or `None`
+    /// if the tenant has no row with this primary key.
+    fn update<'a, H: TenantHandle>(
+        &'a self,
+        handle: &'a mut H,
+    ) -> impl Future<Output = Result<Option<Self>, Error>> + Send + 'a
+    where
+        Self: Sync,
+    {
+        async move {
+            let args = self.update_arguments(handle.bound_tenant().id.as_str())?;
+            let row = sqlx::query_with(Self::SQL.update, args)
+                .fetch_optional(handle.connection())
+                .await?;
+            row.as_ref()
+                .map(Self::from_row)
+                .transpose()
+                .map_err(Error::from)
+        }
+    }
+
+    /// Deletes the row with this primary key; `true` if the tenant had it.
+    fn delete<'a, H: TenantHandle>(
+        handle: &'a mut H,
+        id: &'a Self::Id,
+    ) -> impl Future<Output = Result<bool, Error>> + Send + 'a {
+        async move {
+            let args = keyed_arguments::<Self>(id, handle.bound_tenant())?;
+            let done = sqlx::query_with(Self::SQL.delete, args)
+                .execute(handle.connection())
+                .await?;
+            Ok(done.rows_affected() > 0)
+        }
+    }
+
+    /// Starts a filtered query; the tenant filter is added for you.
+    fn select() -> Select<Self> {
+        Select::new()
+    }
+}
+
+fn add<'q, T: Encode<'q, Postgres> + Type<Postgres>>(
+    args: &mut PgArguments,
+    value: T,
+) -> Result<(), Error> {
+    args.add(value)
+        .map_err(|e| Error::Validation(format!("cannot encode a value: {e}")))
+}
+
+/// `$1` = the tenant (only when the entity has a tenant column).
+fn tenant_arguments<E: TenantEntity>(tenant: &Tenant) -> Result<PgArguments, Error> {
+    let mut args = PgArguments::default();
+    if E::TENANT_COLUMN.is_some() {
+        add(&mut args, tenant.id.as_str())?;
+    }
+    Ok(args)
+}
+
+/// `$1` = the key, then `$2` = the tenant (only with a tenant column).
+fn keyed_arguments<E: TenantEntity>(id: &E::Id, tenant: &Tenant) -> Result<PgArguments, Error> {
+    let mut args = PgArguments::default();
+    add(&mut args, id)?;
+    if E::TENANT_COLUMN.is_some() {
+        add(&mut args, tenant.id.as_str())?;
+    }
+    Ok(args)
+}
+
+/// A comparison in a [`Select`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `=`
+    Eq,
+    /// `<>`
+    Ne,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `LIKE`
+    Like,
+    /// `ILIKE`
+    ILike,
+}
+
+impl Op {
+    fn sql(self) -> &'static str {
+        match self {
+            Op::Eq => "=",
+            Op::Ne => "<>",
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Gt => ">",
+            Op::Ge => ">=",
+            Op::Like => "LIKE",
+            Op::ILike => "ILIKE",
+        }
+    }
+}
+
+/// A filtered query over an entity. Columns are checked against the entity's
+/// columns, values are bind parameters, and the tenant filter is added by tenantry.
+///
+/// ```no_run
+/// # use tenantry::{TenantEntity, entity::Op};
+/// # async fn f<P: TenantEntity>(db: &mut tenantry::TenantDb) -> Result<(), tenantry::Error> {
+/// let recent: Vec<P> = P::select()
+///     .filter("name", Op::Like, "apollo%")
+///     .filter("id", Op::Gt, 10_i64)
+///     .order_by("id", false)
+///     .limit(20)
+///     .fetch_all(db)
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct Select<E> {
+    conditions: Vec<(&'static str, Op)>,
+    args: PgArguments,
+    error: Option<Error>,
+    order: Option<(&'static str, bool)>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+    _entity: PhantomData<fn() -> E>,
+}
+
+impl<E> std::fmt::Debug for Select<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Select")
+            .field("conditions", &self.conditions)
+            .field("order", &self.order)
+            .field("limit", &self.limit)
+            .field("offset", &self.offset)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<E: TenantEntity> Select<E> {
+    fn new() -> Self {
+        Self {
+            conditions: Vec::new(),
+            args: PgArguments::default(),
+            error: None,
+            order: None,
+            limit: None,
+            offset: None,
+            _entity: PhantomData,
+        }
+    }
+
+    fn column(&mut self, name: &str) -> Option<&'static str> {
+        let found = E::COLUMNS.iter().copied().find(|c| *c == name);
+        if found.is_none() && self.error.is_none() {
+            self.error = Some(Error::Validation(format!(
+                "`{}` has no column `{}` (columns: {})",
+                E::TABLE,
+                name.escape_debug(),
+                E::COLUMNS.join(", ")
+            )));
+        }
+        found
+    }
+
+    /// Adds `column <op> value`, the value bound as a parameter.
+    pub fn filter<T>(mut self, column: &str, op: Op, value: T) -> Self
+    where
+        T: for<'q> Encode<'q, Postgres> + Type<Postgres>,
+    {
+        if let Some(column) = self.column(column) {
+            if let Err(e) = add(&mut self.args, value) {
+                self.error.get_or_insert(e);
+            }
+            self.conditions.push((column, op));
+        }
+        self
+    }
+
+    /// Orders by `column`, descending if `descending`.
+    pub fn order_by(mut self, column: &str, descending: bool) -> Self {
+        if let Some(column) = self.column(column) {
+            self.order = Some((column, descending));
+        }
+        self
+    }
+
+    /// At most `n` rows.
+    pub fn limit(mut self, n: i64) -> Self {
+        self.limit = Some(n.max(0));
+        self
+    }
+
+    /// Skips `n` rows.
+    pub fn offset(mut self, n: i64) -> Self {
+        self.offset = Some(n.max(0));
+        self
+    }
+
+    fn build(
+        mut self,
+        prefix: &str,
+        tenant: &Tenant,
+        paged: bool,
+    ) -> Result<(String, PgArguments), Error> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        let mut sql = String::from(prefix);
+        let mut n = 0;
+        let mut clauses = Vec::new();
+        for (column, op) in &self.conditions {
+            n += 1;
+            clauses.push(format!("\"{column}\" {} ${n}", op.sql()));
+        }
+        if let Some(tenant_column) = E::TENANT_COLUMN {
+            n += 1;
+            add(&mut self.args, tenant.id.as_str())?;
+            clauses.push(format!("\"{tenant_column}\" = ${n}"));
+        }
+        if !clauses.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&clauses.join(" AND "));
+        }
+        if paged {
+            let (column, desc) = self.order.unwrap_or((E::PRIMARY_KEY, false));
+            sql.push_str(&format!(
+                " ORDER BY \"{column}\"{}",
+                if desc { " DESC" } else { "" }
+            ));
+            if let Some(limit) = self.limit {
+                n += 1;
+                add(&mut self.args, limit)?;
+                sql.push_str(&format!(" LIMIT ${n}"));
+            }
+            if let Some(offset) = self.offset {
+                n += 1;
+                add(&mut self.args, offset)?;
+                sql.push_str(&format!(" OFFSET ${n}"));
+            }
+        }
+        Ok((sql, self.args))
+    }
+
+    /// The matching rows.
+    pub async fn fetch_all<H: TenantHandle>(self, handle: &mut H) -> Result<Vec<E>, Error> {
+        let (sql, args) = self.build(E::SQL.select_prefix, handle.bound_tenant(), true)?;
+        let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+            .fetch_all(handle.connection())
+            .await?;
+        rows.iter()
+            .map(E::from_row)
+            .collect::<Result<_, _>>()
+            .map_err(Error::from)
+    }
+
+    /// The first matching row.
+    pub async fn fetch_optional<H: TenantHandle>(self, handle: &mut H) -> Result<Option<E>, Error> {
+        let (sql, args) = self
+            .limit(1)
+            .build(E::SQL.select_prefix, handle.bound_tenant(), true)?;
+        let row = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+            .fetch_optional(handle.connection())
+            .await?;
+        row.as_ref()
+            .map(E::from_row)
+            .transpose()
+            .map_err(Error::from)
+    }
+
+    /// How many rows match.
+    pub async fn count<H: TenantHandle>(self, handle: &mut H) -> Result<i64, Error> {
+        let (sql, args) = self.build(E::SQL.count_prefix, handle.bound_tenant(), false)?;
+        let n: i64 = sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), args)
+            .fetch_one(handle.connection())
+            .await?;
+        Ok(n)
+    }
+}
