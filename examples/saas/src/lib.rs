@@ -16,8 +16,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tenantry::{
-    CurrentTenant, Error, NewTenant, Problem, TenantDb, TenantId, TenantLayer, TenantManager,
-    TenantMigrations, TenantTx,
+    CurrentTenant, Error, NewTenant, Problem, TenantDb, TenantEntity, TenantId, TenantLayer,
+    TenantManager, TenantMigrations, TenantTx, tenant_scoped,
 };
 
 /// The tenant migrations as tenantry takes them.
@@ -173,9 +173,11 @@ async fn current_tenant(tenant: Option<CurrentTenant>) -> impl IntoResponse {
 }
 
 /// A project of the current tenant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TenantEntity)]
+#[tenant(table = "projects")]
 pub struct Project {
     /// Its id, unique within the tenant.
+    #[tenant(id, generated)]
     pub id: i64,
     /// Its name.
     pub name: String,
@@ -199,51 +201,42 @@ fn check_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Creates a project; the macro commits the transaction because the body returns `Ok`.
+#[tenant_scoped(transaction)]
 async fn create_project(
     mut tx: TenantTx,
     ApiJson(new): ApiJson<NewProject>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<(StatusCode, Json<Project>), Error> {
     check_name(&new.name)?;
-    let project: Project =
-        sqlx::query_as("INSERT INTO projects (name) VALUES ($1) RETURNING id, name")
-            .bind(&new.name)
-            .fetch_one(&mut *tx)
-            .await?;
-    tx.commit().await?;
+    let project = Project {
+        id: 0,
+        name: new.name,
+    }
+    .insert(&mut tx)
+    .await?;
     Ok((StatusCode::CREATED, Json(project)))
 }
 
-async fn list_projects(mut db: TenantDb) -> Result<impl IntoResponse, Error> {
-    let projects: Vec<Project> = sqlx::query_as("SELECT id, name FROM projects ORDER BY id")
-        .fetch_all(&mut *db)
-        .await?;
-    Ok(Json(projects))
+#[tenant_scoped]
+async fn list_projects(mut db: TenantDb) -> Result<Json<Vec<Project>>, Error> {
+    Ok(Json(Project::select().fetch_all(&mut db).await?))
 }
 
-async fn get_project(
-    mut db: TenantDb,
-    ApiPath(id): ApiPath<i64>,
-) -> Result<impl IntoResponse, Error> {
-    let project: Option<Project> = sqlx::query_as("SELECT id, name FROM projects WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&mut *db)
-        .await?;
-    project.map(Json).ok_or_else(|| not_found("project", id))
-}
-
-async fn delete_project(
-    mut db: TenantDb,
-    ApiPath(id): ApiPath<i64>,
-) -> Result<impl IntoResponse, Error> {
-    let deleted = sqlx::query("DELETE FROM projects WHERE id = $1")
-        .bind(id)
-        .execute(&mut *db)
+#[tenant_scoped]
+async fn get_project(mut db: TenantDb, ApiPath(id): ApiPath<i64>) -> Result<Json<Project>, Error> {
+    Project::find(&mut db, &id)
         .await?
-        .rows_affected();
-    if deleted == 0 {
-        return Err(not_found("project", id));
+        .map(Json)
+        .ok_or_else(|| not_found("project", id))
+}
+
+#[tenant_scoped]
+async fn delete_project(mut db: TenantDb, ApiPath(id): ApiPath<i64>) -> Result<StatusCode, Error> {
+    if Project::delete(&mut db, &id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(not_found("project", id))
     }
-    Ok(StatusCode::NO_CONTENT)
 }
 
 fn not_found(what: &str, id: i64) -> Error {
@@ -251,19 +244,20 @@ fn not_found(what: &str, id: i64) -> Error {
 }
 
 /// A row of the seed's `data` table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TenantEntity)]
+#[tenant(table = "data")]
 pub struct DataRow {
     /// Its id.
+    #[tenant(id, generated)]
     pub id: i64,
     /// Its value.
     pub value: String,
 }
 
 /// The seed's `get_data`: this tenant's rows of `data`.
-async fn get_data(mut db: TenantDb) -> Result<impl IntoResponse, Error> {
-    let rows: Vec<DataRow> = sqlx::query_as("SELECT id, value FROM data ORDER BY id")
-        .fetch_all(&mut *db)
-        .await?;
+#[tenant_scoped]
+async fn get_data(mut db: TenantDb) -> Result<Json<serde_json::Value>, Error> {
+    let rows = DataRow::select().fetch_all(&mut db).await?;
     Ok(Json(json!({ "data": rows })))
 }
 
@@ -275,13 +269,16 @@ pub struct NewData {
     pub value: String,
 }
 
+#[tenant_scoped]
 async fn add_data(
     mut db: TenantDb,
     ApiJson(new): ApiJson<NewData>,
-) -> Result<impl IntoResponse, Error> {
-    let row: DataRow = sqlx::query_as("INSERT INTO data (value) VALUES ($1) RETURNING id, value")
-        .bind(&new.value)
-        .fetch_one(&mut *db)
-        .await?;
+) -> Result<(StatusCode, Json<DataRow>), Error> {
+    let row = DataRow {
+        id: 0,
+        value: new.value,
+    }
+    .insert(&mut db)
+    .await?;
     Ok((StatusCode::CREATED, Json(row)))
 }
