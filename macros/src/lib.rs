@@ -7,6 +7,8 @@ mod ctxt;
 mod entity;
 mod path;
 mod scoped;
+#[cfg(test)]
+mod snapshots;
 
 use proc_macro::TokenStream;
 

@@ -131,7 +131,8 @@ pub fn expand(e: &Entity) -> TokenStream {
             quote_spanned!(ty_span(f)=> #m: ::core::default::Default::default())
         } else {
             let c = &f.column;
-            quote!(#m: #p::sqlx::Row::try_get(__tenantry_row, #c)?)
+            let ty = &f.ty;
+            quote_spanned!(ty_span(f)=> #m: #p::sqlx::Row::try_get::<#ty, _>(__tenantry_row, #c)?)
         }
     });
     let bind = |f: &Field| {
@@ -139,7 +140,7 @@ pub fn expand(e: &Entity) -> TokenStream {
         if f.tenant {
             quote!(#p::add_argument(&mut __tenantry_args, __tenantry_tenant)?;)
         } else {
-            quote!(#p::add_argument(&mut __tenantry_args, &self.#m)?;)
+            quote_spanned!(ty_span(f)=> #p::add_argument(&mut __tenantry_args, &self.#m)?;)
         }
     };
     let insert_binds = e.stored().filter(|f| !f.generated).map(bind);
@@ -151,7 +152,17 @@ pub fn expand(e: &Entity) -> TokenStream {
     let mut where_clause = where_clause
         .cloned()
         .unwrap_or_else(|| syn::parse_quote!(where));
-    for f in e.stored() {
+    // Bounds on field types that use a type parameter; concrete types are checked where
+    // they are decoded and bound, with errors pointing at the field's type.
+    let params: Vec<String> = e
+        .generics
+        .type_params()
+        .map(|p| p.ident.to_string())
+        .collect();
+    for f in e
+        .stored()
+        .filter(|f| mentions_any(ty_tokens(&f.ty), &params))
+    {
         let ty = &f.ty;
         where_clause
             .predicates
@@ -162,6 +173,13 @@ pub fn expand(e: &Entity) -> TokenStream {
                     + ::core::marker::Send
                     + ::core::marker::Sync
             });
+    }
+    // The trait needs `Send + Unpin + 'static`: ask the same of every type parameter.
+    for param in e.generics.type_params() {
+        let ident = &param.ident;
+        where_clause.predicates.push(syn::parse_quote! {
+            #ident: ::core::marker::Send + ::core::marker::Unpin + 'static
+        });
     }
     for f in e.fields.iter().filter(|f| f.skip) {
         let ty = &f.ty;
@@ -221,4 +239,17 @@ pub fn expand(e: &Entity) -> TokenStream {
             }
         };
     }
+}
+
+fn ty_tokens(ty: &syn::Type) -> TokenStream {
+    quote!(#ty)
+}
+
+/// Whether `tokens` use any of the identifiers in `names`.
+fn mentions_any(tokens: TokenStream, names: &[String]) -> bool {
+    tokens.into_iter().any(|tt| match tt {
+        proc_macro2::TokenTree::Ident(i) => names.iter().any(|n| i == n),
+        proc_macro2::TokenTree::Group(g) => mentions_any(g.stream(), names),
+        _ => false,
+    })
 }

@@ -104,10 +104,18 @@ pub fn parse_options(cx: &Ctxt, attr: TokenStream) -> Options {
                     ),
                 }
             }
-            ("optional" | "transaction" | "connection", _) => cx.error_spanned_by(
-                &meta,
-                format!("`#[tenant_scoped]` option `{name}` takes no value: write `{name}`"),
-            ),
+            ("optional" | "transaction" | "connection", _) => {
+                cx.error_spanned_by(
+                    &meta,
+                    format!("`#[tenant_scoped]` option `{name}` takes no value: write `{name}`"),
+                );
+                // Record it anyway, so that no follow-on error repeats the mistake.
+                match name.as_str() {
+                    "optional" => options.optional = Some(meta.span()),
+                    "transaction" => options.mode = options.mode.or(Some((Kind::Tx, meta.span()))),
+                    _ => options.mode = options.mode.or(Some((Kind::Db, meta.span()))),
+                }
+            }
             ("crate", _) => cx.error_spanned_by(
                 &meta,
                 "`#[tenant_scoped]` option `crate` needs a value: `crate = \"path\"`",
@@ -156,6 +164,7 @@ pub fn parse_handler(cx: &Ctxt, options: Options, func: ItemFn) -> Option<Scoped
         );
     }
     let mut handle: Option<(Handle, bool, &Type)> = None;
+    let mut unnamed_handle = false;
     for input in &sig.inputs {
         let arg = match input {
             FnArg::Receiver(r) => {
@@ -190,12 +199,16 @@ pub fn parse_handler(cx: &Ctxt, options: Options, func: ItemFn) -> Option<Scoped
                         kind.type_name()
                     ),
                 );
+                unnamed_handle = true;
                 continue;
             }
         };
         handle = Some((Handle { ident, kind }, optional, &arg.ty));
     }
     let Some((handle, handle_optional, handle_ty)) = handle else {
+        if unnamed_handle {
+            return None;
+        }
         cx.error_spanned_by(
             &sig.ident,
             "`#[tenant_scoped]` needs a tenant-bound handle: add an argument `db: tenantry::TenantDb` or `tx: tenantry::TenantTx`",

@@ -1,0 +1,7 @@
+#[derive(tenantry::TenantEntity)]
+enum Project {
+    Draft,
+    Live,
+}
+
+fn main() {}

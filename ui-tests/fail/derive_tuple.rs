@@ -1,0 +1,4 @@
+#[derive(tenantry::TenantEntity)]
+struct Project(i64, String);
+
+fn main() {}

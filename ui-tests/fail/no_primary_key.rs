@@ -1,0 +1,6 @@
+#[derive(tenantry::TenantEntity)]
+struct Project {
+    name: String,
+}
+
+fn main() {}

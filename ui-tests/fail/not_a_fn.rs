@@ -1,0 +1,4 @@
+#[tenantry::tenant_scoped]
+struct Handler;
+
+fn main() {}

@@ -1,0 +1,9 @@
+struct Opaque;
+
+#[derive(tenantry::TenantEntity)]
+struct Project {
+    id: i64,
+    blob: Opaque,
+}
+
+fn main() {}
