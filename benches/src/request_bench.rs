@@ -1,7 +1,7 @@
 //! Request benchmark: the same `SELECT ... WHERE id = $1` handler, over the same HTTP
 //! stack and the same data, (a) plain axum + sqlx with no tenancy, (b) scoped by
-//! tenantry, (c) tenant resolution alone; plus the transaction variants and an empty
-//! handler. Variants are interleaved in rounds; the figures are medians over rounds.
+//! tenantry, (c) tenant resolution alone; plus the transaction variants, the same
+//! handlers written with `#[tenant_scoped]`, and an empty handler. Variants are interleaved in rounds; the figures are medians over rounds.
 //!
 //! ```text
 //! cargo run --release -p tenantry-benches --bin request_bench -- [--rounds 5] [--secs 2] [--concurrency 16] [--tenants 20] [--per-tenant 4]
@@ -99,6 +99,24 @@ async fn scoped_tx(mut tx: TenantTx, Path(id): Path<i64>) -> Result<String, tena
         .fetch_one(&mut *tx)
         .await?;
     tx.commit().await?;
+    Ok(name)
+}
+
+#[tenantry::tenant_scoped]
+async fn scoped_macro(mut db: TenantDb, Path(id): Path<i64>) -> Result<String, tenantry::Error> {
+    let name: String = sqlx::query_scalar("SELECT name FROM projects WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut *db)
+        .await?;
+    Ok(name)
+}
+
+#[tenantry::tenant_scoped(transaction)]
+async fn scoped_tx_macro(mut tx: TenantTx, Path(id): Path<i64>) -> Result<String, tenantry::Error> {
+    let name: String = sqlx::query_scalar("SELECT name FROM projects WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
     Ok(name)
 }
 
@@ -253,6 +271,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 .route("/scoped/{id}", get(scoped))
                 .route("/scoped-tx/{id}", get(scoped_tx))
                 .route("/resolve/{id}", get(resolve_only))
+                .route("/scoped-macro/{id}", get(scoped_macro))
+                .route("/scoped-tx-macro/{id}", get(scoped_tx_macro))
                 .layer(TenantLayer::new(manager.clone())),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -270,6 +290,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         ("d", "empty handler, no layer", "/empty"),
         ("a-tx", "plain, BEGIN/query/COMMIT", "/plain-tx"),
         ("b-tx", "scoped by tenantry (TenantTx)", "/scoped-tx"),
+        ("m", "#[tenant_scoped] handler (TenantDb)", "/scoped-macro"),
+        ("m-tx", "#[tenant_scoped(transaction)] handler", "/scoped-tx-macro"),
     ];
     // Warm up every variant (connections, statement caches, tenant cache).
     for (_, _, prefix) in &variants {
@@ -322,6 +344,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("ratios (median over rounds of the per-round ratio):");
     println!("  b / a       = {:.3}", median(ratio_of(1, 0)));
     println!("  b-tx / a-tx = {:.3}", median(ratio_of(5, 4)));
+    println!("  m / a       = {:.3}  (macro-generated handler)", median(ratio_of(6, 0)));
+    println!("  m / b       = {:.3}  (macro against the hand-written scoped handler)", median(ratio_of(6, 1)));
+    println!("  m-tx / a-tx = {:.3}", median(ratio_of(7, 4)));
+    println!("  m-tx / b-tx = {:.3}", median(ratio_of(7, 5)));
     println!(
         "  c / d       = {:.3}  (cost of resolution against an empty handler)",
         median(ratio_of(2, 3))
