@@ -291,7 +291,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         ("a-tx", "plain, BEGIN/query/COMMIT", "/plain-tx"),
         ("b-tx", "scoped by tenantry (TenantTx)", "/scoped-tx"),
         ("m", "#[tenant_scoped] handler (TenantDb)", "/scoped-macro"),
-        ("m-tx", "#[tenant_scoped(transaction)] handler", "/scoped-tx-macro"),
+        (
+            "m-tx",
+            "#[tenant_scoped(transaction)] handler",
+            "/scoped-tx-macro",
+        ),
     ];
     // Warm up every variant (connections, statement caches, tenant cache).
     for (_, _, prefix) in &variants {
@@ -344,8 +348,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("ratios (median over rounds of the per-round ratio):");
     println!("  b / a       = {:.3}", median(ratio_of(1, 0)));
     println!("  b-tx / a-tx = {:.3}", median(ratio_of(5, 4)));
-    println!("  m / a       = {:.3}  (macro-generated handler)", median(ratio_of(6, 0)));
-    println!("  m / b       = {:.3}  (macro against the hand-written scoped handler)", median(ratio_of(6, 1)));
+    println!(
+        "  m / a       = {:.3}  (macro-generated handler)",
+        median(ratio_of(6, 0))
+    );
+    println!(
+        "  m / b       = {:.3}  (macro against the hand-written scoped handler)",
+        median(ratio_of(6, 1))
+    );
     println!("  m-tx / a-tx = {:.3}", median(ratio_of(7, 4)));
     println!("  m-tx / b-tx = {:.3}", median(ratio_of(7, 5)));
     println!(
