@@ -14,10 +14,10 @@ use crate::tenant::{TenantId, TenantStatus};
 #[non_exhaustive]
 pub enum Error {
     /// The request named no tenant where one is required.
-    #[error("the request names no tenant: send the `{header}` header")]
+    #[error("the request names no tenant: {hint}")]
     MissingTenant {
-        /// The header the resolver reads.
-        header: String,
+        /// How to name one (from the configured resolvers).
+        hint: String,
     },
     /// A tenant id does not match the pattern.
     #[error("invalid tenant id `{value}`: {reason}")]
@@ -38,6 +38,12 @@ pub enum Error {
         /// Its status.
         status: TenantStatus,
     },
+    /// The caller may not act for this tenant (a tenant policy refused it).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The caller did not prove who it is.
+    #[error("{0}")]
+    Unauthorized(String),
     /// A tenant with this id already exists.
     #[error("tenant `{0}` already exists")]
     TenantExists(TenantId),
@@ -90,7 +96,8 @@ impl Error {
                 StatusCode::BAD_REQUEST
             }
             Error::TenantNotFound(_) | Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::TenantNotActive { .. } => StatusCode::FORBIDDEN,
+            Error::TenantNotActive { .. } | Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::TenantExists(_) | Error::InvalidTransition { .. } => StatusCode::CONFLICT,
             Error::Database(e) if is_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
             Error::NoTenantInScope
@@ -115,6 +122,8 @@ impl Error {
             Error::TenantNotActive { .. } => ("tenant-not-active", "Tenant not active"),
             Error::TenantExists(_) => ("tenant-exists", "Tenant already exists"),
             Error::NotFound(_) => ("not-found", "Not found"),
+            Error::Forbidden(_) => ("forbidden", "Forbidden"),
+            Error::Unauthorized(_) => ("unauthorized", "Unauthorized"),
             Error::InvalidTransition { .. } => ("invalid-transition", "Invalid tenant transition"),
             Error::Validation(_) => ("validation", "Invalid request"),
             Error::Database(_) if status == StatusCode::SERVICE_UNAVAILABLE => {

@@ -6,10 +6,12 @@ pub mod db;
 pub mod entity;
 pub mod error;
 pub mod manager;
+pub mod metrics;
 pub mod middleware;
 pub mod migrate;
 pub mod pool;
 pub mod repository;
+pub mod resolve;
 pub mod service;
 pub mod strategy;
 pub mod tenant;
@@ -21,12 +23,14 @@ pub use db::{TenantDb, TenantTx};
 pub use entity::{Op, Select, TenantEntity, TenantHandle};
 pub use error::{Error, PROBLEM_JSON, Problem, Result};
 pub use manager::{TenantManager, TenantManagerBuilder};
+pub use metrics::TenantMetrics;
 pub use middleware::{
-    CurrentTenant, DEFAULT_TENANT_HEADER, TenantLayer, TenantMiddleware, Tenants,
+    CurrentTenant, DEFAULT_TENANT_HEADER, TenantLayer, TenantMiddleware, TenantPolicy, Tenants,
 };
 pub use migrate::TenantMigrations;
 pub use pool::{PoolConfig, PoolStats, TenantPools};
 pub use repository::TenantRepository;
+pub use resolve::{Candidate, HeaderResolver, HostResolver, PathPrefixResolver, TenantResolver};
 pub use service::TenantService;
 pub use strategy::quote_ident;
 pub use tenant::{NewTenant, Strategy, Tenant, TenantId, TenantStatus};

@@ -6,6 +6,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::watch;
 
 use crate::context::TenantContext;
 use crate::db::{TenantDb, TenantTx};
@@ -13,6 +15,7 @@ use crate::error::Error;
 use crate::migrate::TenantMigrations;
 use crate::pool::{PoolConfig, TenantPools};
 use crate::repository::TenantRepository;
+use crate::resolve::Candidate;
 use crate::service::TenantService;
 use crate::tenant::{NewTenant, Tenant, TenantId, TenantStatus};
 
@@ -46,8 +49,12 @@ struct Inner {
     service: TenantService,
     pools: TenantPools,
     cache: RwLock<HashMap<TenantId, Cached>>,
+    /// Host name -> the tenant that registered it, or `None` if none did.
+    domains: RwLock<HashMap<String, (Option<Arc<Tenant>>, Instant)>>,
     cache_ttl: Duration,
     registry_lookups: AtomicU64,
+    /// Dropped with the manager, which stops the change listener.
+    _shutdown: watch::Sender<()>,
 }
 
 struct Cached {
@@ -75,6 +82,7 @@ pub struct TenantManagerBuilder {
     migrations: TenantMigrations,
     pool_config: PoolConfig,
     cache_ttl: Duration,
+    listen: bool,
 }
 
 impl TenantManagerBuilder {
@@ -103,20 +111,42 @@ impl TenantManagerBuilder {
         self
     }
 
+    /// Whether to listen for changes made by other app instances (`LISTEN`/`NOTIFY`
+    /// on the registry's channel) and drop their cache entries at once (default on).
+    /// The cache TTL stays the bound when a notification is missed.
+    pub fn listen_for_changes(mut self, listen: bool) -> Self {
+        self.listen = listen;
+        self
+    }
+
     /// Creates or upgrades the registry and returns the manager.
     pub async fn build(self) -> Result<TenantManager, Error> {
         let repo = TenantRepository::new(self.pool.clone(), &self.control_schema)?;
         repo.ensure_schema().await?;
         let base = (*self.pool.connect_options()).clone();
-        Ok(TenantManager {
+        let channel = repo.channel();
+        let (shutdown, stopped) = watch::channel(());
+        let manager = TenantManager {
             inner: Arc::new(Inner {
                 service: TenantService::new(repo, self.migrations),
                 pools: TenantPools::new(base, self.pool_config),
                 cache: RwLock::new(HashMap::new()),
+                domains: RwLock::new(HashMap::new()),
                 cache_ttl: self.cache_ttl,
                 registry_lookups: AtomicU64::new(0),
+                _shutdown: shutdown,
             }),
-        })
+        };
+        if self.listen {
+            let mut listener = PgListener::connect_with(&self.pool).await?;
+            listener.listen(&channel).await?;
+            tokio::spawn(listen_for_changes(
+                listener,
+                Arc::downgrade(&manager.inner),
+                stopped,
+            ));
+        }
+        Ok(manager)
     }
 }
 
@@ -130,6 +160,7 @@ impl TenantManager {
             migrations: TenantMigrations::empty(),
             pool_config: PoolConfig::default(),
             cache_ttl: Duration::from_secs(5),
+            listen: true,
         }
     }
 
@@ -196,13 +227,97 @@ impl TenantManager {
         (entry.fetched.elapsed() < self.inner.cache_ttl).then(|| entry.tenant.clone())
     }
 
-    /// Drops the cached entry of `id`, so the next lookup asks the registry.
+    /// Drops the cached entries of `id` (and every cached domain miss), so the next
+    /// lookup asks the registry.
     pub fn invalidate(&self, id: &TenantId) {
-        self.inner
-            .cache
+        self.inner.invalidate(id);
+    }
+
+    /// Drops every cached entry.
+    pub fn invalidate_all(&self) {
+        self.inner.invalidate_all();
+    }
+
+    /// The tenant a resolver's candidate names, if it may be served now.
+    ///
+    /// An id must name an active tenant (404 / 403 otherwise). A domain that no
+    /// tenant registered names no tenant (`Ok(None)`); one that a suspended tenant
+    /// registered is a 403.
+    pub async fn resolve_candidate(
+        &self,
+        candidate: Candidate,
+    ) -> Result<Option<Arc<Tenant>>, Error> {
+        match candidate {
+            Candidate::Id(id) => self.resolve(&id).await.map(Some),
+            Candidate::Domain(domain) => {
+                let Some(tenant) = self.tenant_by_domain(&domain).await? else {
+                    return Ok(None);
+                };
+                if tenant.status != TenantStatus::Active {
+                    return Err(Error::TenantNotActive {
+                        id: tenant.id.clone(),
+                        status: tenant.status,
+                    });
+                }
+                Ok(Some(tenant))
+            }
+        }
+    }
+
+    /// The tenant that registered `domain` (cached like lookups by id).
+    pub async fn tenant_by_domain(&self, domain: &str) -> Result<Option<Arc<Tenant>>, Error> {
+        {
+            let domains = self.inner.domains.read().unwrap_or_else(|e| e.into_inner());
+            if let Some((hit, fetched)) = domains.get(domain)
+                && fetched.elapsed() < self.inner.cache_ttl
+            {
+                return Ok(hit.clone());
+            }
+        }
+        self.inner.registry_lookups.fetch_add(1, Ordering::Relaxed);
+        let found = self
+            .inner
+            .service
+            .repository()
+            .find_by_domain(domain)
+            .await?
+            .map(Arc::new);
+        let mut domains = self
+            .inner
+            .domains
             .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+            .unwrap_or_else(|e| e.into_inner());
+        // Bound the misses a client can make us remember.
+        if domains.len() >= 10_000 {
+            domains.retain(|_, (hit, _)| hit.is_some());
+        }
+        domains.insert(domain.to_owned(), (found.clone(), Instant::now()));
+        Ok(found)
+    }
+
+    /// Runs `future` as tenant `id` (which must be active): the pattern for background
+    /// jobs, which carry the tenant id and re-enter its scope when they run.
+    ///
+    /// ```no_run
+    /// # async fn f(manager: tenantry::TenantManager) -> Result<(), tenantry::Error> {
+    /// // The job was queued with its tenant id, serialised as text.
+    /// let tenant_id: tenantry::TenantId = "acme".parse()?;
+    /// let rows = manager
+    ///     .run_as(&tenant_id, async {
+    ///         let mut db = manager.db().await?; // bound to `acme`
+    ///         sqlx::query("DELETE FROM sessions WHERE expired").execute(&mut *db).await?;
+    ///         Ok::<_, tenantry::Error>(())
+    ///     })
+    ///     .await??;
+    /// # Ok(()) }
+    /// ```
+    pub async fn run_as<F: std::future::Future>(
+        &self,
+        id: &TenantId,
+        future: F,
+    ) -> Result<F::Output, Error> {
+        let tenant = self.resolve(id).await?;
+        Ok(TenantContext::scope(tenant, future).await)
     }
 
     /// Creates a tenant (all or nothing; see [`TenantService::create`]).
@@ -271,5 +386,61 @@ impl TenantManager {
     /// A transaction bound to the current tenant, or [`Error::NoTenantInScope`].
     pub async fn tx(&self) -> Result<TenantTx, Error> {
         self.tenant_tx(TenantContext::require()?).await
+    }
+}
+
+impl Inner {
+    fn invalidate(&self, id: &TenantId) {
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        self.domains
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, (hit, _)| hit.as_ref().is_some_and(|t| t.id != *id));
+    }
+
+    fn invalidate_all(&self) {
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.domains
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+/// Drops cache entries of tenants changed by any app instance, until the manager is
+/// dropped. A lost connection may have missed notifications, so it clears the cache.
+async fn listen_for_changes(
+    mut listener: PgListener,
+    inner: std::sync::Weak<Inner>,
+    mut stopped: watch::Receiver<()>,
+) {
+    loop {
+        let next = tokio::select! {
+            next = listener.try_recv() => next,
+            _ = stopped.changed() => return,
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        match next {
+            Ok(Some(notification)) => match TenantId::parse(notification.payload()) {
+                Ok(id) => inner.invalidate(&id),
+                Err(_) => inner.invalidate_all(),
+            },
+            Ok(None) => {
+                tracing::warn!("tenant change listener reconnecting; cache cleared");
+                inner.invalidate_all();
+            }
+            Err(error) => {
+                tracing::warn!(%error, "tenant change listener failed; retrying");
+                inner.invalidate_all();
+                drop(inner);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }

@@ -16,20 +16,49 @@ use crate::context::TenantContext;
 use crate::db::{TenantDb, TenantTx};
 use crate::error::Error;
 use crate::manager::TenantManager;
-use crate::tenant::{Tenant, TenantId};
+use crate::metrics::TenantMetrics;
+use crate::resolve::{HeaderResolver, TenantResolver};
+use crate::tenant::Tenant;
+use tracing::Instrument;
 
 /// The header the tenant is read from unless configured otherwise.
 pub const DEFAULT_TENANT_HEADER: &str = "x-tenant-id";
 
+/// Decides whether a request may act for the tenant it named. Return
+/// [`Error::Forbidden`] (403) or [`Error::Unauthorized`] (401) to refuse.
+///
+/// This is where a tenant chosen by a header or host is tied to the authenticated
+/// principal: compare the tenant with what the verified credentials allow, so that a
+/// client cannot pick another tenant by changing a header.
+pub trait TenantPolicy: Send + Sync + 'static {
+    /// `Ok(())` if the request may act for `tenant`.
+    fn check(&self, parts: &Parts, tenant: &Tenant) -> Result<(), Error>;
+}
+
+impl<F> TenantPolicy for F
+where
+    F: Fn(&Parts, &Tenant) -> Result<(), Error> + Send + Sync + 'static,
+{
+    fn check(&self, parts: &Parts, tenant: &Tenant) -> Result<(), Error> {
+        self(parts, tenant)
+    }
+}
+
 /// Resolves the tenant of every request and runs the rest of the stack inside
-/// [`TenantContext::scope`].
+/// [`TenantContext::scope`] and a `tenant` tracing span (field `tenant_id`).
+///
+/// Resolvers are tried in order ([`HeaderResolver`] for `X-Tenant-ID` by default;
+/// [`HostResolver`](crate::resolve::HostResolver),
+/// [`PathPrefixResolver`](crate::resolve::PathPrefixResolver) and [`resolver_fn`](crate::resolve::resolver_fn)
+/// for more); the first that names a tenant wins.
 ///
 /// | request | response |
 /// |---|---|
-/// | no tenant header (layer requires one) | 400 |
+/// | names no tenant (layer requires one) | 400 |
 /// | malformed tenant id | 400 |
 /// | unknown or deleted tenant | 404 |
 /// | suspended (or provisioning) tenant | 403 |
+/// | refused by the [`TenantPolicy`] | 403 (or 401) |
 /// | registry unreachable | 503 |
 ///
 /// Errors are `application/problem+json` bodies. Routes that must not be scoped
@@ -38,6 +67,7 @@ pub const DEFAULT_TENANT_HEADER: &str = "x-tenant-id";
 /// ```no_run
 /// use axum::{Router, routing::get};
 /// use tenantry::{CurrentTenant, TenantLayer, TenantManager};
+/// use tenantry::resolve::{HeaderResolver, HostResolver};
 ///
 /// async fn whoami(CurrentTenant(tenant): CurrentTenant) -> String {
 ///     tenant.name.clone()
@@ -46,43 +76,102 @@ pub const DEFAULT_TENANT_HEADER: &str = "x-tenant-id";
 /// # fn f(manager: TenantManager) {
 /// let app: Router = Router::new()
 ///     .route("/whoami", get(whoami))
-///     .layer(TenantLayer::new(manager));
+///     .layer(
+///         TenantLayer::new(manager)
+///             .resolver(HostResolver::domains().subdomains_of("example.com")),
+///     );
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TenantLayer {
     config: Arc<LayerConfig>,
 }
 
-#[derive(Clone, Debug)]
+impl std::fmt::Debug for TenantLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantLayer")
+            .field("resolvers", &self.config.hint)
+            .field("required", &self.config.required)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
 struct LayerConfig {
     manager: TenantManager,
-    header: HeaderName,
+    resolvers: Vec<Arc<dyn TenantResolver>>,
+    hint: String,
     required: bool,
+    policy: Option<Arc<dyn TenantPolicy>>,
+    metrics: Option<TenantMetrics>,
+}
+
+impl LayerConfig {
+    fn refresh_hint(&mut self) {
+        self.hint = self
+            .resolvers
+            .iter()
+            .map(|r| r.describe())
+            .collect::<Vec<_>>()
+            .join(", or ");
+    }
 }
 
 impl TenantLayer {
-    /// A layer reading `X-Tenant-ID` and requiring it.
+    /// A layer reading `X-Tenant-ID` and requiring a tenant.
     pub fn new(manager: TenantManager) -> Self {
+        let mut config = LayerConfig {
+            manager,
+            resolvers: vec![Arc::new(HeaderResolver::default())],
+            hint: String::new(),
+            required: true,
+            policy: None,
+            metrics: None,
+        };
+        config.refresh_hint();
         Self {
-            config: Arc::new(LayerConfig {
-                manager,
-                header: HeaderName::from_static(DEFAULT_TENANT_HEADER),
-                required: true,
-            }),
+            config: Arc::new(config),
         }
     }
 
-    /// Reads the tenant from `header` instead.
-    pub fn header(mut self, header: HeaderName) -> Self {
-        Arc::make_mut(&mut self.config).header = header;
+    /// Reads the tenant from `header` instead of `X-Tenant-ID` (this replaces the
+    /// resolvers configured so far with that one header).
+    pub fn header(self, header: HeaderName) -> Self {
+        self.resolvers(vec![Arc::new(HeaderResolver::new(header))])
+    }
+
+    /// Adds a resolver, tried after the ones configured so far.
+    pub fn resolver(mut self, resolver: impl TenantResolver) -> Self {
+        let config = Arc::make_mut(&mut self.config);
+        config.resolvers.push(Arc::new(resolver));
+        config.refresh_hint();
         self
     }
 
-    /// Lets requests without the header through with no tenant in scope (a present
-    /// but invalid, unknown or suspended tenant is still refused).
+    /// Replaces the resolvers.
+    pub fn resolvers(mut self, resolvers: Vec<Arc<dyn TenantResolver>>) -> Self {
+        let config = Arc::make_mut(&mut self.config);
+        config.resolvers = resolvers;
+        config.refresh_hint();
+        self
+    }
+
+    /// Lets requests that name no tenant through with no tenant in scope (a named but
+    /// invalid, unknown or suspended tenant is still refused).
     pub fn optional(mut self) -> Self {
         Arc::make_mut(&mut self.config).required = false;
+        self
+    }
+
+    /// Refuses requests that may not act for the tenant they named.
+    pub fn policy(mut self, policy: impl TenantPolicy) -> Self {
+        Arc::make_mut(&mut self.config).policy = Some(Arc::new(policy));
+        self
+    }
+
+    /// Records per-tenant request counts and latencies through the `metrics` facade.
+    pub fn metrics(mut self, metrics: TenantMetrics) -> Self {
+        Arc::make_mut(&mut self.config).metrics = Some(metrics);
         self
     }
 }
@@ -98,18 +187,49 @@ impl<S> Layer<S> for TenantLayer {
 }
 
 /// The service made by [`TenantLayer`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TenantMiddleware<S> {
     inner: S,
     config: Arc<LayerConfig>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for TenantMiddleware<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantMiddleware")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the layer leaves in the request extensions for the extractors.
 #[derive(Clone, Debug)]
 struct Scope {
     manager: TenantManager,
-    header: HeaderName,
+    hint: Arc<str>,
     tenant: Option<Arc<Tenant>>,
+}
+
+async fn resolve_request(
+    config: &LayerConfig,
+    parts: &Parts,
+) -> Result<Option<Arc<Tenant>>, Error> {
+    for resolver in &config.resolvers {
+        let Some(candidate) = resolver.resolve(parts).await? else {
+            continue;
+        };
+        if let Some(tenant) = config.manager.resolve_candidate(candidate).await? {
+            if let Some(policy) = &config.policy {
+                policy.check(parts, &tenant)?;
+            }
+            return Ok(Some(tenant));
+        }
+    }
+    if config.required {
+        return Err(Error::MissingTenant {
+            hint: config.hint.clone(),
+        });
+    }
+    Ok(None)
 }
 
 impl<S, B> Service<Request<B>> for TenantMiddleware<S>
@@ -126,47 +246,35 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         // The clone that was driven to readiness serves this request.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let config = self.config.clone();
         Box::pin(async move {
-            let raw = req.headers().get(&config.header).map(|v| v.to_str());
-            let tenant = match raw {
-                None if config.required => {
-                    return Ok(Error::MissingTenant {
-                        header: config.header.to_string(),
-                    }
-                    .into_response());
-                }
-                None => None,
-                Some(value) => {
-                    let resolved = match value {
-                        Err(_) => Err(Error::InvalidTenantId {
-                            value: "<not visible ASCII>".to_owned(),
-                            reason: "only lowercase letters `a-z`, digits and `-` are allowed",
-                        }),
-                        Ok(text) => match TenantId::parse(text) {
-                            Ok(id) => config.manager.resolve(&id).await,
-                            Err(e) => Err(e),
-                        },
-                    };
-                    match resolved {
-                        Ok(tenant) => Some(tenant),
-                        Err(e) => return Ok(e.into_response()),
-                    }
-                }
+            let started = std::time::Instant::now();
+            let (mut parts, body) = req.into_parts();
+            let tenant = match resolve_request(&config, &parts).await {
+                Ok(tenant) => tenant,
+                Err(e) => return Ok(e.into_response()),
             };
-            req.extensions_mut().insert(Scope {
+            parts.extensions.insert(Scope {
                 manager: config.manager.clone(),
-                header: config.header.clone(),
+                hint: Arc::from(config.hint.as_str()),
                 tenant: tenant.clone(),
             });
-            match tenant {
-                Some(tenant) => TenantContext::scope(tenant, inner.call(req)).await,
-                None => inner.call(req).await,
+            let req = Request::from_parts(parts, body);
+            let Some(tenant) = tenant else {
+                return inner.call(req).await;
+            };
+            let span = tracing::info_span!("tenant", tenant_id = %tenant.id);
+            let response = TenantContext::scope(tenant.clone(), inner.call(req))
+                .instrument(span)
+                .await;
+            if let (Some(metrics), Ok(response)) = (&config.metrics, &response) {
+                metrics.record(&tenant.id, response.status().as_u16(), started.elapsed());
             }
+            response
         })
     }
 }
@@ -183,7 +291,7 @@ fn required_tenant(parts: &Parts) -> Result<(Arc<Tenant>, TenantManager), Error>
     match &scope.tenant {
         Some(tenant) => Ok((tenant.clone(), scope.manager.clone())),
         None => Err(Error::MissingTenant {
-            header: scope.header.to_string(),
+            hint: scope.hint.to_string(),
         }),
     }
 }

@@ -55,6 +55,7 @@ struct Sql {
     set_status: String,
     select_for_update: String,
     purge_deleted: String,
+    select_by_domain: String,
     record_migration: String,
     applied_versions: String,
 }
@@ -91,6 +92,9 @@ impl TenantRepository {
             ),
             select_for_update: format!(
                 "SELECT {TENANT_COLUMNS} FROM {q}.tenants WHERE id = $1 FOR UPDATE"
+            ),
+            select_by_domain: format!(
+                "SELECT {TENANT_COLUMNS} FROM {q}.tenants WHERE domain = $1 AND status <> 'deleted'"
             ),
             purge_deleted: format!("DELETE FROM {q}.tenants WHERE id = $1 AND status = 'deleted'"),
             record_migration: format!(
@@ -176,6 +180,31 @@ impl TenantRepository {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(tenant_from_row).collect()
+    }
+
+    /// The (not deleted) tenant that registered this domain.
+    pub async fn find_by_domain(&self, domain: &str) -> Result<Option<Tenant>, Error> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(self.sql.select_by_domain.as_str()))
+            .bind(domain)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| tenant_from_row(&r)).transpose()
+    }
+
+    /// The `LISTEN`/`NOTIFY` channel on which changes to tenants are announced.
+    pub fn channel(&self) -> String {
+        format!("{}_changes", self.schema)
+    }
+
+    /// Announces a change to tenant `id` to every app instance, when the caller's
+    /// transaction commits (`NOTIFY` is transactional).
+    pub async fn notify(&self, conn: &mut PgConnection, id: &TenantId) -> Result<(), Error> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(self.channel())
+            .bind(id.as_str())
+            .execute(conn)
+            .await?;
+        Ok(())
     }
 
     /// The tenant with this id, locked until the caller's transaction ends.

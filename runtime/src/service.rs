@@ -87,6 +87,7 @@ impl TenantService {
             .set_status(Some(&mut tx), &new.id, TenantStatus::Active)
             .await?
             .ok_or_else(|| Error::Registry("the new tenant row vanished".to_owned()))?;
+        self.repo.notify(&mut tx, &new.id).await?;
         tx.commit().await?;
         tracing::info!(tenant = %tenant.id, "tenant created");
         Ok(tenant)
@@ -143,6 +144,7 @@ impl TenantService {
             .set_status(Some(&mut tx), id, to)
             .await?
             .ok_or_else(|| Error::TenantNotFound(id.clone()))?;
+        self.repo.notify(&mut tx, id).await?;
         tx.commit().await?;
         tracing::info!(tenant = %id, status = %to, "tenant status changed");
         Ok(tenant)
@@ -172,6 +174,7 @@ impl TenantService {
             .set_status(Some(&mut tx), id, TenantStatus::Deleted)
             .await?
             .ok_or_else(|| Error::TenantNotFound(id.clone()))?;
+        self.repo.notify(&mut tx, id).await?;
         tx.commit().await?;
         tracing::info!(tenant = %id, "tenant deleted");
         Ok(tenant)
