@@ -50,12 +50,15 @@ struct Inner {
     pools: TenantPools,
     cache: RwLock<HashMap<TenantId, Cached>>,
     /// Host name -> the tenant that registered it, or `None` if none did.
-    domains: RwLock<HashMap<String, (Option<Arc<Tenant>>, Instant)>>,
+    domains: RwLock<HashMap<String, DomainEntry>>,
     cache_ttl: Duration,
     registry_lookups: AtomicU64,
     /// Dropped with the manager, which stops the change listener.
     _shutdown: watch::Sender<()>,
 }
+
+/// A domain lookup: the tenant (or none) and when it was fetched.
+type DomainEntry = (Option<Arc<Tenant>>, Instant);
 
 struct Cached {
     tenant: Arc<Tenant>,
