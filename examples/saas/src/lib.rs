@@ -1,24 +1,39 @@
 //! The tenantry quick start: the seed design's FastAPI example, in axum.
 //!
 //! - Admin routes (`Authorization: Bearer <token>`): `POST /api/v1/tenants`,
-//!   `GET /api/v1/tenants`, `GET /api/v1/tenants/{id}`.
-//! - `GET /api/v1/current-tenant`: the tenant named by `X-Tenant-ID`, or `null`.
-//! - Tenant routes (`X-Tenant-ID` required): projects (create, list, get, delete) and
-//!   the seed's `GET /api/v1/data` (plus `POST /api/v1/data` to add rows).
+//!   `GET /api/v1/tenants`, `GET /api/v1/tenants/{id}`,
+//!   `POST /api/v1/tenants/{id}/suspend`, `POST /api/v1/tenants/{id}/resume`,
+//!   `DELETE /api/v1/tenants/{id}` (only a suspended tenant).
+//! - `GET /api/v1/current-tenant`: the tenant the request names, or `null`.
+//! - Tenant routes: projects (create, list, get, delete) and the seed's
+//!   `GET /api/v1/data` (plus `POST /api/v1/data` to add rows).
+//!
+//! A request names its tenant with the `X-Tenant-ID` header, or by its host: a
+//! tenant's registered `domain`, or `{id}.localhost` (`{id}.{base domain}`).
+//!
+//! With user tokens configured (`SAAS_USER_TOKENS=token=tenant,...`), tenant routes
+//! also need `Authorization: Bearer <token>`, and the token's tenant must be the one
+//! the request names: a client cannot reach another tenant by changing a header or a
+//! host. A real service would verify a signed token (a JWT) instead of a fixed list;
+//! the policy check is the same.
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
 use tenantry::{
-    CurrentTenant, Error, NewTenant, Problem, TenantDb, TenantEntity, TenantId, TenantLayer,
-    TenantManager, TenantMigrations, TenantTx, tenant_scoped,
+    CurrentTenant, Error, HostResolver, NewTenant, Problem, Tenant, TenantDb, TenantEntity,
+    TenantId, TenantLayer, TenantManager, TenantMetrics, TenantMigrations, TenantTx, tenant_scoped,
 };
+use tower_http::trace::TraceLayer;
 
 /// The tenant migrations as tenantry takes them.
 pub fn tenant_migrations() -> TenantMigrations {
@@ -33,25 +48,109 @@ pub struct AppState {
     pub manager: TenantManager,
     /// The bearer token of the admin routes.
     pub admin_token: String,
+    /// Hosts `{id}.{base_domain}` name tenant `id` (default `localhost`).
+    pub base_domain: String,
+    /// User tokens and the tenant each may act for; `None` lets any client pick any
+    /// tenant (a demo without authentication).
+    pub user_tokens: Option<Arc<HashMap<String, TenantId>>>,
+    /// Per-tenant request metrics.
+    pub metrics: TenantMetrics,
+}
+
+impl AppState {
+    /// State with the default base domain and no user tokens.
+    pub fn new(manager: TenantManager, admin_token: impl Into<String>) -> Self {
+        Self {
+            manager,
+            admin_token: admin_token.into(),
+            base_domain: "localhost".to_owned(),
+            user_tokens: None,
+            metrics: TenantMetrics::new(50),
+        }
+    }
+
+    /// Requires user tokens on tenant routes: `token -> tenant`.
+    pub fn with_user_tokens(mut self, tokens: HashMap<String, TenantId>) -> Self {
+        self.user_tokens = Some(Arc::new(tokens));
+        self
+    }
+
+    /// Parses `token=tenant,token=tenant` (the `SAAS_USER_TOKENS` format).
+    pub fn parse_user_tokens(spec: &str) -> Result<HashMap<String, TenantId>, String> {
+        spec.split(',')
+            .filter(|pair| !pair.trim().is_empty())
+            .map(|pair| {
+                let (token, tenant) = pair
+                    .split_once('=')
+                    .ok_or_else(|| format!("`{pair}` is not `token=tenant`"))?;
+                let tenant = TenantId::parse(tenant.trim()).map_err(|e| e.to_string())?;
+                Ok((token.trim().to_owned(), tenant))
+            })
+            .collect()
+    }
+
+    /// The tenant layer of this app: `X-Tenant-ID`, then the host; the user-token
+    /// policy if configured; metrics.
+    pub fn tenant_layer(&self) -> TenantLayer {
+        let mut layer = TenantLayer::new(self.manager.clone())
+            .resolver(HostResolver::domains().subdomains_of(self.base_domain.clone()))
+            .metrics(self.metrics.clone());
+        if let Some(tokens) = self.user_tokens.clone() {
+            layer = layer.policy(move |parts: &Parts, tenant: &Tenant| {
+                let token = parts
+                    .headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .ok_or_else(|| {
+                        Error::Unauthorized(
+                            "tenant routes need `Authorization: Bearer <user token>`".to_owned(),
+                        )
+                    })?;
+                match tokens.get(token) {
+                    Some(allowed) if *allowed == tenant.id => Ok(()),
+                    Some(_) => Err(Error::Forbidden(format!(
+                        "this token may not act for tenant `{}`",
+                        tenant.id
+                    ))),
+                    None => Err(Error::Unauthorized("unknown user token".to_owned())),
+                }
+            });
+        }
+        layer
+    }
 }
 
 /// The whole application.
 pub fn router(state: AppState) -> Router {
+    let layer = state.tenant_layer();
     Router::new()
         .merge(admin_routes(state.clone()))
         .merge(
             Router::new()
                 .route("/api/v1/current-tenant", get(current_tenant))
-                .layer(TenantLayer::new(state.manager.clone()).optional()),
+                .layer(TraceLayer::new_for_http())
+                .layer(layer.clone().optional()),
         )
-        .merge(tenant_routes().layer(TenantLayer::new(state.manager.clone())))
+        .merge(
+            tenant_routes()
+                // Inside the tenant layer: each request line is logged within the
+                // `tenant{tenant_id=...}` span.
+                .layer(TraceLayer::new_for_http())
+                .layer(layer),
+        )
 }
 
 /// Routes that manage tenants; they need the admin token and no tenant.
 pub fn admin_routes(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/tenants", get(list_tenants).post(create_tenant))
-        .route("/api/v1/tenants/{id}", get(get_tenant))
+        .route(
+            "/api/v1/tenants/{id}",
+            get(get_tenant).delete(delete_tenant),
+        )
+        .route("/api/v1/tenants/{id}/suspend", post(suspend_tenant))
+        .route("/api/v1/tenants/{id}/resume", post(resume_tenant))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .with_state(state)
 }
@@ -165,6 +264,33 @@ async fn get_tenant(
         Some(tenant) => Ok(Json(tenant)),
         None => Err(Error::TenantNotFound(id)),
     }
+}
+
+async fn suspend_tenant(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Tenant>, Error> {
+    Ok(Json(
+        state.manager.suspend_tenant(&TenantId::parse(&id)?).await?,
+    ))
+}
+
+async fn resume_tenant(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Tenant>, Error> {
+    Ok(Json(
+        state.manager.resume_tenant(&TenantId::parse(&id)?).await?,
+    ))
+}
+
+/// Deletes a suspended tenant (409 if it is not suspended).
+async fn delete_tenant(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, Error> {
+    state.manager.delete_tenant(&TenantId::parse(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The seed's `get_current_tenant`: the tenant, or `null` without a tenant header.

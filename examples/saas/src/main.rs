@@ -20,8 +20,10 @@ async fn main() {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,tower_http=debug")),
         )
         .init();
 
@@ -67,10 +69,24 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .migrations(saas::tenant_migrations())
         .build()
         .await?;
-    let app = saas::router(saas::AppState {
-        manager,
-        admin_token,
-    });
+    let mut state = saas::AppState::new(manager, admin_token);
+    if let Ok(base) = std::env::var("SAAS_BASE_DOMAIN")
+        && !base.is_empty()
+    {
+        state.base_domain = base;
+    }
+    if let Ok(spec) = std::env::var("SAAS_USER_TOKENS")
+        && !spec.is_empty()
+    {
+        let tokens = saas::AppState::parse_user_tokens(&spec)
+            .map_err(|e| format!("SAAS_USER_TOKENS: {e}"))?;
+        println!(
+            "tenant routes require a user token ({} configured)",
+            tokens.len()
+        );
+        state = state.with_user_tokens(tokens);
+    }
+    let app = saas::router(state);
 
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let listener = tokio::net::TcpListener::bind(addr)

@@ -39,10 +39,7 @@ pub async fn manager(config: PoolConfig) -> (TestDatabase, TenantManager) {
 
 /// The saas example's router over `manager`.
 pub fn saas_app(manager: &TenantManager) -> Router {
-    saas::router(saas::AppState {
-        manager: manager.clone(),
-        admin_token: ADMIN_TOKEN.to_owned(),
-    })
+    saas::router(saas::AppState::new(manager.clone(), ADMIN_TOKEN))
 }
 
 pub async fn create(manager: &TenantManager, id: &str) {
