@@ -154,10 +154,13 @@ async fn drive(
             while Instant::now() < deadline {
                 let tenant = rng.random_range(0..tenants);
                 let id = rng.random_range(1..=ROWS);
-                let request = hyper::Request::get(format!("http://{addr}{prefix}/{id}"))
-                    .header("x-tenant-id", format!("bench-{tenant:03}"))
-                    .body(Empty::<Bytes>::new())
-                    .expect("valid request");
+                let mut request = hyper::Request::get(format!("http://{addr}{prefix}/{id}"));
+                if prefix.starts_with("/full/") {
+                    request = request.header("host", format!("bench-{tenant:03}.localhost"));
+                } else {
+                    request = request.header("x-tenant-id", format!("bench-{tenant:03}"));
+                }
+                let request = request.body(Empty::<Bytes>::new()).expect("valid request");
                 let t = Instant::now();
                 match client.request(request).await {
                     Ok(response) => {
@@ -274,6 +277,18 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 .route("/scoped-macro/{id}", get(scoped_macro))
                 .route("/scoped-tx-macro/{id}", get(scoped_tx_macro))
                 .layer(TenantLayer::new(manager.clone())),
+        )
+        .merge(
+            // The full resolution path: header, then host (a registered domain or a
+            // subdomain), per-tenant metrics; the request names its tenant by host.
+            Router::new()
+                .route("/full/scoped/{id}", get(scoped))
+                .route("/full/resolve/{id}", get(resolve_only))
+                .layer(
+                    TenantLayer::new(manager.clone())
+                        .resolver(tenantry::HostResolver::domains().subdomains_of("localhost"))
+                        .metrics(tenantry::TenantMetrics::new(50)),
+                ),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -295,6 +310,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             "m-tx",
             "#[tenant_scoped(transaction)] handler",
             "/scoped-tx-macro",
+        ),
+        ("e", "scoped, tenant by host, + metrics", "/full/scoped"),
+        (
+            "c-e",
+            "resolution alone, by host, + metrics",
+            "/full/resolve",
         ),
     ];
     // Warm up every variant (connections, statement caches, tenant cache).
@@ -358,6 +379,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("  m-tx / a-tx = {:.3}", median(ratio_of(7, 4)));
     println!("  m-tx / b-tx = {:.3}", median(ratio_of(7, 5)));
+    println!(
+        "  e / a       = {:.3}  (host resolution + metrics; compare with b / a)",
+        median(ratio_of(8, 0))
+    );
+    println!("  e / b       = {:.3}", median(ratio_of(8, 1)));
+    println!("  c-e / c     = {:.3}", median(ratio_of(9, 2)));
     println!(
         "  c / d       = {:.3}  (cost of resolution against an empty handler)",
         median(ratio_of(2, 3))

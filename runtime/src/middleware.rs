@@ -100,7 +100,7 @@ impl std::fmt::Debug for TenantLayer {
 struct LayerConfig {
     manager: TenantManager,
     resolvers: Vec<Arc<dyn TenantResolver>>,
-    hint: String,
+    hint: Arc<str>,
     required: bool,
     policy: Option<Arc<dyn TenantPolicy>>,
     metrics: Option<TenantMetrics>,
@@ -113,7 +113,8 @@ impl LayerConfig {
             .iter()
             .map(|r| r.describe())
             .collect::<Vec<_>>()
-            .join(", or ");
+            .join(", or ")
+            .into();
     }
 }
 
@@ -123,7 +124,7 @@ impl TenantLayer {
         let mut config = LayerConfig {
             manager,
             resolvers: vec![Arc::new(HeaderResolver::default())],
-            hint: String::new(),
+            hint: Arc::from(""),
             required: true,
             policy: None,
             metrics: None,
@@ -226,7 +227,7 @@ async fn resolve_request(
     }
     if config.required {
         return Err(Error::MissingTenant {
-            hint: config.hint.clone(),
+            hint: config.hint.to_string(),
         });
     }
     Ok(None)
@@ -260,7 +261,7 @@ where
             };
             parts.extensions.insert(Scope {
                 manager: config.manager.clone(),
-                hint: Arc::from(config.hint.as_str()),
+                hint: config.hint.clone(),
                 tenant: tenant.clone(),
             });
             let req = Request::from_parts(parts, body);
