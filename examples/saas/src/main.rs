@@ -64,7 +64,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .max_connections(8)
         .acquire_timeout(std::time::Duration::from_secs(3))
         .connect(&url)
-        .await?;
+        .await
+        .map_err(|e| format!("cannot connect to the database: {e}"))?;
     let manager = TenantManager::builder(pool)
         .migrations(saas::tenant_migrations())
         .build()
