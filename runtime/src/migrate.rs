@@ -1,12 +1,15 @@
-//! Tenant migrations: the application's sqlx migrations, applied per tenant.
+//! Tenant migrations: the application's sqlx migrations, applied per tenant, and
+//! across all tenants ([`TenantManager::migrate_all`](crate::TenantManager::migrate_all)).
 //!
 //! Each version's DDL and its record in the registry commit in the same transaction,
-//! so a tenant is never left half migrated.
+//! so a tenant is never left half way through a version, and a rerun resumes at the
+//! first version a tenant lacks.
 
 use std::sync::Arc;
 
+use serde::Serialize;
 use sqlx::PgConnection;
-use sqlx::migrate::Migrator;
+use sqlx::migrate::{Migration, Migrator};
 
 use crate::error::Error;
 use crate::repository::TenantRepository;
@@ -57,6 +60,73 @@ impl TenantMigrations {
             .max()
     }
 
+    /// The up migrations, in version order.
+    pub(crate) fn ups(&self) -> impl Iterator<Item = &Migration> {
+        self.migrator
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration())
+    }
+
+    /// The versions this source has, in order.
+    pub fn versions(&self) -> Vec<i64> {
+        self.ups().map(|m| m.version).collect()
+    }
+
+    /// Compares what a tenant has applied with this source: the versions it lacks, and
+    /// every way it differs (a changed checksum, a version this source does not have).
+    pub fn compare(&self, applied: &[(i64, Vec<u8>)]) -> (Vec<i64>, Vec<String>) {
+        let mut drift = Vec::new();
+        for (version, checksum) in applied {
+            match self.ups().find(|m| m.version == *version) {
+                None => drift.push(format!(
+                    "version {version} is applied but not in the migration source"
+                )),
+                Some(m) if m.checksum.as_ref() != checksum.as_slice() => drift.push(format!(
+                    "version {version} was applied with a different checksum"
+                )),
+                Some(_) => {}
+            }
+        }
+        let pending = self
+            .ups()
+            .filter(|m| !applied.iter().any(|(v, _)| *v == m.version))
+            .map(|m| m.version)
+            .collect();
+        (pending, drift)
+    }
+
+    /// Applies migration `version` to `tenant` inside the caller's transaction, whose
+    /// `search_path` points at the tenant's schema, and records it there too.
+    pub(crate) async fn apply_version(
+        &self,
+        conn: &mut PgConnection,
+        repo: &TenantRepository,
+        tenant: &TenantId,
+        version: i64,
+    ) -> Result<(), Error> {
+        let migration = self
+            .ups()
+            .find(|m| m.version == version)
+            .ok_or_else(|| Error::Migration(format!("no migration {version} in the source")))?;
+        sqlx::raw_sql(migration.sql.clone())
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| {
+                Error::Migration(format!(
+                    "tenant `{tenant}`: migration {} `{}` failed: {e}",
+                    migration.version, migration.description
+                ))
+            })?;
+        repo.record_migration(
+            conn,
+            tenant,
+            migration.version,
+            &migration.description,
+            &migration.checksum,
+        )
+        .await
+    }
+
     /// Applies every pending migration to `tenant` inside the caller's transaction,
     /// whose `search_path` must already point at the tenant's schema. Returns how many
     /// versions were applied.
@@ -67,41 +137,155 @@ impl TenantMigrations {
         tenant: &TenantId,
     ) -> Result<usize, Error> {
         let applied = repo.applied_migrations(conn, tenant).await?;
-        let mut count = 0;
-        for migration in self
-            .migrator
-            .iter()
-            .filter(|m| m.migration_type.is_up_migration())
-        {
-            match applied.iter().find(|(v, _)| *v == migration.version) {
-                Some((_, checksum)) if checksum.as_slice() != &*migration.checksum => {
-                    return Err(Error::Migration(format!(
-                        "tenant `{tenant}`: migration {} was applied with a different checksum (drift)",
-                        migration.version
-                    )));
-                }
-                Some(_) => continue,
-                None => {}
-            }
-            sqlx::raw_sql(migration.sql.clone())
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| {
-                    Error::Migration(format!(
-                        "tenant `{tenant}`: migration {} `{}` failed: {e}",
-                        migration.version, migration.description
-                    ))
-                })?;
-            repo.record_migration(
-                conn,
-                tenant,
-                migration.version,
-                &migration.description,
-                &migration.checksum,
-            )
-            .await?;
-            count += 1;
+        let (pending, drift) = self.compare(&applied);
+        if let Some(d) = drift.first() {
+            return Err(Error::Migration(format!(
+                "tenant `{tenant}` has drifted: {d}"
+            )));
         }
-        Ok(count)
+        for &version in &pending {
+            self.apply_version(conn, repo, tenant, version).await?;
+        }
+        Ok(pending.len())
     }
+}
+
+/// How [`TenantManager::migrate_all`](crate::TenantManager::migrate_all) proceeds.
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    /// Tenants migrated at the same time (default 4).
+    pub concurrency: usize,
+    /// Tenants migrated first, as a canary wave; any failure among them halts the run
+    /// before the rest is touched.
+    pub canary: Option<Canary>,
+    /// After the canary, stop starting new tenants once more than this many failed
+    /// (default: never stop).
+    pub max_failures: Option<usize>,
+}
+
+impl Default for MigrateOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            canary: None,
+            max_failures: None,
+        }
+    }
+}
+
+/// The size of a canary wave.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Canary {
+    /// This many tenants.
+    Count(usize),
+    /// This percentage of the tenants with something to apply (rounded up).
+    Percent(f64),
+}
+
+/// What happened to one tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum MigrationOutcome {
+    /// These versions were applied.
+    Applied {
+        /// The versions, in order.
+        versions: Vec<i64>,
+    },
+    /// Nothing to apply.
+    Current,
+    /// Applying failed (earlier versions of this run stay applied).
+    Failed {
+        /// Why.
+        error: String,
+    },
+    /// Not attempted: the run halted first.
+    Skipped,
+}
+
+/// One tenant's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TenantMigrationResult {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// What happened.
+    #[serde(flatten)]
+    pub outcome: MigrationOutcome,
+}
+
+/// The result of a run across tenants.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MigrationReport {
+    /// One entry per tenant, ordered by tenant id.
+    pub results: Vec<TenantMigrationResult>,
+    /// Why the run halted early, if it did.
+    pub halted: Option<String>,
+}
+
+impl MigrationReport {
+    fn count(&self, f: impl Fn(&MigrationOutcome) -> bool) -> usize {
+        self.results.iter().filter(|r| f(&r.outcome)).count()
+    }
+    /// Tenants that got new versions.
+    pub fn applied(&self) -> usize {
+        self.count(|o| matches!(o, MigrationOutcome::Applied { .. }))
+    }
+    /// Tenants that were already current.
+    pub fn current(&self) -> usize {
+        self.count(|o| matches!(o, MigrationOutcome::Current))
+    }
+    /// Tenants that failed.
+    pub fn failed(&self) -> usize {
+        self.count(|o| matches!(o, MigrationOutcome::Failed { .. }))
+    }
+    /// Tenants not attempted.
+    pub fn skipped(&self) -> usize {
+        self.count(|o| matches!(o, MigrationOutcome::Skipped))
+    }
+    /// Every tenant is current now.
+    pub fn is_success(&self) -> bool {
+        self.failed() == 0 && self.skipped() == 0 && self.halted.is_none()
+    }
+}
+
+/// Progress of a run, for a caller to display.
+#[derive(Debug, Clone)]
+pub enum MigrationEvent {
+    /// The plan: how many tenants, and how many have something to apply.
+    Planned {
+        /// Tenants considered.
+        total: usize,
+        /// Tenants with pending versions.
+        pending: usize,
+    },
+    /// One tenant finished.
+    TenantFinished {
+        /// The tenant.
+        tenant: TenantId,
+        /// What happened.
+        outcome: MigrationOutcome,
+        /// Tenants with pending versions finished so far.
+        done: usize,
+        /// Tenants with pending versions in all.
+        pending: usize,
+    },
+    /// The run stopped early.
+    Halted {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Where one tenant stands against the migration source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TenantMigrationStatus {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Its lifecycle status.
+    pub status: crate::tenant::TenantStatus,
+    /// The highest applied version.
+    pub version: Option<i64>,
+    /// Versions the source has and the tenant lacks.
+    pub pending: Vec<i64>,
+    /// How the tenant differs from the source (changed checksums, unknown versions).
+    pub drift: Vec<String>,
 }

@@ -58,6 +58,7 @@ struct Sql {
     select_by_domain: String,
     record_migration: String,
     applied_versions: String,
+    all_applied: String,
 }
 
 impl TenantRepository {
@@ -100,6 +101,11 @@ impl TenantRepository {
             record_migration: format!(
                 "INSERT INTO {q}.tenant_migrations (tenant_id, version, description, checksum) \
                  VALUES ($1, $2, $3, $4)"
+            ),
+            all_applied: format!(
+                "SELECT m.tenant_id, m.version, m.checksum FROM {q}.tenant_migrations m \
+                 JOIN {q}.tenants t ON t.id = m.tenant_id WHERE t.status <> 'deleted' \
+                 ORDER BY m.tenant_id, m.version"
             ),
             applied_versions: format!(
                 "SELECT version, checksum FROM {q}.tenant_migrations WHERE tenant_id = $1 ORDER BY version"
@@ -291,6 +297,28 @@ impl TenantRepository {
             .execute(conn)
             .await?;
         Ok(())
+    }
+
+    /// The migration versions applied to every tenant that is not deleted, with their
+    /// checksums, in one query.
+    pub async fn all_applied_migrations(
+        &self,
+    ) -> Result<std::collections::HashMap<TenantId, Vec<(i64, Vec<u8>)>>, Error> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(self.sql.all_applied.as_str()))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut map: std::collections::HashMap<TenantId, Vec<(i64, Vec<u8>)>> =
+            std::collections::HashMap::new();
+        for row in rows {
+            let id: String = row.try_get("tenant_id")?;
+            let id = TenantId::parse(&id).map_err(|_| {
+                Error::Registry(format!("invalid tenant id `{id}` in the registry"))
+            })?;
+            map.entry(id)
+                .or_default()
+                .push((row.try_get("version")?, row.try_get("checksum")?));
+        }
+        Ok(map)
     }
 
     /// The migration versions applied to a tenant, with their checksums.

@@ -180,18 +180,40 @@ impl TenantService {
         Ok(tenant)
     }
 
-    /// Applies pending tenant migrations to one tenant; returns how many ran.
-    pub async fn migrate(&self, id: &TenantId) -> Result<usize, Error> {
-        let mut tx = self.repo.pool().begin().await?;
-        let tenant = self
-            .repo
-            .find_for_update(&mut tx, id)
-            .await?
-            .filter(|t| t.status != TenantStatus::Deleted)
-            .ok_or_else(|| Error::TenantNotFound(id.clone()))?;
-        strategy::set_local_search_path(&mut tx, &tenant.id).await?;
-        let applied = self.migrations.apply_in(&mut tx, &self.repo, id).await?;
-        tx.commit().await?;
+    /// Applies pending tenant migrations to one tenant, one transaction per version
+    /// (its DDL and its record together), and returns the versions applied. A failure
+    /// keeps the versions before it; a rerun resumes at the failed one. Concurrent
+    /// runs on the same tenant wait for each other (the registry row is locked).
+    pub async fn migrate(&self, id: &TenantId) -> Result<Vec<i64>, Error> {
+        let done = {
+            let mut conn = self.repo.pool().acquire().await?;
+            self.repo.applied_migrations(&mut conn, id).await?
+        };
+        let (pending, drift) = self.migrations.compare(&done);
+        if let Some(d) = drift.first() {
+            return Err(Error::Migration(format!("tenant `{id}` has drifted: {d}")));
+        }
+        let mut applied = Vec::new();
+        for version in pending {
+            let mut tx = self.repo.pool().begin().await?;
+            let tenant = self
+                .repo
+                .find_for_update(&mut tx, id)
+                .await?
+                .filter(|t| t.status != TenantStatus::Deleted)
+                .ok_or_else(|| Error::TenantNotFound(id.clone()))?;
+            // Another run may have applied it while this one waited for the lock.
+            let now = self.repo.applied_migrations(&mut tx, id).await?;
+            if now.iter().any(|(v, _)| *v == version) {
+                continue;
+            }
+            strategy::set_local_search_path(&mut tx, &tenant.id).await?;
+            self.migrations
+                .apply_version(&mut tx, &self.repo, id, version)
+                .await?;
+            tx.commit().await?;
+            applied.push(version);
+        }
         Ok(applied)
     }
 }
