@@ -9,6 +9,7 @@ pub mod manager;
 pub mod metrics;
 pub mod middleware;
 pub mod migrate;
+pub mod pgbin;
 pub mod pool;
 pub mod repository;
 pub mod resolve;

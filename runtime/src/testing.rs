@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, PgConnection};
+use sqlx::{Connection, PgConnection};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -79,8 +79,7 @@ impl TestDatabase {
             .execute(&mut conn)
             .await?;
         conn.close().await?;
-        let options: PgConnectOptions = admin_url.parse()?;
-        let url = options.database(&name).to_url_lossy().to_string();
+        let url = with_database(&admin_url, &name);
         Ok(Self {
             url,
             admin_url,
@@ -132,6 +131,20 @@ impl Drop for TestDatabase {
     }
 }
 
+/// `url` with its database replaced by `name` (query parameters kept), so that the URL
+/// stays usable by libpq tools such as `psql` and `pg_dump`.
+fn with_database(url: &str, name: &str) -> String {
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let (base, query) = match url.find('?') {
+        Some(q) => (&url[..q], &url[q..]),
+        None => (url, ""),
+    };
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    format!("{}/{name}{query}", &base[..path_start])
+}
+
 /// The URL of the server tests use: `DATABASE_URL`, or a throwaway server started once
 /// per process.
 pub fn server_url() -> Result<String, TestDbError> {
@@ -146,43 +159,9 @@ pub fn server_url() -> Result<String, TestDbError> {
     }
 }
 
-/// The directory holding `initdb` and `postgres`.
+/// The directory holding `initdb` and `postgres`; see [`crate::pgbin::server_bindir`].
 pub fn find_bindir() -> Option<PathBuf> {
-    let has = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            if has(&dir) {
-                // Follow symlinks (Debian links initdb into /usr/bin or /usr/local/bin).
-                let real = std::fs::canonicalize(dir.join("initdb")).ok();
-                if let Some(parent) = real.as_deref().and_then(Path::parent)
-                    && has(parent)
-                {
-                    return Some(parent.to_path_buf());
-                }
-                return Some(dir);
-            }
-        }
-    }
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
-        && out.status.success()
-    {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if has(&dir) {
-            return Some(dir);
-        }
-    }
-    let mut candidates: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let version = e.file_name().to_string_lossy().parse::<u32>().ok()?;
-            let bin = e.path().join("bin");
-            has(&bin).then_some((version, bin))
-        })
-        .collect();
-    candidates.sort();
-    candidates.pop().map(|(_, dir)| dir)
+    crate::pgbin::server_bindir()
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -375,5 +354,24 @@ impl FlakyProxy {
     /// Accepts connections again.
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn database_is_replaced_in_urls() {
+        assert_eq!(
+            super::with_database("postgres://u:p@h:5/old?sslmode=disable", "new"),
+            "postgres://u:p@h:5/new?sslmode=disable"
+        );
+        assert_eq!(
+            super::with_database("postgres://h", "new"),
+            "postgres://h/new"
+        );
+        assert_eq!(
+            super::with_database("postgresql://h:1/", "n"),
+            "postgresql://h:1/n"
+        );
     }
 }

@@ -1,0 +1,652 @@
+//! `tenantry`: operate the tenants of a tenantry registry.
+//!
+//! Exit status: 0 on success, 1 when something failed (some tenants, an unknown
+//! tenant, an unreachable database, problems found by `doctor`), 2 for a usage error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use sqlx::postgres::PgPoolOptions;
+use tenantry::migrate::{Canary, MigrateOptions, MigrationEvent, MigrationOutcome};
+use tenantry::{
+    NewTenant, Strategy, Tenant, TenantId, TenantManager, TenantMigrations, TenantStatus,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tenantry",
+    version,
+    about = "Operate the tenants of a tenantry registry"
+)]
+struct Cli {
+    /// PostgreSQL URL of the registry.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    /// The schema holding the registry.
+    #[arg(long, default_value = "tenantry", global = true)]
+    control_schema: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create, inspect and remove tenants.
+    #[command(subcommand)]
+    Tenants(TenantsCommand),
+    /// Apply tenant migrations to every tenant (or `migrate status`).
+    Migrate(MigrateArgs),
+    /// Look for orphan schemas, missing schemas, drifted tenants and tables without RLS.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum TenantsCommand {
+    /// Create a tenant (schema and tenant migrations, all or nothing).
+    Create {
+        /// The tenant id: lowercase letters, digits and `-`, starting with a letter.
+        #[arg(value_parser = parse_id)]
+        id: TenantId,
+        /// A display name.
+        #[arg(long)]
+        name: String,
+        /// The tenant's domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// The isolation strategy.
+        #[arg(long, value_enum, default_value_t = StrategyArg::Schema)]
+        strategy: StrategyArg,
+        /// The tenant migrations directory (sqlx format) to provision with.
+        #[arg(long)]
+        migrations: Option<PathBuf>,
+    },
+    /// List tenants.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one tenant.
+    Show {
+        #[arg(value_parser = parse_id)]
+        id: TenantId,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Suspend a tenant: its requests get 403.
+    Suspend {
+        #[arg(value_parser = parse_id)]
+        id: TenantId,
+    },
+    /// Resume a suspended tenant.
+    Resume {
+        #[arg(value_parser = parse_id)]
+        id: TenantId,
+    },
+    /// Delete a suspended tenant and its data.
+    Delete {
+        #[arg(value_parser = parse_id)]
+        id: TenantId,
+        /// Confirm the deletion.
+        #[arg(long)]
+        yes: bool,
+        /// Suspend the tenant first if it is active.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write a tenant's schema and data to a file (SQL, from pg_dump).
+    Export {
+        #[arg(value_parser = parse_id)]
+        id: TenantId,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum StrategyArg {
+    /// One schema per tenant.
+    Schema,
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+struct MigrateArgs {
+    #[command(subcommand)]
+    command: Option<MigrateCommand>,
+    /// The tenant migrations directory (sqlx format).
+    #[arg(long)]
+    source: Option<PathBuf>,
+    /// Tenants migrated at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: u16,
+    /// Migrate this many tenants first; any failure among them stops the run.
+    #[arg(long)]
+    canary: Option<usize>,
+    /// Stop starting tenants once more than this many failed.
+    #[arg(long)]
+    max_failures: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum MigrateCommand {
+    /// Which tenant is at which version, and which have drifted.
+    Status {
+        /// The tenant migrations directory, to show pending versions and drift.
+        #[arg(long)]
+        source: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct DoctorArgs {
+    /// The tenant migrations directory, to check for drift.
+    #[arg(long)]
+    source: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_id(raw: &str) -> Result<TenantId, String> {
+    TenantId::parse(raw).map_err(|e| e.to_string())
+}
+
+/// A failure with its exit status.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure {
+            code: 1,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure {
+        code: 2,
+        message: message.into(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tenantry: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            if failure.code == 2 {
+                let _ = Cli::command()
+                    .error(clap::error::ErrorKind::InvalidValue, &failure.message)
+                    .print();
+            } else {
+                eprintln!("tenantry: {}", failure.message);
+            }
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn manager(cli: &Cli, migrations: Option<&PathBuf>) -> Result<TenantManager, Failure> {
+    let url = cli
+        .database_url
+        .as_deref()
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| usage("no database: pass --database-url URL or set DATABASE_URL"))?;
+    // One direct connection first, so that an unreachable server is reported with its
+    // real cause (a pool would only say that it timed out).
+    let probe = tokio::time::timeout(
+        Duration::from_secs(10),
+        <sqlx::PgConnection as sqlx::Connection>::connect(url),
+    )
+    .await
+    .map_err(|_| "cannot connect to the database: no answer within 10 s".to_owned())?
+    .map_err(|e| format!("cannot connect to the database: {e}"))?;
+    let _ = sqlx::Connection::close(probe).await;
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+        .map_err(|e| format!("cannot connect to the database: {e}"))?;
+    let migrations = match migrations {
+        Some(dir) => TenantMigrations::from_dir(dir)
+            .await
+            .map_err(|e| format!("cannot read migrations from {}: {e}", dir.display()))?,
+        None => TenantMigrations::empty(),
+    };
+    Ok(TenantManager::builder(pool)
+        .control_schema(cli.control_schema.clone())
+        .migrations(migrations)
+        .listen_for_changes(false)
+        .build()
+        .await?)
+}
+
+fn print_json(value: &impl Serialize) -> Result<(), Failure> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn print_tenant(t: &Tenant) {
+    println!("id:          {}", t.id);
+    println!("name:        {}", t.name);
+    println!("domain:      {}", t.domain.as_deref().unwrap_or("-"));
+    println!("status:      {}", t.status);
+    println!("strategy:    {}", t.strategy);
+    println!("schema:      {}", t.schema_name);
+    println!("server:      {}", t.server);
+    println!("created at:  {}", t.created_at);
+    println!("updated at:  {}", t.updated_at);
+}
+
+async fn existing(manager: &TenantManager, id: &TenantId) -> Result<Tenant, Failure> {
+    match manager.service().repository().find(id).await? {
+        Some(t) if t.status != TenantStatus::Deleted => Ok(t),
+        _ => Err(format!("tenant `{id}` does not exist").into()),
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    match &cli.command {
+        Command::Tenants(cmd) => tenants(&cli, cmd).await,
+        Command::Migrate(args) => match &args.command {
+            Some(MigrateCommand::Status { source, json }) => {
+                migrate_status(&cli, source.as_ref(), *json).await
+            }
+            None => migrate(&cli, args).await,
+        },
+        Command::Doctor(args) => doctor(&cli, args).await,
+    }
+}
+
+async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
+    match cmd {
+        TenantsCommand::Create {
+            id,
+            name,
+            domain,
+            strategy,
+            migrations,
+        } => {
+            let manager = manager(cli, migrations.as_ref()).await?;
+            let strategy = match strategy {
+                StrategyArg::Schema => Strategy::Schema,
+            };
+            let new = NewTenant {
+                id: id.clone(),
+                name: name.clone(),
+                domain: domain.clone(),
+                strategy,
+            };
+            let tenant = manager.create_tenant(new).await?;
+            if migrations.is_none() {
+                eprintln!("note: no --migrations given; the tenant's schema is empty");
+            }
+            println!(
+                "created tenant `{}` (schema {})",
+                tenant.id, tenant.schema_name
+            );
+        }
+        TenantsCommand::List { json } => {
+            let manager = manager(cli, None).await?;
+            let tenants = manager.list_tenants().await?;
+            if *json {
+                print_json(&tenants)?;
+            } else if tenants.is_empty() {
+                println!("no tenants");
+            } else {
+                println!(
+                    "{:<40}  {:<12}  {:<8}  {:<24}  DOMAIN",
+                    "ID", "STATUS", "STRATEGY", "NAME"
+                );
+                for t in tenants {
+                    println!(
+                        "{:<40}  {:<12}  {:<8}  {:<24}  {}",
+                        t.id.as_str(),
+                        t.status.as_str(),
+                        t.strategy.as_str(),
+                        t.name,
+                        t.domain.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+        }
+        TenantsCommand::Show { id, json } => {
+            let manager = manager(cli, None).await?;
+            let tenant = existing(&manager, id).await?;
+            if *json {
+                print_json(&tenant)?;
+            } else {
+                print_tenant(&tenant);
+            }
+        }
+        TenantsCommand::Suspend { id } => {
+            let manager = manager(cli, None).await?;
+            let t = manager.suspend_tenant(id).await?;
+            println!("tenant `{}` is {}", t.id, t.status);
+        }
+        TenantsCommand::Resume { id } => {
+            let manager = manager(cli, None).await?;
+            let t = manager.resume_tenant(id).await?;
+            println!("tenant `{}` is {}", t.id, t.status);
+        }
+        TenantsCommand::Delete { id, yes, force } => {
+            if !yes {
+                return Err(usage(format!(
+                    "deleting tenant `{id}` drops all of its data: confirm with --yes"
+                )));
+            }
+            let manager = manager(cli, None).await?;
+            let tenant = existing(&manager, id).await?;
+            if tenant.status == TenantStatus::Active {
+                if !force {
+                    return Err(format!(
+                        "tenant `{id}` is active: suspend it first (`tenantry tenants suspend {id}`), or pass --force"
+                    )
+                    .into());
+                }
+                manager.suspend_tenant(id).await?;
+            }
+            manager.delete_tenant(id).await?;
+            println!("deleted tenant `{id}`");
+        }
+        TenantsCommand::Export { id, out } => {
+            let manager = manager(cli, None).await?;
+            let tenant = existing(&manager, id).await?;
+            export(cli, &tenant, out)?;
+            println!("exported tenant `{id}` to {}", out.display());
+        }
+    }
+    Ok(0)
+}
+
+fn export(cli: &Cli, tenant: &Tenant, out: &PathBuf) -> Result<(), Failure> {
+    let bindir = tenantry::pgbin::bindir_of("pg_dump")
+        .ok_or("pg_dump not found (looked on PATH, at `pg_config --bindir` and in /usr/lib/postgresql/*/bin)")?;
+    let url = libpq_url(cli.database_url.as_deref().unwrap_or_default());
+    let dump = std::process::Command::new(bindir.join("pg_dump"))
+        .arg("--dbname")
+        .arg(url)
+        .arg("--schema")
+        .arg(&tenant.schema_name)
+        .args(["--no-owner", "--no-privileges"])
+        .output()
+        .map_err(|e| format!("cannot run pg_dump: {e}"))?;
+    if !dump.status.success() {
+        return Err(format!(
+            "pg_dump failed: {}",
+            String::from_utf8_lossy(&dump.stderr).trim()
+        )
+        .into());
+    }
+    let mut body = format!(
+        "-- tenantry export of tenant `{}` (strategy {}, schema {})\n-- registry record: {}\n\n",
+        tenant.id,
+        tenant.strategy,
+        tenant.schema_name,
+        serde_json::to_string(tenant)?
+    )
+    .into_bytes();
+    body.extend_from_slice(&dump.stdout);
+    std::fs::write(out, body).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    Ok(())
+}
+
+/// The URL without sqlx's own query parameters (`statement-cache-capacity`, ...),
+/// which libpq tools reject; libpq's parameters have no `-`.
+fn libpq_url(url: &str) -> String {
+    match url.split_once('?') {
+        None => url.to_owned(),
+        Some((base, query)) => {
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|p| !p.split('=').next().unwrap_or_default().contains('-'))
+                .collect();
+            if kept.is_empty() {
+                base.to_owned()
+            } else {
+                format!("{base}?{}", kept.join("&"))
+            }
+        }
+    }
+}
+
+async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<u8, Failure> {
+    let source = args
+        .source
+        .as_ref()
+        .ok_or_else(|| usage("`tenantry migrate` needs --source DIR (the tenant migrations)"))?;
+    let manager = manager(cli, Some(source)).await?;
+    let options = MigrateOptions {
+        concurrency: args.concurrency as usize,
+        canary: args.canary.map(Canary::Count),
+        max_failures: args.max_failures,
+    };
+    // Drawn only when stderr is a terminal.
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} tenants {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let report = manager
+        .migrate_all(&options, |event| match event {
+            MigrationEvent::Planned { pending, .. } => bar.set_length(*pending as u64),
+            MigrationEvent::TenantFinished {
+                tenant, outcome, ..
+            } => {
+                bar.inc(1);
+                if let MigrationOutcome::Failed { error } = outcome {
+                    bar.suspend(|| eprintln!("{tenant}: {error}"));
+                }
+            }
+            MigrationEvent::Halted { reason } => bar.set_message(reason.clone()),
+        })
+        .await?;
+    bar.finish_and_clear();
+    if args.json {
+        print_json(&report)?;
+    } else {
+        println!(
+            "{} tenants: {} migrated, {} already current, {} failed, {} skipped",
+            report.results.len(),
+            report.applied(),
+            report.current(),
+            report.failed(),
+            report.skipped()
+        );
+        for r in &report.results {
+            if let MigrationOutcome::Failed { error } = &r.outcome {
+                println!("failed  {}: {error}", r.tenant);
+            }
+        }
+        if let Some(reason) = &report.halted {
+            println!("halted: {reason}");
+        }
+    }
+    Ok(if report.is_success() { 0 } else { 1 })
+}
+
+async fn migrate_status(cli: &Cli, source: Option<&PathBuf>, json: bool) -> Result<u8, Failure> {
+    let manager = manager(cli, source).await?;
+    let status = without_source_checks(manager.migration_status().await?, source.is_some());
+    if json {
+        print_json(&status)?;
+        return Ok(0);
+    }
+    println!(
+        "{:<40}  {:<12}  {:>8}  {:<12}  DRIFT",
+        "TENANT", "STATUS", "VERSION", "PENDING"
+    );
+    for s in &status {
+        println!(
+            "{:<40}  {:<12}  {:>8}  {:<12}  {}",
+            s.tenant.as_str(),
+            s.status.as_str(),
+            s.version.map_or("-".to_owned(), |v| v.to_string()),
+            if s.pending.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{:?}", s.pending)
+            },
+            if s.drift.is_empty() {
+                "-".to_owned()
+            } else {
+                s.drift.join("; ")
+            }
+        );
+    }
+    if source.is_none() {
+        eprintln!("note: without --source, pending versions and checksums are not checked");
+    }
+    Ok(0)
+}
+
+/// Without a migration source there is nothing to compare with: no pending versions,
+/// no checksum drift (the manager compared against an empty source).
+fn without_source_checks(
+    mut status: Vec<tenantry::migrate::TenantMigrationStatus>,
+    have_source: bool,
+) -> Vec<tenantry::migrate::TenantMigrationStatus> {
+    if !have_source {
+        for s in &mut status {
+            s.pending.clear();
+            s.drift.clear();
+        }
+    }
+    status
+}
+
+#[derive(Serialize)]
+struct Finding {
+    kind: &'static str,
+    subject: String,
+    detail: String,
+}
+
+async fn doctor(cli: &Cli, args: &DoctorArgs) -> Result<u8, Failure> {
+    let manager = manager(cli, args.source.as_ref()).await?;
+    let pool = manager.service().repository().pool().clone();
+    let control = cli.control_schema.clone();
+    let mut findings = Vec::new();
+
+    let tenants = manager.list_tenants().await?;
+    let schemas: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'tenant\\_%' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await?;
+    for schema in &schemas {
+        if !tenants.iter().any(|t| &t.schema_name == schema) {
+            findings.push(Finding {
+                kind: "orphan-schema",
+                subject: schema.clone(),
+                detail: "a tenant schema that no tenant in the registry owns".to_owned(),
+            });
+        }
+    }
+    for t in &tenants {
+        if !schemas.contains(&t.schema_name) {
+            findings.push(Finding {
+                kind: "missing-schema",
+                subject: t.id.to_string(),
+                detail: format!("schema {} does not exist", t.schema_name),
+            });
+        }
+    }
+    let status = without_source_checks(manager.migration_status().await?, args.source.is_some());
+    let newest = status.iter().filter_map(|s| s.version).max();
+    for s in &status {
+        for d in &s.drift {
+            findings.push(Finding {
+                kind: "drift",
+                subject: s.tenant.to_string(),
+                detail: d.clone(),
+            });
+        }
+        if args.source.is_none() && s.version != newest {
+            findings.push(Finding {
+                kind: "behind",
+                subject: s.tenant.to_string(),
+                detail: format!(
+                    "at version {} while other tenants are at {}",
+                    s.version.map_or("none".to_owned(), |v| v.to_string()),
+                    newest.unwrap_or_default()
+                ),
+            });
+        } else if args.source.is_some() && !s.pending.is_empty() {
+            findings.push(Finding {
+                kind: "behind",
+                subject: s.tenant.to_string(),
+                detail: format!("pending versions {:?}", s.pending),
+            });
+        }
+    }
+    // Shared tables with a tenant column must have row-level security enabled and forced.
+    let unprotected: Vec<(String, String, bool, bool, i64)> = sqlx::query_as(
+        "SELECT n.nspname::text, c.relname::text, c.relrowsecurity, c.relforcerowsecurity,
+                (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid)
+         FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+         WHERE c.relkind IN ('r', 'p')
+           AND n.nspname NOT LIKE 'tenant\\_%' AND n.nspname <> $1
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+         ORDER BY 1, 2",
+    )
+    .bind(&control)
+    .fetch_all(&pool)
+    .await?;
+    for (schema, table, enabled, forced, policies) in unprotected {
+        if !(enabled && forced && policies > 0) {
+            findings.push(Finding {
+                kind: "missing-rls",
+                subject: format!("{schema}.{table}"),
+                detail: format!(
+                    "has a tenant_id column but row level security is {}{}, {policies} policies",
+                    if enabled { "enabled" } else { "disabled" },
+                    if forced {
+                        " and forced"
+                    } else {
+                        ", not forced"
+                    }
+                ),
+            });
+        }
+    }
+
+    if args.json {
+        print_json(&findings)?;
+    } else if findings.is_empty() {
+        println!("no problems found ({} tenants)", tenants.len());
+    } else {
+        for f in &findings {
+            println!("{:<15} {}: {}", f.kind, f.subject, f.detail);
+        }
+        println!("{} problems found", findings.len());
+    }
+    Ok(if findings.is_empty() { 0 } else { 1 })
+}

@@ -1,0 +1,415 @@
+//! The `tenantry` binary against a throwaway PostgreSQL.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use tenantry::testing::TestDatabase;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn tenantry(url: Option<&str>, args: &[&str]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenantry"));
+    cmd.args(args).env_remove("DATABASE_URL");
+    if let Some(url) = url {
+        cmd.env("DATABASE_URL", url);
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("run tenantry");
+    Run {
+        code: status.code().expect("exit code"),
+        stdout: String::from_utf8(stdout).unwrap(),
+        stderr: String::from_utf8(stderr).unwrap(),
+    }
+}
+
+fn saas_migrations() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/saas/migrations/tenant")
+        .display()
+        .to_string()
+}
+
+async fn db() -> TestDatabase {
+    TestDatabase::create().await.expect("a test database")
+}
+
+#[tokio::test]
+async fn tenant_lifecycle() {
+    let db = db().await;
+    let url = Some(db.url());
+    let migrations = saas_migrations();
+    let r = tenantry(
+        url,
+        &[
+            "tenants",
+            "create",
+            "acme",
+            "--name",
+            "Acme",
+            "--domain",
+            "acme.example.com",
+            "--migrations",
+            &migrations,
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("created tenant `acme`"));
+    let r = tenantry(
+        url,
+        &[
+            "tenants",
+            "create",
+            "globex",
+            "--name",
+            "Globex",
+            "--strategy",
+            "schema",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    let r = tenantry(url, &["tenants", "list", "--json"]);
+    assert_eq!(r.code, 0);
+    let list: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let ids: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["acme", "globex"]);
+    let r = tenantry(url, &["tenants", "list"]);
+    assert!(
+        r.stdout.contains("acme")
+            && r.stdout.contains("acme.example.com")
+            && r.stdout.contains("active")
+    );
+
+    let r = tenantry(url, &["tenants", "show", "acme", "--json"]);
+    let shown: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(shown["domain"], "acme.example.com");
+    assert_eq!(shown["status"], "active");
+    let r = tenantry(url, &["tenants", "show", "acme"]);
+    assert!(
+        r.stdout.contains("schema:      tenant_acme"),
+        "{}",
+        r.stdout
+    );
+
+    // Two-phase delete.
+    let r = tenantry(url, &["tenants", "delete", "acme"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--yes"), "{}", r.stderr);
+    let r = tenantry(url, &["tenants", "delete", "acme", "--yes"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("suspend it first"), "{}", r.stderr);
+    let r = tenantry(url, &["tenants", "suspend", "acme"]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("suspended"));
+    let r = tenantry(url, &["tenants", "resume", "acme"]);
+    assert!(r.stdout.contains("active"));
+    tenantry(url, &["tenants", "suspend", "acme"]);
+    let r = tenantry(url, &["tenants", "delete", "acme", "--yes"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = tenantry(url, &["tenants", "show", "acme"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("tenant `acme` does not exist"));
+    // --force suspends first.
+    let r = tenantry(url, &["tenants", "delete", "globex", "--yes", "--force"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = tenantry(url, &["tenants", "list"]);
+    assert!(r.stdout.contains("no tenants"));
+}
+
+#[tokio::test]
+async fn clear_errors_and_exit_codes() {
+    let db = db().await;
+    let url = Some(db.url());
+    for (args, code, needle) in [
+        (vec!["tenants", "show", "Not-Valid"], 2, "invalid tenant id"),
+        (
+            vec!["tenants", "create", "x\";drop", "--name", "X"],
+            2,
+            "invalid tenant id",
+        ),
+        (
+            vec![
+                "tenants",
+                "create",
+                "ok",
+                "--name",
+                "X",
+                "--strategy",
+                "nosuch",
+            ],
+            2,
+            "possible values",
+        ),
+        (vec!["tenants", "frobnicate"], 2, "unrecognized subcommand"),
+        (vec!["migrate"], 2, "--source"),
+        (
+            vec!["migrate", "--source", "/x", "--concurrency", "0"],
+            2,
+            "concurrency",
+        ),
+        (
+            vec!["tenants", "suspend", "ghost"],
+            1,
+            "tenant `ghost` does not exist",
+        ),
+        (
+            vec!["tenants", "export", "ghost", "--out", "/tmp/x.sql"],
+            1,
+            "does not exist",
+        ),
+    ] {
+        let r = tenantry(url, &args);
+        assert_eq!(r.code, code, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(needle), "{args:?}: {}", r.stderr);
+    }
+    let r = tenantry(None, &["tenants", "list"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("DATABASE_URL"));
+    let r = tenantry(
+        Some("postgres://postgres@127.0.0.1:1/none"),
+        &["tenants", "list"],
+    );
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("cannot connect to the database"),
+        "{}",
+        r.stderr
+    );
+    let r = tenantry(
+        None,
+        &[
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/none",
+            "tenants",
+            "list",
+        ],
+    );
+    assert_eq!(r.code, 1);
+}
+
+fn copy_dir(from: &str, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn migrate_across_tenants_status_and_failures() {
+    let db = db().await;
+    let url = Some(db.url());
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&saas_migrations(), dir.path());
+    let source = dir.path().display().to_string();
+    for i in 0..6 {
+        let id = format!("t{i}");
+        assert_eq!(
+            tenantry(
+                url,
+                &[
+                    "tenants",
+                    "create",
+                    &id,
+                    "--name",
+                    &id,
+                    "--migrations",
+                    &source
+                ]
+            )
+            .code,
+            0
+        );
+    }
+    // Nothing to apply.
+    let r = tenantry(url, &["migrate", "--source", &source]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("6 tenants: 0 migrated, 6 already current"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr.is_empty(),
+        "no progress bar when stderr is not a terminal: {:?}",
+        r.stderr
+    );
+
+    std::fs::write(
+        dir.path().join("0003_tags.sql"),
+        "CREATE TABLE tags (id bigserial PRIMARY KEY, name text NOT NULL);",
+    )
+    .unwrap();
+    let r = tenantry(url, &["migrate", "status", "--source", &source, "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(
+        status
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["pending"] == serde_json::json!([3]))
+    );
+    let r = tenantry(
+        url,
+        &[
+            "migrate",
+            "--source",
+            &source,
+            "--concurrency",
+            "3",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["results"].as_array().unwrap().len(), 6);
+    assert!(
+        report["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["outcome"] == "applied" && t["versions"] == serde_json::json!([3]))
+    );
+    let r = tenantry(url, &["migrate", "status", "--source", &source]);
+    assert!(
+        r.stdout.lines().skip(1).all(|l| l.contains(" 3 ")),
+        "{}",
+        r.stdout
+    );
+
+    // A migration that fails: exit 1, failures listed; with a canary the rest is untouched.
+    std::fs::write(
+        dir.path().join("0004_broken.sql"),
+        "ALTER TABLE nope ADD COLUMN x int;",
+    )
+    .unwrap();
+    let r = tenantry(url, &["migrate", "--source", &source, "--canary", "1"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stdout.contains("1 failed, 5 skipped"), "{}", r.stdout);
+    assert!(r.stdout.contains("halted"), "{}", r.stdout);
+    let r = tenantry(url, &["migrate", "--source", &source]);
+    assert_eq!(r.code, 1);
+    assert!(r.stdout.contains("6 failed"), "{}", r.stdout);
+    assert!(r.stdout.contains("failed  t0: "), "{}", r.stdout);
+    // Fixed: the rerun converges.
+    std::fs::write(
+        dir.path().join("0004_broken.sql"),
+        "ALTER TABLE tags ADD COLUMN x int;",
+    )
+    .unwrap();
+    let r = tenantry(url, &["migrate", "--source", &source]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    assert!(r.stdout.contains("6 migrated"));
+    // A changed migration file is drift.
+    std::fs::write(
+        dir.path().join("0004_broken.sql"),
+        "ALTER TABLE tags ADD COLUMN y int;",
+    )
+    .unwrap();
+    let r = tenantry(url, &["doctor", "--source", &source]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stdout.contains("drift") && r.stdout.contains("checksum"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[tokio::test]
+async fn export_and_doctor() {
+    let db = db().await;
+    let url = Some(db.url());
+    let migrations = saas_migrations();
+    assert_eq!(
+        tenantry(
+            url,
+            &[
+                "tenants",
+                "create",
+                "acme",
+                "--name",
+                "Acme",
+                "--migrations",
+                &migrations
+            ]
+        )
+        .code,
+        0
+    );
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    sqlx::query("INSERT INTO tenant_acme.projects (name) VALUES ('export-me')")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let r = tenantry(
+        url,
+        &[
+            "tenants",
+            "export",
+            "acme",
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let dump = std::fs::read_to_string(out.path()).unwrap();
+    assert!(dump.starts_with("-- tenantry export of tenant `acme`"));
+    assert!(dump.contains("CREATE TABLE tenant_acme.projects"), "{dump}");
+    assert!(dump.contains("export-me"));
+    assert!(
+        !dump.contains("tenantry.tenants"),
+        "only the tenant's schema"
+    );
+
+    let r = tenantry(url, &["doctor"]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    assert!(r.stdout.contains("no problems found"));
+    sqlx::raw_sql(
+        "CREATE SCHEMA tenant_zombie;
+         CREATE TABLE public.shared_items (id int, tenant_id text);
+         DROP SCHEMA tenant_acme CASCADE;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let r = tenantry(url, &["doctor", "--json"]);
+    assert_eq!(r.code, 1);
+    let findings: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let kinds: Vec<(String, String)> = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap().to_owned(),
+                f["subject"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        kinds.contains(&("orphan-schema".into(), "tenant_zombie".into())),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("missing-schema".into(), "acme".into())),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("missing-rls".into(), "public.shared_items".into())),
+        "{kinds:?}"
+    );
+}
