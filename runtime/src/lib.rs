@@ -15,6 +15,7 @@ pub mod repository;
 pub mod resolve;
 pub mod service;
 pub mod strategy;
+pub mod template;
 pub mod tenant;
 #[cfg(feature = "testing")]
 pub mod testing;

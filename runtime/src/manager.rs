@@ -91,6 +91,7 @@ pub struct TenantManagerBuilder {
     pool_config: PoolConfig,
     cache_ttl: Duration,
     listen: bool,
+    from_template: bool,
 }
 
 impl TenantManagerBuilder {
@@ -127,6 +128,13 @@ impl TenantManagerBuilder {
         self
     }
 
+    /// Whether new tenants are cloned from a template schema (default) instead of
+    /// replaying every tenant migration; see [`crate::template`].
+    pub fn provision_from_template(mut self, yes: bool) -> Self {
+        self.from_template = yes;
+        self
+    }
+
     /// Creates or upgrades the registry and returns the manager.
     pub async fn build(self) -> Result<TenantManager, Error> {
         let repo = TenantRepository::new(self.pool.clone(), &self.control_schema)?;
@@ -136,7 +144,8 @@ impl TenantManagerBuilder {
         let (shutdown, stopped) = watch::channel(());
         let manager = TenantManager {
             inner: Arc::new(Inner {
-                service: TenantService::new(repo, self.migrations),
+                service: TenantService::new(repo, self.migrations)
+                    .provision_from_template(self.from_template),
                 pools: TenantPools::new(base, self.pool_config),
                 cache: RwLock::new(HashMap::new()),
                 domains: RwLock::new(HashMap::new()),
@@ -169,6 +178,7 @@ impl TenantManager {
             pool_config: PoolConfig::default(),
             cache_ttl: Duration::from_secs(5),
             listen: true,
+            from_template: true,
         }
     }
 

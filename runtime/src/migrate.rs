@@ -95,6 +95,57 @@ impl TenantMigrations {
         (pending, drift)
     }
 
+    /// Identifies the source: every version with its checksum. The template schema is
+    /// rebuilt when this changes.
+    pub(crate) fn fingerprint(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in self.ups() {
+            out.extend_from_slice(&m.version.to_be_bytes());
+            out.extend_from_slice(&m.checksum);
+        }
+        out
+    }
+
+    fn get(&self, version: i64) -> Result<&Migration, Error> {
+        self.ups()
+            .find(|m| m.version == version)
+            .ok_or_else(|| Error::Migration(format!("no migration {version} in the source")))
+    }
+
+    /// Runs the SQL of `version` on `conn` (whose `search_path` names the target
+    /// schema); `target` names it in error messages.
+    pub(crate) async fn run_version_sql(
+        &self,
+        conn: &mut PgConnection,
+        target: &str,
+        version: i64,
+    ) -> Result<(), Error> {
+        let migration = self.get(version)?;
+        sqlx::raw_sql(migration.sql.clone())
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| {
+                Error::Migration(format!(
+                    "{target}: migration {} `{}` failed: {e}",
+                    migration.version, migration.description
+                ))
+            })?;
+        Ok(())
+    }
+
+    /// Records `version` as applied to `tenant`, inside the caller's transaction.
+    pub(crate) async fn record(
+        &self,
+        conn: &mut PgConnection,
+        repo: &TenantRepository,
+        tenant: &TenantId,
+        version: i64,
+    ) -> Result<(), Error> {
+        let m = self.get(version)?;
+        repo.record_migration(conn, tenant, m.version, &m.description, &m.checksum)
+            .await
+    }
+
     /// Applies migration `version` to `tenant` inside the caller's transaction, whose
     /// `search_path` points at the tenant's schema, and records it there too.
     pub(crate) async fn apply_version(
@@ -104,27 +155,9 @@ impl TenantMigrations {
         tenant: &TenantId,
         version: i64,
     ) -> Result<(), Error> {
-        let migration = self
-            .ups()
-            .find(|m| m.version == version)
-            .ok_or_else(|| Error::Migration(format!("no migration {version} in the source")))?;
-        sqlx::raw_sql(migration.sql.clone())
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| {
-                Error::Migration(format!(
-                    "tenant `{tenant}`: migration {} `{}` failed: {e}",
-                    migration.version, migration.description
-                ))
-            })?;
-        repo.record_migration(
-            conn,
-            tenant,
-            migration.version,
-            &migration.description,
-            &migration.checksum,
-        )
-        .await
+        self.run_version_sql(conn, &format!("tenant `{tenant}`"), version)
+            .await?;
+        self.record(conn, repo, tenant, version).await
     }
 
     /// Applies every pending migration to `tenant` inside the caller's transaction,

@@ -4,6 +4,7 @@ use crate::error::Error;
 use crate::migrate::TenantMigrations;
 use crate::repository::TenantRepository;
 use crate::strategy;
+use crate::template;
 use crate::tenant::{NewTenant, Strategy, Tenant, TenantId, TenantStatus};
 
 /// Tenant business logic over a [`TenantRepository`]. Most applications use it
@@ -12,12 +13,24 @@ use crate::tenant::{NewTenant, Strategy, Tenant, TenantId, TenantStatus};
 pub struct TenantService {
     repo: TenantRepository,
     migrations: TenantMigrations,
+    from_template: bool,
 }
 
 impl TenantService {
     /// A service over `repo` that provisions tenants with `migrations`.
     pub fn new(repo: TenantRepository, migrations: TenantMigrations) -> Self {
-        Self { repo, migrations }
+        Self {
+            repo,
+            migrations,
+            from_template: true,
+        }
+    }
+
+    /// Whether new tenants are cloned from the template schema (the default) or get
+    /// every migration replayed.
+    pub fn provision_from_template(mut self, yes: bool) -> Self {
+        self.from_template = yes;
+        self
     }
 
     /// The registry.
@@ -67,21 +80,41 @@ impl TenantService {
 
     /// Creates a tenant: registry row, schema and tenant migrations in one
     /// transaction. If any step fails nothing is left behind, and the id can be
-    /// used again once the cause is fixed.
+    /// used again once the cause is fixed. The schema is cloned from the template
+    /// (see [`crate::template`]) unless that is turned off or not possible, in which
+    /// case the migrations are replayed.
     pub async fn create(&self, new: &NewTenant) -> Result<Tenant, Error> {
         Self::validate(new)?;
         match new.strategy {
             Strategy::Schema => {}
         }
+        let template = if self.from_template && !self.migrations.versions().is_empty() {
+            Some(template::ensure_template(&self.repo, &self.migrations).await?)
+        } else {
+            None
+        };
         let mut tx = self.repo.pool().begin().await?;
         self.repo.purge_deleted(&mut tx, &new.id).await?;
         self.repo
             .insert(&mut tx, new, TenantStatus::Provisioning)
             .await?;
         strategy::create_schema(&mut tx, &new.id).await?;
-        self.migrations
-            .apply_in(&mut tx, &self.repo, &new.id)
-            .await?;
+        let cloned = match &template {
+            Some(t) => template::clone_into(&mut tx, t, &new.id.schema_name()).await?,
+            None => false,
+        };
+        if cloned {
+            for version in self.migrations.versions() {
+                self.migrations
+                    .record(&mut tx, &self.repo, &new.id, version)
+                    .await?;
+            }
+        } else {
+            strategy::set_local_search_path(&mut tx, &new.id).await?;
+            self.migrations
+                .apply_in(&mut tx, &self.repo, &new.id)
+                .await?;
+        }
         let tenant = self
             .repo
             .set_status(Some(&mut tx), &new.id, TenantStatus::Active)
