@@ -14,6 +14,8 @@ pub struct TenantService {
     repo: TenantRepository,
     migrations: TenantMigrations,
     from_template: bool,
+    /// The template verified (or built) by this service, with its clone script.
+    template: std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<template::Template>>>>,
 }
 
 impl TenantService {
@@ -23,6 +25,7 @@ impl TenantService {
             repo,
             migrations,
             from_template: true,
+            template: Default::default(),
         }
     }
 
@@ -89,7 +92,7 @@ impl TenantService {
             Strategy::Schema => {}
         }
         let template = if self.from_template && !self.migrations.versions().is_empty() {
-            Some(template::ensure_template(&self.repo, &self.migrations).await?)
+            Some(self.template().await?)
         } else {
             None
         };
@@ -124,6 +127,24 @@ impl TenantService {
         tx.commit().await?;
         tracing::info!(tenant = %tenant.id, "tenant created");
         Ok(tenant)
+    }
+
+    /// The template for the current migrations: checked (or built) once per service,
+    /// then reused with its clone script.
+    async fn template(&self) -> Result<std::sync::Arc<template::Template>, Error> {
+        let fingerprint = self.migrations.fingerprint();
+        let cached = self
+            .template
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|t| t.fingerprint == fingerprint);
+        if let Some(t) = cached {
+            return Ok(t);
+        }
+        let t = std::sync::Arc::new(template::ensure_template(&self.repo, &self.migrations).await?);
+        *self.template.lock().unwrap_or_else(|e| e.into_inner()) = Some(t.clone());
+        Ok(t)
     }
 
     /// `active -> suspended`. Suspending a suspended tenant changes nothing.

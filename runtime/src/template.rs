@@ -16,12 +16,33 @@ use crate::migrate::TenantMigrations;
 use crate::repository::TenantRepository;
 use crate::strategy::quote_ident;
 
-/// Makes sure the template schema exists and matches `migrations`; returns its name.
-/// Runs in its own transaction under an advisory lock (app instances may race).
+/// Stands for the destination schema (quoted) in a clone script.
+const DEST: &str = "\u{1}tenantry-dest\u{1}";
+
+/// A template schema, and the script that clones it (`None`: not clonable).
+#[derive(Debug, Clone)]
+pub(crate) struct Template {
+    pub fingerprint: Vec<u8>,
+    script: Option<String>,
+}
+
+impl Template {
+    /// The statements that fill the empty schema `dest` with a copy of the template,
+    /// or `None` if the template holds objects cloning does not copy.
+    pub fn script_for(&self, dest: &str) -> Option<String> {
+        self.script
+            .as_ref()
+            .map(|s| s.replace(DEST, &quote_ident(dest)))
+    }
+}
+
+/// Makes sure the template schema exists and matches `migrations`, and reads from the
+/// catalog the script that clones it. Runs in its own transaction under an advisory
+/// lock (app instances may race).
 pub(crate) async fn ensure_template(
     repo: &TenantRepository,
     migrations: &TenantMigrations,
-) -> Result<String, Error> {
+) -> Result<Template, Error> {
     let name = format!("{}_template", repo.control_schema());
     let q = quote_ident(&name);
     let fingerprint = migrations.fingerprint();
@@ -52,8 +73,12 @@ pub(crate) async fn ensure_template(
             .fetch_one(&mut *tx)
             .await?;
     if current.as_deref() == Some(fingerprint.as_slice()) && exists {
+        let script = clone_script(&mut tx, &name).await?;
         tx.rollback().await?;
-        return Ok(name);
+        return Ok(Template {
+            fingerprint,
+            script,
+        });
     }
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP SCHEMA IF EXISTS {q} CASCADE; CREATE SCHEMA {q}; SET LOCAL search_path TO {q}"
@@ -71,8 +96,12 @@ pub(crate) async fn ensure_template(
     .bind(&fingerprint)
     .execute(&mut *tx)
     .await?;
+    let script = clone_script(&mut tx, &name).await?;
     tx.commit().await?;
-    Ok(name)
+    Ok(Template {
+        fingerprint,
+        script,
+    })
 }
 
 /// Objects of the template that cloning does not copy, as `kind name` lines.
@@ -104,20 +133,32 @@ async fn unsupported(conn: &mut PgConnection, template: &str) -> Result<Vec<Stri
 }
 
 /// Copies the template into the existing, empty schema `dest` inside the caller's
-/// transaction. `Ok(false)` if the template holds objects cloning does not copy
-/// (nothing was changed then).
+/// transaction. `Ok(false)` if the template is not clonable (nothing was changed then).
 pub(crate) async fn clone_into(
     conn: &mut PgConnection,
-    template: &str,
+    template: &Template,
     dest: &str,
 ) -> Result<bool, Error> {
+    let Some(script) = template.script_for(dest) else {
+        return Ok(false);
+    };
+    sqlx::raw_sql(sqlx::AssertSqlSafe(script))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| Error::Migration(format!("cloning the template into `{dest}` failed: {e}")))?;
+    Ok(true)
+}
+
+/// Reads the catalog once and writes the statements that clone the template into a
+/// schema named by the `DEST` placeholder; `None` if the template is not clonable.
+async fn clone_script(conn: &mut PgConnection, template: &str) -> Result<Option<String>, Error> {
     let skipped = unsupported(conn, template).await?;
     if !skipped.is_empty() {
-        tracing::info!(template, objects = ?skipped, "template not clonable; replaying migrations");
-        return Ok(false);
+        tracing::info!(template, objects = ?skipped, "template not clonable; tenants get the migrations replayed");
+        return Ok(None);
     }
     let t = quote_ident(template);
-    let d = quote_ident(dest);
+    let d = DEST;
     // Read definitions with the template first on the search_path, so that names in
     // them come out unqualified and resolve to `dest` when the script runs there.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET LOCAL search_path TO {t}")))
@@ -309,9 +350,5 @@ pub(crate) async fn clone_into(
         script.push_str(statement);
         script.push('\n');
     }
-    sqlx::raw_sql(sqlx::AssertSqlSafe(script))
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| Error::Migration(format!("cloning the template into `{dest}` failed: {e}")))?;
-    Ok(true)
+    Ok(Some(script))
 }
