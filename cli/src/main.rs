@@ -113,6 +113,8 @@ enum TenantsCommand {
 enum StrategyArg {
     /// One schema per tenant.
     Schema,
+    /// Shared tables with a tenant_id column and row-level security.
+    Row,
 }
 
 #[derive(Args, Debug)]
@@ -295,6 +297,7 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
             let manager = manager(cli, migrations.as_ref()).await?;
             let strategy = match strategy {
                 StrategyArg::Schema => Strategy::Schema,
+                StrategyArg::Row => Strategy::Row,
             };
             let new = NewTenant {
                 id: id.clone(),
@@ -568,7 +571,7 @@ async fn doctor(cli: &Cli, args: &DoctorArgs) -> Result<u8, Failure> {
             });
         }
     }
-    for t in &tenants {
+    for t in tenants.iter().filter(|t| t.strategy == Strategy::Schema) {
         if !schemas.contains(&t.schema_name) {
             findings.push(Finding {
                 kind: "missing-schema",
@@ -605,37 +608,15 @@ async fn doctor(cli: &Cli, args: &DoctorArgs) -> Result<u8, Failure> {
             });
         }
     }
-    // Shared tables with a tenant column must have row-level security enabled and forced.
-    let unprotected: Vec<(String, String, bool, bool, i64)> = sqlx::query_as(
-        "SELECT n.nspname::text, c.relname::text, c.relrowsecurity, c.relforcerowsecurity,
-                (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid)
-         FROM pg_class c
-         JOIN pg_namespace n ON n.oid = c.relnamespace
-         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
-         WHERE c.relkind IN ('r', 'p')
-           AND n.nspname NOT LIKE 'tenant\\_%' AND n.nspname <> $1
-           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-         ORDER BY 1, 2",
-    )
-    .bind(&control)
-    .fetch_all(&pool)
-    .await?;
-    for (schema, table, enabled, forced, policies) in unprotected {
-        if !(enabled && forced && policies > 0) {
-            findings.push(Finding {
-                kind: "missing-rls",
-                subject: format!("{schema}.{table}"),
-                detail: format!(
-                    "has a tenant_id column but row level security is {}{}, {policies} policies",
-                    if enabled { "enabled" } else { "disabled" },
-                    if forced {
-                        " and forced"
-                    } else {
-                        ", not forced"
-                    }
-                ),
-            });
-        }
+    // Shared tables with a tenant column must have row-level security enabled, forced
+    // and with every policy.
+    let mut conn = pool.acquire().await?;
+    for table in tenantry::strategy::tables_missing_rls(&mut conn, &control).await? {
+        findings.push(Finding {
+            kind: "missing-rls",
+            subject: table,
+            detail: "has a tenant_id column but row level security is not enabled, forced and with all four tenantry policies".to_owned(),
+        });
     }
 
     if args.json {

@@ -374,7 +374,7 @@ impl TenantManager {
         result
     }
 
-    /// Applies pending tenant migrations to every tenant that is not deleted.
+    /// Applies pending tenant migrations to every schema tenant that is not deleted.
     ///
     /// Tenants with nothing to apply are found with one query and not touched.
     /// The others are migrated `concurrency` at a time, each version in its own
@@ -403,7 +403,7 @@ impl TenantManager {
         on_event: impl Fn(&MigrationEvent) + Send + Sync,
     ) -> Result<MigrationReport, Error> {
         let service = &self.inner.service;
-        let tenants = self.list_tenants().await?;
+        let tenants = self.schema_tenants().await?;
         let applied = service.repository().all_applied_migrations().await?;
         let mut results: std::collections::BTreeMap<TenantId, MigrationOutcome> =
             std::collections::BTreeMap::new();
@@ -518,10 +518,18 @@ impl TenantManager {
         })
     }
 
-    /// Where every tenant that is not deleted stands against the migration source.
+    /// Tenants with a schema of their own: the ones tenant migrations apply to.
+    async fn schema_tenants(&self) -> Result<Vec<Tenant>, Error> {
+        let mut tenants = self.list_tenants().await?;
+        tenants.retain(|t| t.strategy == crate::tenant::Strategy::Schema);
+        Ok(tenants)
+    }
+
+    /// Where every schema tenant that is not deleted stands against the migration
+    /// source (row tenants share tables, which the application migrates itself).
     pub async fn migration_status(&self) -> Result<Vec<TenantMigrationStatus>, Error> {
         let service = &self.inner.service;
-        let tenants = self.list_tenants().await?;
+        let tenants = self.schema_tenants().await?;
         let applied = service.repository().all_applied_migrations().await?;
         Ok(tenants
             .into_iter()

@@ -18,8 +18,8 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::strategy::search_path;
-use crate::tenant::{Tenant, TenantId};
+use crate::strategy::{TENANT_SETTING, quote_ident, search_path};
+use crate::tenant::{Strategy, Tenant, TenantId};
 
 /// Settings of the per-tenant pools.
 #[derive(Debug, Clone)]
@@ -37,8 +37,23 @@ pub struct PoolConfig {
     /// Connections are recycled after this long, which bounds the catalog cache a
     /// backend accumulates (default 30 min).
     pub max_lifetime: Duration,
-    /// A schema every tenant may also read (appended to the `search_path`).
+    /// A schema every schema-strategy tenant may also read (appended to its
+    /// `search_path`).
     pub shared_schema: Option<String>,
+    /// The schema holding the shared tables of row-strategy tenants: their whole
+    /// `search_path` (default `public`).
+    pub row_schema: Option<String>,
+    /// A role row-strategy connections switch to at start (`SET ROLE` as a startup
+    /// parameter), for when they cannot log in as [`PoolConfig::row_user`]. Row-level
+    /// security then applies to that role; weaker than `row_user`, because the
+    /// session user could `RESET ROLE`.
+    pub row_role: Option<String>,
+    /// The role row-strategy tenants log in as: one that owns no tenant table and has
+    /// no `BYPASSRLS`, so that row-level security applies to it. When unset they log in
+    /// as the registry's user, and row-level security is only as strong as that role.
+    pub row_user: Option<String>,
+    /// The password of [`PoolConfig::row_user`], if it needs one.
+    pub row_password: Option<String>,
 }
 
 impl Default for PoolConfig {
@@ -50,6 +65,10 @@ impl Default for PoolConfig {
             idle_timeout: Duration::from_secs(60),
             max_lifetime: Duration::from_secs(30 * 60),
             shared_schema: None,
+            row_schema: None,
+            row_role: None,
+            row_user: None,
+            row_password: None,
         }
     }
 }
@@ -157,10 +176,31 @@ impl TenantPools {
 
     fn open(&self, tenant: &Tenant) -> PgPool {
         let c = &self.inner.config;
-        let options = self.inner.base.clone().options([(
-            "search_path",
-            search_path(&tenant.id, c.shared_schema.as_deref()),
-        )]);
+        // The tenant is bound by startup parameters: no round trip, and the
+        // connection never serves another tenant.
+        let options = match tenant.strategy {
+            Strategy::Schema => self.inner.base.clone().options([(
+                "search_path",
+                search_path(&tenant.id, c.shared_schema.as_deref()),
+            )]),
+            Strategy::Row => {
+                let shared = quote_ident(c.row_schema.as_deref().unwrap_or("public"));
+                let mut options = self.inner.base.clone().options([
+                    ("search_path", shared.as_str()),
+                    (TENANT_SETTING, tenant.id.as_str()),
+                ]);
+                if let Some(role) = &c.row_role {
+                    options = options.options([("role", role.as_str())]);
+                }
+                if let Some(user) = &c.row_user {
+                    options = options.username(user);
+                    if let Some(password) = &c.row_password {
+                        options = options.password(password);
+                    }
+                }
+                options
+            }
+        };
         PgPoolOptions::new()
             .max_connections(c.max_connections_per_tenant)
             .min_connections(0)

@@ -88,8 +88,8 @@ impl TenantService {
     /// case the migrations are replayed.
     pub async fn create(&self, new: &NewTenant) -> Result<Tenant, Error> {
         Self::validate(new)?;
-        match new.strategy {
-            Strategy::Schema => {}
+        if new.strategy == Strategy::Row {
+            return self.create_row_tenant(new).await;
         }
         let template = if self.from_template && !self.migrations.versions().is_empty() {
             Some(self.template().await?)
@@ -126,6 +126,17 @@ impl TenantService {
         self.repo.notify(&mut tx, &new.id).await?;
         tx.commit().await?;
         tracing::info!(tenant = %tenant.id, "tenant created");
+        Ok(tenant)
+    }
+
+    /// A row-strategy tenant is a registry row: its data lives in shared tables.
+    async fn create_row_tenant(&self, new: &NewTenant) -> Result<Tenant, Error> {
+        let mut tx = self.repo.pool().begin().await?;
+        self.repo.purge_deleted(&mut tx, &new.id).await?;
+        let tenant = self.repo.insert(&mut tx, new, TenantStatus::Active).await?;
+        self.repo.notify(&mut tx, &new.id).await?;
+        tx.commit().await?;
+        tracing::info!(tenant = %tenant.id, strategy = "row", "tenant created");
         Ok(tenant)
     }
 
@@ -222,7 +233,12 @@ impl TenantService {
                 message: "suspend the tenant before deleting it",
             });
         }
-        strategy::drop_schema(&mut tx, id).await?;
+        match current.strategy {
+            Strategy::Schema => strategy::drop_schema(&mut tx, id).await?,
+            Strategy::Row => {
+                strategy::delete_rows(&mut tx, self.repo.control_schema(), id).await?;
+            }
+        }
         let tenant = self
             .repo
             .set_status(Some(&mut tx), id, TenantStatus::Deleted)
@@ -239,6 +255,12 @@ impl TenantService {
     /// keeps the versions before it; a rerun resumes at the failed one. Concurrent
     /// runs on the same tenant wait for each other (the registry row is locked).
     pub async fn migrate(&self, id: &TenantId) -> Result<Vec<i64>, Error> {
+        if let Some(t) = self.repo.find(id).await?
+            && t.strategy == Strategy::Row
+        {
+            // Row tenants share tables; the application migrates those itself.
+            return Ok(Vec::new());
+        }
         let done = {
             let mut conn = self.repo.pool().acquire().await?;
             self.repo.applied_migrations(&mut conn, id).await?

@@ -1,8 +1,14 @@
 //! Isolation strategies: how a tenant is provisioned, scoped and dropped.
 //!
-//! Schema per tenant is the default (and, for now, the only) strategy: each tenant
-//! owns the schema [`TenantId::schema_name`], and a tenant-bound connection's
-//! `search_path` lists that schema (plus an optional shared schema) and nothing else.
+//! - **Schema** (the default): each tenant owns the schema [`TenantId::schema_name`],
+//!   and a tenant-bound connection's `search_path` lists that schema (plus an optional
+//!   shared schema) and nothing else.
+//! - **Row**: tenants share tables that carry a `tenant_id` column. Each table gets
+//!   row-level security, enabled and forced, with policies that compare the column
+//!   with the `tenantry.tenant_id` setting ([`rls_sql`], [`install_rls`]). A row
+//!   tenant's connections are opened with that setting as a startup parameter (no
+//!   round trip, and never another tenant's value), and should log in as a role that
+//!   owns no tenant table and has no `BYPASSRLS` ([`crate::PoolConfig::row_user`]).
 
 use sqlx::PgConnection;
 
@@ -20,6 +26,152 @@ use crate::tenant::TenantId;
 /// ```
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The setting that row-level security policies read: the tenant of the connection.
+pub const TENANT_SETTING: &str = "tenantry.tenant_id";
+
+/// The tenant column of shared tables under the row strategy.
+pub const TENANT_COLUMN: &str = "tenant_id";
+
+/// The names of the policies [`rls_sql`] creates, one per command.
+pub const RLS_POLICIES: [&str; 4] = [
+    "tenantry_select",
+    "tenantry_insert",
+    "tenantry_update",
+    "tenantry_delete",
+];
+
+fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+}
+
+/// The DDL that puts a shared table under row-level security: `ENABLE` and `FORCE ROW
+/// LEVEL SECURITY`, and one policy per command comparing `tenant_column` with the
+/// tenant setting (`USING` for the rows a tenant sees, `WITH CHECK` for the rows it
+/// writes). With no tenant set, no row is visible and every write is rejected.
+/// Idempotent. Index shared tables with the tenant column first.
+///
+/// ```
+/// let ddl = tenantry::strategy::rls_sql("app.items", "tenant_id").unwrap();
+/// assert!(ddl.contains("FORCE ROW LEVEL SECURITY"));
+/// assert!(ddl.contains("(SELECT current_setting('tenantry.tenant_id', true))"));
+/// assert!(tenantry::strategy::rls_sql("items; DROP TABLE x", "tenant_id").is_err());
+/// ```
+pub fn rls_sql(table: &str, tenant_column: &str) -> Result<String, Error> {
+    let parts: Vec<&str> = table.split('.').collect();
+    if parts.len() > 2 || !parts.iter().all(|p| plain_name(p)) || !plain_name(tenant_column) {
+        return Err(Error::Validation(format!(
+            "`{}`/`{}` must be plain names (`table` or `schema.table`)",
+            table.escape_debug(),
+            tenant_column.escape_debug()
+        )));
+    }
+    let t = parts
+        .iter()
+        .map(|p| quote_ident(p))
+        .collect::<Vec<_>>()
+        .join(".");
+    let c = quote_ident(tenant_column);
+    let cond = format!("{c} = (SELECT current_setting('{TENANT_SETTING}', true))");
+    let [select, insert, update, delete] = RLS_POLICIES;
+    Ok(format!(
+        "ALTER TABLE {t} ENABLE ROW LEVEL SECURITY;
+         ALTER TABLE {t} FORCE ROW LEVEL SECURITY;
+         DROP POLICY IF EXISTS {select} ON {t};
+         DROP POLICY IF EXISTS {insert} ON {t};
+         DROP POLICY IF EXISTS {update} ON {t};
+         DROP POLICY IF EXISTS {delete} ON {t};
+         CREATE POLICY {select} ON {t} FOR SELECT USING ({cond});
+         CREATE POLICY {insert} ON {t} FOR INSERT WITH CHECK ({cond});
+         CREATE POLICY {update} ON {t} FOR UPDATE USING ({cond}) WITH CHECK ({cond});
+         CREATE POLICY {delete} ON {t} FOR DELETE USING ({cond});"
+    ))
+}
+
+/// Runs [`rls_sql`] for `table` on `conn` (a migration helper).
+pub async fn install_rls(
+    conn: &mut PgConnection,
+    table: &str,
+    tenant_column: &str,
+) -> Result<(), Error> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(rls_sql(table, tenant_column)?))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Tables with a `tenant_id` column that lack row-level security (not enabled, not
+/// forced, or missing one of the [`RLS_POLICIES`]), outside tenant schemas and the
+/// control schema: what `tenantry doctor` and the tests check.
+pub async fn tables_missing_rls(
+    conn: &mut PgConnection,
+    control_schema: &str,
+) -> Result<Vec<String>, Error> {
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%I.%I', n.nspname, c.relname)
+         FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped
+         WHERE c.relkind IN ('r', 'p')
+           AND n.nspname NOT LIKE 'tenant\\_%' AND n.nspname <> $1
+           AND n.nspname NOT LIKE $1 || '\\_%'
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           AND NOT (c.relrowsecurity AND c.relforcerowsecurity
+                    AND (SELECT count(DISTINCT p.polname) FROM pg_policy p
+                         WHERE p.polrelid = c.oid AND p.polname = ANY ($3)) = 4)
+         ORDER BY 1",
+    )
+    .bind(control_schema)
+    .bind(TENANT_COLUMN)
+    .bind(RLS_POLICIES.to_vec())
+    .fetch_all(conn)
+    .await?;
+    Ok(rows)
+}
+
+/// Deletes a row tenant's rows from every shared table with a `tenant_id` column,
+/// inside the caller's transaction. The tenant setting is set for the transaction,
+/// so this works under forced row-level security too.
+pub(crate) async fn delete_rows(
+    conn: &mut PgConnection,
+    control_schema: &str,
+    id: &TenantId,
+) -> Result<u64, Error> {
+    sqlx::query("SELECT set_config($1, $2, true)")
+        .bind(TENANT_SETTING)
+        .bind(id.as_str())
+        .execute(&mut *conn)
+        .await?;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%I.%I', n.nspname, c.relname)
+         FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped
+         WHERE c.relkind IN ('r', 'p')
+           AND n.nspname NOT LIKE 'tenant\\_%' AND n.nspname <> $1
+           AND n.nspname NOT LIKE $1 || '\\_%'
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+    )
+    .bind(control_schema)
+    .bind(TENANT_COLUMN)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut deleted = 0;
+    for table in tables {
+        deleted += sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE {} = $1",
+            quote_ident(TENANT_COLUMN)
+        )))
+        .bind(id.as_str())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    }
+    Ok(deleted)
 }
 
 /// The `search_path` of a tenant-bound connection: the tenant's schema, then the

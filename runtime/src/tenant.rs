@@ -179,6 +179,10 @@ pub enum Strategy {
     /// One PostgreSQL schema per tenant in a shared database (the default).
     #[default]
     Schema,
+    /// Shared tables with a `tenant_id` column, protected by row-level security: the
+    /// tenant's connections carry the `tenantry.tenant_id` setting that the policies
+    /// read (see [`crate::strategy::rls_sql`]).
+    Row,
 }
 
 impl Strategy {
@@ -186,12 +190,14 @@ impl Strategy {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Schema => "schema",
+            Self::Row => "row",
         }
     }
 
     pub(crate) fn from_db(s: &str) -> Result<Self, Error> {
         match s {
             "schema" => Ok(Self::Schema),
+            "row" => Ok(Self::Row),
             other => Err(Error::Registry(format!(
                 "unknown strategy `{other}` in the registry"
             ))),
