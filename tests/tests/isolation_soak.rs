@@ -17,7 +17,7 @@ use common::*;
 use http_body_util::BodyExt;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use tenantry::{Error, PoolConfig, TenantLayer, TenantManager, TenantTx};
+use tenantry::{Error, PoolConfig, Strategy, TenantLayer, TenantManager, TenantTx};
 use tower::ServiceExt;
 
 const TENANTS: usize = 20;
@@ -50,14 +50,34 @@ fn tenant_name(i: usize) -> String {
     format!("soak-{i:02}")
 }
 
-async fn soak(pool_size: u32) {
+/// Which strategy each tenant gets.
+#[derive(Clone, Copy, Debug)]
+enum Mix {
+    Schema,
+    Row,
+    /// Even tenants schema, odd tenants row.
+    Mixed,
+}
+
+impl Mix {
+    fn strategy(self, i: usize) -> Strategy {
+        match self {
+            Mix::Schema => Strategy::Schema,
+            Mix::Row => Strategy::Row,
+            Mix::Mixed if i % 2 == 0 => Strategy::Schema,
+            Mix::Mixed => Strategy::Row,
+        }
+    }
+}
+
+async fn soak(pool_size: u32, mix: Mix) {
     let (_db, manager) = manager(PoolConfig {
         max_connections_per_tenant: pool_size,
         ..PoolConfig::default()
     })
     .await;
     for i in 0..TENANTS {
-        create(&manager, &tenant_name(i)).await;
+        create_with(&manager, &tenant_name(i), mix.strategy(i)).await;
     }
     let app: Router = saas_app(&manager).merge(
         Router::new()
@@ -212,16 +232,32 @@ async fn soak(pool_size: u32) {
     let mut acknowledged_total = 0;
     for i in 0..TENANTS {
         let tenant = tenant_name(i);
-        let schema = format!("tenant_{}", tenant.replace('-', "_"));
+        let (projects, data, filter) = match mix.strategy(i) {
+            Strategy::Row => (
+                "shared.projects".to_owned(),
+                "shared.data".to_owned(),
+                "WHERE tenant_id = $1",
+            ),
+            Strategy::Schema => {
+                let schema = format!("tenant_{}", tenant.replace('-', "_"));
+                (
+                    format!("{schema}.projects"),
+                    format!("{schema}.data"),
+                    "WHERE $1::text IS NOT NULL",
+                )
+            }
+        };
         let mut rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT name FROM {schema}.projects"
+            "SELECT name FROM {projects} {filter}"
         )))
+        .bind(&tenant)
         .fetch_all(pool)
         .await
         .unwrap();
         let values: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT value FROM {schema}.data"
+            "SELECT value FROM {data} {filter}"
         )))
+        .bind(&tenant)
         .fetch_all(pool)
         .await
         .unwrap();
@@ -257,8 +293,18 @@ async fn soak(pool_size: u32) {
         acknowledged_total > OPERATIONS / 4,
         "enough writes were acknowledged: {acknowledged_total}"
     );
+    // Every row in the shared tables carries the tenant that wrote it.
+    let mislabelled: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT tenant_id, name AS v FROM shared.projects
+                               UNION ALL SELECT tenant_id, value FROM shared.data) t
+         WHERE split_part(v, ':', 1) <> tenant_id",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(mislabelled, 0, "shared rows under another tenant's id");
     eprintln!(
-        "soak pool={pool_size}: {OPERATIONS} operations, {} completed, {} cancelled, {acknowledged_total} acknowledged writes",
+        "soak {mix:?} pool={pool_size}: {OPERATIONS} operations, {} completed, {} cancelled, {acknowledged_total} acknowledged writes",
         l.completed, l.cancelled
     );
     close(manager).await;
@@ -269,11 +315,26 @@ async fn close(manager: TenantManager) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn soak_with_one_connection_per_tenant() {
-    soak(1).await;
+async fn soak_schema_tenants_one_connection_each() {
+    soak(1, Mix::Schema).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn soak_with_four_connections_per_tenant() {
-    soak(4).await;
+async fn soak_schema_tenants_four_connections_each() {
+    soak(4, Mix::Schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_row_tenants_one_connection_each() {
+    soak(1, Mix::Row).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_row_tenants_four_connections_each() {
+    soak(4, Mix::Row).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_schema_and_row_tenants_mixed() {
+    soak(4, Mix::Mixed).await;
 }

@@ -283,3 +283,75 @@ async fn data_endpoint_returns_this_tenants_rows() {
     assert_eq!(globex.json["data"].as_array().unwrap().len(), 1);
     assert_eq!(globex.json["data"][0]["value"], "g1");
 }
+
+#[tokio::test]
+async fn row_tenants_through_the_same_routes() {
+    let (_db, manager) = manager(PoolConfig::default()).await;
+    let app = saas_app(&manager);
+    let (k, v) = admin();
+    let auth = [(k, v.as_str())];
+    for (id, strategy) in [("rowa", "row"), ("rowb", "row"), ("schemac", "schema")] {
+        let r = send(
+            &app,
+            Method::POST,
+            "/api/v1/tenants",
+            &auth,
+            Some(json!({"id": id, "name": id, "strategy": strategy})),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{r:?}");
+        assert_eq!(r.json["strategy"], strategy);
+    }
+    let r = send(
+        &app,
+        Method::POST,
+        "/api/v1/tenants",
+        &auth,
+        Some(json!({"id": "x", "name": "x", "strategy": "sharded"})),
+    )
+    .await;
+    assert!(r.status == 400 || r.status == 422, "{r:?}");
+    assert_eq!(r.content_type(), "application/problem+json");
+
+    let mut ids = Vec::new();
+    for tenant in ["rowa", "rowb", "schemac"] {
+        let r = send(
+            &app,
+            Method::POST,
+            "/api/v1/projects",
+            &[("x-tenant-id", tenant)],
+            Some(json!({"name": format!("{tenant} project")})),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{r:?}");
+        ids.push(r.json["id"].as_i64().unwrap());
+    }
+    for (i, tenant) in ["rowa", "rowb", "schemac"].iter().enumerate() {
+        let listed = send(
+            &app,
+            Method::GET,
+            "/api/v1/projects",
+            &[("x-tenant-id", tenant)],
+            None,
+        )
+        .await;
+        assert_eq!(
+            listed.json,
+            json!([{"id": ids[i], "name": format!("{tenant} project")}])
+        );
+    }
+    // rowb's project id is invisible to rowa (the shared table's ids are global).
+    let uri = format!("/api/v1/projects/{}", ids[1]);
+    send(&app, Method::GET, &uri, &[("x-tenant-id", "rowa")], None)
+        .await
+        .assert_problem(404);
+    send(&app, Method::DELETE, &uri, &[("x-tenant-id", "rowa")], None)
+        .await
+        .assert_problem(404);
+    assert_eq!(
+        send(&app, Method::GET, &uri, &[("x-tenant-id", "rowb")], None)
+            .await
+            .status,
+        200
+    );
+}

@@ -8,6 +8,11 @@
 //! - Tenant routes: projects (create, list, get, delete) and the seed's
 //!   `GET /api/v1/data` (plus `POST /api/v1/data` to add rows).
 //!
+//! Tenants are created with `"strategy": "schema"` (the default: a schema each, made
+//! by the tenant migrations) or `"strategy": "row"` (rows in the shared tables of
+//! [`prepare_database`], under row-level security). The handlers are the same for
+//! both.
+//!
 //! A request names its tenant with the `X-Tenant-ID` header, or by its host: a
 //! tenant's registered `domain`, or `{id}.localhost` (`{id}.{base domain}`).
 //!
@@ -30,10 +35,70 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tenantry::{
-    CurrentTenant, Error, HostResolver, NewTenant, Problem, Tenant, TenantDb, TenantEntity,
-    TenantId, TenantLayer, TenantManager, TenantMetrics, TenantMigrations, TenantTx, tenant_scoped,
+    CurrentTenant, Error, HostResolver, NewTenant, PoolConfig, Problem, Tenant, TenantDb,
+    TenantEntity, TenantId, TenantLayer, TenantManager, TenantMetrics, TenantMigrations, TenantTx,
+    tenant_scoped,
 };
 use tower_http::trace::TraceLayer;
+
+/// The role row-strategy tenants' connections switch to: no `BYPASSRLS`, owns nothing.
+pub const ROW_ROLE: &str = "saas_row_tenant";
+
+/// The pool settings of the app: row tenants use the `shared` schema and switch to
+/// [`ROW_ROLE`], so that row-level security applies to them.
+pub fn pool_config() -> PoolConfig {
+    PoolConfig {
+        row_schema: Some("shared".to_owned()),
+        row_role: Some(ROW_ROLE.to_owned()),
+        ..PoolConfig::default()
+    }
+}
+
+/// Creates (idempotently, also when several instances start at once) the shared
+/// tables of row-strategy tenants, under forced row-level security, and the role
+/// their connections use. Schema tenants have the same tables in their own schema
+/// (the tenant migrations).
+pub async fn prepare_database(pool: &sqlx::PgPool) -> Result<(), Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('saas.prepare_database'))")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(
+        "DO $$ BEGIN
+             CREATE ROLE saas_row_tenant NOLOGIN NOBYPASSRLS;
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+         END $$;
+         CREATE SCHEMA IF NOT EXISTS shared;
+         CREATE TABLE IF NOT EXISTS shared.projects (
+             id         bigserial PRIMARY KEY,
+             tenant_id  text NOT NULL DEFAULT current_setting('tenantry.tenant_id'),
+             name       text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
+             created_at timestamptz NOT NULL DEFAULT now()
+         );
+         CREATE INDEX IF NOT EXISTS projects_tenant ON shared.projects (tenant_id, id);
+         CREATE TABLE IF NOT EXISTS shared.data (
+             id         bigserial PRIMARY KEY,
+             tenant_id  text NOT NULL DEFAULT current_setting('tenantry.tenant_id'),
+             value      text NOT NULL,
+             created_at timestamptz NOT NULL DEFAULT now()
+         );
+         CREATE INDEX IF NOT EXISTS data_tenant ON shared.data (tenant_id, id);
+         GRANT USAGE ON SCHEMA shared TO saas_row_tenant;
+         GRANT SELECT, INSERT, UPDATE, DELETE ON shared.projects, shared.data TO saas_row_tenant;
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA shared TO saas_row_tenant;",
+    )
+    .execute(&mut *tx)
+    .await?;
+    // Lets a non-superuser app user switch to the role (a superuser may anyway).
+    let _ = sqlx::raw_sql("GRANT saas_row_tenant TO CURRENT_USER")
+        .execute(&mut *tx)
+        .await;
+    for table in ["shared.projects", "shared.data"] {
+        tenantry::strategy::install_rls(&mut tx, table, "tenant_id").await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
 
 /// The tenant migrations as tenantry takes them.
 pub fn tenant_migrations() -> TenantMigrations {

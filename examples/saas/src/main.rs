@@ -66,8 +66,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .connect(&url)
         .await
         .map_err(|e| format!("cannot connect to the database: {e}"))?;
+    saas::prepare_database(&pool).await?;
     let manager = TenantManager::builder(pool)
         .migrations(saas::tenant_migrations())
+        .pool_config(saas::pool_config())
         .build()
         .await?;
     let mut state = saas::AppState::new(manager, admin_token);

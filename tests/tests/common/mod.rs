@@ -25,9 +25,18 @@ pub async fn database() -> (TestDatabase, PgPool) {
     (db, pool)
 }
 
-/// A manager over a fresh database with the saas example's migrations.
+/// A manager over a fresh database prepared like the saas example (its tenant
+/// migrations, its shared tables for row tenants, its row role).
 pub async fn manager(config: PoolConfig) -> (TestDatabase, TenantManager) {
     let (db, pool) = database().await;
+    saas::prepare_database(&pool)
+        .await
+        .expect("prepare the database");
+    let config = PoolConfig {
+        row_schema: config.row_schema.or(saas::pool_config().row_schema),
+        row_role: config.row_role.or(saas::pool_config().row_role),
+        ..config
+    };
     let manager = TenantManager::builder(pool)
         .migrations(saas::tenant_migrations())
         .pool_config(config)
@@ -40,6 +49,15 @@ pub async fn manager(config: PoolConfig) -> (TestDatabase, TenantManager) {
 /// The saas example's router over `manager`.
 pub fn saas_app(manager: &TenantManager) -> Router {
     saas::router(saas::AppState::new(manager.clone(), ADMIN_TOKEN))
+}
+
+pub async fn create_with(manager: &TenantManager, id: &str, strategy: tenantry::Strategy) {
+    let mut new = NewTenant::new(id.parse().unwrap(), format!("Tenant {id}"));
+    new.strategy = strategy;
+    manager
+        .create_tenant(new)
+        .await
+        .unwrap_or_else(|e| panic!("create tenant {id}: {e}"));
 }
 
 pub async fn create(manager: &TenantManager, id: &str) {
