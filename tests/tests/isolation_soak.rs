@@ -64,7 +64,7 @@ impl Mix {
         match self {
             Mix::Schema => Strategy::Schema,
             Mix::Row => Strategy::Row,
-            Mix::Mixed if i % 2 == 0 => Strategy::Schema,
+            Mix::Mixed if i.is_multiple_of(2) => Strategy::Schema,
             Mix::Mixed => Strategy::Row,
         }
     }
