@@ -115,6 +115,8 @@ enum StrategyArg {
     Schema,
     /// Shared tables with a tenant_id column and row-level security.
     Row,
+    /// A database per tenant, created from a template database.
+    Database,
 }
 
 #[derive(Args, Debug)]
@@ -298,12 +300,14 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
             let strategy = match strategy {
                 StrategyArg::Schema => Strategy::Schema,
                 StrategyArg::Row => Strategy::Row,
+                StrategyArg::Database => Strategy::Database,
             };
             let new = NewTenant {
                 id: id.clone(),
                 name: name.clone(),
                 domain: domain.clone(),
                 strategy,
+                server: None,
             };
             let tenant = manager.create_tenant(new).await?;
             if migrations.is_none() {

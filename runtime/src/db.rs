@@ -30,7 +30,7 @@ pub struct TenantDb {
 
 impl TenantDb {
     pub(crate) async fn acquire(pools: &TenantPools, tenant: Arc<Tenant>) -> Result<Self, Error> {
-        let conn = pools.pool_for(&tenant).acquire().await?;
+        let conn = pools.pool_for(&tenant)?.acquire().await?;
         Ok(Self { conn, tenant })
     }
 
@@ -80,7 +80,7 @@ pub struct TenantTx {
 
 impl TenantTx {
     pub(crate) async fn begin(pools: &TenantPools, tenant: Arc<Tenant>) -> Result<Self, Error> {
-        let pool = pools.pool_for(&tenant);
+        let pool = pools.pool_for(&tenant)?;
         // `BEGIN` runs in its own task so that a request cancelled while it is in flight
         // cannot return a connection whose transaction sqlx does not know about: the
         // task finishes, and dropping its unclaimed `Transaction` rolls it back.

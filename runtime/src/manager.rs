@@ -18,7 +18,7 @@ use crate::migrate::{
     Canary, MigrateOptions, MigrationEvent, MigrationOutcome, MigrationReport,
     TenantMigrationResult, TenantMigrationStatus, TenantMigrations,
 };
-use crate::pool::{PoolConfig, TenantPools};
+use crate::pool::{DEFAULT_SERVER, PoolConfig, Servers, TenantPools};
 use crate::repository::TenantRepository;
 use crate::resolve::Candidate;
 use crate::service::TenantService;
@@ -92,6 +92,8 @@ pub struct TenantManagerBuilder {
     cache_ttl: Duration,
     listen: bool,
     from_template: bool,
+    servers: Vec<(String, sqlx::postgres::PgConnectOptions)>,
+    database_prefix: Option<String>,
 }
 
 impl TenantManagerBuilder {
@@ -135,18 +137,47 @@ impl TenantManagerBuilder {
         self
     }
 
+    /// A server `database` tenants can be placed on, by name (`default` is the
+    /// registry's server). `options` name a maintenance database (for example
+    /// `postgres`) used to create and drop tenant databases.
+    pub fn server(
+        mut self,
+        name: impl Into<String>,
+        options: sqlx::postgres::PgConnectOptions,
+    ) -> Self {
+        self.servers.push((name.into(), options));
+        self
+    }
+
+    /// The prefix of tenant database names (default `tenant_`); see
+    /// [`TenantService::with_database_prefix`].
+    pub fn database_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.database_prefix = Some(prefix.into());
+        self
+    }
+
     /// Creates or upgrades the registry and returns the manager.
     pub async fn build(self) -> Result<TenantManager, Error> {
         let repo = TenantRepository::new(self.pool.clone(), &self.control_schema)?;
+        let mut service = TenantService::new(repo.clone(), self.migrations.clone());
+        if let Some(prefix) = &self.database_prefix {
+            service = service.with_database_prefix(prefix)?;
+        }
         repo.ensure_schema().await?;
         let base = (*self.pool.connect_options()).clone();
+        let mut servers = Servers::default();
+        servers.add(DEFAULT_SERVER, base.clone());
+        for (name, options) in self.servers {
+            servers.add(name, options);
+        }
         let channel = repo.channel();
         let (shutdown, stopped) = watch::channel(());
         let manager = TenantManager {
             inner: Arc::new(Inner {
-                service: TenantService::new(repo, self.migrations)
-                    .provision_from_template(self.from_template),
-                pools: TenantPools::new(base, self.pool_config),
+                service: service
+                    .provision_from_template(self.from_template)
+                    .with_servers(servers.clone()),
+                pools: TenantPools::with_servers(base, servers, self.pool_config),
                 cache: RwLock::new(HashMap::new()),
                 domains: RwLock::new(HashMap::new()),
                 cache_ttl: self.cache_ttl,
@@ -179,6 +210,8 @@ impl TenantManager {
             cache_ttl: Duration::from_secs(5),
             listen: true,
             from_template: true,
+            servers: Vec::new(),
+            database_prefix: None,
         }
     }
 
@@ -518,10 +551,11 @@ impl TenantManager {
         })
     }
 
-    /// Tenants with a schema of their own: the ones tenant migrations apply to.
+    /// Tenants with a schema or database of their own: the ones tenant migrations
+    /// apply to.
     async fn schema_tenants(&self) -> Result<Vec<Tenant>, Error> {
         let mut tenants = self.list_tenants().await?;
-        tenants.retain(|t| t.strategy == crate::tenant::Strategy::Schema);
+        tenants.retain(|t| t.strategy != crate::tenant::Strategy::Row);
         Ok(tenants)
     }
 

@@ -106,6 +106,11 @@ impl TenantMigrations {
         out
     }
 
+    /// The checksum of `version`.
+    pub(crate) fn checksum(&self, version: i64) -> Result<Vec<u8>, Error> {
+        Ok(self.get(version)?.checksum.to_vec())
+    }
+
     fn get(&self, version: i64) -> Result<&Migration, Error> {
         self.ups()
             .find(|m| m.version == version)

@@ -18,6 +18,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+use crate::error::Error;
 use crate::strategy::{TENANT_SETTING, quote_ident, search_path};
 use crate::tenant::{Strategy, Tenant, TenantId};
 
@@ -73,6 +74,39 @@ impl Default for PoolConfig {
     }
 }
 
+/// The name of the registry's own server.
+pub const DEFAULT_SERVER: &str = "default";
+
+/// The PostgreSQL servers tenants can be placed on, by name. `default` is the
+/// registry's server (the manager's pool).
+#[derive(Debug, Clone, Default)]
+pub struct Servers {
+    named: HashMap<String, PgConnectOptions>,
+}
+
+impl Servers {
+    /// Adds (or replaces) a server. Its options name a maintenance database (for
+    /// example `postgres`) used to create and drop tenant databases.
+    pub fn add(&mut self, name: impl Into<String>, options: PgConnectOptions) {
+        self.named.insert(name.into(), options);
+    }
+
+    /// The connect options of server `name`.
+    pub fn get(&self, name: &str) -> Result<&PgConnectOptions, Error> {
+        self.named.get(name).ok_or_else(|| {
+            Error::Validation(format!(
+                "unknown server `{}` (configured: {})",
+                name.escape_debug(),
+                {
+                    let mut names: Vec<&str> = self.named.keys().map(String::as_str).collect();
+                    names.sort();
+                    names.join(", ")
+                }
+            ))
+        })
+    }
+}
+
 struct Entry {
     pool: PgPool,
     last_used: AtomicU64,
@@ -86,6 +120,7 @@ pub struct TenantPools {
 
 struct Inner {
     base: PgConnectOptions,
+    servers: Servers,
     config: PoolConfig,
     pools: RwLock<HashMap<TenantId, Arc<Entry>>>,
     clock: AtomicU64,
@@ -115,12 +150,20 @@ pub struct PoolStats {
 
 impl TenantPools {
     /// Pools connecting with `base` (host, credentials, database) and `config`.
-    pub fn new(base: PgConnectOptions, mut config: PoolConfig) -> Self {
+    pub fn new(base: PgConnectOptions, config: PoolConfig) -> Self {
+        let mut servers = Servers::default();
+        servers.add(DEFAULT_SERVER, base.clone());
+        Self::with_servers(base, servers, config)
+    }
+
+    /// Pools for tenants on several servers; `base` is the default server.
+    pub fn with_servers(base: PgConnectOptions, servers: Servers, mut config: PoolConfig) -> Self {
         config.max_pools = config.max_pools.max(1);
         config.max_connections_per_tenant = config.max_connections_per_tenant.max(1);
         Self {
             inner: Arc::new(Inner {
                 base,
+                servers,
                 config,
                 pools: RwLock::new(HashMap::new()),
                 clock: AtomicU64::new(0),
@@ -135,17 +178,23 @@ impl TenantPools {
         &self.inner.config
     }
 
+    /// The configured servers.
+    pub fn servers(&self) -> &Servers {
+        &self.inner.servers
+    }
+
     /// The pool of `tenant`, opened (lazily, without I/O) if needed.
-    pub(crate) fn pool_for(&self, tenant: &Tenant) -> PgPool {
+    pub(crate) fn pool_for(&self, tenant: &Tenant) -> Result<PgPool, Error> {
         let tick = self.inner.clock.fetch_add(1, Ordering::Relaxed);
         if let Some(entry) = self.read().get(&tenant.id) {
             entry.last_used.store(tick, Ordering::Relaxed);
-            return entry.pool.clone();
+            return Ok(entry.pool.clone());
         }
+        let pool = self.open(tenant)?;
         let mut pools = self.inner.pools.write().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = pools.get(&tenant.id) {
             entry.last_used.store(tick, Ordering::Relaxed);
-            return entry.pool.clone();
+            return Ok(entry.pool.clone());
         }
         while pools.len() >= self.inner.config.max_pools {
             let Some(victim) = pools
@@ -162,7 +211,6 @@ impl TenantPools {
                 tokio::spawn(async move { pool.close().await });
             }
         }
-        let pool = self.open(tenant);
         pools.insert(
             tenant.id.clone(),
             Arc::new(Entry {
@@ -171,10 +219,10 @@ impl TenantPools {
             }),
         );
         self.inner.opened.fetch_add(1, Ordering::Relaxed);
-        pool
+        Ok(pool)
     }
 
-    fn open(&self, tenant: &Tenant) -> PgPool {
+    fn open(&self, tenant: &Tenant) -> Result<PgPool, Error> {
         let c = &self.inner.config;
         // The tenant is bound by startup parameters: no round trip, and the
         // connection never serves another tenant.
@@ -183,6 +231,12 @@ impl TenantPools {
                 "search_path",
                 search_path(&tenant.id, c.shared_schema.as_deref()),
             )]),
+            Strategy::Database => self
+                .inner
+                .servers
+                .get(&tenant.server)?
+                .clone()
+                .database(&tenant.schema_name),
             Strategy::Row => {
                 let shared = quote_ident(c.row_schema.as_deref().unwrap_or("public"));
                 let mut options = self.inner.base.clone().options([
@@ -201,13 +255,13 @@ impl TenantPools {
                 options
             }
         };
-        PgPoolOptions::new()
+        Ok(PgPoolOptions::new()
             .max_connections(c.max_connections_per_tenant)
             .min_connections(0)
             .acquire_timeout(c.acquire_timeout)
             .idle_timeout(Some(c.idle_timeout))
             .max_lifetime(Some(c.max_lifetime))
-            .connect_lazy_with(options)
+            .connect_lazy_with(options))
     }
 
     /// Closes the pool of `id` (after its checked-out connections come back), for

@@ -55,6 +55,7 @@ struct Sql {
     set_status: String,
     select_for_update: String,
     purge_deleted: String,
+    delete_provisioning: String,
     select_by_domain: String,
     record_migration: String,
     applied_versions: String,
@@ -84,8 +85,8 @@ impl TenantRepository {
                 "SELECT {TENANT_COLUMNS} FROM {q}.tenants WHERE status <> 'deleted' ORDER BY id"
             ),
             insert: format!(
-                "INSERT INTO {q}.tenants (id, name, domain, strategy, status, schema_name) \
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING {TENANT_COLUMNS}"
+                "INSERT INTO {q}.tenants (id, name, domain, strategy, status, schema_name, server) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {TENANT_COLUMNS}"
             ),
             set_status: format!(
                 "UPDATE {q}.tenants SET status = $2, updated_at = now() WHERE id = $1 \
@@ -97,10 +98,13 @@ impl TenantRepository {
             select_by_domain: format!(
                 "SELECT {TENANT_COLUMNS} FROM {q}.tenants WHERE domain = $1 AND status <> 'deleted'"
             ),
+            delete_provisioning: format!(
+                "DELETE FROM {q}.tenants WHERE id = $1 AND status = 'provisioning'"
+            ),
             purge_deleted: format!("DELETE FROM {q}.tenants WHERE id = $1 AND status = 'deleted'"),
             record_migration: format!(
                 "INSERT INTO {q}.tenant_migrations (tenant_id, version, description, checksum) \
-                 VALUES ($1, $2, $3, $4)"
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, version) DO NOTHING"
             ),
             all_applied: format!(
                 "SELECT m.tenant_id, m.version, m.checksum FROM {q}.tenant_migrations m \
@@ -226,6 +230,15 @@ impl TenantRepository {
         row.map(|r| tenant_from_row(&r)).transpose()
     }
 
+    /// Removes the row of a tenant whose provisioning failed.
+    pub async fn delete_provisioning(&self, id: &TenantId) -> Result<(), Error> {
+        sqlx::query(sqlx::AssertSqlSafe(self.sql.delete_provisioning.as_str()))
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Removes the tombstone of a deleted tenant so that its id can be used again.
     pub async fn purge_deleted(&self, conn: &mut PgConnection, id: &TenantId) -> Result<(), Error> {
         sqlx::query(sqlx::AssertSqlSafe(self.sql.purge_deleted.as_str()))
@@ -235,12 +248,14 @@ impl TenantRepository {
         Ok(())
     }
 
-    /// Inserts a tenant row with `status` inside the caller's transaction.
+    /// Inserts a tenant row with `status` inside the caller's transaction; `storage` is
+    /// the tenant's schema (or database) name.
     pub async fn insert(
         &self,
         conn: &mut PgConnection,
         new: &NewTenant,
         status: TenantStatus,
+        storage: &str,
     ) -> Result<Tenant, Error> {
         let row = sqlx::query(sqlx::AssertSqlSafe(self.sql.insert.as_str()))
             .bind(new.id.as_str())
@@ -248,7 +263,8 @@ impl TenantRepository {
             .bind(new.domain.as_deref())
             .bind(new.strategy.as_str())
             .bind(status.as_str())
-            .bind(new.id.schema_name())
+            .bind(storage)
+            .bind(new.server.as_deref().unwrap_or(crate::pool::DEFAULT_SERVER))
             .fetch_one(conn)
             .await
             .map_err(|e| match unique_violation(&e) {

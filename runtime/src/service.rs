@@ -1,7 +1,9 @@
 //! The rules: validation, provisioning, lifecycle transitions, migrations.
 
+use crate::database;
 use crate::error::Error;
 use crate::migrate::TenantMigrations;
+use crate::pool::{DEFAULT_SERVER, Servers};
 use crate::repository::TenantRepository;
 use crate::strategy;
 use crate::template;
@@ -14,6 +16,8 @@ pub struct TenantService {
     repo: TenantRepository,
     migrations: TenantMigrations,
     from_template: bool,
+    servers: Servers,
+    database_prefix: String,
     /// The template verified (or built) by this service, with its clone script.
     template: std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<template::Template>>>>,
 }
@@ -25,8 +29,41 @@ impl TenantService {
             repo,
             migrations,
             from_template: true,
+            servers: Servers::default(),
+            database_prefix: "tenant_".to_owned(),
             template: Default::default(),
         }
+    }
+
+    /// The servers `database` tenants can be placed on.
+    pub fn with_servers(mut self, servers: Servers) -> Self {
+        self.servers = servers;
+        self
+    }
+
+    /// The prefix of tenant database names (default `tenant_`: tenant `acme-corp` gets
+    /// the database `tenant_acme_corp`); the template database is `<prefix>_template`,
+    /// a name no tenant id can produce. Lowercase letters, digits and `_`, at most 16.
+    pub fn with_database_prefix(mut self, prefix: &str) -> Result<Self, Error> {
+        let ok = !prefix.is_empty()
+            && prefix.len() <= 16
+            && prefix.as_bytes()[0].is_ascii_lowercase()
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !ok {
+            return Err(Error::Validation(format!(
+                "database prefix `{}` must be 1-16 lowercase letters, digits or `_`, starting with a letter",
+                prefix.escape_debug()
+            )));
+        }
+        self.database_prefix = prefix.to_owned();
+        Ok(self)
+    }
+
+    /// The database of a `database` tenant.
+    pub fn database_name(&self, id: &TenantId) -> String {
+        format!("{}{}", self.database_prefix, id.as_str().replace('-', "_"))
     }
 
     /// Whether new tenants are cloned from the template schema (the default) or get
@@ -88,8 +125,16 @@ impl TenantService {
     /// case the migrations are replayed.
     pub async fn create(&self, new: &NewTenant) -> Result<Tenant, Error> {
         Self::validate(new)?;
-        if new.strategy == Strategy::Row {
-            return self.create_row_tenant(new).await;
+        let server = new.server.as_deref().unwrap_or(DEFAULT_SERVER);
+        match new.strategy {
+            Strategy::Row | Strategy::Schema if server != DEFAULT_SERVER => {
+                return Err(Error::Validation(format!(
+                    "only `database` tenants can be placed on another server than `{DEFAULT_SERVER}`"
+                )));
+            }
+            Strategy::Row => return self.create_row_tenant(new).await,
+            Strategy::Database => return self.create_database_tenant(new, server).await,
+            Strategy::Schema => {}
         }
         let template = if self.from_template && !self.migrations.versions().is_empty() {
             Some(self.template().await?)
@@ -99,7 +144,12 @@ impl TenantService {
         let mut tx = self.repo.pool().begin().await?;
         self.repo.purge_deleted(&mut tx, &new.id).await?;
         self.repo
-            .insert(&mut tx, new, TenantStatus::Provisioning)
+            .insert(
+                &mut tx,
+                new,
+                TenantStatus::Provisioning,
+                &new.id.schema_name(),
+            )
             .await?;
         strategy::create_schema(&mut tx, &new.id).await?;
         let cloned = match &template {
@@ -129,11 +179,71 @@ impl TenantService {
         Ok(tenant)
     }
 
+    /// A database tenant: registry row, `CREATE DATABASE` from the server's template
+    /// database, then versions and `active`; on failure the database is dropped and
+    /// the row removed (`CREATE DATABASE` cannot join a transaction).
+    async fn create_database_tenant(
+        &self,
+        new: &NewTenant,
+        server_name: &str,
+    ) -> Result<Tenant, Error> {
+        let server = self.servers.get(server_name)?.clone();
+        let template = database::ensure_template(
+            &self.repo,
+            &self.migrations,
+            server_name,
+            &server,
+            &format!("{}_template", self.database_prefix),
+        )
+        .await?;
+        let mut tx = self.repo.pool().begin().await?;
+        self.repo.purge_deleted(&mut tx, &new.id).await?;
+        let db = self.database_name(&new.id);
+        self.repo
+            .insert(&mut tx, new, TenantStatus::Provisioning, &db)
+            .await?;
+        tx.commit().await?;
+        let finished = async {
+            database::create(&server, &db, &template).await?;
+            let mut tx = self.repo.pool().begin().await?;
+            for version in self.migrations.versions() {
+                self.migrations
+                    .record(&mut tx, &self.repo, &new.id, version)
+                    .await?;
+            }
+            let tenant = self
+                .repo
+                .set_status(Some(&mut tx), &new.id, TenantStatus::Active)
+                .await?
+                .ok_or_else(|| Error::Registry("the new tenant row vanished".to_owned()))?;
+            self.repo.notify(&mut tx, &new.id).await?;
+            tx.commit().await?;
+            Ok::<_, Error>(tenant)
+        }
+        .await;
+        match finished {
+            Ok(tenant) => {
+                tracing::info!(tenant = %tenant.id, server = server_name, "database tenant created");
+                Ok(tenant)
+            }
+            Err(e) => {
+                if let Err(cleanup) = database::drop(&server, &db).await {
+                    tracing::error!(tenant = %new.id, error = %cleanup, "could not drop a half-made tenant database; `tenantry doctor` lists it");
+                }
+                let _ = self.repo.delete_provisioning(&new.id).await;
+                Err(e)
+            }
+        }
+    }
+
     /// A row-strategy tenant is a registry row: its data lives in shared tables.
     async fn create_row_tenant(&self, new: &NewTenant) -> Result<Tenant, Error> {
         let mut tx = self.repo.pool().begin().await?;
         self.repo.purge_deleted(&mut tx, &new.id).await?;
-        let tenant = self.repo.insert(&mut tx, new, TenantStatus::Active).await?;
+        let tenant = self
+            .repo
+            .insert(&mut tx, new, TenantStatus::Active, &new.id.schema_name())
+            .await?;
         self.repo.notify(&mut tx, &new.id).await?;
         tx.commit().await?;
         tracing::info!(tenant = %tenant.id, strategy = "row", "tenant created");
@@ -235,6 +345,10 @@ impl TenantService {
         }
         match current.strategy {
             Strategy::Schema => strategy::drop_schema(&mut tx, id).await?,
+            Strategy::Database => {
+                let server = self.servers.get(&current.server)?;
+                database::drop(server, &current.schema_name).await?;
+            }
             Strategy::Row => {
                 strategy::delete_rows(&mut tx, self.repo.control_schema(), id).await?;
             }
@@ -255,11 +369,22 @@ impl TenantService {
     /// keeps the versions before it; a rerun resumes at the failed one. Concurrent
     /// runs on the same tenant wait for each other (the registry row is locked).
     pub async fn migrate(&self, id: &TenantId) -> Result<Vec<i64>, Error> {
-        if let Some(t) = self.repo.find(id).await?
-            && t.strategy == Strategy::Row
-        {
+        match self.repo.find(id).await? {
             // Row tenants share tables; the application migrates those itself.
-            return Ok(Vec::new());
+            Some(t) if t.strategy == Strategy::Row => return Ok(Vec::new()),
+            Some(t) if t.strategy == Strategy::Database => {
+                let server = self.servers.get(&t.server)?;
+                let applied = database::migrate(server, &t.schema_name, &self.migrations).await?;
+                let mut tx = self.repo.pool().begin().await?;
+                for &version in &applied {
+                    self.migrations
+                        .record(&mut tx, &self.repo, id, version)
+                        .await?;
+                }
+                tx.commit().await?;
+                return Ok(applied);
+            }
+            _ => {}
         }
         let done = {
             let mut conn = self.repo.pool().acquire().await?;

@@ -179,6 +179,9 @@ pub enum Strategy {
     /// One PostgreSQL schema per tenant in a shared database (the default).
     #[default]
     Schema,
+    /// A database per tenant (named like the schema would be, [`TenantId::schema_name`]),
+    /// on the server the tenant is placed on, created from a template database.
+    Database,
     /// Shared tables with a `tenant_id` column, protected by row-level security: the
     /// tenant's connections carry the `tenantry.tenant_id` setting that the policies
     /// read (see [`crate::strategy::rls_sql`]).
@@ -190,6 +193,7 @@ impl Strategy {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Schema => "schema",
+            Self::Database => "database",
             Self::Row => "row",
         }
     }
@@ -198,6 +202,7 @@ impl Strategy {
         match s {
             "schema" => Ok(Self::Schema),
             "row" => Ok(Self::Row),
+            "database" => Ok(Self::Database),
             other => Err(Error::Registry(format!(
                 "unknown strategy `{other}` in the registry"
             ))),
@@ -224,7 +229,7 @@ pub struct Tenant {
     pub strategy: Strategy,
     /// The lifecycle status.
     pub status: TenantStatus,
-    /// The tenant's schema (schema strategy).
+    /// The tenant's schema (schema strategy), or its database (database strategy).
     pub schema_name: String,
     /// The named server the tenant lives on (`default` unless placed elsewhere).
     pub server: String,
@@ -254,6 +259,10 @@ pub struct NewTenant {
     /// The isolation strategy; schema per tenant when absent.
     #[serde(default)]
     pub strategy: Strategy,
+    /// The named server a `database` tenant is placed on (`default`, the registry's
+    /// server, when absent).
+    #[serde(default)]
+    pub server: Option<String>,
 }
 
 impl NewTenant {
@@ -264,7 +273,20 @@ impl NewTenant {
             name: name.into(),
             domain: None,
             strategy: Strategy::default(),
+            server: None,
         }
+    }
+
+    /// Sets the strategy.
+    pub fn with_strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Places a `database` tenant on the named server.
+    pub fn on_server(mut self, server: impl Into<String>) -> Self {
+        self.server = Some(server.into());
+        self
     }
 
     /// Sets the domain.

@@ -44,13 +44,29 @@ pub enum TestDbError {
     Database(#[from] sqlx::Error),
 }
 
-struct Server {
+/// A throwaway PostgreSQL server of its own (most tests share one through
+/// [`TestDatabase`]; this is for tests that need a second server). Stopped, and its
+/// directory removed, when dropped or when the process exits.
+#[derive(Debug)]
+pub struct TestServer {
     url: String,
-    // Holding the watchdog's stdin keeps the server alive; it stops when the process exits.
+    // Holding the watchdog's stdin keeps the server alive; closing it stops the server.
     _watchdog: Mutex<Child>,
 }
 
-static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
+impl TestServer {
+    /// Starts a new server from the installed binaries (even with `DATABASE_URL` set).
+    pub fn start() -> Result<Self, TestDbError> {
+        start_server()
+    }
+
+    /// The URL of its `postgres` database, as the superuser `postgres`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+static SERVER: OnceLock<Result<TestServer, String>> = OnceLock::new();
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A fresh database on the test server.
@@ -170,7 +186,7 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-fn start_server() -> Result<Server, TestDbError> {
+fn start_server() -> Result<TestServer, TestDbError> {
     let bindir = find_bindir().ok_or(TestDbError::NoBinaries)?;
     let err = |what: &str, e: &dyn std::fmt::Display| TestDbError::Start(format!("{what}: {e}"));
     let dir = tempfile::Builder::new()
@@ -281,7 +297,7 @@ fn start_server() -> Result<Server, TestDbError> {
         "tenantry::testing: started a throwaway PostgreSQL at {url} (data in {})",
         dir.display()
     );
-    Ok(Server {
+    Ok(TestServer {
         url,
         _watchdog: Mutex::new(child),
     })

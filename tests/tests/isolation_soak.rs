@@ -55,7 +55,8 @@ fn tenant_name(i: usize) -> String {
 enum Mix {
     Schema,
     Row,
-    /// Even tenants schema, odd tenants row.
+    Database,
+    /// Schema, row and database tenants, in turn.
     Mixed,
 }
 
@@ -64,8 +65,8 @@ impl Mix {
         match self {
             Mix::Schema => Strategy::Schema,
             Mix::Row => Strategy::Row,
-            Mix::Mixed if i.is_multiple_of(2) => Strategy::Schema,
-            Mix::Mixed => Strategy::Row,
+            Mix::Database => Strategy::Database,
+            Mix::Mixed => [Strategy::Schema, Strategy::Row, Strategy::Database][i % 3],
         }
     }
 }
@@ -246,6 +247,31 @@ async fn soak(pool_size: u32, mix: Mix) {
                     "WHERE $1::text IS NOT NULL",
                 )
             }
+            Strategy::Database => {
+                // Read through a connection of its own to the tenant's database.
+                let t = manager.resolve(&tenant.parse().unwrap()).await.unwrap();
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect_with(
+                    &pool
+                        .connect_options()
+                        .as_ref()
+                        .clone()
+                        .database(&t.schema_name),
+                )
+                .await
+                .unwrap();
+                let mut rows: Vec<String> = sqlx::query_scalar("SELECT name FROM projects")
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap();
+                let values: Vec<String> = sqlx::query_scalar("SELECT value FROM data")
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap();
+                rows.extend(values);
+                check_tenant(&tenant, rows, &l);
+                acknowledged_total += l.acknowledged.get(&tenant).map_or(0, |a| a.len());
+                continue;
+            }
         };
         let mut rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT name FROM {projects} {filter}"
@@ -262,32 +288,8 @@ async fn soak(pool_size: u32, mix: Mix) {
         .await
         .unwrap();
         rows.extend(values);
-        let stored: HashSet<String> = rows.iter().cloned().collect();
-        assert_eq!(stored.len(), rows.len(), "{tenant}: no row stored twice");
-        let empty = HashSet::new();
-        let acknowledged = l.acknowledged.get(&tenant).unwrap_or(&empty);
-        let attempted = l.attempted.get(&tenant).unwrap_or(&empty);
-        let doomed = l.doomed.get(&tenant).unwrap_or(&empty);
-        acknowledged_total += acknowledged.len();
-        for row in &stored {
-            assert!(
-                row.starts_with(&format!("{tenant}:")),
-                "{tenant} holds another tenant's row {row}"
-            );
-            assert!(
-                !doomed.contains(row),
-                "{tenant}: a rolled-back insert survived: {row}"
-            );
-            assert!(
-                attempted.contains(row),
-                "{tenant}: a row nobody wrote: {row}"
-            );
-        }
-        let lost: Vec<_> = acknowledged.difference(&stored).collect();
-        assert!(
-            lost.is_empty(),
-            "{tenant}: acknowledged rows lost: {lost:?}"
-        );
+        check_tenant(&tenant, rows, &l);
+        acknowledged_total += l.acknowledged.get(&tenant).map_or(0, |a| a.len());
     }
     assert!(
         acknowledged_total > OPERATIONS / 4,
@@ -308,6 +310,36 @@ async fn soak(pool_size: u32, mix: Mix) {
         l.completed, l.cancelled
     );
     close(manager).await;
+}
+
+/// Every row stored for `tenant` is its own, was written, was not rolled back, and
+/// every acknowledged write is there.
+fn check_tenant(tenant: &str, rows: Vec<String>, l: &Ledger) {
+    let stored: HashSet<String> = rows.iter().cloned().collect();
+    assert_eq!(stored.len(), rows.len(), "{tenant}: no row stored twice");
+    let empty = HashSet::new();
+    let acknowledged = l.acknowledged.get(tenant).unwrap_or(&empty);
+    let attempted = l.attempted.get(tenant).unwrap_or(&empty);
+    let doomed = l.doomed.get(tenant).unwrap_or(&empty);
+    for row in &stored {
+        assert!(
+            row.starts_with(&format!("{tenant}:")),
+            "{tenant} holds another tenant's row {row}"
+        );
+        assert!(
+            !doomed.contains(row),
+            "{tenant}: a rolled-back insert survived: {row}"
+        );
+        assert!(
+            attempted.contains(row),
+            "{tenant}: a row nobody wrote: {row}"
+        );
+    }
+    let lost: Vec<_> = acknowledged.difference(&stored).collect();
+    assert!(
+        lost.is_empty(),
+        "{tenant}: acknowledged rows lost: {lost:?}"
+    );
 }
 
 async fn close(manager: TenantManager) {
@@ -335,6 +367,11 @@ async fn soak_row_tenants_four_connections_each() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn soak_schema_and_row_tenants_mixed() {
+async fn soak_database_tenants_four_connections_each() {
+    soak(4, Mix::Database).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_schema_row_and_database_tenants_mixed() {
     soak(4, Mix::Mixed).await;
 }

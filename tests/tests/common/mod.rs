@@ -39,11 +39,24 @@ pub async fn manager(config: PoolConfig) -> (TestDatabase, TenantManager) {
     };
     let manager = TenantManager::builder(pool)
         .migrations(saas::tenant_migrations())
+        .database_prefix(database_prefix(&db))
         .pool_config(config)
         .build()
         .await
         .expect("build the manager");
     (db, manager)
+}
+
+/// A prefix for tenant database names of this test's own: tests share a server.
+pub fn database_prefix(db: &TestDatabase) -> String {
+    let digits: String = db
+        .name()
+        .chars()
+        .rev()
+        .filter(char::is_ascii_digit)
+        .take(8)
+        .collect();
+    format!("t{digits}_")
 }
 
 /// The saas example's router over `manager`.
