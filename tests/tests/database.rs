@@ -66,7 +66,7 @@ async fn database_tenants_on_two_servers() {
     create(&manager, "schemaful").await;
     create_with(&manager, "rowful", Strategy::Row).await;
     assert_eq!(here.schema_name, here_db);
-    assert_eq!(databases(&home, &p).await, [here_db.clone()]);
+    assert_eq!(databases(&home, &p).await, [here_db]);
     assert_eq!(
         databases(&east_options, &p).await,
         [format!("{p}there")],
