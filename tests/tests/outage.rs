@@ -29,16 +29,20 @@ async fn database_down_gives_503_and_recovery_is_automatic() {
         .connect_with(via_proxy)
         .await
         .unwrap();
+    saas::prepare_database(&pool).await.unwrap();
     let manager = TenantManager::builder(pool)
         .migrations(saas::tenant_migrations())
+        .database_prefix(database_prefix(&db))
         .pool_config(PoolConfig {
             acquire_timeout: Duration::from_secs(1),
-            ..PoolConfig::default()
+            ..saas::pool_config()
         })
         .build()
         .await
         .unwrap();
     create(&manager, "acme").await;
+    create_with(&manager, "rowco", tenantry::Strategy::Row).await;
+    create_with(&manager, "dbco", tenantry::Strategy::Database).await;
     let app = saas_app(&manager);
     let acme = [("x-tenant-id", "acme")];
     let (k, v) = admin();

@@ -1,0 +1,69 @@
+//! Per-tenant pools are bounded: beyond `max_pools` the least recently used pool is
+//! closed, and an evicted tenant's next request simply reopens its pool; never an
+//! error because the cache is full, never a connection of another tenant.
+
+mod common;
+
+use axum::http::Method;
+use common::*;
+use serde_json::json;
+use tenantry::{PoolConfig, Strategy};
+
+#[tokio::test]
+async fn pools_are_evicted_least_recently_used_first_and_reopened() {
+    let (_db, manager) = manager(PoolConfig {
+        max_pools: 3,
+        max_connections_per_tenant: 2,
+        ..PoolConfig::default()
+    })
+    .await;
+    let strategies = [Strategy::Schema, Strategy::Row, Strategy::Database];
+    let tenants: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
+    for (i, t) in tenants.iter().enumerate() {
+        create_with(&manager, t, strategies[i % 3]).await;
+    }
+    let app = saas_app(&manager);
+    for round in 0..4 {
+        for t in &tenants {
+            let r = send(
+                &app,
+                Method::POST,
+                "/api/v1/data",
+                &[("x-tenant-id", t)],
+                Some(json!({"value": format!("{t}:{round}")})),
+            )
+            .await;
+            assert_eq!(r.status, 201, "{t} round {round}: {r:?}");
+            assert!(
+                manager.pools().open_pools() <= 3,
+                "never more than max_pools open"
+            );
+        }
+    }
+    for t in &tenants {
+        let r = send(
+            &app,
+            Method::GET,
+            "/api/v1/data",
+            &[("x-tenant-id", t)],
+            None,
+        )
+        .await;
+        let values: Vec<_> = r.json["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["value"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            values,
+            (0..4)
+                .map(|round| format!("{t}:{round}"))
+                .collect::<Vec<_>>(),
+            "{t}"
+        );
+    }
+    let stats = manager.pools().stats();
+    assert!(stats.evicted >= 20, "{stats:?}");
+    assert_eq!(stats.opened, stats.evicted + stats.open as u64);
+}
