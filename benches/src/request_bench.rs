@@ -138,6 +138,7 @@ async fn drive(
     client: &Client<HttpConnector, Empty<Bytes>>,
     addr: SocketAddr,
     prefix: &str,
+    tenant_prefix: &str,
     tenants: usize,
     concurrency: usize,
     secs: u64,
@@ -147,6 +148,7 @@ async fn drive(
     let tasks = (0..concurrency).map(|c| {
         let client = client.clone();
         let prefix = prefix.to_owned();
+        let tenant_prefix = tenant_prefix.to_owned();
         tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(c as u64);
             let mut latencies = Vec::new();
@@ -156,9 +158,10 @@ async fn drive(
                 let id = rng.random_range(1..=ROWS);
                 let mut request = hyper::Request::get(format!("http://{addr}{prefix}/{id}"));
                 if prefix.starts_with("/full/") {
-                    request = request.header("host", format!("bench-{tenant:03}.localhost"));
+                    request =
+                        request.header("host", format!("{tenant_prefix}-{tenant:03}.localhost"));
                 } else {
-                    request = request.header("x-tenant-id", format!("bench-{tenant:03}"));
+                    request = request.header("x-tenant-id", format!("{tenant_prefix}-{tenant:03}"));
                 }
                 let request = request.body(Empty::<Bytes>::new()).expect("valid request");
                 let t = Instant::now();
@@ -235,7 +238,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .migrations(saas::tenant_migrations())
         .pool_config(PoolConfig {
             max_connections_per_tenant: connections_per_tenant,
-            max_pools: args.tenants.max(1),
+            max_pools: 3 * args.tenants.max(1),
+            row_schema: Some("shared".to_owned()),
+            row_role: Some("bench_row".to_owned()),
             ..PoolConfig::default()
         })
         .build()
@@ -263,6 +268,56 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     }
     sqlx::query("ANALYZE projects").execute(&plain_pool).await?;
+
+    // Row tenants: one shared table under forced RLS, keyed by (tenant_id, id).
+    sqlx::raw_sql(
+        "DO $$ BEGIN CREATE ROLE bench_row NOLOGIN NOBYPASSRLS;
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+         CREATE SCHEMA shared;
+         CREATE TABLE shared.projects (
+             tenant_id text NOT NULL DEFAULT current_setting('tenantry.tenant_id'),
+             id bigint NOT NULL, name text NOT NULL, PRIMARY KEY (tenant_id, id));
+         GRANT USAGE ON SCHEMA shared TO bench_row;
+         GRANT SELECT ON shared.projects TO bench_row;",
+    )
+    .execute(&plain_pool)
+    .await?;
+    let mut conn = plain_pool.acquire().await?;
+    tenantry::strategy::install_rls(&mut conn, "shared.projects", "tenant_id").await?;
+    drop(conn);
+    for t in 0..args.tenants {
+        let id = format!("brow-{t:03}");
+        manager
+            .create_tenant(
+                NewTenant::new(id.parse()?, "Row").with_strategy(tenantry::Strategy::Row),
+            )
+            .await?;
+        sqlx::query(
+            "INSERT INTO shared.projects (tenant_id, id, name) SELECT $1, g, 'project ' || g FROM generate_series(1, $2) g",
+        )
+        .bind(&id)
+        .bind(ROWS)
+        .execute(&plain_pool)
+        .await?;
+        // Database tenants: their own database, created from the template database.
+        let tenant = manager
+            .create_tenant(
+                NewTenant::new(format!("bdb-{t:03}").parse()?, "Db")
+                    .with_strategy(tenantry::Strategy::Database),
+            )
+            .await?;
+        let mut db = manager
+            .tenant_db(manager.resolve(&tenant.id).await?)
+            .await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO projects (name) SELECT 'project ' || g FROM generate_series(1, {ROWS}) g; ANALYZE projects"
+        )))
+        .execute(&mut *db)
+        .await?;
+    }
+    sqlx::query("ANALYZE shared.projects")
+        .execute(&plain_pool)
+        .await?;
 
     let app = Router::new()
         .route("/plain/{id}", get(plain))
@@ -299,28 +354,56 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .build_http();
 
     let variants = [
-        ("a", "plain axum + sqlx", "/plain"),
-        ("b", "scoped by tenantry (TenantDb)", "/scoped"),
-        ("c", "tenant resolution alone", "/resolve"),
-        ("d", "empty handler, no layer", "/empty"),
-        ("a-tx", "plain, BEGIN/query/COMMIT", "/plain-tx"),
-        ("b-tx", "scoped by tenantry (TenantTx)", "/scoped-tx"),
-        ("m", "#[tenant_scoped] handler (TenantDb)", "/scoped-macro"),
+        ("a", "plain axum + sqlx", "/plain", "bench"),
+        ("b", "scoped by tenantry (TenantDb)", "/scoped", "bench"),
+        ("c", "tenant resolution alone", "/resolve", "bench"),
+        ("d", "empty handler, no layer", "/empty", "bench"),
+        ("a-tx", "plain, BEGIN/query/COMMIT", "/plain-tx", "bench"),
+        (
+            "b-tx",
+            "scoped by tenantry (TenantTx)",
+            "/scoped-tx",
+            "bench",
+        ),
+        (
+            "m",
+            "#[tenant_scoped] handler (TenantDb)",
+            "/scoped-macro",
+            "bench",
+        ),
         (
             "m-tx",
             "#[tenant_scoped(transaction)] handler",
             "/scoped-tx-macro",
+            "bench",
         ),
-        ("e", "scoped, tenant by host, + metrics", "/full/scoped"),
+        (
+            "e",
+            "scoped, tenant by host, + metrics",
+            "/full/scoped",
+            "bench",
+        ),
         (
             "c-e",
             "resolution alone, by host, + metrics",
             "/full/resolve",
+            "bench",
         ),
+        ("b-row", "scoped, row tenants (RLS)", "/scoped", "brow"),
+        ("b-db", "scoped, database tenants", "/scoped", "bdb"),
     ];
     // Warm up every variant (connections, statement caches, tenant cache).
-    for (_, _, prefix) in &variants {
-        drive(&client, addr, prefix, args.tenants, args.concurrency, 1).await;
+    for (_, _, prefix, tenant_prefix) in &variants {
+        drive(
+            &client,
+            addr,
+            prefix,
+            tenant_prefix,
+            args.tenants,
+            args.concurrency,
+            1,
+        )
+        .await;
     }
     let mut rps: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     let mut lat: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
@@ -333,6 +416,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 &client,
                 addr,
                 variants[i].2,
+                variants[i].3,
                 args.tenants,
                 args.concurrency,
                 args.secs,
@@ -349,13 +433,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     println!(
-        "request_bench: {} rounds x {} s per variant, {} client connections, {} tenants x {ROWS} rows, random tenant and id per request, {} connections per tenant, plain pool 16",
+        "request_bench: {} rounds x {} s per variant, {} client connections, {} tenants of each strategy x {ROWS} rows, random tenant and id per request, {} connections per tenant, plain pool 16",
         args.rounds, args.secs, args.concurrency, args.tenants, connections_per_tenant
     );
     println!();
     println!("| variant | what | requests/s (median) | p50 | p99 | errors |");
     println!("|---|---|---|---|---|---|");
-    for (i, (key, what, _)) in variants.iter().enumerate() {
+    for (i, (key, what, _, _)) in variants.iter().enumerate() {
         lat[i].sort();
         println!(
             "| {key} | {what} | {:.0} | {:.0} us | {:.0} us | {} |",
@@ -385,6 +469,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("  e / b       = {:.3}", median(ratio_of(8, 1)));
     println!("  c-e / c     = {:.3}", median(ratio_of(9, 2)));
+    println!(
+        "  b-row / a   = {:.3}  (row strategy)",
+        median(ratio_of(10, 0))
+    );
+    println!(
+        "  b-db / a    = {:.3}  (database strategy)",
+        median(ratio_of(11, 0))
+    );
     println!(
         "  c / d       = {:.3}  (cost of resolution against an empty handler)",
         median(ratio_of(2, 3))
