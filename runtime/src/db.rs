@@ -30,8 +30,16 @@ pub struct TenantDb {
 
 impl TenantDb {
     pub(crate) async fn acquire(pools: &TenantPools, tenant: Arc<Tenant>) -> Result<Self, Error> {
-        let conn = pools.pool_for(&tenant)?.acquire().await?;
-        Ok(Self { conn, tenant })
+        let mut attempts = 0;
+        loop {
+            match pools.pool_for(&tenant)?.acquire().await {
+                Ok(conn) => return Ok(Self { conn, tenant }),
+                // The pool was evicted (and closed) after we took it from the map:
+                // the next `pool_for` opens a fresh one.
+                Err(sqlx::Error::PoolClosed) if attempts < 3 => attempts += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// The tenant this connection is bound to.
