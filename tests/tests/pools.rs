@@ -67,3 +67,30 @@ async fn pools_are_evicted_least_recently_used_first_and_reopened() {
     assert!(stats.evicted >= 20, "{stats:?}");
     assert_eq!(stats.opened, stats.evicted + stats.open as u64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_never_fail_because_pools_are_evicted() {
+    let (_db, manager) = manager(PoolConfig {
+        max_pools: 2,
+        max_connections_per_tenant: 1,
+        ..PoolConfig::default()
+    })
+    .await;
+    let tenants: Vec<String> = (0..6).map(|i| format!("q{i}")).collect();
+    for (i, t) in tenants.iter().enumerate() {
+        create_with(&manager, t, [Strategy::Schema, Strategy::Database][i % 2]).await;
+    }
+    let app = saas_app(&manager);
+    let calls = (0..300).map(|n| {
+        let app = app.clone();
+        let tenant = tenants[n * 7 % tenants.len()].clone();
+        tokio::spawn(async move {
+            let path = if n % 2 == 0 { "/api/v1/projects" } else { "/api/v1/data" };
+            send(&app, Method::GET, path, &[("x-tenant-id", &tenant)], None).await.status
+        })
+    });
+    for status in futures::future::join_all(calls).await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    assert!(manager.pools().stats().evicted > 0);
+}
