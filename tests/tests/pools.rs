@@ -85,8 +85,14 @@ async fn concurrent_requests_never_fail_because_pools_are_evicted() {
         let app = app.clone();
         let tenant = tenants[n * 7 % tenants.len()].clone();
         tokio::spawn(async move {
-            let path = if n % 2 == 0 { "/api/v1/projects" } else { "/api/v1/data" };
-            send(&app, Method::GET, path, &[("x-tenant-id", &tenant)], None).await.status
+            let path = if n % 2 == 0 {
+                "/api/v1/projects"
+            } else {
+                "/api/v1/data"
+            };
+            send(&app, Method::GET, path, &[("x-tenant-id", &tenant)], None)
+                .await
+                .status
         })
     });
     for status in futures::future::join_all(calls).await {
