@@ -105,7 +105,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // Baseline: one plain pool of `cap` connections, same query, no tenancy.
     let plain = PgPoolOptions::new()
         .max_connections(cap as u32)
-        .connect(&format!("{}", db.url()))
+        .connect(db.url())
         .await?;
     sqlx::raw_sql(
         "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);
