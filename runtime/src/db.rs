@@ -36,7 +36,7 @@ impl TenantDb {
                 Ok(conn) => return Ok(Self { conn, tenant }),
                 // The pool was evicted (and closed) after we took it from the map:
                 // the next `pool_for` opens a fresh one.
-                Err(sqlx::Error::PoolClosed) if attempts < 3 => attempts += 1,
+                Err(sqlx::Error::PoolClosed) if attempts < 16 => attempts += 1,
                 Err(e) => return Err(e.into()),
             }
         }

@@ -8,7 +8,8 @@
 //! open by a cancelled request) can be seen by another tenant.
 //!
 //! Pools are opened lazily and kept in a bounded, least-recently-used map; an evicted
-//! tenant's next request simply reopens its pool.
+//! pool is dropped from the map (requests in flight finish with it, its connections
+//! close when they let go), and the tenant's next request simply opens a new one.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -204,11 +205,10 @@ impl TenantPools {
             else {
                 break;
             };
-            if let Some(entry) = pools.remove(&victim) {
+            if pools.remove(&victim).is_some() {
+                // Not closed: requests that already took this pool finish with it, and
+                // its connections close when the last of them lets go.
                 self.inner.evicted.fetch_add(1, Ordering::Relaxed);
-                // Waits for checked-out connections to come back, then closes them all.
-                let pool = entry.pool.clone();
-                tokio::spawn(async move { pool.close().await });
             }
         }
         pools.insert(

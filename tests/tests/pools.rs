@@ -6,6 +6,7 @@ mod common;
 
 use axum::http::Method;
 use common::*;
+use futures::StreamExt;
 use serde_json::json;
 use tenantry::{PoolConfig, Strategy};
 
@@ -70,7 +71,7 @@ async fn pools_are_evicted_least_recently_used_first_and_reopened() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_never_fail_because_pools_are_evicted() {
-    let (_db, manager) = manager(PoolConfig {
+    let (db, manager) = manager(PoolConfig {
         max_pools: 2,
         max_connections_per_tenant: 1,
         ..PoolConfig::default()
@@ -99,4 +100,31 @@ async fn concurrent_requests_never_fail_because_pools_are_evicted() {
         assert_eq!(status.unwrap(), 200);
     }
     assert!(manager.pools().stats().evicted > 0);
+    // Evicted pools are not leaked: once their last user let go, their connections
+    // closed. Still open: at most the two pools' connections (one each).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let tenant_connections: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE backend_type = 'client backend' AND starts_with(datname, $1)",
+    )
+    .bind(database_prefix(&db))
+    .fetch_one(manager.service().repository().pool())
+    .await
+    .unwrap();
+    let schema_tenant_connections: i64 = sqlx::query_scalar(
+        r#"SELECT count(*) FROM pg_stat_activity a
+           WHERE a.backend_type = 'client backend' AND a.datname = current_database()
+             AND a.pid <> pg_backend_pid()
+             AND (a.query LIKE '%FROM "projects"%' OR a.query LIKE '%FROM "data"%')"#,
+    )
+    .fetch_one(manager.service().repository().pool())
+    .await
+    .unwrap();
+    eprintln!(
+        "database-tenant connections {tenant_connections}, schema-tenant connections {schema_tenant_connections}"
+    );
+    assert!(
+        tenant_connections + schema_tenant_connections <= 2,
+        "connections left open"
+    );
 }
