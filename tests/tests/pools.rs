@@ -6,7 +6,6 @@ mod common;
 
 use axum::http::Method;
 use common::*;
-use futures::StreamExt;
 use serde_json::json;
 use tenantry::{PoolConfig, Strategy};
 
