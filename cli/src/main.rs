@@ -29,6 +29,9 @@ struct Cli {
     /// The schema holding the registry.
     #[arg(long, default_value = "tenantry", global = true)]
     control_schema: String,
+    /// The prefix of `database` tenants' database names.
+    #[arg(long, default_value = "tenant_", global = true)]
+    database_prefix: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -244,6 +247,7 @@ async fn manager(cli: &Cli, migrations: Option<&PathBuf>) -> Result<TenantManage
     };
     Ok(TenantManager::builder(pool)
         .control_schema(cli.control_schema.clone())
+        .database_prefix(cli.database_prefix.clone())
         .migrations(migrations)
         .listen_for_changes(false)
         .build()
@@ -384,23 +388,22 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
         TenantsCommand::Export { id, out } => {
             let manager = manager(cli, None).await?;
             let tenant = existing(&manager, id).await?;
-            export(cli, &tenant, out)?;
+            export(cli, &manager, &tenant, out).await?;
             println!("exported tenant `{id}` to {}", out.display());
         }
     }
     Ok(0)
 }
 
-fn export(cli: &Cli, tenant: &Tenant, out: &PathBuf) -> Result<(), Failure> {
-    let bindir = tenantry::pgbin::bindir_of("pg_dump")
-        .ok_or("pg_dump not found (looked on PATH, at `pg_config --bindir` and in /usr/lib/postgresql/*/bin)")?;
-    let url = libpq_url(cli.database_url.as_deref().unwrap_or_default());
+fn pg_dump(url: &str, args: &[&str]) -> Result<Vec<u8>, Failure> {
+    let bindir = tenantry::pgbin::bindir_of("pg_dump").ok_or(
+        "pg_dump not found (looked on PATH, at `pg_config --bindir` and in /usr/lib/postgresql/*/bin)",
+    )?;
     let dump = std::process::Command::new(bindir.join("pg_dump"))
         .arg("--dbname")
         .arg(url)
-        .arg("--schema")
-        .arg(&tenant.schema_name)
         .args(["--no-owner", "--no-privileges"])
+        .args(args)
         .output()
         .map_err(|e| format!("cannot run pg_dump: {e}"))?;
     if !dump.status.success() {
@@ -410,15 +413,84 @@ fn export(cli: &Cli, tenant: &Tenant, out: &PathBuf) -> Result<(), Failure> {
         )
         .into());
     }
+    Ok(dump.stdout)
+}
+
+/// A tenant's schema and data, whatever its strategy: its schema (schema), its
+/// database (database, on the default server), or the shared tables' definitions and
+/// its rows in them (row).
+async fn export(
+    cli: &Cli,
+    manager: &TenantManager,
+    tenant: &Tenant,
+    out: &PathBuf,
+) -> Result<(), Failure> {
+    let url = libpq_url(cli.database_url.as_deref().unwrap_or_default());
     let mut body = format!(
-        "-- tenantry export of tenant `{}` (strategy {}, schema {})\n-- registry record: {}\n\n",
+        "-- tenantry export of tenant `{}` (strategy {}, {} {})\n-- registry record: {}\n\n",
         tenant.id,
         tenant.strategy,
+        if tenant.strategy == Strategy::Database {
+            "database"
+        } else {
+            "schema"
+        },
         tenant.schema_name,
         serde_json::to_string(tenant)?
     )
     .into_bytes();
-    body.extend_from_slice(&dump.stdout);
+    match tenant.strategy {
+        Strategy::Schema => body.extend(pg_dump(&url, &["--schema", &tenant.schema_name])?),
+        Strategy::Database if tenant.server == tenantry::DEFAULT_SERVER => {
+            let db_url = tenantry::pgbin::url_with_database(&url, &tenant.schema_name);
+            body.extend(pg_dump(&db_url, &[])?);
+        }
+        Strategy::Database => {
+            return Err(format!(
+                "tenant `{}` lives in database `{}` on server `{}`; run pg_dump against that server",
+                tenant.id, tenant.schema_name, tenant.server
+            )
+            .into());
+        }
+        Strategy::Row => {
+            let pool = manager.service().repository().pool();
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT set_config($1, $2, true)")
+                .bind(tenantry::strategy::TENANT_SETTING)
+                .bind(tenant.id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT format('%I.%I', n.nspname, c.relname)
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped
+                 WHERE c.relkind = 'r' AND n.nspname NOT LIKE 'tenant\\_%' AND n.nspname <> $1
+                   AND n.nspname NOT LIKE $1 || '\\_%' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                 ORDER BY 1",
+            )
+            .bind(&cli.control_schema)
+            .bind(tenantry::strategy::TENANT_COLUMN)
+            .fetch_all(&mut *tx)
+            .await?;
+            for table in &tables {
+                body.extend(pg_dump(&url, &["--schema-only", "--table", table])?);
+                body.extend(format!("\nCOPY {table} FROM stdin;\n").into_bytes());
+                // `table` is a quoted name from the catalog; the tenant comes from the
+                // transaction's setting, not from the statement text.
+                let statement = format!(
+                    "COPY (SELECT * FROM {table} WHERE {} = current_setting('{}')) TO STDOUT",
+                    tenantry::strategy::TENANT_COLUMN,
+                    tenantry::strategy::TENANT_SETTING
+                );
+                let mut rows = tx.copy_out_raw(&statement).await?;
+                while let Some(chunk) = futures::StreamExt::next(&mut rows).await {
+                    body.extend_from_slice(&chunk?);
+                }
+                body.extend_from_slice(b"\\.\n\n");
+            }
+            tx.rollback().await?;
+        }
+    }
     std::fs::write(out, body).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
     Ok(())
 }

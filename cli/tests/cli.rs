@@ -375,6 +375,122 @@ async fn export_and_doctor() {
         "only the tenant's schema"
     );
 
+    // A database tenant: its own database is dumped.
+    let digits: String = db
+        .name()
+        .chars()
+        .rev()
+        .filter(char::is_ascii_digit)
+        .take(8)
+        .collect();
+    let prefix = format!("c{digits}_");
+    let r = tenantry(
+        url,
+        &[
+            "--database-prefix",
+            &prefix,
+            "tenants",
+            "create",
+            "dbco",
+            "--name",
+            "D",
+            "--strategy",
+            "database",
+            "--migrations",
+            &migrations,
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = tenantry(
+        url,
+        &[
+            "--database-prefix",
+            &prefix,
+            "tenants",
+            "export",
+            "dbco",
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let dump = std::fs::read_to_string(out.path()).unwrap();
+    assert!(
+        dump.contains(&format!("database {prefix}dbco")),
+        "{}",
+        &dump[..200]
+    );
+    assert!(
+        dump.contains("CREATE TABLE public.projects"),
+        "the tenant's database"
+    );
+    // A row tenant: the shared tables' definitions and only its rows.
+    sqlx::raw_sql(
+        "CREATE TABLE public.shared_items (tenant_id text NOT NULL, label text NOT NULL);
+         INSERT INTO public.shared_items VALUES ('rowco', 'mine'), ('other', 'not mine');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    tenantry::strategy::install_rls(&mut conn, "public.shared_items", "tenant_id")
+        .await
+        .unwrap();
+    drop(conn);
+    assert_eq!(
+        tenantry(
+            url,
+            &[
+                "tenants",
+                "create",
+                "rowco",
+                "--name",
+                "R",
+                "--strategy",
+                "row"
+            ]
+        )
+        .code,
+        0
+    );
+    let r = tenantry(
+        url,
+        &[
+            "tenants",
+            "export",
+            "rowco",
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let dump = std::fs::read_to_string(out.path()).unwrap();
+    assert!(dump.contains("CREATE TABLE public.shared_items"), "{dump}");
+    assert!(dump.contains("rowco\tmine"), "{dump}");
+    assert!(!dump.contains("not mine"), "only this tenant's rows");
+    for id in ["dbco", "rowco"] {
+        assert_eq!(
+            tenantry(
+                url,
+                &[
+                    "--database-prefix",
+                    &prefix,
+                    "tenants",
+                    "delete",
+                    id,
+                    "--yes",
+                    "--force"
+                ]
+            )
+            .code,
+            0
+        );
+    }
+    sqlx::query("DROP TABLE public.shared_items")
+        .execute(&pool)
+        .await
+        .unwrap();
+
     let r = tenantry(url, &["doctor"]);
     assert_eq!(r.code, 0, "{}", r.stdout);
     assert!(r.stdout.contains("no problems found"));

@@ -52,3 +52,23 @@ fn bindir_with(programs: &[&str]) -> Option<PathBuf> {
     candidates.sort();
     candidates.pop().map(|(_, dir)| dir)
 }
+
+/// `url` with its database replaced by `name` and query parameters kept, so that the
+/// URL stays usable by libpq tools such as `psql` and `pg_dump`.
+///
+/// ```
+/// use tenantry::pgbin::url_with_database;
+/// assert_eq!(url_with_database("postgres://u@h:5/old?sslmode=disable", "new"), "postgres://u@h:5/new?sslmode=disable");
+/// assert_eq!(url_with_database("postgres://h", "new"), "postgres://h/new");
+/// ```
+pub fn url_with_database(url: &str, name: &str) -> String {
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let (base, query) = match url.find('?') {
+        Some(q) => (&url[..q], &url[q..]),
+        None => (url, ""),
+    };
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    format!("{}/{name}{query}", &base[..path_start])
+}

@@ -95,7 +95,7 @@ impl TestDatabase {
             .execute(&mut conn)
             .await?;
         conn.close().await?;
-        let url = with_database(&admin_url, &name);
+        let url = crate::pgbin::url_with_database(&admin_url, &name);
         Ok(Self {
             url,
             admin_url,
@@ -145,20 +145,6 @@ impl Drop for TestDatabase {
         })
         .join();
     }
-}
-
-/// `url` with its database replaced by `name` (query parameters kept), so that the URL
-/// stays usable by libpq tools such as `psql` and `pg_dump`.
-fn with_database(url: &str, name: &str) -> String {
-    let authority_start = url.find("://").map_or(0, |i| i + 3);
-    let (base, query) = match url.find('?') {
-        Some(q) => (&url[..q], &url[q..]),
-        None => (url, ""),
-    };
-    let path_start = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |i| authority_start + i);
-    format!("{}/{name}{query}", &base[..path_start])
 }
 
 /// The URL of the server tests use: `DATABASE_URL`, or a throwaway server started once
