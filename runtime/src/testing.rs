@@ -358,22 +358,3 @@ impl FlakyProxy {
         self.up.store(true, Ordering::SeqCst);
     }
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn database_is_replaced_in_urls() {
-        assert_eq!(
-            super::with_database("postgres://u:p@h:5/old?sslmode=disable", "new"),
-            "postgres://u:p@h:5/new?sslmode=disable"
-        );
-        assert_eq!(
-            super::with_database("postgres://h", "new"),
-            "postgres://h/new"
-        );
-        assert_eq!(
-            super::with_database("postgresql://h:1/", "n"),
-            "postgresql://h:1/n"
-        );
-    }
-}
