@@ -14,6 +14,7 @@ use axum::body::Body;
 use axum::routing::get;
 use sqlx::postgres::PgPoolOptions;
 use tenantry::{CurrentTenant, HostResolver, NewTenant, TenantLayer, TenantManager, TenantMetrics};
+use tenantry_benches::arg;
 use tower::ServiceExt;
 
 async fn empty() -> &'static str {
@@ -22,17 +23,6 @@ async fn empty() -> &'static str {
 
 async fn named(CurrentTenant(_t): CurrentTenant) -> &'static str {
     "ok"
-}
-
-fn arg(name: &str, default: usize) -> Result<usize, String> {
-    let args: Vec<String> = std::env::args().collect();
-    match args.iter().position(|a| a == name) {
-        None => Ok(default),
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("{name} needs a number")),
-    }
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -15,17 +15,8 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use sqlx::postgres::PgPoolOptions;
 use tenantry::{NewTenant, PoolConfig, Strategy, Tenant, TenantManager, TenantMigrations};
-
-fn arg(name: &str, default: usize) -> Result<usize, String> {
-    let args: Vec<String> = std::env::args().collect();
-    match args.iter().position(|a| a == name) {
-        None => Ok(default),
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("{name} needs a number")),
-    }
-}
+use tenantry_benches::arg;
+use tenantry_benches::percentile;
 
 /// Cumulative Zipf(s = 1) weights over `n` ranks.
 fn zipf_cdf(n: usize) -> Vec<f64> {
@@ -45,13 +36,6 @@ fn zipf_cdf(n: usize) -> Vec<f64> {
 fn pick(cdf: &[f64], rng: &mut StdRng) -> usize {
     let u: f64 = rng.random();
     cdf.partition_point(|&c| c < u).min(cdf.len() - 1)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 #[tokio::main]

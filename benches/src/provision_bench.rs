@@ -15,17 +15,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::PgPoolOptions;
 use tenantry::migrate::MigrateOptions;
 use tenantry::{NewTenant, TenantManager, TenantMigrations};
-
-fn arg(name: &str, default: usize) -> Result<usize, String> {
-    let args: Vec<String> = std::env::args().collect();
-    match args.iter().position(|a| a == name) {
-        None => Ok(default),
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("{name} needs a number")),
-    }
-}
+use tenantry_benches::arg;
 
 /// One migration file per table, ten in all.
 fn ten_tables() -> Vec<(String, String)> {

@@ -27,6 +27,8 @@ use sqlx::postgres::PgPoolOptions;
 use tenantry::{
     CurrentTenant, NewTenant, PoolConfig, TenantDb, TenantLayer, TenantManager, TenantTx,
 };
+use tenantry_benches::median;
+use tenantry_benches::percentile;
 
 const ROWS: i64 = 1000;
 
@@ -197,19 +199,6 @@ async fn drive(
         latencies,
         errors,
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 #[tokio::main]

@@ -460,18 +460,7 @@ async fn export(
                 .bind(tenant.id.as_str())
                 .execute(&mut *tx)
                 .await?;
-            let tables: Vec<String> = sqlx::query_scalar(
-                "SELECT format('%I.%I', n.nspname, c.relname)
-                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped
-                 WHERE c.relkind = 'r' AND n.nspname NOT LIKE 'tenant\\_%' AND n.nspname <> $1
-                   AND n.nspname NOT LIKE $1 || '\\_%' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-                 ORDER BY 1",
-            )
-            .bind(&cli.control_schema)
-            .bind(tenantry::strategy::TENANT_COLUMN)
-            .fetch_all(&mut *tx)
-            .await?;
+            let tables = tenantry::strategy::shared_tables(&mut tx, &cli.control_schema).await?;
             for table in &tables {
                 body.extend(pg_dump(&url, &["--schema-only", "--table", table])?);
                 body.extend(format!("\nCOPY {table} FROM stdin;\n").into_bytes());

@@ -268,6 +268,16 @@ impl TenantService {
         Ok(t)
     }
 
+    /// The tenant `id` (not deleted), its registry row locked until `conn`'s
+    /// transaction ends; [`Error::TenantNotFound`] otherwise.
+    async fn locked(&self, conn: &mut sqlx::PgConnection, id: &TenantId) -> Result<Tenant, Error> {
+        self.repo
+            .find_for_update(conn, id)
+            .await?
+            .filter(|t| t.status != TenantStatus::Deleted)
+            .ok_or_else(|| Error::TenantNotFound(id.clone()))
+    }
+
     /// `active -> suspended`. Suspending a suspended tenant changes nothing.
     pub async fn suspend(&self, id: &TenantId) -> Result<Tenant, Error> {
         self.transition(
@@ -298,12 +308,7 @@ impl TenantService {
         message: &'static str,
     ) -> Result<Tenant, Error> {
         let mut tx = self.repo.pool().begin().await?;
-        let current = self
-            .repo
-            .find_for_update(&mut tx, id)
-            .await?
-            .filter(|t| t.status != TenantStatus::Deleted)
-            .ok_or_else(|| Error::TenantNotFound(id.clone()))?;
+        let current = self.locked(&mut tx, id).await?;
         if current.status == to {
             return Ok(current);
         }
@@ -330,12 +335,7 @@ impl TenantService {
     /// first, so no request is served while the data goes away.
     pub async fn delete(&self, id: &TenantId) -> Result<Tenant, Error> {
         let mut tx = self.repo.pool().begin().await?;
-        let current = self
-            .repo
-            .find_for_update(&mut tx, id)
-            .await?
-            .filter(|t| t.status != TenantStatus::Deleted)
-            .ok_or_else(|| Error::TenantNotFound(id.clone()))?;
+        let current = self.locked(&mut tx, id).await?;
         if current.status != TenantStatus::Suspended {
             return Err(Error::InvalidTransition {
                 id: id.clone(),
@@ -397,12 +397,7 @@ impl TenantService {
         let mut applied = Vec::new();
         for version in pending {
             let mut tx = self.repo.pool().begin().await?;
-            let tenant = self
-                .repo
-                .find_for_update(&mut tx, id)
-                .await?
-                .filter(|t| t.status != TenantStatus::Deleted)
-                .ok_or_else(|| Error::TenantNotFound(id.clone()))?;
+            let tenant = self.locked(&mut tx, id).await?;
             // Another run may have applied it while this one waited for the lock.
             let now = self.repo.applied_migrations(&mut tx, id).await?;
             if now.iter().any(|(v, _)| *v == version) {

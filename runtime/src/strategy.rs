@@ -133,6 +133,29 @@ pub async fn tables_missing_rls(
     Ok(rows)
 }
 
+/// The shared tables: tables with a `tenant_id` column outside tenant schemas, the
+/// control schema and its template, as quoted `schema.table` names.
+pub async fn shared_tables(
+    conn: &mut PgConnection,
+    control_schema: &str,
+) -> Result<Vec<String>, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT format('%I.%I', n.nspname, c.relname)
+         FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped
+         WHERE c.relkind IN ('r', 'p')
+           AND n.nspname NOT LIKE 'tenant\\_%' AND n.nspname <> $1
+           AND n.nspname NOT LIKE $1 || '\\_%'
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+         ORDER BY 1",
+    )
+    .bind(control_schema)
+    .bind(TENANT_COLUMN)
+    .fetch_all(conn)
+    .await?)
+}
+
 /// Deletes a row tenant's rows from every shared table with a `tenant_id` column,
 /// inside the caller's transaction. The tenant setting is set for the transaction,
 /// so this works under forced row-level security too.
@@ -146,20 +169,7 @@ pub(crate) async fn delete_rows(
         .bind(id.as_str())
         .execute(&mut *conn)
         .await?;
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT format('%I.%I', n.nspname, c.relname)
-         FROM pg_class c
-         JOIN pg_namespace n ON n.oid = c.relnamespace
-         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped
-         WHERE c.relkind IN ('r', 'p')
-           AND n.nspname NOT LIKE 'tenant\\_%' AND n.nspname <> $1
-           AND n.nspname NOT LIKE $1 || '\\_%'
-           AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
-    )
-    .bind(control_schema)
-    .bind(TENANT_COLUMN)
-    .fetch_all(&mut *conn)
-    .await?;
+    let tables = shared_tables(conn, control_schema).await?;
     let mut deleted = 0;
     for table in tables {
         deleted += sqlx::query(sqlx::AssertSqlSafe(format!(
