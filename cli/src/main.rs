@@ -636,6 +636,41 @@ async fn doctor(cli: &Cli, args: &DoctorArgs) -> Result<u8, Failure> {
             });
         }
     }
+    // Tenant databases on the default server that no tenant owns (a provisioning that
+    // failed and could not clean up, or a registry row removed by hand).
+    let databases: Vec<String> = sqlx::query_scalar(
+        "SELECT datname::text FROM pg_database
+         WHERE starts_with(datname, $1) AND datname <> $1 || '_template' ORDER BY 1",
+    )
+    .bind(&cli.database_prefix)
+    .fetch_all(&pool)
+    .await?;
+    let owned: Vec<&str> = tenants
+        .iter()
+        .filter(|t| t.strategy == Strategy::Database && t.server == tenantry::DEFAULT_SERVER)
+        .map(|t| t.schema_name.as_str())
+        .collect();
+    for db in &databases {
+        if !owned.contains(&db.as_str()) {
+            findings.push(Finding {
+                kind: "orphan-database",
+                subject: db.clone(),
+                detail: "a tenant database that no tenant in the registry owns".to_owned(),
+            });
+        }
+    }
+    for t in tenants
+        .iter()
+        .filter(|t| t.strategy == Strategy::Database && t.server == tenantry::DEFAULT_SERVER)
+    {
+        if !databases.contains(&t.schema_name) {
+            findings.push(Finding {
+                kind: "missing-database",
+                subject: t.id.to_string(),
+                detail: format!("database {} does not exist", t.schema_name),
+            });
+        }
+    }
     for t in tenants.iter().filter(|t| t.strategy == Strategy::Schema) {
         if !schemas.contains(&t.schema_name) {
             findings.push(Finding {

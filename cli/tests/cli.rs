@@ -468,6 +468,23 @@ async fn export_and_doctor() {
     assert!(dump.contains("CREATE TABLE public.shared_items"), "{dump}");
     assert!(dump.contains("rowco\tmine"), "{dump}");
     assert!(!dump.contains("not mine"), "only this tenant's rows");
+    // A database nobody owns is an orphan.
+    let zombie = format!("{prefix}zombie");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{zombie}\"")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let r = tenantry(url, &["--database-prefix", &prefix, "doctor"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stdout.contains(&format!("orphan-database {zombie}")),
+        "{}",
+        r.stdout
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE \"{zombie}\"")))
+        .execute(&pool)
+        .await
+        .unwrap();
     for id in ["dbco", "rowco"] {
         assert_eq!(
             tenantry(
