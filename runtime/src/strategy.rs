@@ -78,8 +78,10 @@ pub fn rls_sql(table: &str, tenant_column: &str) -> Result<String, Error> {
     let c = quote_ident(tenant_column);
     let cond = format!("{c} = (SELECT current_setting('{TENANT_SETTING}', true))");
     let [select, insert, update, delete] = RLS_POLICIES;
+    // `DROP POLICY IF EXISTS` would report every missing policy as a notice.
     Ok(format!(
-        "ALTER TABLE {t} ENABLE ROW LEVEL SECURITY;
+        "SET LOCAL client_min_messages = warning;
+         ALTER TABLE {t} ENABLE ROW LEVEL SECURITY;
          ALTER TABLE {t} FORCE ROW LEVEL SECURITY;
          DROP POLICY IF EXISTS {select} ON {t};
          DROP POLICY IF EXISTS {insert} ON {t};
