@@ -157,25 +157,46 @@ impl TenantService {
             None => false,
         };
         if cloned {
-            for version in self.migrations.versions() {
-                self.migrations
-                    .record(&mut tx, &self.repo, &new.id, version)
-                    .await?;
-            }
+            self.record_all_versions(&mut tx, &new.id).await?;
         } else {
             strategy::set_local_search_path(&mut tx, &new.id).await?;
             self.migrations
                 .apply_in(&mut tx, &self.repo, &new.id)
                 .await?;
         }
+        let tenant = self.activate(tx, &new.id).await?;
+        tracing::info!(tenant = %tenant.id, "tenant created");
+        Ok(tenant)
+    }
+
+    /// Records every version of the source as applied to `id` (a tenant made from a
+    /// template that holds them all).
+    async fn record_all_versions(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        id: &TenantId,
+    ) -> Result<(), Error> {
+        for version in self.migrations.versions() {
+            self.migrations
+                .record(conn, &self.repo, id, version)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Marks a provisioned tenant `active`, announces it, and commits `tx`.
+    async fn activate(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        id: &TenantId,
+    ) -> Result<Tenant, Error> {
         let tenant = self
             .repo
-            .set_status(Some(&mut tx), &new.id, TenantStatus::Active)
+            .set_status(Some(&mut tx), id, TenantStatus::Active)
             .await?
             .ok_or_else(|| Error::Registry("the new tenant row vanished".to_owned()))?;
-        self.repo.notify(&mut tx, &new.id).await?;
+        self.repo.notify(&mut tx, id).await?;
         tx.commit().await?;
-        tracing::info!(tenant = %tenant.id, "tenant created");
         Ok(tenant)
     }
 
@@ -206,19 +227,8 @@ impl TenantService {
         let finished = async {
             database::create(&server, &db, &template).await?;
             let mut tx = self.repo.pool().begin().await?;
-            for version in self.migrations.versions() {
-                self.migrations
-                    .record(&mut tx, &self.repo, &new.id, version)
-                    .await?;
-            }
-            let tenant = self
-                .repo
-                .set_status(Some(&mut tx), &new.id, TenantStatus::Active)
-                .await?
-                .ok_or_else(|| Error::Registry("the new tenant row vanished".to_owned()))?;
-            self.repo.notify(&mut tx, &new.id).await?;
-            tx.commit().await?;
-            Ok::<_, Error>(tenant)
+            self.record_all_versions(&mut tx, &new.id).await?;
+            self.activate(tx, &new.id).await
         }
         .await;
         match finished {

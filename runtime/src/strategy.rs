@@ -113,20 +113,13 @@ pub async fn tables_missing_rls(
     conn: &mut PgConnection,
     control_schema: &str,
 ) -> Result<Vec<String>, Error> {
-    let rows: Vec<String> = sqlx::query_scalar(
-        "SELECT format('%I.%I', n.nspname, c.relname)
-         FROM pg_class c
-         JOIN pg_namespace n ON n.oid = c.relnamespace
-         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped
-         WHERE c.relkind IN ('r', 'p')
-           AND n.nspname NOT LIKE 'tenant\\_%' AND n.nspname <> $1
-           AND n.nspname NOT LIKE $1 || '\\_%'
-           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+    let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT format('%I.%I', n.nspname, c.relname) {SHARED_TABLES}
            AND NOT (c.relrowsecurity AND c.relforcerowsecurity
                     AND (SELECT count(DISTINCT p.polname) FROM pg_policy p
                          WHERE p.polrelid = c.oid AND p.polname = ANY ($3)) = 4)
-         ORDER BY 1",
-    )
+         ORDER BY 1"
+    )))
     .bind(control_schema)
     .bind(TENANT_COLUMN)
     .bind(RLS_POLICIES.to_vec())
@@ -135,23 +128,26 @@ pub async fn tables_missing_rls(
     Ok(rows)
 }
 
-/// The shared tables: tables with a `tenant_id` column outside tenant schemas, the
-/// control schema and its template, as quoted `schema.table` names.
-pub async fn shared_tables(
-    conn: &mut PgConnection,
-    control_schema: &str,
-) -> Result<Vec<String>, Error> {
-    Ok(sqlx::query_scalar(
-        "SELECT format('%I.%I', n.nspname, c.relname)
+/// `FROM .. WHERE ..` of the tables with a `tenant_id` (`$2`) column outside tenant
+/// schemas, the control schema (`$1`) and its template, and the system schemas.
+const SHARED_TABLES: &str = "
          FROM pg_class c
          JOIN pg_namespace n ON n.oid = c.relnamespace
          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped
          WHERE c.relkind IN ('r', 'p')
            AND n.nspname NOT LIKE 'tenant\\_%' AND n.nspname <> $1
            AND n.nspname NOT LIKE $1 || '\\_%'
-           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-         ORDER BY 1",
-    )
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema')";
+
+/// The shared tables: tables with a `tenant_id` column outside tenant schemas, the
+/// control schema and its template, as quoted `schema.table` names.
+pub async fn shared_tables(
+    conn: &mut PgConnection,
+    control_schema: &str,
+) -> Result<Vec<String>, Error> {
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT format('%I.%I', n.nspname, c.relname) {SHARED_TABLES} ORDER BY 1"
+    )))
     .bind(control_schema)
     .bind(TENANT_COLUMN)
     .fetch_all(conn)
