@@ -47,27 +47,14 @@ pub(crate) async fn ensure_template(
     let name = name.to_owned();
     let key = format!("database:{server_name}:{name}");
     let fingerprint = migrations.fingerprint();
-    let control = quote_ident(repo.control_schema());
     // A session lock on the registry serialises builders across app instances.
     let mut lock = repo.pool().acquire().await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE IF NOT EXISTS {control}.templates (
-             name text PRIMARY KEY, fingerprint bytea NOT NULL,
-             built_at timestamptz NOT NULL DEFAULT now())"
-    )))
-    .execute(&mut *lock)
-    .await?;
     sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
         .bind(format!("tenantry.template:{key}"))
         .execute(&mut *lock)
         .await?;
     let result = async {
-        let current: Option<Vec<u8>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT fingerprint FROM {control}.templates WHERE name = $1"
-        )))
-        .bind(&key)
-        .fetch_optional(&mut *lock)
-        .await?;
+        let current = repo.template_fingerprint(&mut lock, &key).await?;
         let mut admin = connect(server).await?;
         if current.as_deref() == Some(fingerprint.as_slice()) && exists(&mut admin, &name).await? {
             return Ok(());
@@ -110,14 +97,7 @@ pub(crate) async fn ensure_template(
             return Err(e);
         }
         admin.close().await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO {control}.templates (name, fingerprint) VALUES ($1, $2)
-             ON CONFLICT (name) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, built_at = now()"
-        )))
-        .bind(&key)
-        .bind(&fingerprint)
-        .execute(&mut *lock)
-        .await?;
+        repo.record_template(&mut lock, &key, &fingerprint).await?;
         Ok(())
     }
     .await;

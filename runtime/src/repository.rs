@@ -33,6 +33,14 @@ const REGISTRY_UPGRADES: &[&str] = &[
         PRIMARY KEY (tenant_id, version)
     );
     "#,
+    // 2: templates (schema or database) and the migration source they were built from
+    r#"
+    CREATE TABLE IF NOT EXISTS {schema}.templates (
+        name        text PRIMARY KEY,
+        fingerprint bytea NOT NULL,
+        built_at    timestamptz NOT NULL DEFAULT now()
+    );
+    "#,
 ];
 
 const TENANT_COLUMNS: &str =
@@ -60,6 +68,8 @@ struct Sql {
     record_migration: String,
     applied_versions: String,
     all_applied: String,
+    template_fingerprint: String,
+    record_template: String,
 }
 
 impl TenantRepository {
@@ -105,6 +115,11 @@ impl TenantRepository {
             record_migration: format!(
                 "INSERT INTO {q}.tenant_migrations (tenant_id, version, description, checksum) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, version) DO NOTHING"
+            ),
+            template_fingerprint: format!("SELECT fingerprint FROM {q}.templates WHERE name = $1"),
+            record_template: format!(
+                "INSERT INTO {q}.templates (name, fingerprint) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, built_at = now()"
             ),
             all_applied: format!(
                 "SELECT m.tenant_id, m.version, m.checksum FROM {q}.tenant_migrations m \
@@ -310,6 +325,35 @@ impl TenantRepository {
             .bind(version)
             .bind(description)
             .bind(checksum)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The fingerprint of the migration source template `name` was built from.
+    pub async fn template_fingerprint(
+        &self,
+        conn: &mut PgConnection,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        Ok(
+            sqlx::query_scalar(sqlx::AssertSqlSafe(self.sql.template_fingerprint.as_str()))
+                .bind(name)
+                .fetch_optional(conn)
+                .await?,
+        )
+    }
+
+    /// Records that template `name` was (re)built from the source `fingerprint`.
+    pub async fn record_template(
+        &self,
+        conn: &mut PgConnection,
+        name: &str,
+        fingerprint: &[u8],
+    ) -> Result<(), Error> {
+        sqlx::query(sqlx::AssertSqlSafe(self.sql.record_template.as_str()))
+            .bind(name)
+            .bind(fingerprint)
             .execute(conn)
             .await?;
         Ok(())

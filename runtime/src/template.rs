@@ -46,27 +46,12 @@ pub(crate) async fn ensure_template(
     let name = format!("{}_template", repo.control_schema());
     let q = quote_ident(&name);
     let fingerprint = migrations.fingerprint();
-    let control = quote_ident(repo.control_schema());
     let mut tx = repo.pool().begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
         .bind(format!("tenantry.template:{name}"))
         .execute(&mut *tx)
         .await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE IF NOT EXISTS {control}.templates (
-             name text PRIMARY KEY,
-             fingerprint bytea NOT NULL,
-             built_at timestamptz NOT NULL DEFAULT now()
-         )"
-    )))
-    .execute(&mut *tx)
-    .await?;
-    let current: Option<Vec<u8>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT fingerprint FROM {control}.templates WHERE name = $1"
-    )))
-    .bind(&name)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let current = repo.template_fingerprint(&mut tx, &name).await?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
             .bind(&name)
@@ -88,14 +73,7 @@ pub(crate) async fn ensure_template(
     for version in migrations.versions() {
         migrations.run_version_sql(&mut tx, &name, version).await?;
     }
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {control}.templates (name, fingerprint) VALUES ($1, $2)
-         ON CONFLICT (name) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, built_at = now()"
-    )))
-    .bind(&name)
-    .bind(&fingerprint)
-    .execute(&mut *tx)
-    .await?;
+    repo.record_template(&mut tx, &name, &fingerprint).await?;
     let script = clone_script(&mut tx, &name).await?;
     tx.commit().await?;
     Ok(Template {

@@ -34,7 +34,7 @@ async fn registry_setup_is_idempotent_and_safe_under_concurrent_start() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(versions, 1, "each upgrade recorded once");
+    assert_eq!(versions, 2, "each of the two upgrades recorded once");
     // And once more, later.
     TenantManager::builder(pool.clone()).build().await.unwrap();
     let columns: Vec<String> = sqlx::query_scalar(
