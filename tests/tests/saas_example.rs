@@ -355,3 +355,43 @@ async fn row_tenants_through_the_same_routes() {
         200
     );
 }
+
+#[tokio::test]
+async fn prepare_database_works_for_an_app_user_that_is_not_a_superuser() {
+    let (db, pool) = database().await;
+    let digits: String = db
+        .name()
+        .chars()
+        .rev()
+        .filter(char::is_ascii_digit)
+        .take(8)
+        .collect();
+    let user = format!("saas_app_{digits}");
+    // An administrator created the row role earlier; the app user may not grant it.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DO $$ BEGIN CREATE ROLE saas_row_tenant NOLOGIN NOBYPASSRLS;
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+         CREATE ROLE {user} LOGIN;
+         GRANT CREATE ON DATABASE \"{}\" TO {user};",
+        db.name()
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let app = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(db.connect_options().username(&user))
+        .await
+        .unwrap();
+    saas::prepare_database(&app)
+        .await
+        .expect("prepared without superuser rights");
+    let missing: Vec<String> = {
+        let mut conn = pool.acquire().await.unwrap();
+        tenantry::strategy::tables_missing_rls(&mut conn, "tenantry")
+            .await
+            .unwrap()
+    };
+    assert!(missing.is_empty(), "{missing:?}");
+    app.close().await;
+}

@@ -65,7 +65,10 @@ pub async fn prepare_database(pool: &sqlx::PgPool) -> Result<(), Error> {
         .await?;
     sqlx::raw_sql(
         "DO $$ BEGIN
-             CREATE ROLE saas_row_tenant NOLOGIN NOBYPASSRLS;
+             -- Only when missing: an app user without CREATEROLE may use an existing one.
+             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'saas_row_tenant') THEN
+                 CREATE ROLE saas_row_tenant NOLOGIN NOBYPASSRLS;
+             END IF;
          EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
          END $$;
          CREATE SCHEMA IF NOT EXISTS shared;
@@ -89,10 +92,17 @@ pub async fn prepare_database(pool: &sqlx::PgPool) -> Result<(), Error> {
     )
     .execute(&mut *tx)
     .await?;
-    // Lets a non-superuser app user switch to the role (a superuser may anyway).
-    let _ = sqlx::raw_sql("GRANT saas_row_tenant TO CURRENT_USER")
-        .execute(&mut *tx)
-        .await;
+    // Lets a non-superuser app user switch to the role (a superuser may anyway). A
+    // refusal is caught inside the statement: ignoring the error from outside would
+    // leave this transaction aborted.
+    sqlx::raw_sql(
+        "DO $$ BEGIN
+             GRANT saas_row_tenant TO CURRENT_USER;
+         EXCEPTION WHEN insufficient_privilege OR invalid_grant_operation THEN NULL;
+         END $$",
+    )
+    .execute(&mut *tx)
+    .await?;
     for table in ["shared.projects", "shared.data"] {
         tenantry::strategy::install_rls(&mut tx, table, "tenant_id").await?;
     }
