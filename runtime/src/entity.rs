@@ -117,10 +117,7 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
             let row = sqlx::query_with(Self::SQL.find, args)
                 .fetch_optional(handle.connection())
                 .await?;
-            row.as_ref()
-                .map(Self::from_row)
-                .transpose()
-                .map_err(Error::from)
+            decode_optional(row.as_ref())
         }
     }
 
@@ -142,10 +139,7 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
             let rows = sqlx::query_with(Self::SQL.list, args)
                 .fetch_all(handle.connection())
                 .await?;
-            rows.iter()
-                .map(Self::from_row)
-                .collect::<Result<_, _>>()
-                .map_err(Error::from)
+            decode_all(&rows)
         }
     }
 
@@ -194,10 +188,7 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
             let row = sqlx::query_with(Self::SQL.update, args)
                 .fetch_optional(handle.connection())
                 .await?;
-            row.as_ref()
-                .map(Self::from_row)
-                .transpose()
-                .map_err(Error::from)
+            decode_optional(row.as_ref())
         }
     }
 
@@ -219,6 +210,19 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
     fn select() -> Select<Self> {
         Select::new()
     }
+}
+
+/// Decodes a row that may be missing.
+fn decode_optional<E: TenantEntity>(row: Option<&PgRow>) -> Result<Option<E>, Error> {
+    row.map(E::from_row).transpose().map_err(Error::from)
+}
+
+/// Decodes every row.
+fn decode_all<E: TenantEntity>(rows: &[PgRow]) -> Result<Vec<E>, Error> {
+    rows.iter()
+        .map(E::from_row)
+        .collect::<Result<_, _>>()
+        .map_err(Error::from)
 }
 
 fn add<'q, T: Encode<'q, Postgres> + Type<Postgres>>(
@@ -431,10 +435,7 @@ impl<E: TenantEntity> Select<E> {
         let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
             .fetch_all(handle.connection())
             .await?;
-        rows.iter()
-            .map(E::from_row)
-            .collect::<Result<_, _>>()
-            .map_err(Error::from)
+        decode_all(&rows)
     }
 
     /// The first matching row.
@@ -445,10 +446,7 @@ impl<E: TenantEntity> Select<E> {
         let row = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
             .fetch_optional(handle.connection())
             .await?;
-        row.as_ref()
-            .map(E::from_row)
-            .transpose()
-            .map_err(Error::from)
+        decode_optional(row.as_ref())
     }
 
     /// How many rows match.

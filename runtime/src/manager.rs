@@ -263,13 +263,7 @@ impl TenantManager {
             .get_tenant_by_id(id)
             .await?
             .ok_or_else(|| Error::TenantNotFound(id.clone()))?;
-        if tenant.status != TenantStatus::Active {
-            return Err(Error::TenantNotActive {
-                id: id.clone(),
-                status: tenant.status,
-            });
-        }
-        Ok(tenant)
+        servable(tenant)
     }
 
     fn cached(&self, id: &TenantId) -> Option<Arc<Tenant>> {
@@ -300,18 +294,10 @@ impl TenantManager {
     ) -> Result<Option<Arc<Tenant>>, Error> {
         match candidate {
             Candidate::Id(id) => self.resolve(&id).await.map(Some),
-            Candidate::Domain(domain) => {
-                let Some(tenant) = self.tenant_by_domain(&domain).await? else {
-                    return Ok(None);
-                };
-                if tenant.status != TenantStatus::Active {
-                    return Err(Error::TenantNotActive {
-                        id: tenant.id.clone(),
-                        status: tenant.status,
-                    });
-                }
-                Ok(Some(tenant))
-            }
+            Candidate::Domain(domain) => match self.tenant_by_domain(&domain).await? {
+                Some(tenant) => servable(tenant).map(Some),
+                None => Ok(None),
+            },
         }
     }
 
@@ -601,6 +587,18 @@ impl TenantManager {
     pub async fn tx(&self) -> Result<TenantTx, Error> {
         self.tenant_tx(TenantContext::require()?).await
     }
+}
+
+/// `tenant` if it may be served now; [`Error::TenantNotActive`] (403) if it is
+/// suspended or still provisioning.
+fn servable(tenant: Arc<Tenant>) -> Result<Arc<Tenant>, Error> {
+    if tenant.status != TenantStatus::Active {
+        return Err(Error::TenantNotActive {
+            id: tenant.id.clone(),
+            status: tenant.status,
+        });
+    }
+    Ok(tenant)
 }
 
 impl Inner {
