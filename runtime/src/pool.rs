@@ -191,12 +191,14 @@ impl TenantPools {
             entry.last_used.store(tick, Ordering::Relaxed);
             return Ok(entry.pool.clone());
         }
-        let pool = self.open(tenant)?;
         let mut pools = self.inner.pools.write().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = pools.get(&tenant.id) {
             entry.last_used.store(tick, Ordering::Relaxed);
             return Ok(entry.pool.clone());
         }
+        // No I/O (the pool connects lazily), so it is made under the lock, and only
+        // when no other request made it first.
+        let pool = self.open(tenant)?;
         while pools.len() >= self.inner.config.max_pools {
             let Some(victim) = pools
                 .iter()
