@@ -67,8 +67,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .database_prefix("pb_")
         .listen_for_changes(false)
         .pool_config(PoolConfig {
-            max_pools: cap,
-            max_connections_per_tenant: 1,
+            max_connections: Some(cap as u32),
+            max_connections_per_tenant: Some(1),
             ..PoolConfig::default()
         })
         .build()
@@ -119,7 +119,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                                     "SELECT name FROM items WHERE id = $1",
                                 )
                                 .bind(id)
-                                .fetch_one(&mut *db)
+                                .fetch_one(&mut db)
                                 .await
                                 .is_ok()
                             }
@@ -187,11 +187,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!();
     println!(
-        "ratio tenants / plain = {:.3}; pools: {} open, {} opened, {} evicted",
+        "ratio tenants / plain = {:.3}; connections: {} open (peak {}), {} opened, {} closed",
         lines[1].1 / lines[0].1,
         stats.open,
+        stats.peak_open,
         stats.opened,
-        stats.evicted
+        stats.closed
     );
     Ok(())
 }

@@ -90,7 +90,7 @@ async fn plain_tx(
 async fn scoped(mut db: TenantDb, Path(id): Path<i64>) -> Result<String, tenantry::Error> {
     let name: String = sqlx::query_scalar("SELECT name FROM projects WHERE id = $1")
         .bind(id)
-        .fetch_one(&mut *db)
+        .fetch_one(&mut db)
         .await?;
     Ok(name)
 }
@@ -98,7 +98,7 @@ async fn scoped(mut db: TenantDb, Path(id): Path<i64>) -> Result<String, tenantr
 async fn scoped_tx(mut tx: TenantTx, Path(id): Path<i64>) -> Result<String, tenantry::Error> {
     let name: String = sqlx::query_scalar("SELECT name FROM projects WHERE id = $1")
         .bind(id)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut tx)
         .await?;
     tx.commit().await?;
     Ok(name)
@@ -108,7 +108,7 @@ async fn scoped_tx(mut tx: TenantTx, Path(id): Path<i64>) -> Result<String, tena
 async fn scoped_macro(mut db: TenantDb, Path(id): Path<i64>) -> Result<String, tenantry::Error> {
     let name: String = sqlx::query_scalar("SELECT name FROM projects WHERE id = $1")
         .bind(id)
-        .fetch_one(&mut *db)
+        .fetch_one(&mut db)
         .await?;
     Ok(name)
 }
@@ -117,7 +117,7 @@ async fn scoped_macro(mut db: TenantDb, Path(id): Path<i64>) -> Result<String, t
 async fn scoped_tx_macro(mut tx: TenantTx, Path(id): Path<i64>) -> Result<String, tenantry::Error> {
     let name: String = sqlx::query_scalar("SELECT name FROM projects WHERE id = $1")
         .bind(id)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut tx)
         .await?;
     Ok(name)
 }
@@ -226,8 +226,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let manager = TenantManager::builder(registry)
         .migrations(saas::tenant_migrations())
         .pool_config(PoolConfig {
-            max_connections_per_tenant: connections_per_tenant,
-            max_pools: 3 * args.tenants.max(1),
+            max_connections: Some(connections_per_tenant * 3 * args.tenants.max(1) as u32),
             row_schema: Some("shared".to_owned()),
             row_role: Some("bench_row".to_owned()),
             ..PoolConfig::default()
@@ -301,7 +300,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "INSERT INTO projects (name) SELECT 'project ' || g FROM generate_series(1, {ROWS}) g; ANALYZE projects"
         )))
-        .execute(&mut *db)
+        .execute(&mut db)
         .await?;
     }
     sqlx::query("ANALYZE shared.projects")
@@ -472,10 +471,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
     let stats = manager.pools().stats();
     println!(
-        "  tenant pools: {} open, {} opened, {} evicted; registry lookups {}",
+        "  tenant connections: {} open (peak {}), {} opened, {} rebinds, {} resets; registry lookups {}",
         stats.open,
+        stats.peak_open,
         stats.opened,
-        stats.evicted,
+        stats.rebound,
+        stats.reset,
         manager.registry_lookups()
     );
     Ok(())

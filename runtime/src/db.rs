@@ -1,63 +1,100 @@
 //! Tenant-bound database handles: the only way tenantry hands out a connection for
 //! tenant data.
+//!
+//! A handle takes its connection when it is first used, not when it is made: a
+//! handler whose request body is still arriving holds no connection.
 
-use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, Postgres, Transaction};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, TryFutureExt, TryStreamExt};
+use sqlx::postgres::{PgQueryResult, PgRow, PgStatement, PgTypeInfo};
+use sqlx::{Either, Execute, Executor, PgConnection, Postgres, SqlStr};
 
 use crate::error::Error;
-use crate::pool::TenantPools;
+use crate::pool::{PooledConn, TenantPools};
 use crate::tenant::Tenant;
 
-/// A pooled connection bound to one tenant: every query on it sees that tenant's
-/// schema (and the shared schema, if configured) and nothing else.
+/// Where a handle gets its connection, and the tenant's invalidation epoch when the
+/// handle was made: a handle whose tenant changed meanwhile (suspended, deleted,
+/// re-created, placed elsewhere) refuses to bind.
+#[derive(Clone)]
+pub(crate) struct Source {
+    pub(crate) pools: TenantPools,
+    pub(crate) epoch: u64,
+}
+
+impl Source {
+    async fn acquire(&self, tenant: &Tenant) -> Result<PooledConn, Error> {
+        let conn = self.pools.acquire(tenant).await?;
+        if self.pools.epoch(&tenant.id) != self.epoch {
+            return Err(Error::TenantChanged(tenant.id.clone()));
+        }
+        Ok(conn)
+    }
+}
+
+/// A connection bound to one tenant: every query on it sees that tenant's schema
+/// (and the shared schema, if configured), or that tenant's rows, and nothing else.
 ///
-/// Use it as an executor with `&mut *db`:
+/// It is taken from the server's pool when first used. Use `&mut db` as an sqlx
+/// executor, or [`TenantDb::conn`] where a `&mut PgConnection` is needed:
 ///
 /// ```no_run
 /// # async fn f(mut db: tenantry::TenantDb) -> Result<(), tenantry::Error> {
 /// let names: Vec<String> = sqlx::query_scalar("SELECT name FROM projects")
-///     .fetch_all(&mut *db)
+///     .fetch_all(&mut db)
 ///     .await?;
 /// # Ok(()) }
 /// ```
+///
+/// A handler's own SQL may change the session (`SET`, `BEGIN`, ...): that stays
+/// within the request. Before the connection serves another request it is checked
+/// and reset, so nothing of this request reaches the next.
 pub struct TenantDb {
-    conn: PoolConnection<Postgres>,
     tenant: Arc<Tenant>,
+    source: Source,
+    conn: Option<PooledConn>,
 }
 
 impl TenantDb {
-    pub(crate) async fn acquire(pools: &TenantPools, tenant: Arc<Tenant>) -> Result<Self, Error> {
-        let mut attempts = 0;
-        loop {
-            match pools.pool_for(&tenant)?.acquire().await {
-                Ok(conn) => return Ok(Self { conn, tenant }),
-                // The pool was evicted (and closed) after we took it from the map:
-                // the next `pool_for` opens a fresh one.
-                Err(sqlx::Error::PoolClosed) if attempts < 16 => attempts += 1,
-                Err(e) => return Err(e.into()),
-            }
+    pub(crate) fn new(source: Source, tenant: Arc<Tenant>) -> Self {
+        Self {
+            tenant,
+            source,
+            conn: None,
         }
     }
 
-    /// The tenant this connection is bound to.
+    /// The tenant this handle is bound to.
     pub fn tenant(&self) -> &Arc<Tenant> {
         &self.tenant
     }
-}
 
-impl Deref for TenantDb {
-    type Target = PgConnection;
-    fn deref(&self) -> &PgConnection {
-        &self.conn
+    async fn pooled(&mut self) -> Result<&mut PooledConn, Error> {
+        if self.conn.is_none() {
+            self.conn = Some(self.source.acquire(&self.tenant).await?);
+        }
+        Ok(self.conn.as_mut().expect("acquired above"))
     }
-}
 
-impl DerefMut for TenantDb {
-    fn deref_mut(&mut self) -> &mut PgConnection {
-        &mut self.conn
+    /// The connection, taken from the pool (and bound) if this is the first use.
+    ///
+    /// Whatever the caller does with it stays within this request: the connection is
+    /// reset before it serves another one.
+    pub async fn conn(&mut self) -> Result<&mut PgConnection, Error> {
+        Ok(self.pooled().await?.raw())
+    }
+
+    /// The connection for tenantry's own statements, which change no session state.
+    pub(crate) async fn own_conn(&mut self) -> Result<&mut PgConnection, Error> {
+        Ok(self.pooled().await?.own())
+    }
+
+    /// Whether a connection has been taken yet.
+    pub fn is_connected(&self) -> bool {
+        self.conn.is_some()
     }
 }
 
@@ -65,6 +102,7 @@ impl std::fmt::Debug for TenantDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TenantDb")
             .field("tenant", &self.tenant.id)
+            .field("connected", &self.conn.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -72,69 +110,175 @@ impl std::fmt::Debug for TenantDb {
 /// A transaction bound to one tenant. Commit it with [`TenantTx::commit`]; dropped
 /// without a commit (an error, a panic, a cancelled request) it rolls back.
 ///
+/// The connection is taken, and `BEGIN` sent, when it is first used.
+///
 /// ```no_run
 /// # async fn f(mut tx: tenantry::TenantTx) -> Result<(), tenantry::Error> {
 /// sqlx::query("INSERT INTO projects (name) VALUES ($1)")
 ///     .bind("apollo")
-///     .execute(&mut *tx)
+///     .execute(&mut tx)
 ///     .await?;
 /// tx.commit().await?;
 /// # Ok(()) }
 /// ```
 pub struct TenantTx {
-    tx: Transaction<'static, Postgres>,
-    tenant: Arc<Tenant>,
+    db: TenantDb,
+    open: bool,
 }
 
 impl TenantTx {
-    pub(crate) async fn begin(pools: &TenantPools, tenant: Arc<Tenant>) -> Result<Self, Error> {
-        let pool = pools.pool_for(&tenant)?;
-        // `BEGIN` runs in its own task so that a request cancelled while it is in flight
-        // cannot return a connection whose transaction sqlx does not know about: the
-        // task finishes, and dropping its unclaimed `Transaction` rolls it back.
-        let tx = tokio::spawn(async move { pool.begin().await })
-            .await
-            .map_err(|e| {
-                Error::Registry(format!("the task beginning a transaction failed: {e}"))
-            })??;
-        Ok(Self { tx, tenant })
+    pub(crate) fn new(source: Source, tenant: Arc<Tenant>) -> Self {
+        Self {
+            db: TenantDb::new(source, tenant),
+            open: false,
+        }
     }
 
     /// The tenant this transaction is bound to.
     pub fn tenant(&self) -> &Arc<Tenant> {
-        &self.tenant
+        self.db.tenant()
     }
 
-    /// Commits the transaction.
-    pub async fn commit(self) -> Result<(), Error> {
-        self.tx.commit().await?;
+    async fn begun(&mut self) -> Result<&mut PooledConn, Error> {
+        let open = self.open;
+        let conn = self.db.pooled().await?;
+        if !open {
+            // Marked busy while in flight: a request cancelled now leaves a
+            // connection that is rolled back and reset before reuse.
+            conn.set_busy(true);
+            sqlx::raw_sql("BEGIN").execute(conn.own()).await?;
+            conn.set_busy(false);
+            conn.set_in_transaction(true);
+            self.open = true;
+        }
+        Ok(conn)
+    }
+
+    /// The connection inside the transaction (`BEGIN` is sent on first use).
+    pub async fn conn(&mut self) -> Result<&mut PgConnection, Error> {
+        Ok(self.begun().await?.raw())
+    }
+
+    pub(crate) async fn own_conn(&mut self) -> Result<&mut PgConnection, Error> {
+        Ok(self.begun().await?.own())
+    }
+
+    async fn finish(mut self, statement: &'static str) -> Result<(), Error> {
+        if !self.open {
+            return Ok(());
+        }
+        let conn = self.db.conn.as_mut().expect("an open transaction has a connection");
+        conn.set_busy(true);
+        sqlx::raw_sql(statement).execute(conn.own()).await?;
+        conn.set_busy(false);
+        conn.set_in_transaction(false);
+        self.open = false;
         Ok(())
+    }
+
+    /// Commits the transaction (nothing to do if it was never used).
+    pub async fn commit(self) -> Result<(), Error> {
+        self.finish("COMMIT").await
     }
 
     /// Rolls the transaction back.
     pub async fn rollback(self) -> Result<(), Error> {
-        self.tx.rollback().await?;
-        Ok(())
-    }
-}
-
-impl Deref for TenantTx {
-    type Target = PgConnection;
-    fn deref(&self) -> &PgConnection {
-        &self.tx
-    }
-}
-
-impl DerefMut for TenantTx {
-    fn deref_mut(&mut self) -> &mut PgConnection {
-        &mut self.tx
+        self.finish("ROLLBACK").await
     }
 }
 
 impl std::fmt::Debug for TenantTx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TenantTx")
-            .field("tenant", &self.tenant.id)
+            .field("tenant", &self.db.tenant.id)
+            .field("open", &self.open)
             .finish_non_exhaustive()
     }
 }
+
+/// Errors of taking a connection, as sqlx errors (for the executor impls): a full
+/// budget is sqlx's pool timeout, so it stays a 503.
+fn to_sqlx(e: Error) -> sqlx::Error {
+    match e {
+        Error::Database(e) => e,
+        Error::PoolExhausted { .. } | Error::TenantChanged(_) => sqlx::Error::PoolTimedOut,
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
+}
+
+/// Implements `sqlx::Executor` for a handle, taking the connection on first use.
+macro_rules! lazy_executor {
+    ($handle:ty) => {
+        impl<'c> Executor<'c> for &'c mut $handle {
+            type Database = Postgres;
+
+            fn fetch_many<'e, 'q: 'e, E>(
+                self,
+                query: E,
+            ) -> BoxStream<'e, Result<Either<PgQueryResult, PgRow>, sqlx::Error>>
+            where
+                'c: 'e,
+                E: 'q + Execute<'q, Postgres>,
+            {
+                Box::pin(
+                    async move {
+                        let conn = self.conn().await.map_err(to_sqlx)?;
+                        Ok::<_, sqlx::Error>(conn.fetch_many(query))
+                    }
+                    .try_flatten_stream(),
+                )
+            }
+
+            fn fetch_optional<'e, 'q: 'e, E>(
+                self,
+                query: E,
+            ) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
+            where
+                'c: 'e,
+                E: 'q + Execute<'q, Postgres>,
+            {
+                async move {
+                    let conn = self.conn().await.map_err(to_sqlx)?;
+                    conn.fetch_optional(query).await
+                }
+                .boxed()
+            }
+
+            fn prepare_with<'e>(
+                self,
+                sql: SqlStr,
+                parameters: &'e [PgTypeInfo],
+            ) -> BoxFuture<'e, Result<PgStatement, sqlx::Error>>
+            where
+                'c: 'e,
+            {
+                async move {
+                    let conn = self.conn().await.map_err(to_sqlx)?;
+                    conn.prepare_with(sql, parameters).await
+                }
+                .boxed()
+            }
+
+            #[doc(hidden)]
+            fn describe<'e>(
+                self,
+                sql: SqlStr,
+            ) -> BoxFuture<'e, Result<sqlx::Describe<Postgres>, sqlx::Error>>
+            where
+                'c: 'e,
+            {
+                async move {
+                    let conn = self.conn().await.map_err(to_sqlx)?;
+                    conn.describe(sql).await
+                }
+                .boxed()
+            }
+        }
+    };
+}
+
+lazy_executor!(TenantDb);
+lazy_executor!(TenantTx);
+
+#[allow(unused_imports)]
+use TryStreamExt as _;

@@ -28,15 +28,18 @@ mod sealed {
     note = "take `db: tenantry::TenantDb` (or `tx: tenantry::TenantTx`) as a handler argument, or get one from `TenantManager::db()`; a pool or a plain connection has no tenant scope"
 )]
 pub trait TenantHandle: sealed::Sealed + Send {
-    /// The connection, already scoped to the tenant.
-    fn connection(&mut self) -> &mut PgConnection;
+    /// The connection, scoped to the tenant (taken from the pool on first use), for
+    /// tenantry's own statements: they change no session state, so the connection
+    /// needs no reset afterwards.
+    #[doc(hidden)]
+    fn connection(&mut self) -> impl Future<Output = Result<&mut PgConnection, Error>> + Send + '_;
     /// The tenant it is bound to.
     fn bound_tenant(&self) -> &Tenant;
 }
 
 impl TenantHandle for TenantDb {
-    fn connection(&mut self) -> &mut PgConnection {
-        self
+    fn connection(&mut self) -> impl Future<Output = Result<&mut PgConnection, Error>> + Send + '_ {
+        self.own_conn()
     }
     fn bound_tenant(&self) -> &Tenant {
         self.tenant()
@@ -44,8 +47,8 @@ impl TenantHandle for TenantDb {
 }
 
 impl TenantHandle for TenantTx {
-    fn connection(&mut self) -> &mut PgConnection {
-        self
+    fn connection(&mut self) -> impl Future<Output = Result<&mut PgConnection, Error>> + Send + '_ {
+        self.own_conn()
     }
     fn bound_tenant(&self) -> &Tenant {
         self.tenant()
@@ -115,7 +118,7 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
         async move {
             let args = keyed_arguments::<Self>(id, handle.bound_tenant())?;
             let row = sqlx::query_with(Self::SQL.find, args)
-                .fetch_optional(handle.connection())
+                .fetch_optional(handle.connection().await?)
                 .await?;
             decode_optional(row.as_ref())
         }
@@ -137,7 +140,7 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
             add(&mut args, limit)?;
             add(&mut args, offset)?;
             let rows = sqlx::query_with(Self::SQL.list, args)
-                .fetch_all(handle.connection())
+                .fetch_all(handle.connection().await?)
                 .await?;
             decode_all(&rows)
         }
@@ -150,7 +153,7 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
         async move {
             let args = tenant_arguments::<Self>(handle.bound_tenant())?;
             let n: i64 = sqlx::query_scalar_with(Self::SQL.count, args)
-                .fetch_one(handle.connection())
+                .fetch_one(handle.connection().await?)
                 .await?;
             Ok(n)
         }
@@ -168,7 +171,7 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
         async move {
             let args = self.insert_arguments(handle.bound_tenant().id.as_str())?;
             let row = sqlx::query_with(Self::SQL.insert, args)
-                .fetch_one(handle.connection())
+                .fetch_one(handle.connection().await?)
                 .await?;
             Self::from_row(&row).map_err(Error::from)
         }
@@ -186,7 +189,7 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
         async move {
             let args = self.update_arguments(handle.bound_tenant().id.as_str())?;
             let row = sqlx::query_with(Self::SQL.update, args)
-                .fetch_optional(handle.connection())
+                .fetch_optional(handle.connection().await?)
                 .await?;
             decode_optional(row.as_ref())
         }
@@ -200,7 +203,7 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
         async move {
             let args = keyed_arguments::<Self>(id, handle.bound_tenant())?;
             let done = sqlx::query_with(Self::SQL.delete, args)
-                .execute(handle.connection())
+                .execute(handle.connection().await?)
                 .await?;
             Ok(done.rows_affected() > 0)
         }
@@ -433,7 +436,7 @@ impl<E: TenantEntity> Select<E> {
     pub async fn fetch_all<H: TenantHandle>(self, handle: &mut H) -> Result<Vec<E>, Error> {
         let (sql, args) = self.build(E::SQL.select_prefix, handle.bound_tenant(), true)?;
         let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
-            .fetch_all(handle.connection())
+            .fetch_all(handle.connection().await?)
             .await?;
         decode_all(&rows)
     }
@@ -444,7 +447,7 @@ impl<E: TenantEntity> Select<E> {
             .limit(1)
             .build(E::SQL.select_prefix, handle.bound_tenant(), true)?;
         let row = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
-            .fetch_optional(handle.connection())
+            .fetch_optional(handle.connection().await?)
             .await?;
         decode_optional(row.as_ref())
     }
@@ -453,7 +456,7 @@ impl<E: TenantEntity> Select<E> {
     pub async fn count<H: TenantHandle>(self, handle: &mut H) -> Result<i64, Error> {
         let (sql, args) = self.build(E::SQL.count_prefix, handle.bound_tenant(), false)?;
         let n: i64 = sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), args)
-            .fetch_one(handle.connection())
+            .fetch_one(handle.connection().await?)
             .await?;
         Ok(n)
     }

@@ -72,6 +72,19 @@ pub enum Error {
     /// The registry holds something tenantry cannot read.
     #[error("registry: {0}")]
     Registry(String),
+    /// No tenant connection became free within the server's connection budget in
+    /// time (503 with `Retry-After`).
+    #[error("no database connection was free within the budget of {budget} after {waited:?}")]
+    PoolExhausted {
+        /// The server's connection budget.
+        budget: u32,
+        /// How long the request waited.
+        waited: std::time::Duration,
+    },
+    /// The tenant changed (suspended, deleted, re-created, moved) while the request
+    /// held a handle for it; retrying resolves it again (503 with `Retry-After`).
+    #[error("tenant `{0}` changed while the request was in flight; retry")]
+    TenantChanged(TenantId),
     /// The database answered with an error, or could not be reached.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -100,6 +113,9 @@ impl Error {
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::TenantExists(_) | Error::InvalidTransition { .. } => StatusCode::CONFLICT,
             Error::Database(e) if is_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::PoolExhausted { .. } | Error::TenantChanged(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::NoTenantInScope
             | Error::Migration(_)
             | Error::Registry(_)
@@ -110,6 +126,7 @@ impl Error {
     /// Whether the database could not be reached (as opposed to answering with an error).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Error::Database(e) if is_unavailable(e))
+            || matches!(self, Error::PoolExhausted { .. })
     }
 
     /// The problem details for this error.
@@ -126,6 +143,8 @@ impl Error {
             Error::Unauthorized(_) => ("unauthorized", "Unauthorized"),
             Error::InvalidTransition { .. } => ("invalid-transition", "Invalid tenant transition"),
             Error::Validation(_) => ("validation", "Invalid request"),
+            Error::PoolExhausted { .. } => ("database-busy", "Database busy"),
+            Error::TenantChanged(_) => ("tenant-changed", "Tenant changed"),
             Error::Database(_) if status == StatusCode::SERVICE_UNAVAILABLE => {
                 ("database-unavailable", "Database unavailable")
             }
@@ -134,6 +153,12 @@ impl Error {
         // Internal details (SQL errors, registry contents) stay in the logs.
         let detail = if status.is_server_error() {
             match status {
+                StatusCode::SERVICE_UNAVAILABLE if matches!(self, Error::PoolExhausted { .. }) => {
+                    "every database connection is busy; retry later".to_owned()
+                }
+                StatusCode::SERVICE_UNAVAILABLE if matches!(self, Error::TenantChanged(_)) => {
+                    "the tenant changed while the request was in flight; retry".to_owned()
+                }
                 StatusCode::SERVICE_UNAVAILABLE => {
                     "the database cannot be reached; retry later".to_owned()
                 }
@@ -201,7 +226,13 @@ impl IntoResponse for Error {
         if self.status().is_server_error() {
             tracing::error!(error = %self, "tenantry request failed");
         }
-        self.to_problem().into_response()
+        let mut response = self.to_problem().into_response();
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

@@ -160,6 +160,8 @@ pub mod __private {
             strategy: Strategy::Schema,
             status: TenantStatus::Active,
             server: "default".to_owned(),
+            incarnation: 1,
+            schema_version: None,
             created_at: chrono::DateTime::UNIX_EPOCH,
             updated_at: chrono::DateTime::UNIX_EPOCH,
         }

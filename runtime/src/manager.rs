@@ -10,7 +10,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
 use crate::context::TenantContext;
-use crate::db::{TenantDb, TenantTx};
+use crate::db::{Source, TenantDb, TenantTx};
 use crate::error::Error;
 use futures::StreamExt;
 
@@ -165,6 +165,11 @@ impl TenantManagerBuilder {
         }
         repo.ensure_schema().await?;
         let base = (*self.pool.connect_options()).clone();
+        // A quarter of the server's connections, unless the budget is set.
+        let server_max: i64 = sqlx::query_scalar("SELECT setting::bigint FROM pg_settings WHERE name = 'max_connections'")
+            .fetch_one(&self.pool)
+            .await?;
+        let budget = u32::try_from(server_max / 4).unwrap_or(u32::MAX).max(2);
         let mut servers = Servers::default();
         servers.add(DEFAULT_SERVER, base.clone());
         for (name, options) in self.servers {
@@ -177,7 +182,7 @@ impl TenantManagerBuilder {
                 service: service
                     .provision_from_template(self.from_template)
                     .with_servers(servers.clone()),
-                pools: TenantPools::with_servers(base, servers, self.pool_config),
+                pools: TenantPools::with_servers(base, servers, self.pool_config, budget),
                 cache: RwLock::new(HashMap::new()),
                 domains: RwLock::new(HashMap::new()),
                 cache_ttl: self.cache_ttl,
@@ -220,7 +225,7 @@ impl TenantManager {
         &self.inner.service
     }
 
-    /// The per-tenant pools.
+    /// The tenant connections (one budgeted pool per server).
     pub fn pools(&self) -> &TenantPools {
         &self.inner.pools
     }
@@ -386,8 +391,9 @@ impl TenantManager {
     /// Deletes a suspended tenant and its data.
     pub async fn delete_tenant(&self, id: &TenantId) -> Result<Tenant, Error> {
         self.invalidate(id);
-        // No new connections for it; wait for the ones in use, so DROP SCHEMA is not blocked.
-        self.inner.pools.close_tenant(id).await;
+        // No connection stays bound to it; wait for the ones in use, so DROP SCHEMA
+        // is not blocked.
+        self.inner.pools.drain_tenant(id).await;
         let result = self.inner.service.delete(id).await;
         self.invalidate(id);
         result
@@ -480,7 +486,10 @@ impl TenantManager {
                         if stop.load(std::sync::atomic::Ordering::SeqCst) {
                             return (id, MigrationOutcome::Skipped);
                         }
-                        let outcome = match service.migrate(&id).await {
+                        let migrated = service.migrate(&id).await;
+                        // Its schema version changed: bindings and cached records follow.
+                        self.invalidate(&id);
+                        let outcome = match migrated {
                             Ok(versions) if versions.is_empty() => MigrationOutcome::Current,
                             Ok(versions) => MigrationOutcome::Applied { versions },
                             Err(e) => {
@@ -567,14 +576,23 @@ impl TenantManager {
             .collect())
     }
 
-    /// A pooled connection bound to `tenant`.
+    /// A handle bound to `tenant`; it takes a connection from the tenant's server
+    /// when first used.
     pub async fn tenant_db(&self, tenant: Arc<Tenant>) -> Result<TenantDb, Error> {
-        TenantDb::acquire(&self.inner.pools, tenant).await
+        Ok(TenantDb::new(self.source(&tenant), tenant))
     }
 
-    /// A transaction bound to `tenant`.
+    /// A transaction bound to `tenant`; it takes a connection and begins when first
+    /// used.
     pub async fn tenant_tx(&self, tenant: Arc<Tenant>) -> Result<TenantTx, Error> {
-        TenantTx::begin(&self.inner.pools, tenant).await
+        Ok(TenantTx::new(self.source(&tenant), tenant))
+    }
+
+    fn source(&self, tenant: &Tenant) -> Source {
+        Source {
+            pools: self.inner.pools.clone(),
+            epoch: self.inner.pools.epoch(&tenant.id),
+        }
     }
 
     /// A pooled connection bound to the current tenant ([`TenantContext`]), or
@@ -603,6 +621,8 @@ fn servable(tenant: Arc<Tenant>) -> Result<Arc<Tenant>, Error> {
 
 impl Inner {
     fn invalidate(&self, id: &TenantId) {
+        // Bindings first: a record cached after this point is fresh.
+        self.pools.invalidate(id);
         self.cache
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -614,6 +634,7 @@ impl Inner {
     }
 
     fn invalidate_all(&self) {
+        self.pools.invalidate_all();
         self.cache
             .write()
             .unwrap_or_else(|e| e.into_inner())

@@ -1,71 +1,110 @@
-//! Routing a tenant to its connections.
+//! Connections for tenants: one budgeted, tenant-aware pool per server.
 //!
-//! Every tenant gets its own small sqlx pool whose connections are born bound to that
-//! tenant: the `search_path` is a startup parameter of the connection, so binding costs
-//! no round trip, and a connection never changes tenant in its life. A connection that
-//! goes back to a pool can only ever be handed to the same tenant again, so no state it
-//! carries (a `search_path`, a temp table, a session setting, even a transaction left
-//! open by a cancelled request) can be seen by another tenant.
+//! Connections scale with the servers, not with the tenants. Every server (the
+//! registry's `default` one and each named one) has a connection budget per process,
+//! [`PoolConfig::max_connections`]; every connection tenantry opens for tenant data
+//! counts against the budget of its server until it is closed, whatever tenant,
+//! strategy or database it serves. The budget is never exceeded: a request that finds
+//! no connection within it waits up to [`PoolConfig::acquire_timeout`] and then gets
+//! [`Error::PoolExhausted`] (503 with `Retry-After`).
 //!
-//! Pools are opened lazily and kept in a bounded, least-recently-used map; an evicted
-//! pool is dropped from the map (requests in flight finish with it, its connections
-//! close when they let go), and the tenant's next request simply opens a new one.
+//! A connection carries its **binding**: the tenant *incarnation* (its id and the
+//! registry's incarnation number, so a deleted and re-created id is another binding)
+//! and the session state that scopes it (`search_path`, the `tenantry.tenant_id`
+//! setting, the role). Schema tenants and row tenants that log in as the registry's
+//! role share the connections of their server; rebinding one sets the whole binding
+//! in one round trip. Database tenants need a connection to their own database, so
+//! their connections are only reused by the same tenant; idle connections of cold
+//! tenant databases are closed to make room within the budget.
+//!
+//! Acquiring for a tenant prefers an idle connection already bound to that
+//! incarnation (no round trip), else rebinds the least recently used idle connection
+//! of the same login, else opens a connection within the budget (closing an idle one
+//! of another login or database if the budget is full), else waits.
+//!
+//! A connection goes back to the idle set as it is only when nothing but tenantry's own
+//! statements ran on it (the entity API cannot change session state) and it is not in
+//! a transaction. A connection whose raw form a handler used (`&mut db` as an executor,
+//! [`crate::TenantDb::conn`]) or whose request was cancelled is checked and reset off
+//! the request's path: an open transaction is rolled back, and every session setting,
+//! role, temporary table, cursor, advisory lock and `LISTEN` is discarded; a
+//! connection that cannot be reset is closed. Nothing a request leaves on a connection
+//! reaches another request.
+//!
+//! A backend keeps catalog entries for every table it touched; a connection is closed
+//! after serving [`PoolConfig::max_tenants_per_connection`] distinct tenants, or after
+//! [`PoolConfig::max_lifetime`], which bounds that memory.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection};
+use tokio::sync::Notify;
 
 use crate::error::Error;
 use crate::strategy::{TENANT_SETTING, quote_ident, search_path};
 use crate::tenant::{Strategy, Tenant, TenantId};
 
-/// Settings of the per-tenant pools.
-#[derive(Debug, Clone)]
+/// Settings of the tenant connections.
+#[derive(Clone)]
 pub struct PoolConfig {
-    /// Most connections one tenant may hold open at once (default 4).
-    pub max_connections_per_tenant: u32,
-    /// Most tenant pools kept open; the least recently used is closed beyond it
-    /// (default 64). Total tenant connections stay below
-    /// `max_pools * max_connections_per_tenant`.
-    pub max_pools: usize,
+    /// The connection budget of each server, per process: the most connections
+    /// tenantry opens to one server for tenant data, all tenants and strategies
+    /// together. `None` (the default) takes a quarter of the registry server's
+    /// `max_connections` (25 with PostgreSQL's default of 100), at least 2.
+    ///
+    /// With `N` app instances, size it so that `N x budget + N x (registry pool) +
+    /// N` (one change listener each) stays below the server's `max_connections`
+    /// minus its `superuser_reserved_connections`. Behind a pooler, it bounds the
+    /// client connections to the pooler instead.
+    pub max_connections: Option<u32>,
+    /// Most connections one tenant may hold at once, so one tenant cannot take the
+    /// whole budget (default: no limit beyond the budget).
+    pub max_connections_per_tenant: Option<u32>,
     /// How long a request waits for a connection before giving up with 503 (default 5 s).
     pub acquire_timeout: Duration,
     /// Idle connections are closed after this long (default 60 s).
     pub idle_timeout: Duration,
-    /// Connections are recycled after this long, which bounds the catalog cache a
+    /// Connections are closed after this long, which bounds the catalog cache a
     /// backend accumulates (default 30 min).
     pub max_lifetime: Duration,
+    /// A connection is closed after it has served this many distinct tenants
+    /// (default 100): each schema tenant's tables stay in the backend's catalog cache
+    /// (about 10 KB per table) until the backend exits.
+    pub max_tenants_per_connection: u32,
     /// A schema every schema-strategy tenant may also read (appended to its
     /// `search_path`).
     pub shared_schema: Option<String>,
     /// The schema holding the shared tables of row-strategy tenants: their whole
     /// `search_path` (default `public`).
     pub row_schema: Option<String>,
-    /// A role row-strategy connections switch to at start (`SET ROLE` as a startup
-    /// parameter), for when they cannot log in as [`PoolConfig::row_user`]. Row-level
-    /// security then applies to that role; weaker than `row_user`, because the
-    /// session user could `RESET ROLE`.
+    /// A role row-strategy connections switch to when bound (part of the binding,
+    /// like `SET ROLE`), for when they cannot log in as [`PoolConfig::row_user`].
+    /// Row-level security then applies to that role. Weaker than `row_user`, because
+    /// a handler's own SQL could `RESET ROLE` within its request (the change is
+    /// undone before the connection serves another request).
     pub row_role: Option<String>,
     /// The role row-strategy tenants log in as: one that owns no tenant table and has
-    /// no `BYPASSRLS`, so that row-level security applies to it. When unset they log in
+    /// no `BYPASSRLS`, so that row-level security applies to it. Its connections are
+    /// kept apart from the others (within the same budget). When unset they log in
     /// as the registry's user, and row-level security is only as strong as that role.
     pub row_user: Option<String>,
-    /// The password of [`PoolConfig::row_user`], if it needs one.
+    /// The password of [`PoolConfig::row_user`], if it needs one. Never printed by
+    /// `Debug`.
     pub row_password: Option<String>,
 }
 
 impl Default for PoolConfig {
     fn default() -> Self {
         Self {
-            max_connections_per_tenant: 4,
-            max_pools: 64,
+            max_connections: None,
+            max_connections_per_tenant: None,
             acquire_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             max_lifetime: Duration::from_secs(30 * 60),
+            max_tenants_per_connection: 100,
             shared_schema: None,
             row_schema: None,
             row_role: None,
@@ -74,6 +113,36 @@ impl Default for PoolConfig {
         }
     }
 }
+
+impl std::fmt::Debug for PoolConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolConfig")
+            .field("max_connections", &self.max_connections)
+            .field(
+                "max_connections_per_tenant",
+                &self.max_connections_per_tenant,
+            )
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_lifetime", &self.max_lifetime)
+            .field(
+                "max_tenants_per_connection",
+                &self.max_tenants_per_connection,
+            )
+            .field("shared_schema", &self.shared_schema)
+            .field("row_schema", &self.row_schema)
+            .field("row_role", &self.row_role)
+            .field("row_user", &self.row_user)
+            .field(
+                "row_password",
+                &self.row_password.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// The `application_name` of tenant connections, unless the connect options set one.
+pub const APPLICATION_NAME: &str = "tenantry";
 
 /// The name of the registry's own server.
 pub const DEFAULT_SERVER: &str = "default";
@@ -108,207 +177,759 @@ impl Servers {
     }
 }
 
-struct Entry {
-    pool: PgPool,
-    last_used: AtomicU64,
+/// Who a connection logs in as and where: connections are only ever reused within
+/// one login.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Login {
+    server: String,
+    /// A tenant database (database strategy), or the server's own database.
+    database: Option<String>,
+    /// A dedicated login role (row strategy with `row_user`).
+    user: Option<String>,
 }
 
-/// The per-tenant pools. Cheap to clone.
-#[derive(Clone)]
-pub struct TenantPools {
-    inner: Arc<Inner>,
+/// What a connection is bound to: one incarnation of one tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BindingKey {
+    id: TenantId,
+    incarnation: i64,
 }
 
-struct Inner {
+impl BindingKey {
+    fn of(tenant: &Tenant) -> Self {
+        Self {
+            id: tenant.id.clone(),
+            incarnation: tenant.incarnation,
+        }
+    }
+}
+
+/// The statements a connection prepared were analysed against this layout: a
+/// strategy and a tenant schema version. A connection is rebound to a layout of
+/// another version only after its statement cache is cleared, so a cached statement
+/// never meets a table of another shape (`cached plan must not change result type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Layout {
+    strategy: Strategy,
+    version: Option<i64>,
+}
+
+struct Conn {
+    raw: PgConnection,
+    login: Login,
+    binding: Option<BindingKey>,
+    /// The invalidation epoch of the binding's id when it was bound.
+    epoch: u64,
+    layout: Option<Layout>,
+    tenants: HashSet<TenantId>,
+    created: Instant,
+    idle_since: Instant,
+}
+
+/// Counters of the tenant connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolStats {
+    /// Connections open now (in use and idle), all servers.
+    pub open: usize,
+    /// Idle connections now.
+    pub idle: usize,
+    /// The most connections that were open at once.
+    pub peak_open: usize,
+    /// Connections opened so far.
+    pub opened: u64,
+    /// Connections closed so far (idle timeout, lifetime, recycling, making room,
+    /// failed resets).
+    pub closed: u64,
+    /// Acquisitions that found an idle connection already bound to the tenant.
+    pub reused: u64,
+    /// Acquisitions that rebound a connection to another tenant.
+    pub rebound: u64,
+    /// Connections reset after a handler used them directly or a request was cancelled.
+    pub reset: u64,
+    /// Requests that gave up waiting for a connection.
+    pub timed_out: u64,
+}
+
+#[derive(Default)]
+struct State {
+    idle: Vec<Conn>,
+    /// Open connections per server (in use, idle, and being opened).
+    open: HashMap<String, u32>,
+    in_use: HashMap<BindingKey, u32>,
+    /// Invalidation epochs per tenant id: a binding made before the current epoch is void.
+    epochs: HashMap<TenantId, u64>,
+    /// Bumped when every binding is dropped at once.
+    global_epoch: u64,
+    stats: PoolStats,
+}
+
+impl State {
+    fn total_open(&self) -> usize {
+        self.open.values().map(|n| *n as usize).sum()
+    }
+    fn epoch(&self, id: &TenantId) -> u64 {
+        self.epochs.get(id).copied().unwrap_or(0) + self.global_epoch
+    }
+    fn opened_one(&mut self, server: &str) {
+        *self.open.entry(server.to_owned()).or_default() += 1;
+        self.stats.opened += 1;
+        let total = self.total_open();
+        self.stats.peak_open = self.stats.peak_open.max(total);
+    }
+    fn closed_one(&mut self, server: &str) {
+        if let Some(n) = self.open.get_mut(server) {
+            *n = n.saturating_sub(1);
+        }
+        self.stats.closed += 1;
+    }
+    fn release_key(&mut self, key: &BindingKey) {
+        if let Some(n) = self.in_use.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                self.in_use.remove(key);
+            }
+        }
+    }
+}
+
+struct Shared {
     base: PgConnectOptions,
     servers: Servers,
     config: PoolConfig,
-    pools: RwLock<HashMap<TenantId, Arc<Entry>>>,
-    clock: AtomicU64,
-    opened: AtomicU64,
-    evicted: AtomicU64,
+    budget: u32,
+    state: Mutex<State>,
+    released: Notify,
+}
+
+/// The tenant connections of every server, within each server's budget. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct TenantPools {
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for TenantPools {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TenantPools")
-            .field("config", &self.inner.config)
-            .field("open", &self.open_pools())
+            .field("budget", &self.shared.budget)
+            .field("config", &self.shared.config)
+            .field("stats", &self.stats())
             .finish()
     }
 }
 
-/// Counters of pool activity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolStats {
-    /// Pools open now.
-    pub open: usize,
-    /// Pools opened so far.
-    pub opened: u64,
-    /// Pools closed to stay within `max_pools`.
-    pub evicted: u64,
+/// What acquiring decided under the lock.
+enum Plan {
+    /// An idle connection, bound to the tenant already or to be rebound.
+    Idle(Box<Conn>),
+    /// A new connection (counted already); `evict` is an idle one to close first.
+    Open(Option<Box<Conn>>),
 }
 
 impl TenantPools {
-    /// Pools connecting with `base` (host, credentials, database) and `config`.
-    pub fn new(base: PgConnectOptions, config: PoolConfig) -> Self {
+    /// Connections to `base` (host, credentials, database) for every tenant, with a
+    /// budget of `budget` connections per server.
+    pub fn new(base: PgConnectOptions, config: PoolConfig, budget: u32) -> Self {
         let mut servers = Servers::default();
         servers.add(DEFAULT_SERVER, base.clone());
-        Self::with_servers(base, servers, config)
+        Self::with_servers(base, servers, config, budget)
     }
 
-    /// Pools for tenants on several servers; `base` is the default server.
-    pub fn with_servers(base: PgConnectOptions, servers: Servers, mut config: PoolConfig) -> Self {
-        config.max_pools = config.max_pools.max(1);
-        config.max_connections_per_tenant = config.max_connections_per_tenant.max(1);
+    /// Connections for tenants on several servers; `base` is the default server.
+    /// `budget` applies when [`PoolConfig::max_connections`] is unset.
+    pub fn with_servers(
+        base: PgConnectOptions,
+        servers: Servers,
+        config: PoolConfig,
+        budget: u32,
+    ) -> Self {
+        let budget = config.max_connections.unwrap_or(budget).max(1);
         Self {
-            inner: Arc::new(Inner {
+            shared: Arc::new(Shared {
                 base,
                 servers,
                 config,
-                pools: RwLock::new(HashMap::new()),
-                clock: AtomicU64::new(0),
-                opened: AtomicU64::new(0),
-                evicted: AtomicU64::new(0),
+                budget,
+                state: Mutex::new(State::default()),
+                released: Notify::new(),
             }),
         }
     }
 
     /// The configuration.
     pub fn config(&self) -> &PoolConfig {
-        &self.inner.config
+        &self.shared.config
+    }
+
+    /// The connection budget of each server.
+    pub fn budget(&self) -> u32 {
+        self.shared.budget
     }
 
     /// The configured servers.
     pub fn servers(&self) -> &Servers {
-        &self.inner.servers
+        &self.shared.servers
     }
 
-    /// The pool of `tenant`, opened (lazily, without I/O) if needed.
-    pub(crate) fn pool_for(&self, tenant: &Tenant) -> Result<PgPool, Error> {
-        let tick = self.inner.clock.fetch_add(1, Ordering::Relaxed);
-        if let Some(entry) = self.read().get(&tenant.id) {
-            entry.last_used.store(tick, Ordering::Relaxed);
-            return Ok(entry.pool.clone());
+    /// Counters of connection activity.
+    pub fn stats(&self) -> PoolStats {
+        let state = self.shared.lock();
+        PoolStats {
+            open: state.total_open(),
+            idle: state.idle.len(),
+            ..state.stats
         }
-        let mut pools = self.inner.pools.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = pools.get(&tenant.id) {
-            entry.last_used.store(tick, Ordering::Relaxed);
-            return Ok(entry.pool.clone());
-        }
-        // No I/O (the pool connects lazily), so it is made under the lock, and only
-        // when no other request made it first.
-        let pool = self.open(tenant)?;
-        while pools.len() >= self.inner.config.max_pools {
-            let Some(victim) = pools
-                .iter()
-                .min_by_key(|(_, e)| e.last_used.load(Ordering::Relaxed))
-                .map(|(id, _)| id.clone())
-            else {
-                break;
-            };
-            if pools.remove(&victim).is_some() {
-                // Not closed: requests that already took this pool finish with it, and
-                // its connections close when the last of them lets go.
-                self.inner.evicted.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        pools.insert(
-            tenant.id.clone(),
-            Arc::new(Entry {
-                pool: pool.clone(),
-                last_used: AtomicU64::new(tick),
-            }),
-        );
-        self.inner.opened.fetch_add(1, Ordering::Relaxed);
-        Ok(pool)
     }
 
-    fn open(&self, tenant: &Tenant) -> Result<PgPool, Error> {
-        let c = &self.inner.config;
-        // The tenant is bound by startup parameters: no round trip, and the
-        // connection never serves another tenant.
-        let options = match tenant.strategy {
-            Strategy::Schema => self.inner.base.clone().options([(
-                "search_path",
-                search_path(&tenant.id, c.shared_schema.as_deref()),
-            )]),
-            Strategy::Database => self
-                .inner
-                .servers
-                .get(&tenant.server)?
-                .clone()
-                .database(&tenant.schema_name),
-            Strategy::Row => {
-                let shared = quote_ident(c.row_schema.as_deref().unwrap_or("public"));
-                let mut options = self.inner.base.clone().options([
-                    ("search_path", shared.as_str()),
-                    (TENANT_SETTING, tenant.id.as_str()),
-                ]);
-                if let Some(role) = &c.row_role {
-                    options = options.options([("role", role.as_str())]);
-                }
-                if let Some(user) = &c.row_user {
-                    options = options.username(user);
-                    if let Some(password) = &c.row_password {
-                        options = options.password(password);
+    /// Drops every binding of tenant `id`: idle connections bound to it are unbound
+    /// (or closed, for a tenant database), and connections in use are unbound when
+    /// they come back. Called when the tenant changes (locally or in another
+    /// instance).
+    pub fn invalidate(&self, id: &TenantId) {
+        let closing = {
+            let mut state = self.shared.lock();
+            *state.epochs.entry(id.clone()).or_default() += 1;
+            let mut closing = Vec::new();
+            let mut i = 0;
+            while i < state.idle.len() {
+                let conn = &mut state.idle[i];
+                if conn.binding.as_ref().is_some_and(|b| &b.id == id) {
+                    if conn.login.database.is_some() {
+                        let conn = state.idle.swap_remove(i);
+                        state.closed_one(&conn.login.server);
+                        closing.push(conn);
+                        continue;
                     }
+                    conn.binding = None;
                 }
-                options
+                i += 1;
+            }
+            closing
+        };
+        if !closing.is_empty() {
+            self.shared.released.notify_waiters();
+        }
+        close_all_in_background(closing);
+    }
+
+    /// Drops every binding (for example when change notifications may have been missed).
+    pub fn invalidate_all(&self) {
+        let closing = {
+            let mut state = self.shared.lock();
+            state.global_epoch += 1;
+            let mut closing = Vec::new();
+            let mut i = 0;
+            while i < state.idle.len() {
+                if state.idle[i].login.database.is_some() {
+                    let conn = state.idle.swap_remove(i);
+                    state.closed_one(&conn.login.server);
+                    closing.push(conn);
+                    continue;
+                }
+                state.idle[i].binding = None;
+                i += 1;
+            }
+            closing
+        };
+        self.shared.released.notify_waiters();
+        close_all_in_background(closing);
+    }
+
+    /// The invalidation epoch of tenant `id`: it changes whenever the tenant's
+    /// bindings are dropped.
+    pub(crate) fn epoch(&self, id: &TenantId) -> u64 {
+        self.shared.lock().epoch(id)
+    }
+
+    /// Closes the idle connections (connections in use close when they come back
+    /// after [`TenantPools::invalidate`], or stay within the budget otherwise).
+    pub async fn close_idle(&self) {
+        let idle: Vec<Conn> = {
+            let mut state = self.shared.lock();
+            let idle: Vec<Conn> = state.idle.drain(..).collect();
+            for conn in &idle {
+                state.closed_one(&conn.login.server);
+            }
+            idle
+        };
+        self.shared.released.notify_waiters();
+        for conn in idle {
+            let _ = conn.raw.close().await;
+        }
+    }
+
+    /// Closes every idle connection of tenant `id` and waits (up to the acquire
+    /// timeout) until none of its connections is in use, for example before its
+    /// database is dropped.
+    pub async fn drain_tenant(&self, id: &TenantId) {
+        self.invalidate(id);
+        let deadline = Instant::now() + self.shared.config.acquire_timeout;
+        loop {
+            let released = self.shared.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let busy = self.shared.lock().in_use.keys().any(|k| &k.id == id);
+            if !busy || Instant::now() >= deadline {
+                return;
+            }
+            let _ = tokio::time::timeout_at(deadline.into(), released).await;
+        }
+    }
+
+    /// A connection bound to `tenant`, within the budget of its server.
+    pub(crate) async fn acquire(&self, tenant: &Tenant) -> Result<PooledConn, Error> {
+        let shared = &self.shared;
+        let login = shared.login_of(tenant);
+        let key = BindingKey::of(tenant);
+        let deadline = Instant::now() + shared.config.acquire_timeout;
+        let plan = loop {
+            let released = shared.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let (plan, expired) = {
+                let mut state = shared.lock();
+                let expired = take_expired(&mut state, &shared.config);
+                let plan = shared.plan(&mut state, &login, &key);
+                if plan.is_some() {
+                    *state.in_use.entry(key.clone()).or_default() += 1;
+                }
+                (plan, expired)
+            };
+            close_all_in_background(expired);
+            if let Some(plan) = plan {
+                break plan;
+            }
+            if tokio::time::timeout_at(deadline.into(), released)
+                .await
+                .is_err()
+            {
+                shared.lock().stats.timed_out += 1;
+                return Err(Error::PoolExhausted {
+                    budget: shared.budget,
+                    waited: shared.config.acquire_timeout,
+                });
             }
         };
-        Ok(PgPoolOptions::new()
-            .max_connections(c.max_connections_per_tenant)
-            .min_connections(0)
-            .acquire_timeout(c.acquire_timeout)
-            .idle_timeout(Some(c.idle_timeout))
-            .max_lifetime(Some(c.max_lifetime))
-            .connect_lazy_with(options))
+        // From here on the guard gives the slot (and the connection) back on any exit.
+        let mut guard = PooledConn {
+            conn: None,
+            pool: self.shared.clone(),
+            key: key.clone(),
+            server: login.server.clone(),
+            dirty: false,
+            busy: false,
+            in_transaction: false,
+        };
+        let conn = match plan {
+            Plan::Idle(conn) => *conn,
+            Plan::Open(evict) => {
+                if let Some(evict) = evict {
+                    close_all_in_background(vec![*evict]);
+                }
+                guard.server = login.server.clone();
+                // The slot is counted; give it back if the connect fails.
+                guard.busy = true;
+                let raw = shared.connect(&login, tenant).await;
+                guard.busy = false;
+                match raw {
+                    Ok(raw) => Conn {
+                        raw,
+                        login: login.clone(),
+                        binding: None,
+                        epoch: 0,
+                        layout: None,
+                        tenants: HashSet::new(),
+                        created: Instant::now(),
+                        idle_since: Instant::now(),
+                    },
+                    Err(e) => {
+                        guard.forget_slot();
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        guard.conn = Some(conn);
+        guard.bind(tenant).await?;
+        Ok(guard)
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Closes the pool of `id` (after its checked-out connections come back), for
-    /// example before its schema is dropped.
-    pub async fn close_tenant(&self, id: &TenantId) {
-        let entry = self
-            .inner
-            .pools
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
-        if let Some(entry) = entry {
-            entry.pool.close().await;
+    fn login_of(&self, tenant: &Tenant) -> Login {
+        match tenant.strategy {
+            Strategy::Database => Login {
+                server: tenant.server.clone(),
+                database: Some(tenant.schema_name.clone()),
+                user: None,
+            },
+            Strategy::Row => Login {
+                server: DEFAULT_SERVER.to_owned(),
+                database: None,
+                user: self.config.row_user.clone(),
+            },
+            Strategy::Schema => Login {
+                server: DEFAULT_SERVER.to_owned(),
+                database: None,
+                user: None,
+            },
         }
     }
 
-    /// Closes every pool.
-    pub async fn close_all(&self) {
-        let entries: Vec<_> = self
-            .inner
-            .pools
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .collect();
-        for (_, entry) in entries {
-            entry.pool.close().await;
+    /// Chooses a connection for `key` under the lock, or `None` to wait.
+    fn plan(&self, state: &mut State, login: &Login, key: &BindingKey) -> Option<Plan> {
+        if let Some(cap) = self.config.max_connections_per_tenant
+            && state.in_use.get(key).copied().unwrap_or(0) >= cap
+        {
+            return None;
+        }
+        let epoch = state.epoch(&key.id);
+        // 1. An idle connection bound to this incarnation: the most recently used.
+        let mut bound: Option<usize> = None;
+        // 2. Else the least recently used idle connection of the same login.
+        let mut same_login: Option<usize> = None;
+        // 3. Else (budget full) the least recently used idle connection of this server.
+        let mut same_server: Option<usize> = None;
+        for (i, conn) in state.idle.iter().enumerate() {
+            if conn.login == *login {
+                if conn.binding.as_ref() == Some(key) && conn.epoch == epoch {
+                    if bound.is_none_or(|b| state.idle[b].idle_since < conn.idle_since) {
+                        bound = Some(i);
+                    }
+                } else if login.database.is_none()
+                    && same_login.is_none_or(|b| state.idle[b].idle_since > conn.idle_since)
+                {
+                    same_login = Some(i);
+                }
+            } else if conn.login.server == login.server
+                && same_server.is_none_or(|b| state.idle[b].idle_since > conn.idle_since)
+            {
+                same_server = Some(i);
+            }
+        }
+        if let Some(i) = bound {
+            state.stats.reused += 1;
+            return Some(Plan::Idle(Box::new(state.idle.swap_remove(i))));
+        }
+        if let Some(i) = same_login {
+            return Some(Plan::Idle(Box::new(state.idle.swap_remove(i))));
+        }
+        let open = state.open.get(&login.server).copied().unwrap_or(0);
+        if open < self.budget {
+            state.opened_one(&login.server);
+            return Some(Plan::Open(None));
+        }
+        // The budget is full: make room by closing an idle connection of another
+        // login (a cold tenant database, or the row login) on this server.
+        let victim = same_server.or_else(|| {
+            // A database tenant's idle connection bound to another tenant of the
+            // same login cannot be rebound; it can make room.
+            state
+                .idle
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.login == *login)
+                .min_by_key(|(_, c)| c.idle_since)
+                .map(|(i, _)| i)
+        })?;
+        let victim = state.idle.swap_remove(victim);
+        state.closed_one(&victim.login.server);
+        state.opened_one(&login.server);
+        Some(Plan::Open(Some(Box::new(victim))))
+    }
+
+    async fn connect(&self, login: &Login, tenant: &Tenant) -> Result<PgConnection, Error> {
+        let mut options = if login.server == DEFAULT_SERVER && login.database.is_none() {
+            self.base.clone()
+        } else {
+            self.servers.get(&login.server)?.clone()
+        };
+        if let Some(database) = &login.database {
+            options = options.database(database);
+        }
+        if options.get_application_name().is_none() {
+            // Lets operators tell tenant connections apart in `pg_stat_activity`.
+            options = options.application_name(APPLICATION_NAME);
+        }
+        if let Some(user) = &login.user {
+            options = options.username(user);
+            if let Some(password) = &self.config.row_password {
+                options = options.password(password);
+            }
+        }
+        let connect = options.connect();
+        match tokio::time::timeout(self.config.acquire_timeout, connect).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => {
+                tracing::warn!(tenant = %tenant.id, error = %e, "could not open a tenant connection");
+                Err(e.into())
+            }
+            Err(_) => Err(Error::PoolExhausted {
+                budget: self.budget,
+                waited: self.config.acquire_timeout,
+            }),
         }
     }
 
-    /// Pools open now.
-    pub fn open_pools(&self) -> usize {
-        self.read().len()
-    }
-
-    /// Counters of pool activity.
-    pub fn stats(&self) -> PoolStats {
-        PoolStats {
-            open: self.open_pools(),
-            opened: self.inner.opened.load(Ordering::Relaxed),
-            evicted: self.inner.evicted.load(Ordering::Relaxed),
+    /// The session state that scopes `tenant`: `(search_path, tenant setting, role)`.
+    fn binding_of(&self, tenant: &Tenant) -> (String, String, String) {
+        let c = &self.config;
+        match tenant.strategy {
+            Strategy::Schema | Strategy::Database => (
+                search_path(&tenant.id, c.shared_schema.as_deref()),
+                String::new(),
+                "none".to_owned(),
+            ),
+            Strategy::Row => (
+                quote_ident(c.row_schema.as_deref().unwrap_or("public")),
+                tenant.id.as_str().to_owned(),
+                c.row_role.clone().unwrap_or_else(|| "none".to_owned()),
+            ),
         }
     }
+}
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<TenantId, Arc<Entry>>> {
-        self.inner.pools.read().unwrap_or_else(|e| e.into_inner())
+/// Idle connections past their idle timeout or lifetime, taken out of the state (and
+/// uncounted) to be closed.
+fn take_expired(state: &mut State, config: &PoolConfig) -> Vec<Conn> {
+    let now = Instant::now();
+    let mut expired = Vec::new();
+    let mut i = 0;
+    while i < state.idle.len() {
+        let c = &state.idle[i];
+        if now.duration_since(c.idle_since) >= config.idle_timeout
+            || now.duration_since(c.created) >= config.max_lifetime
+        {
+            let conn = state.idle.swap_remove(i);
+            state.closed_one(&conn.login.server);
+            expired.push(conn);
+        } else {
+            i += 1;
+        }
     }
+    expired
+}
+
+fn close_all_in_background(conns: Vec<Conn>) {
+    if conns.is_empty() {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(async move {
+                for conn in conns {
+                    let _ = conn.raw.close().await;
+                }
+            });
+        }
+        // No runtime (dropped at shutdown): the sockets simply close.
+        Err(_) => drop(conns),
+    }
+}
+
+/// A connection taken from [`TenantPools`] for one tenant; it goes back (or is reset,
+/// or closed) when dropped.
+pub(crate) struct PooledConn {
+    conn: Option<Conn>,
+    pool: Arc<Shared>,
+    key: BindingKey,
+    server: String,
+    /// A handler used the raw connection: its session state is unknown.
+    dirty: bool,
+    /// A statement of tenantry's own is in flight (a drop now means a cancellation).
+    busy: bool,
+    /// A transaction tenantry began is open.
+    in_transaction: bool,
+}
+
+impl PooledConn {
+    /// Binds the connection to `tenant` unless it is bound to its incarnation already.
+    async fn bind(&mut self, tenant: &Tenant) -> Result<(), Error> {
+        let pool = self.pool.clone();
+        let epoch = pool.lock().epoch(&tenant.id);
+        let conn = self.conn.as_mut().expect("a connection");
+        if conn.binding.as_ref() == Some(&self.key) && conn.epoch == epoch {
+            return Ok(());
+        }
+        if tenant.strategy != Strategy::Database {
+            let layout = Layout {
+                strategy: tenant.strategy,
+                version: tenant.schema_version,
+            };
+            let (path, setting, role) = pool.binding_of(tenant);
+            self.busy = true;
+            let conn = self.conn.as_mut().expect("a connection");
+            if conn.layout.is_some_and(|l| l != layout) && conn.raw.cached_statements_size() > 0 {
+                conn.raw.clear_cached_statements().await?;
+            }
+            // The whole binding in one round trip; values are bound, never spliced.
+            sqlx::query(
+                "SELECT set_config('search_path', $1, false), set_config($2, $3, false), \
+                 set_config('role', $4, false)",
+            )
+            .bind(path)
+            .bind(TENANT_SETTING)
+            .bind(setting)
+            .bind(role)
+            .execute(&mut conn.raw)
+            .await?;
+            conn.layout = Some(layout);
+            self.busy = false;
+            pool.lock().stats.rebound += 1;
+        }
+        let conn = self.conn.as_mut().expect("a connection");
+        conn.binding = Some(self.key.clone());
+        conn.epoch = epoch;
+        conn.tenants.insert(tenant.id.clone());
+        Ok(())
+    }
+
+    /// The connection for tenantry's own statements (which change no session state).
+    pub(crate) fn own(&mut self) -> &mut PgConnection {
+        &mut self.conn.as_mut().expect("a connection").raw
+    }
+
+    /// The connection for a handler's SQL: checked and reset before it is reused.
+    pub(crate) fn raw(&mut self) -> &mut PgConnection {
+        self.dirty = true;
+        self.own()
+    }
+
+    /// Marks a statement of tenantry's own as in flight (`true`) or finished.
+    pub(crate) fn set_busy(&mut self, busy: bool) {
+        self.busy = busy;
+    }
+
+    /// Marks a transaction tenantry began as open (`true`) or ended.
+    pub(crate) fn set_in_transaction(&mut self, open: bool) {
+        self.in_transaction = open;
+    }
+
+    /// Gives back the budget slot of a connection that was never opened.
+    fn forget_slot(&mut self) {
+        let mut state = self.pool.lock();
+        state.closed_one(&self.server);
+        state.stats.closed -= 1;
+        state.stats.opened -= 1;
+        state.release_key(&self.key);
+        drop(state);
+        self.pool.released.notify_one();
+        self.conn = None;
+        self.server.clear();
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        if self.server.is_empty() {
+            return;
+        }
+        let pool = self.pool.clone();
+        let Some(mut conn) = self.conn.take() else {
+            // Dropped while connecting: the connect future is gone with it.
+            let mut state = pool.lock();
+            state.closed_one(&self.server);
+            state.release_key(&self.key);
+            drop(state);
+            pool.released.notify_one();
+            return;
+        };
+        let config = &pool.config;
+        let worn = conn.tenants.len() >= config.max_tenants_per_connection as usize
+            || conn.created.elapsed() >= config.max_lifetime;
+        let unsure =
+            self.dirty || self.busy || self.in_transaction || conn.raw.is_in_transaction();
+        let mut state = pool.lock();
+        state.release_key(&self.key);
+        if worn {
+            state.closed_one(&conn.login.server);
+            drop(state);
+            pool.released.notify_one();
+            close_all_in_background(vec![conn]);
+            return;
+        }
+        if !unsure {
+            if conn.binding.as_ref().is_some_and(|b| state.epoch(&b.id) != conn.epoch) {
+                conn.binding = None;
+            }
+            conn.idle_since = Instant::now();
+            state.idle.push(conn);
+            drop(state);
+            pool.released.notify_one();
+            return;
+        }
+        state.stats.reset += 1;
+        drop(state);
+        // Off the request's path: reset, then back to the idle set, or closed. The
+        // slot stays counted meanwhile, so the budget holds.
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    let reset =
+                        tokio::time::timeout(Duration::from_secs(10), reset(&mut conn.raw)).await;
+                    let mut state = pool.lock();
+                    match reset {
+                        Ok(Ok(())) => {
+                            // The session state is the login's default now: unbound.
+                            conn.binding = None;
+                            conn.layout = conn.layout.filter(|_| conn.raw.cached_statements_size() > 0);
+                            conn.idle_since = Instant::now();
+                            state.idle.push(conn);
+                            drop(state);
+                        }
+                        _ => {
+                            state.closed_one(&conn.login.server);
+                            drop(state);
+                            close_all_in_background(vec![conn]);
+                        }
+                    }
+                    pool.released.notify_one();
+                });
+            }
+            Err(_) => {
+                pool.lock().closed_one(&conn.login.server);
+                pool.released.notify_one();
+            }
+        }
+    }
+}
+
+/// Returns a connection to the session state it had when it logged in: ends any
+/// transaction, and discards settings, role, temporary tables, cursors, advisory
+/// locks and `LISTEN`s. Prepared statements are kept (sqlx's statement cache owns
+/// them) unless their count no longer matches the cache, which is then cleared.
+async fn reset(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    // `transaction_timestamp() = statement_timestamp()` holds only for the first
+    // statement of a transaction: false inside a transaction block a handler opened.
+    // In a failed transaction the query itself fails.
+    let probe: Result<(bool, i64), sqlx::Error> = sqlx::query_as(
+        "SELECT transaction_timestamp() = statement_timestamp(), \
+         (SELECT count(*) FROM pg_prepared_statements)",
+    )
+    .fetch_one(&mut *conn)
+    .await;
+    let prepared = match probe {
+        Ok((true, prepared)) => prepared,
+        _ => {
+            sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
+            sqlx::query_scalar("SELECT count(*) FROM pg_prepared_statements")
+                .fetch_one(&mut *conn)
+                .await?
+        }
+    };
+    sqlx::raw_sql(
+        "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; \
+         SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES",
+    )
+    .execute(&mut *conn)
+    .await?;
+    if usize::try_from(prepared).ok() != Some(conn.cached_statements_size()) {
+        conn.clear_cached_statements().await?;
+        sqlx::raw_sql("DEALLOCATE ALL").execute(&mut *conn).await?;
+    }
+    Ok(())
 }

@@ -41,10 +41,20 @@ const REGISTRY_UPGRADES: &[&str] = &[
         built_at    timestamptz NOT NULL DEFAULT now()
     );
     "#,
+    // 3: incarnations: every tenant the registry creates gets a number never used
+    // before, so a binding to a deleted tenant never matches its successor
+    r#"
+    CREATE SEQUENCE {schema}.incarnations;
+    ALTER TABLE {schema}.tenants
+        ADD COLUMN incarnation bigint NOT NULL DEFAULT nextval('{schema}.incarnations');
+    "#,
 ];
 
-const TENANT_COLUMNS: &str =
-    "id, name, domain, strategy, status, schema_name, server, created_at, updated_at";
+/// The columns of a tenant record, `{schema}` being the quoted control schema.
+const TENANT_COLUMNS: &str = "id, name, domain, strategy, status, schema_name, server, \
+     incarnation, created_at, updated_at, \
+     (SELECT max(m.version) FROM {schema}.tenant_migrations m WHERE m.tenant_id = tenants.id) \
+     AS schema_version";
 
 /// All SQL against the registry. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -89,24 +99,26 @@ impl TenantRepository {
             )));
         }
         let q = quote_ident(control_schema);
+        let tenant_columns = TENANT_COLUMNS.replace("{schema}", &q);
+        let tenant_columns = tenant_columns.as_str();
         let sql = Sql {
-            select_by_id: format!("SELECT {TENANT_COLUMNS} FROM {q}.tenants WHERE id = $1"),
+            select_by_id: format!("SELECT {tenant_columns} FROM {q}.tenants WHERE id = $1"),
             select_all: format!(
-                "SELECT {TENANT_COLUMNS} FROM {q}.tenants WHERE status <> 'deleted' ORDER BY id"
+                "SELECT {tenant_columns} FROM {q}.tenants WHERE status <> 'deleted' ORDER BY id"
             ),
             insert: format!(
                 "INSERT INTO {q}.tenants (id, name, domain, strategy, status, schema_name, server) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {TENANT_COLUMNS}"
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {tenant_columns}"
             ),
             set_status: format!(
                 "UPDATE {q}.tenants SET status = $2, updated_at = now() WHERE id = $1 \
-                 RETURNING {TENANT_COLUMNS}"
+                 RETURNING {tenant_columns}"
             ),
             select_for_update: format!(
-                "SELECT {TENANT_COLUMNS} FROM {q}.tenants WHERE id = $1 FOR UPDATE"
+                "SELECT {tenant_columns} FROM {q}.tenants WHERE id = $1 FOR UPDATE"
             ),
             select_by_domain: format!(
-                "SELECT {TENANT_COLUMNS} FROM {q}.tenants WHERE domain = $1 AND status <> 'deleted'"
+                "SELECT {tenant_columns} FROM {q}.tenants WHERE domain = $1 AND status <> 'deleted'"
             ),
             delete_provisioning: format!(
                 "DELETE FROM {q}.tenants WHERE id = $1 AND status = 'provisioning'"
@@ -419,6 +431,8 @@ fn tenant_from_row(row: &PgRow) -> Result<Tenant, Error> {
         status: TenantStatus::from_db(&status)?,
         schema_name: row.try_get("schema_name")?,
         server: row.try_get("server")?,
+        incarnation: row.try_get("incarnation")?,
+        schema_version: row.try_get("schema_version")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })

@@ -233,6 +233,13 @@ pub struct Tenant {
     pub schema_name: String,
     /// The named server the tenant lives on (`default` unless placed elsewhere).
     pub server: String,
+    /// Which life of this id the record is: a number the registry gives every tenant
+    /// it creates, never reused. A tenant deleted and created again under the same id
+    /// is another incarnation, and no connection bound to the old one serves the new.
+    pub incarnation: i64,
+    /// The newest tenant migration applied to its schema or database (`None` for row
+    /// tenants, or before any).
+    pub schema_version: Option<i64>,
     /// When the tenant was created.
     pub created_at: DateTime<Utc>,
     /// When the tenant last changed.

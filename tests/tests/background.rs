@@ -25,10 +25,10 @@ async fn spawned_tasks_and_jobs_keep_their_tenant() {
         TenantContext::spawn(async move {
             let mut db = m.db().await?;
             let n: i64 = sqlx::query_scalar("SELECT count(*) FROM projects")
-                .fetch_one(&mut *db)
+                .fetch_one(&mut db)
                 .await?;
             let schema: String = sqlx::query_scalar("SELECT current_schema()")
-                .fetch_one(&mut *db)
+                .fetch_one(&mut db)
                 .await?;
             Ok::<_, Error>((TenantContext::tenant_id().unwrap(), n, schema))
         })

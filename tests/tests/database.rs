@@ -245,7 +245,7 @@ async fn failed_database_provisioning_leaves_nothing() {
         .await
         .unwrap();
     let local: Vec<i64> = sqlx::query_scalar("SELECT version FROM _tenantry_migrations")
-        .fetch_all(&mut *tenant_db)
+        .fetch_all(&mut tenant_db)
         .await
         .unwrap();
     assert_eq!(local, [1], "the database carries its own migration record");

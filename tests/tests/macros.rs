@@ -51,7 +51,7 @@ async fn setup() -> (tenantry::testing::TestDatabase, TenantManager) {
 async fn mark(mut tx: TenantTx, body: String) -> Result<&'static str, Error> {
     sqlx::query("INSERT INTO marks (label) VALUES ($1)")
         .bind(&body)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
     match body.as_str() {
         "fail" => Err(Error::Validation("asked to fail".to_owned())),

@@ -206,7 +206,7 @@ async fn header_name_is_configurable_and_context_is_set() {
             .unwrap()
             .unwrap();
         let path: String = sqlx::query_scalar("SELECT current_setting('search_path')")
-            .fetch_one(&mut *db)
+            .fetch_one(&mut db)
             .await
             .unwrap();
         format!("{} {} {} {}", tenant.id, from_context, from_spawned, path)
@@ -256,7 +256,7 @@ async fn outside_a_scope_there_is_no_tenant_connection() {
     let inside = TenantContext::scope(Arc::clone(&tenant), async {
         let mut db = manager.db().await.unwrap();
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM projects")
-            .fetch_one(&mut *db)
+            .fetch_one(&mut db)
             .await
     })
     .await;

@@ -1,129 +1,181 @@
-//! Per-tenant pools are bounded: beyond `max_pools` the least recently used pool is
-//! closed, and an evicted tenant's next request simply reopens its pool; never an
-//! error because the cache is full, never a connection of another tenant.
+//! One budgeted pool per server: connections scale with the server, not with the
+//! tenants. The budget is never exceeded, whatever the number of tenants, strategies
+//! or clients; a request that finds no connection in time gets 503 with
+//! `Retry-After`; a slow client holds no connection.
 
 mod common;
 
-use axum::http::Method;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request};
 use common::*;
 use serde_json::json;
-use tenantry::{PoolConfig, Strategy};
+use tenantry::{PoolConfig, Strategy, TenantManager};
+use tower::ServiceExt;
 
-#[tokio::test]
-async fn pools_are_evicted_least_recently_used_first_and_reopened() {
-    let (_db, manager) = manager(PoolConfig {
-        max_pools: 3,
-        max_connections_per_tenant: 2,
+/// Samples the server's tenant connections of this test (its database and its tenant
+/// databases) until `stop`, keeping the maximum.
+fn sample_connections(
+    manager: &TenantManager,
+    prefix: String,
+    stop: Arc<AtomicBool>,
+) -> (Arc<AtomicI64>, tokio::task::JoinHandle<()>) {
+    let peak = Arc::new(AtomicI64::new(0));
+    let pool = manager.service().repository().pool().clone();
+    let seen = peak.clone();
+    let task = tokio::spawn(async move {
+        while !stop.load(Ordering::SeqCst) {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = 'tenantry'
+                   AND (datname = current_database() OR starts_with(datname, $1))",
+            )
+            .bind(&prefix)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            seen.fetch_max(n, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    (peak, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_holds_over_more_tenants_and_clients_than_connections() {
+    let budget = 3;
+    let (db, manager) = manager(PoolConfig {
+        max_connections: Some(budget),
         ..PoolConfig::default()
     })
     .await;
     let strategies = [Strategy::Schema, Strategy::Row, Strategy::Database];
-    let tenants: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
+    let tenants: Vec<String> = (0..12).map(|i| format!("p{i}")).collect();
     for (i, t) in tenants.iter().enumerate() {
         create_with(&manager, t, strategies[i % 3]).await;
     }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (peak, sampler) = sample_connections(&manager, database_prefix(&db), stop.clone());
     let app = saas_app(&manager);
-    for round in 0..4 {
-        for t in &tenants {
+    // 48 clients at once, 4 writes per tenant: every request needs a connection, and
+    // most find the budget taken.
+    let calls = (0..48).map(|n| {
+        let app = app.clone();
+        let tenant = tenants[n % tenants.len()].clone();
+        tokio::spawn(async move {
             let r = send(
                 &app,
                 Method::POST,
                 "/api/v1/data",
-                &[("x-tenant-id", t)],
-                Some(json!({"value": format!("{t}:{round}")})),
+                &[("x-tenant-id", &tenant)],
+                Some(json!({"value": format!("{tenant}:{n}")})),
             )
             .await;
-            assert_eq!(r.status, 201, "{t} round {round}: {r:?}");
-            assert!(
-                manager.pools().open_pools() <= 3,
-                "never more than max_pools open"
-            );
-        }
+            (tenant, n, r.status.as_u16())
+        })
+    });
+    for call in futures::future::join_all(calls).await {
+        let (tenant, n, status) = call.unwrap();
+        assert_eq!(status, 201, "{tenant} write {n}");
     }
-    for t in &tenants {
-        let r = send(
-            &app,
-            Method::GET,
-            "/api/v1/data",
-            &[("x-tenant-id", t)],
-            None,
-        )
-        .await;
-        let values: Vec<_> = r.json["data"]
+    stop.store(true, Ordering::SeqCst);
+    sampler.await.unwrap();
+    // Every tenant reads exactly its own four rows.
+    for (i, t) in tenants.iter().enumerate() {
+        let r = send(&app, Method::GET, "/api/v1/data", &[("x-tenant-id", t)], None).await;
+        let mut values: Vec<String> = r.json["data"]
             .as_array()
             .unwrap()
             .iter()
             .map(|d| d["value"].as_str().unwrap().to_owned())
             .collect();
-        assert_eq!(
-            values,
-            (0..4)
-                .map(|round| format!("{t}:{round}"))
-                .collect::<Vec<_>>(),
-            "{t}"
-        );
+        values.sort();
+        let mut expected: Vec<String> = (0..48)
+            .filter(|n| n % tenants.len() == i)
+            .map(|n| format!("{t}:{n}"))
+            .collect();
+        expected.sort();
+        assert_eq!(values, expected, "{t} reads only its own rows");
     }
     let stats = manager.pools().stats();
-    assert!(stats.evicted >= 20, "{stats:?}");
-    assert_eq!(stats.opened, stats.evicted + stats.open as u64);
+    eprintln!("{stats:?}, peak seen by the server {}", peak.load(Ordering::SeqCst));
+    assert!(stats.peak_open <= budget as usize, "{stats:?}");
+    assert!(
+        peak.load(Ordering::SeqCst) <= budget as i64,
+        "the server saw {} tenant connections, budget {budget}",
+        peak.load(Ordering::SeqCst)
+    );
+    assert!(stats.rebound > 0, "schema and row tenants shared connections: {stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_requests_never_fail_because_pools_are_evicted() {
-    let (db, manager) = manager(PoolConfig {
-        max_pools: 2,
-        max_connections_per_tenant: 1,
+async fn a_full_budget_is_503_with_retry_after_and_recovers() {
+    let (_db, manager) = manager(PoolConfig {
+        max_connections: Some(1),
+        acquire_timeout: Duration::from_millis(300),
         ..PoolConfig::default()
     })
     .await;
-    let tenants: Vec<String> = (0..6).map(|i| format!("q{i}")).collect();
-    for (i, t) in tenants.iter().enumerate() {
-        create_with(&manager, t, [Strategy::Schema, Strategy::Database][i % 2]).await;
-    }
+    create(&manager, "holder").await;
+    create(&manager, "waiter").await;
+    let holder = manager
+        .resolve(&"holder".parse().unwrap())
+        .await
+        .unwrap();
+    let mut held = manager.tenant_db(holder).await.unwrap();
+    held.conn().await.unwrap();
     let app = saas_app(&manager);
-    let calls = (0..300).map(|n| {
+    let r = send(&app, Method::GET, "/api/v1/projects", &[("x-tenant-id", "waiter")], None).await;
+    r.assert_problem(503);
+    assert_eq!(r.headers.get("retry-after").unwrap(), "1");
+    assert_eq!(manager.pools().stats().timed_out, 1);
+    drop(held);
+    let r = send(&app, Method::GET, "/api/v1/projects", &[("x-tenant-id", "waiter")], None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_body_holds_no_connection() {
+    let (_db, manager) = manager(PoolConfig {
+        max_connections: Some(1),
+        acquire_timeout: Duration::from_millis(500),
+        ..PoolConfig::default()
+    })
+    .await;
+    create(&manager, "slow").await;
+    create(&manager, "fast").await;
+    let app = saas_app(&manager);
+    // Four clients send headers and then nothing of their bodies.
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let body = Body::from_stream(futures::stream::pending::<Result<Vec<u8>, std::io::Error>>());
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri("/api/v1/projects")
+            .header("x-tenant-id", "slow")
+            .header("content-type", "application/json")
+            .body(body)
+            .unwrap();
         let app = app.clone();
-        let tenant = tenants[n * 7 % tenants.len()].clone();
-        tokio::spawn(async move {
-            let path = if n % 2 == 0 {
-                "/api/v1/projects"
-            } else {
-                "/api/v1/data"
-            };
-            send(&app, Method::GET, path, &[("x-tenant-id", &tenant)], None)
-                .await
-                .status
-        })
-    });
-    for status in futures::future::join_all(calls).await {
-        assert_eq!(status.unwrap(), 200);
+        slow.push(tokio::spawn(async move { app.oneshot(request).await }));
     }
-    assert!(manager.pools().stats().evicted > 0);
-    // Evicted pools are not leaked: once their last user let go, their connections
-    // closed. Still open: at most the two pools' connections (one each).
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let tenant_connections: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE backend_type = 'client backend' AND starts_with(datname, $1)",
-    )
-    .bind(database_prefix(&db))
-    .fetch_one(manager.service().repository().pool())
-    .await
-    .unwrap();
-    let schema_tenant_connections: i64 = sqlx::query_scalar(
-        r#"SELECT count(*) FROM pg_stat_activity a
-           WHERE a.backend_type = 'client backend' AND a.datname = current_database()
-             AND a.pid <> pg_backend_pid()
-             AND (a.query LIKE '%FROM "projects"%' OR a.query LIKE '%FROM "data"%')"#,
-    )
-    .fetch_one(manager.service().repository().pool())
-    .await
-    .unwrap();
-    eprintln!(
-        "database-tenant connections {tenant_connections}, schema-tenant connections {schema_tenant_connections}"
-    );
-    assert!(
-        tenant_connections + schema_tenant_connections <= 2,
-        "connections left open"
-    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        let r = send(
+            &app,
+            Method::POST,
+            "/api/v1/projects",
+            &[("x-tenant-id", "fast")],
+            Some(json!({"name": "quick"})),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+    assert_eq!(manager.pools().stats().timed_out, 0);
+    for task in slow {
+        task.abort();
+    }
 }

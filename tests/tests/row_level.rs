@@ -83,38 +83,38 @@ async fn unfiltered_queries_see_only_their_tenant() {
     for label in ["a1", "a2"] {
         sqlx::query(insert)
             .bind(label)
-            .execute(&mut *acme)
+            .execute(&mut acme)
             .await
             .unwrap();
     }
     sqlx::query(insert)
         .bind("g1")
-        .execute(&mut *globex)
+        .execute(&mut globex)
         .await
         .unwrap();
     let seen: Vec<String> = sqlx::query_scalar("SELECT label FROM items ORDER BY label")
-        .fetch_all(&mut *acme)
+        .fetch_all(&mut acme)
         .await
         .unwrap();
     assert_eq!(seen, ["a1", "a2"]);
     let seen: Vec<String> = sqlx::query_scalar("SELECT label FROM items")
-        .fetch_all(&mut *globex)
+        .fetch_all(&mut globex)
         .await
         .unwrap();
     assert_eq!(seen, ["g1"]);
     // Writing another tenant's row is rejected (WITH CHECK); updating or deleting
     // another tenant's rows touches nothing (USING).
     let forged = sqlx::query("INSERT INTO items (tenant_id, label) VALUES ('globex', 'forged')")
-        .execute(&mut *acme)
+        .execute(&mut acme)
         .await;
     assert!(forged.is_err(), "{forged:?}");
     let moved = sqlx::query("UPDATE items SET tenant_id = 'globex'")
-        .execute(&mut *acme)
+        .execute(&mut acme)
         .await;
     assert!(moved.is_err(), "moving rows to another tenant is rejected");
     assert_eq!(
         sqlx::query("UPDATE items SET label = 'x' WHERE label = 'g1'")
-            .execute(&mut *acme)
+            .execute(&mut acme)
             .await
             .unwrap()
             .rows_affected(),
@@ -122,7 +122,7 @@ async fn unfiltered_queries_see_only_their_tenant() {
     );
     assert_eq!(
         sqlx::query("DELETE FROM items")
-            .execute(&mut *globex)
+            .execute(&mut globex)
             .await
             .unwrap()
             .rows_affected(),
@@ -135,7 +135,7 @@ async fn unfiltered_queries_see_only_their_tenant() {
     assert_eq!(left, 2, "globex's delete took only its own row");
     // The handle cannot escape: it is not a superuser and cannot switch the setting's
     // meaning by changing roles.
-    let escalate = sqlx::query("SET ROLE postgres").execute(&mut *acme).await;
+    let escalate = sqlx::query("SET ROLE postgres").execute(&mut acme).await;
     assert!(escalate.is_err());
 
     // With no tenant set (the app role, connected directly): nothing visible, writes rejected.
@@ -172,17 +172,17 @@ async fn leaky_functions_never_see_another_tenants_rows() {
          CREATE FUNCTION pg_temp.f_leak(t text) RETURNS bool COST 0.0000001 LANGUAGE plpgsql
              AS $$ BEGIN INSERT INTO pg_temp.leaked VALUES (t); RETURN true; END $$;",
     )
-    .execute(&mut *acme)
+    .execute(&mut acme)
     .await
     .unwrap();
     let rows: Vec<String> =
         sqlx::query_scalar("SELECT label FROM items WHERE pg_temp.f_leak(label)")
-            .fetch_all(&mut *acme)
+            .fetch_all(&mut acme)
             .await
             .unwrap();
     assert_eq!(rows, ["acme secret"]);
     let leaked: Vec<String> = sqlx::query_scalar("SELECT v FROM pg_temp.leaked")
-        .fetch_all(&mut *acme)
+        .fetch_all(&mut acme)
         .await
         .unwrap();
     assert_eq!(
@@ -313,13 +313,13 @@ async fn schema_and_row_tenants_side_by_side() {
     create(&s.manager, "schemaful").await;
     let mut schema_db = db_for(&s.manager, "schemaful").await;
     let path: String = sqlx::query_scalar("SELECT current_setting('search_path')")
-        .fetch_one(&mut *schema_db)
+        .fetch_one(&mut schema_db)
         .await
         .unwrap();
     assert_eq!(path, "\"tenant_schemaful\"", "only its own schema");
     let setting: Option<String> =
         sqlx::query_scalar("SELECT current_setting('tenantry.tenant_id', true)")
-            .fetch_one(&mut *schema_db)
+            .fetch_one(&mut schema_db)
             .await
             .unwrap();
     assert!(

@@ -7,7 +7,7 @@ async fn handler<S>(State(state): State<S>, mut db: TenantDb) -> Result<String, 
 where
     S: Clone + Send + Sync + std::fmt::Debug + 'static,
 {
-    let n: i64 = sqlx::query_scalar("SELECT 1").fetch_one(&mut *db).await?;
+    let n: i64 = sqlx::query_scalar("SELECT 1").fetch_one(&mut db).await?;
     Ok(format!("{state:?} {n}"))
 }
 
