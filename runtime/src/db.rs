@@ -14,14 +14,18 @@ use sqlx::{Either, Execute, Executor, PgConnection, Postgres, SqlStr};
 
 use crate::error::Error;
 use crate::pool::{PooledConn, TenantPools};
-use crate::tenant::Tenant;
+use crate::repository::TenantRepository;
+use crate::tenant::{Tenant, TenantStatus};
 
 /// Where a handle gets its connection, and the tenant's invalidation epoch when the
-/// handle was made: a handle whose tenant changed meanwhile (suspended, deleted,
-/// re-created, placed elsewhere) refuses to bind.
+/// handle was made. If the tenant was invalidated since (a change here or in another
+/// instance), the handle's record may be stale: the registry is asked before the
+/// connection is used, and a tenant that is gone, suspended or another incarnation
+/// now is refused.
 #[derive(Clone)]
 pub(crate) struct Source {
     pub(crate) pools: TenantPools,
+    pub(crate) registry: TenantRepository,
     pub(crate) epoch: u64,
 }
 
@@ -29,7 +33,25 @@ impl Source {
     async fn acquire(&self, tenant: &Tenant) -> Result<PooledConn, Error> {
         let conn = self.pools.acquire(tenant).await?;
         if self.pools.epoch(&tenant.id) != self.epoch {
-            return Err(Error::TenantChanged(tenant.id.clone()));
+            match self.registry.find(&tenant.id).await? {
+                Some(now) if now.incarnation != tenant.incarnation => {
+                    return Err(Error::TenantChanged(tenant.id.clone()));
+                }
+                Some(now) if now.status == TenantStatus::Deleted => {
+                    return Err(Error::TenantNotFound(tenant.id.clone()));
+                }
+                Some(now) if now.status != TenantStatus::Active => {
+                    return Err(Error::TenantNotActive {
+                        id: now.id,
+                        status: now.status,
+                    });
+                }
+                Some(now) if now.strategy != tenant.strategy || now.server != tenant.server => {
+                    return Err(Error::TenantChanged(tenant.id.clone()));
+                }
+                Some(_) => {}
+                None => return Err(Error::TenantNotFound(tenant.id.clone())),
+            }
         }
         Ok(conn)
     }

@@ -591,6 +591,7 @@ impl TenantManager {
     fn source(&self, tenant: &Tenant) -> Source {
         Source {
             pools: self.inner.pools.clone(),
+            registry: self.inner.service.repository().clone(),
             epoch: self.inner.pools.epoch(&tenant.id),
         }
     }

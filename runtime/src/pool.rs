@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, PgConnection};
+use sqlx::{ConnectOptions, Connection, PgConnection, Row};
 use tokio::sync::Notify;
 
 use crate::error::Error;
@@ -905,13 +905,15 @@ impl Drop for PooledConn {
 async fn reset(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     // `transaction_timestamp() = statement_timestamp()` holds only for the first
     // statement of a transaction: false inside a transaction block a handler opened.
+    // (Sent as a simple query: in the extended protocol the two timestamps differ.)
     // In a failed transaction the query itself fails.
-    let probe: Result<(bool, i64), sqlx::Error> = sqlx::query_as(
+    let probe = sqlx::raw_sql(
         "SELECT transaction_timestamp() = statement_timestamp(), \
          (SELECT count(*) FROM pg_prepared_statements)",
     )
     .fetch_one(&mut *conn)
-    .await;
+    .await
+    .and_then(|row| Ok((row.try_get::<bool, _>(0)?, row.try_get::<i64, _>(1)?)));
     let prepared = match probe {
         Ok((true, prepared)) => prepared,
         _ => {
