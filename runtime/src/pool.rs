@@ -298,7 +298,8 @@ struct Shared {
     config: PoolConfig,
     budget: u32,
     state: Mutex<State>,
-    released: Notify,
+    /// Signalled when a connection of the server (by name) is released or closed.
+    released: HashMap<String, Notify>,
 }
 
 /// The tenant connections of every server, within each server's budget. Cheap to
@@ -344,16 +345,47 @@ impl TenantPools {
         budget: u32,
     ) -> Self {
         let budget = config.max_connections.unwrap_or(budget).max(1);
-        Self {
+        let mut servers = servers;
+        if servers.named.get(DEFAULT_SERVER).is_none() {
+            servers.add(DEFAULT_SERVER, base.clone());
+        }
+        let pools = Self {
             shared: Arc::new(Shared {
                 base,
-                servers,
                 config,
                 budget,
                 state: Mutex::new(State::default()),
-                released: Notify::new(),
+                released: servers
+                    .named
+                    .keys()
+                    .map(|name| (name.clone(), Notify::new()))
+                    .collect(),
+                servers,
             }),
-        }
+        };
+        pools.spawn_reaper();
+        pools
+    }
+
+    /// Closes idle connections past their idle timeout or lifetime, in the
+    /// background, until the pools are dropped.
+    fn spawn_reaper(&self) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(&self.shared);
+        let period = (self.shared.config.idle_timeout / 2).max(Duration::from_secs(1));
+        handle.spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(shared) = weak.upgrade() else { return };
+                let expired = take_expired(&mut shared.lock(), &shared.config);
+                if !expired.is_empty() {
+                    shared.notify_all();
+                }
+                close_all_in_background(expired);
+            }
+        });
     }
 
     /// The configuration.
@@ -407,7 +439,7 @@ impl TenantPools {
             closing
         };
         if !closing.is_empty() {
-            self.shared.released.notify_waiters();
+            self.shared.notify_all();
         }
         close_all_in_background(closing);
     }
@@ -431,7 +463,7 @@ impl TenantPools {
             }
             closing
         };
-        self.shared.released.notify_waiters();
+        self.shared.notify_all();
         close_all_in_background(closing);
     }
 
@@ -452,7 +484,7 @@ impl TenantPools {
             }
             idle
         };
-        self.shared.released.notify_waiters();
+        self.shared.notify_all();
         for conn in idle {
             let _ = conn.raw.close().await;
         }
@@ -465,14 +497,11 @@ impl TenantPools {
         self.invalidate(id);
         let deadline = Instant::now() + self.shared.config.acquire_timeout;
         loop {
-            let released = self.shared.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
             let busy = self.shared.lock().in_use.keys().any(|k| &k.id == id);
             if !busy || Instant::now() >= deadline {
                 return;
             }
-            let _ = tokio::time::timeout_at(deadline.into(), released).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -482,8 +511,13 @@ impl TenantPools {
         let login = shared.login_of(tenant);
         let key = BindingKey::of(tenant);
         let deadline = Instant::now() + shared.config.acquire_timeout;
+        let Some(released_signal) = shared.released.get(&login.server) else {
+            return Err(shared.servers.get(&login.server).err().unwrap_or_else(|| {
+                Error::Registry(format!("no connection signal for server `{}`", login.server))
+            }));
+        };
         let plan = loop {
-            let released = shared.released.notified();
+            let released = released_signal.notified();
             tokio::pin!(released);
             released.as_mut().enable();
             let (plan, expired) = {
@@ -556,6 +590,20 @@ impl TenantPools {
 }
 
 impl Shared {
+    /// Wakes one request waiting for a connection of `server`.
+    fn notify(&self, server: &str) {
+        if let Some(n) = self.released.get(server) {
+            n.notify_one();
+        }
+    }
+
+    /// Wakes every waiting request.
+    fn notify_all(&self) {
+        for n in self.released.values() {
+            n.notify_waiters();
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -817,7 +865,7 @@ impl PooledConn {
         state.stats.opened -= 1;
         state.release_key(&self.key);
         drop(state);
-        self.pool.released.notify_one();
+        self.pool.notify(&self.server);
         self.conn = None;
         self.server.clear();
     }
@@ -835,7 +883,7 @@ impl Drop for PooledConn {
             state.closed_one(&self.server);
             state.release_key(&self.key);
             drop(state);
-            pool.released.notify_one();
+            pool.notify(&self.server);
             return;
         };
         let config = &pool.config;
@@ -848,7 +896,7 @@ impl Drop for PooledConn {
         if worn {
             state.closed_one(&conn.login.server);
             drop(state);
-            pool.released.notify_one();
+            pool.notify(&self.server);
             close_all_in_background(vec![conn]);
             return;
         }
@@ -859,13 +907,14 @@ impl Drop for PooledConn {
             conn.idle_since = Instant::now();
             state.idle.push(conn);
             drop(state);
-            pool.released.notify_one();
+            pool.notify(&self.server);
             return;
         }
         state.stats.reset += 1;
         drop(state);
         // Off the request's path: reset, then back to the idle set, or closed. The
         // slot stays counted meanwhile, so the budget holds.
+        let server = std::mem::take(&mut self.server);
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 handle.spawn(async move {
@@ -887,12 +936,12 @@ impl Drop for PooledConn {
                             close_all_in_background(vec![conn]);
                         }
                     }
-                    pool.released.notify_one();
+                    pool.notify(&server);
                 });
             }
             Err(_) => {
                 pool.lock().closed_one(&conn.login.server);
-                pool.released.notify_one();
+                pool.notify(&server);
             }
         }
     }

@@ -17,7 +17,9 @@ use common::*;
 use http_body_util::BodyExt;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use tenantry::{Error, PoolConfig, Strategy, TenantLayer, TenantManager, TenantTx};
+use tenantry::{
+    CurrentTenant, Error, PoolConfig, Strategy, TenantDb, TenantLayer, TenantManager, TenantTx,
+};
 use tower::ServiceExt;
 
 const TENANTS: usize = 20;
@@ -33,6 +35,58 @@ async fn insert_then_fail(mut tx: TenantTx, body: String) -> Result<StatusCode, 
     Err(Error::Validation(
         "injected failure after the insert".to_owned(),
     ))
+}
+
+/// Changes its connection's session every way a handler could: another tenant's
+/// schema and setting, and a transaction left open. None of it may reach the next
+/// request on this connection.
+async fn mess(mut db: TenantDb) -> Result<StatusCode, Error> {
+    sqlx::raw_sql(
+        "SET search_path TO tenant_soak_00, shared;
+         SELECT set_config('tenantry.tenant_id', 'soak-00', false);
+         SET statement_timeout = 5000;
+         BEGIN;
+         SELECT 1;",
+    )
+    .execute(&mut db)
+    .await?;
+    Ok(StatusCode::OK)
+}
+
+/// Writes a row naming the incarnation that served it, for tenants that are deleted
+/// and re-created during the run.
+async fn churn_write(
+    CurrentTenant(tenant): CurrentTenant,
+    mut db: TenantDb,
+    body: String,
+) -> Result<StatusCode, Error> {
+    sqlx::query("INSERT INTO projects (name) VALUES ($1)")
+        .bind(format!("{}:{}:{body}", tenant.id, tenant.incarnation))
+        .execute(&mut db)
+        .await?;
+    Ok(StatusCode::CREATED)
+}
+
+const CHURN: [&str; 2] = ["churn-0", "churn-1"];
+
+/// Deletes and re-creates the churn tenants (alternating schema and row) until `stop`.
+async fn churn(manager: TenantManager, stop: Arc<std::sync::atomic::AtomicBool>) -> usize {
+    let mut lives = 0;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        for (i, id) in CHURN.iter().enumerate() {
+            let id: tenantry::TenantId = id.parse().unwrap();
+            manager.suspend_tenant(&id).await.unwrap();
+            manager.delete_tenant(&id).await.unwrap();
+            let strategy = if (lives + i) % 2 == 0 { Strategy::Row } else { Strategy::Schema };
+            manager
+                .create_tenant(tenantry::NewTenant::new(id, "churn").with_strategy(strategy))
+                .await
+                .unwrap();
+            lives += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    lives
 }
 
 #[derive(Default)]
@@ -71,8 +125,10 @@ impl Mix {
     }
 }
 
-/// `budget` connections for 20 tenants: most requests rebind a connection.
-async fn soak(pool_size: u32, mix: Mix) {
+/// `budget` connections for 20 tenants: most requests rebind a connection. With
+/// `churn`, two more tenants are deleted and re-created (switching strategy) all along,
+/// while requests write to them.
+async fn soak(pool_size: u32, mix: Mix, with_churn: bool) {
     let (_db, manager) = manager(PoolConfig {
         max_connections: Some(pool_size),
         ..PoolConfig::default()
@@ -81,9 +137,16 @@ async fn soak(pool_size: u32, mix: Mix) {
     for i in 0..TENANTS {
         create_with(&manager, &tenant_name(i), mix.strategy(i)).await;
     }
+    for id in CHURN {
+        create_with(&manager, id, Strategy::Row).await;
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churner = with_churn.then(|| tokio::spawn(churn(manager.clone(), stop.clone())));
     let app: Router = saas_app(&manager).merge(
         Router::new()
             .route("/test/insert-then-fail", post(insert_then_fail))
+            .route("/test/mess", post(mess))
+            .route("/test/churn-write", post(churn_write))
             .layer(TenantLayer::new(manager.clone())),
     );
     let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -100,10 +163,15 @@ async fn soak(pool_size: u32, mix: Mix) {
                 if n >= OPERATIONS {
                     break;
                 }
-                let tenant = tenant_name(rng.random_range(0..TENANTS));
+                let mut tenant = tenant_name(rng.random_range(0..TENANTS));
                 let marker = format!("{tenant}:{n}");
-                let kind = rng.random_range(0..10);
+                let kind = rng.random_range(0..12);
+                if kind == 11 {
+                    tenant = CHURN[n % CHURN.len()].to_owned();
+                }
                 let (method, uri, body) = match kind {
+                    10 => ("POST", "/test/mess", None),
+                    11 => ("POST", "/test/churn-write", Some(n.to_string())),
                     0..=3 => (
                         "POST",
                         "/api/v1/projects",
@@ -177,7 +245,9 @@ async fn soak(pool_size: u32, mix: Mix) {
                             .or_default()
                             .insert(marker);
                     }
-                    (6, 400) => {}
+                    (6, 400) | (10, 200) => {}
+                    // A tenant being deleted and re-created: refused, never misplaced.
+                    (11, 201 | 403 | 404 | 503) => {}
                     (7..=9, 200) => {
                         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
                         let items = if kind == 9 {
@@ -207,6 +277,12 @@ async fn soak(pool_size: u32, mix: Mix) {
     });
     for w in futures::future::join_all(workers).await {
         w.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Some(churner) = churner {
+        let lives = churner.await.unwrap();
+        assert!(lives >= 10, "the churn re-created tenants {lives} times");
+        check_churned(&manager).await;
     }
     // Let connections dropped by cancelled requests go back to their pools.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -343,36 +419,71 @@ fn check_tenant(tenant: &str, rows: Vec<String>, l: &Ledger) {
     );
 }
 
+/// Every row of a churned tenant's current life was written by a request that this
+/// life served: none of a deleted incarnation's writes reached its successor.
+async fn check_churned(manager: &TenantManager) {
+    let pool = manager.service().repository().pool();
+    for id in CHURN {
+        let t = manager.resolve(&id.parse().unwrap()).await.unwrap();
+        let names: Vec<String> = match t.strategy {
+            Strategy::Row => sqlx::query_scalar("SELECT name FROM shared.projects WHERE tenant_id = $1")
+                .bind(id)
+                .fetch_all(pool)
+                .await
+                .unwrap(),
+            _ => {
+                let shared: i64 = sqlx::query_scalar("SELECT count(*) FROM shared.projects WHERE tenant_id = $1")
+                    .bind(id)
+                    .fetch_one(pool)
+                    .await
+                    .unwrap();
+                assert_eq!(shared, 0, "{id}: rows of a deleted row-strategy life survived");
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT name FROM {}.projects",
+                    t.schema_name
+                )))
+                .fetch_all(pool)
+                .await
+                .unwrap()
+            }
+        };
+        let own = format!("{id}:{}:", t.incarnation);
+        for name in &names {
+            assert!(name.starts_with(&own), "{id} (incarnation {}) holds {name}", t.incarnation);
+        }
+    }
+}
+
 async fn close(manager: TenantManager) {
     manager.pools().close_idle().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_schema_tenants_two_connections() {
-    soak(2, Mix::Schema).await;
+    soak(2, Mix::Schema, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_schema_tenants_eight_connections() {
-    soak(8, Mix::Schema).await;
+    soak(8, Mix::Schema, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_row_tenants_two_connections() {
-    soak(2, Mix::Row).await;
+    soak(2, Mix::Row, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_row_tenants_eight_connections() {
-    soak(8, Mix::Row).await;
+    soak(8, Mix::Row, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_database_tenants_eight_connections() {
-    soak(8, Mix::Database).await;
+    soak(8, Mix::Database, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_schema_row_and_database_tenants_mixed() {
-    soak(6, Mix::Mixed).await;
+    soak(6, Mix::Mixed, true).await;
 }

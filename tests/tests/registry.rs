@@ -34,7 +34,7 @@ async fn registry_setup_is_idempotent_and_safe_under_concurrent_start() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(versions, 2, "each of the two upgrades recorded once");
+    assert_eq!(versions, 3, "each of the three upgrades recorded once");
     // And once more, later.
     TenantManager::builder(pool.clone()).build().await.unwrap();
     let columns: Vec<String> = sqlx::query_scalar(
@@ -53,6 +53,7 @@ async fn registry_setup_is_idempotent_and_safe_under_concurrent_start() {
         "schema_name",
         "server",
         "placement",
+        "incarnation",
         "created_at",
         "updated_at",
     ] {

@@ -1,0 +1,443 @@
+//! Scale benchmark: many tenants, a random (or Zipf-skewed) tenant per request, over
+//! HTTP, against two plain servers measured in the same run:
+//!
+//! - **plain**: axum + sqlx, one table, no tenancy (the limit);
+//! - **naive**: axum + sqlx, a shared pool, `set_config('search_path', ..)` then the
+//!   query on every request (django-tenants' pattern);
+//! - **tenantry**: the `saas` quick start's router, unchanged.
+//!
+//! Every request is `GET /api/v1/projects/{id}` of one row. Servers are interleaved in
+//! rounds; figures are medians over rounds and ratios are taken within each round.
+//! Also reported: the most tenant connections the server saw at 128 clients (against
+//! the budget), and the private memory of tenant backends after a run over every
+//! schema tenant, with and without recycling.
+//!
+//! ```text
+//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
+//! cargo run --release -p tenantry-benches --bin scale_bench -- \
+//!     [--tenants 1000] [--zipf-tenants 10000] [--rounds 3] [--secs 3] [--concurrency 16]
+//! ```
+//!
+//! Uses `DATABASE_URL` (a server with the default `max_connections` is what users run),
+//! or else a throwaway PostgreSQL.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::StreamExt;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tenantry::{NewTenant, PoolConfig, Strategy, TenantId, TenantManager};
+use tenantry_benches::{arg, median};
+
+type Row = (i64, String, chrono::DateTime<chrono::Utc>);
+
+#[derive(serde::Serialize)]
+struct Project {
+    id: i64,
+    name: String,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+fn project((id, name, created_at): Row) -> Json<Project> {
+    Json(Project {
+        id,
+        name,
+        created_at,
+    })
+}
+
+/// One table, no tenancy.
+async fn plain(State(pool): State<PgPool>, Path(id): Path<i64>) -> Result<Json<Project>, tenantry::Error> {
+    let row: Row = sqlx::query_as("SELECT id, name, created_at FROM projects WHERE id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await?;
+    Ok(project(row))
+}
+
+/// The SET-per-request pattern: set the search path, then query, on a shared pool.
+async fn naive(
+    State(pool): State<PgPool>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Json<Project>, tenantry::Error> {
+    let tenant: TenantId = headers
+        .get("x-tenant-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .parse()?;
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SELECT set_config('search_path', $1, false)")
+        .bind(tenant.schema_name())
+        .execute(&mut *conn)
+        .await?;
+    let row: Row = sqlx::query_as("SELECT id, name, created_at FROM projects WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(project(row))
+}
+
+async fn serve(app: Router) -> Result<SocketAddr, std::io::Error> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(addr)
+}
+
+/// Which tenant each request names.
+#[derive(Clone)]
+enum Traffic {
+    /// One of `n` (with the project id of each), uniformly at random.
+    Uniform(Arc<Vec<(String, i64)>>),
+    /// Zipf(s) over the tenants: the k-th most popular with weight 1/k^s.
+    Zipf(Arc<Vec<(String, i64)>>, Arc<Vec<f64>>),
+}
+
+impl Traffic {
+    fn zipf(tenants: Arc<Vec<(String, i64)>>, s: f64) -> Self {
+        let mut cdf = Vec::with_capacity(tenants.len());
+        let mut sum = 0.0;
+        for k in 1..=tenants.len() {
+            sum += 1.0 / (k as f64).powf(s);
+            cdf.push(sum);
+        }
+        for c in &mut cdf {
+            *c /= sum;
+        }
+        Traffic::Zipf(tenants, Arc::new(cdf))
+    }
+
+    fn pick(&self, rng: &mut StdRng) -> &(String, i64) {
+        match self {
+            Traffic::Uniform(t) => &t[rng.random_range(0..t.len())],
+            Traffic::Zipf(t, cdf) => {
+                let u: f64 = rng.random_range(0.0..1.0);
+                let i = cdf.partition_point(|c| *c < u).min(t.len() - 1);
+                &t[i]
+            }
+        }
+    }
+}
+
+struct Figures {
+    rps: f64,
+    errors: usize,
+}
+
+async fn drive(addr: SocketAddr, traffic: &Traffic, concurrency: usize, secs: f64) -> Figures {
+    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(concurrency)
+        .build_http();
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let started = Instant::now();
+    let tasks = (0..concurrency).map(|c| {
+        let client = client.clone();
+        let traffic = traffic.clone();
+        tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(0x5ca1e + c as u64);
+            let (mut ok, mut errors) = (0usize, 0usize);
+            while Instant::now() < deadline {
+                let (tenant, id) = traffic.pick(&mut rng);
+                let request = hyper::Request::get(format!("http://{addr}/api/v1/projects/{id}"))
+                    .header("x-tenant-id", tenant.as_str())
+                    .body(Empty::<Bytes>::new())
+                    .expect("a valid request");
+                match client.request(request).await {
+                    Ok(response) => {
+                        let success = response.status().is_success();
+                        let _ = response.into_body().collect().await;
+                        if success {
+                            ok += 1;
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            (ok, errors)
+        })
+    });
+    let (mut ok, mut errors) = (0, 0);
+    for r in futures::future::join_all(tasks).await {
+        let (o, e) = r.expect("a load task");
+        ok += o;
+        errors += e;
+    }
+    Figures {
+        rps: ok as f64 / started.elapsed().as_secs_f64(),
+        errors,
+    }
+}
+
+/// Tenant connections the server has open now (`application_name = 'tenantry'`).
+async fn tenant_connections(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tenantry' AND datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap_or(-1)
+}
+
+/// The private memory (RssAnon) of the largest tenant backend, in KB, when the server
+/// runs on this machine.
+async fn largest_backend_kb(pool: &PgPool) -> Option<u64> {
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'tenantry' AND datname = current_database()",
+    )
+    .fetch_all(pool)
+    .await
+    .ok()?;
+    pids.iter()
+        .filter_map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            status
+                .lines()
+                .find(|l| l.starts_with("RssAnon:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .max()
+}
+
+async fn manager(pool: &PgPool, config: PoolConfig) -> Result<TenantManager, tenantry::Error> {
+    TenantManager::builder(pool.clone())
+        .migrations(saas::tenant_migrations())
+        .listen_for_changes(false)
+        .pool_config(PoolConfig {
+            row_schema: Some("shared".to_owned()),
+            row_role: Some(saas::ROW_ROLE.to_owned()),
+            ..config
+        })
+        .build()
+        .await
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("scale_bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let tenants = arg("--tenants", 1000)?;
+    let zipf_tenants = arg("--zipf-tenants", 10_000)?.max(tenants);
+    let rounds = arg("--rounds", 3)?.max(1);
+    let secs = arg("--secs", 3)?.max(1) as f64;
+    let concurrency = arg("--concurrency", 16)?.max(1);
+    let db = tenantry::testing::TestDatabase::create().await?;
+    let pool = PgPoolOptions::new().max_connections(8).connect(db.url()).await?;
+    let admin = PgPoolOptions::new().max_connections(4).connect(db.url()).await?;
+    let server_max: String = sqlx::query_scalar("SHOW max_connections").fetch_one(&admin).await?;
+    saas::prepare_database(&admin).await?;
+
+    // Tenants: `tenants` schema tenants and `zipf_tenants` row tenants, one project each.
+    let setup = manager(&admin, PoolConfig::default()).await?;
+    let started = Instant::now();
+    let made: Vec<Result<_, tenantry::Error>> = futures::stream::iter(0..tenants)
+        .map(|i| {
+            let m = setup.clone();
+            async move { m.create_tenant(NewTenant::new(format!("s{i:05}").parse()?, "schema")).await }
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    for r in made {
+        r?;
+    }
+    let schema_secs = started.elapsed().as_secs_f64();
+    sqlx::raw_sql(
+        "DO $$ DECLARE s text; BEGIN
+           FOR s IN SELECT schema_name FROM tenantry.tenants WHERE strategy = 'schema' LOOP
+             EXECUTE format('INSERT INTO %I.projects (name) VALUES (''project 1'')', s);
+           END LOOP; END $$",
+    )
+    .execute(&admin)
+    .await?;
+    let started = Instant::now();
+    let made: Vec<Result<_, tenantry::Error>> = futures::stream::iter(0..zipf_tenants)
+        .map(|i| {
+            let m = setup.clone();
+            async move {
+                m.create_tenant(
+                    NewTenant::new(format!("r{i:05}").parse()?, "row").with_strategy(Strategy::Row),
+                )
+                .await
+            }
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    for r in made {
+        r?;
+    }
+    let row_secs = started.elapsed().as_secs_f64();
+    sqlx::raw_sql(
+        "INSERT INTO shared.projects (tenant_id, name)
+           SELECT id, 'project 1' FROM tenantry.tenants WHERE strategy = 'row' ORDER BY id;
+         ANALYZE shared.projects;
+         CREATE TABLE public.projects (id bigserial PRIMARY KEY, name text NOT NULL,
+                                       created_at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO public.projects (name) VALUES ('project 1');",
+    )
+    .execute(&admin)
+    .await?;
+    let row_ids: HashMap<String, i64> =
+        sqlx::query_as::<_, (String, i64)>("SELECT tenant_id, id FROM shared.projects")
+            .fetch_all(&admin)
+            .await?
+            .into_iter()
+            .collect();
+    drop(setup);
+    eprintln!(
+        "provisioned {tenants} schema tenants in {schema_secs:.1} s, {zipf_tenants} row tenants in {row_secs:.1} s"
+    );
+    let schema: Arc<Vec<(String, i64)>> =
+        Arc::new((0..tenants).map(|i| (format!("s{i:05}"), 1)).collect());
+    let rows_all: Vec<(String, i64)> = (0..zipf_tenants)
+        .map(|i| {
+            let id = format!("r{i:05}");
+            let project = row_ids[&id];
+            (id, project)
+        })
+        .collect();
+    let rows_uniform = Arc::new(rows_all[..tenants].to_vec());
+    let rows_zipf = Arc::new(rows_all);
+    let one: Arc<Vec<(String, i64)>> = Arc::new(vec![("s00000".to_owned(), 1)]);
+
+    // The servers.
+    let plain_addr = serve(Router::new().route("/api/v1/projects/{id}", get(plain)).with_state(pool.clone())).await?;
+    let naive_addr = serve(Router::new().route("/api/v1/projects/{id}", get(naive)).with_state(pool.clone())).await?;
+    let t_default = manager(&admin, PoolConfig::default()).await?;
+    let t_eight = manager(
+        &admin,
+        PoolConfig {
+            max_connections: Some(8),
+            ..PoolConfig::default()
+        },
+    )
+    .await?;
+    let t_addr = serve(saas::router(saas::AppState::new(t_default.clone(), "bench"))).await?;
+    let t8_addr = serve(saas::router(saas::AppState::new(t_eight.clone(), "bench"))).await?;
+    println!(
+        "scale_bench: server max_connections {server_max}; tenantry budget {} (default) and 8; plain and naive pools 8; {concurrency} clients, {rounds} rounds x {secs} s",
+        t_default.pools().budget()
+    );
+
+    let cases: Vec<(&str, SocketAddr, Traffic)> = vec![
+        ("plain, one table", plain_addr, Traffic::Uniform(one.clone())),
+        ("naive SET, random of schema tenants", naive_addr, Traffic::Uniform(schema.clone())),
+        ("tenantry, random of schema tenants", t_addr, Traffic::Uniform(schema.clone())),
+        ("tenantry budget 8, random of schema tenants", t8_addr, Traffic::Uniform(schema.clone())),
+        ("tenantry, random of row tenants", t_addr, Traffic::Uniform(rows_uniform.clone())),
+        ("tenantry, Zipf(1.1) over row tenants", t_addr, Traffic::zipf(rows_zipf.clone(), 1.1)),
+        ("tenantry, one schema tenant", t_addr, Traffic::Uniform(one.clone())),
+    ];
+    // Warm-up: caches of every server and a pass over the tenants.
+    for (_, addr, traffic) in &cases {
+        drive(*addr, traffic, concurrency, 1.0).await;
+    }
+    let mut rps = vec![Vec::new(); cases.len()];
+    let mut errors = vec![0; cases.len()];
+    for round in 0..rounds {
+        for k in 0..cases.len() {
+            let i = (k + round) % cases.len();
+            let f = drive(cases[i].1, &cases[i].2, concurrency, secs).await;
+            rps[i].push(f.rps);
+            errors[i] += f.errors;
+        }
+    }
+    let ratio = |i: usize, base: usize| median(rps[i].iter().zip(&rps[base]).map(|(a, b)| a / b).collect());
+    println!();
+    println!("| case | tenants | requests/s (median) | errors | vs plain | vs naive |");
+    println!("|---|---|---|---|---|---|");
+    for (i, (name, _, traffic)) in cases.iter().enumerate() {
+        let n = match traffic {
+            Traffic::Uniform(t) | Traffic::Zipf(t, _) => t.len(),
+        };
+        println!(
+            "| {name} | {n} | {:.0} | {} | {:.2}x | {:.2}x |",
+            median(rps[i].clone()),
+            errors[i],
+            ratio(i, 0),
+            ratio(i, 1)
+        );
+    }
+    let stats = t_default.pools().stats();
+    println!();
+    println!(
+        "tenantry (default budget): {} connections opened, {} rebinds, {} reused bound, {} resets, peak open {}",
+        stats.opened, stats.rebound, stats.reused, stats.reset, stats.peak_open
+    );
+
+    // 128 clients against the default budget: the server's view of tenant connections.
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicI64::new(0));
+    let sampler = {
+        let (stop, peak, admin) = (stop.clone(), peak.clone(), admin.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                peak.fetch_max(tenant_connections(&admin).await, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let f = drive(t_addr, &Traffic::Uniform(schema.clone()), 128, secs * 2.0).await;
+    stop.store(true, Ordering::SeqCst);
+    sampler.await?;
+    println!(
+        "128 clients, random of {tenants} schema tenants: {:.0} requests/s, {} errors, peak tenant connections seen by the server {} (budget {})",
+        f.rps,
+        f.errors,
+        peak.load(Ordering::SeqCst),
+        t_default.pools().budget()
+    );
+
+    // Backend memory after a pass over every schema tenant, recycling on and off.
+    for (label, recycle) in [("recycle after 100 tenants", 100), ("no recycling", u32::MAX)] {
+        t_default.pools().close_idle().await;
+        t_eight.pools().close_idle().await;
+        let m = manager(
+            &admin,
+            PoolConfig {
+                max_connections: Some(4),
+                max_tenants_per_connection: recycle,
+                ..PoolConfig::default()
+            },
+        )
+        .await?;
+        let addr = serve(saas::router(saas::AppState::new(m.clone(), "bench"))).await?;
+        let list: Vec<(String, i64)> = schema.iter().cloned().collect();
+        let traffic = Traffic::Uniform(Arc::new(list));
+        drive(addr, &traffic, 4, secs * 2.0).await;
+        let kb = largest_backend_kb(&admin).await;
+        println!(
+            "backend private memory after a run over {tenants} schema tenants, 4 connections, {label}: largest {} ({} connections opened)",
+            kb.map_or("n/a (server not on this machine)".to_owned(), |kb| format!("{:.1} MB", kb as f64 / 1024.0)),
+            m.pools().stats().opened
+        );
+        m.pools().close_idle().await;
+    }
+    Ok(())
+}
