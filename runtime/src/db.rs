@@ -17,22 +17,25 @@ use crate::pool::{PooledConn, TenantPools};
 use crate::repository::TenantRepository;
 use crate::tenant::{Tenant, TenantStatus};
 
-/// Where a handle gets its connection, and the tenant's invalidation epoch when the
-/// handle was made. If the tenant was invalidated since (a change here or in another
-/// instance), the handle's record may be stale: the registry is asked before the
-/// connection is used, and a tenant that is gone, suspended or another incarnation
-/// now is refused.
+/// Where a handle gets its connection, and the invalidation generation at which the
+/// handle's tenant record was read from the registry (`None`: unknown). If the tenant
+/// was invalidated since (a change here or in another instance), the record may be
+/// stale: the registry is asked before the connection is used, and a tenant that is
+/// gone, suspended or another incarnation now is refused.
 #[derive(Clone)]
 pub(crate) struct Source {
     pub(crate) pools: TenantPools,
     pub(crate) registry: TenantRepository,
-    pub(crate) epoch: u64,
+    pub(crate) read_at: Option<u64>,
 }
 
 impl Source {
     async fn acquire(&self, tenant: &Tenant) -> Result<PooledConn, Error> {
         let conn = self.pools.acquire(tenant).await?;
-        if self.pools.epoch(&tenant.id) != self.epoch {
+        if self
+            .read_at
+            .is_none_or(|generation| self.pools.changed_since(&tenant.id, generation))
+        {
             match self.registry.find(&tenant.id).await? {
                 Some(now) if now.incarnation != tenant.incarnation => {
                     return Err(Error::TenantChanged(tenant.id.clone()));
@@ -218,13 +221,13 @@ impl std::fmt::Debug for TenantTx {
     }
 }
 
-/// Errors of taking a connection, as sqlx errors (for the executor impls): a full
-/// budget is sqlx's pool timeout, so it stays a 503.
+/// Errors of taking a connection, carried through sqlx's error type by the executor
+/// impls; `From<sqlx::Error> for Error` unwraps them again, so a handler's `?` gives
+/// the same status (403, 404, 503) as the entity API would.
 fn to_sqlx(e: Error) -> sqlx::Error {
     match e {
         Error::Database(e) => e,
-        Error::PoolExhausted { .. } | Error::TenantChanged(_) => sqlx::Error::PoolTimedOut,
-        other => sqlx::Error::Protocol(other.to_string()),
+        other => sqlx::Error::AnyDriverError(Box::new(other)),
     }
 }
 

@@ -87,7 +87,20 @@ pub enum Error {
     TenantChanged(TenantId),
     /// The database answered with an error, or could not be reached.
     #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            // tenantry's own errors, carried through sqlx by a handle used as an executor.
+            sqlx::Error::AnyDriverError(inner) => match inner.downcast::<Error>() {
+                Ok(own) => *own,
+                Err(other) => Error::Database(sqlx::Error::AnyDriverError(other)),
+            },
+            other => Error::Database(other),
+        }
+    }
 }
 
 impl From<sqlx::migrate::MigrateError> for Error {

@@ -68,6 +68,8 @@ type DomainEntry = (Option<Arc<Tenant>>, Instant);
 struct Cached {
     tenant: Arc<Tenant>,
     fetched: Instant,
+    /// The invalidation generation before the record was read.
+    generation: u64,
 }
 
 impl std::fmt::Debug for TenantManager {
@@ -241,23 +243,29 @@ impl TenantManager {
             return Ok(Some(hit));
         }
         self.inner.registry_lookups.fetch_add(1, Ordering::Relaxed);
+        let generation = self.inner.pools.generation();
         let found = self.inner.service.repository().find(id).await?;
         let Some(tenant) = found.filter(|t| t.status != TenantStatus::Deleted) else {
             return Ok(None);
         };
         let tenant = Arc::new(tenant);
+        self.remember(&tenant, generation);
+        Ok(Some(tenant))
+    }
+
+    fn remember(&self, tenant: &Arc<Tenant>, generation: u64) {
         self.inner
             .cache
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(
-                id.clone(),
+                tenant.id.clone(),
                 Cached {
                     tenant: tenant.clone(),
                     fetched: Instant::now(),
+                    generation,
                 },
             );
-        Ok(Some(tenant))
     }
 
     /// The tenant with this id if it may be served now: [`Error::TenantNotFound`]
@@ -317,6 +325,7 @@ impl TenantManager {
             }
         }
         self.inner.registry_lookups.fetch_add(1, Ordering::Relaxed);
+        let generation = self.inner.pools.generation();
         let found = self
             .inner
             .service
@@ -324,6 +333,9 @@ impl TenantManager {
             .find_by_domain(domain)
             .await?
             .map(Arc::new);
+        if let Some(tenant) = &found {
+            self.remember(tenant, generation);
+        }
         let mut domains = self
             .inner
             .domains
@@ -588,11 +600,22 @@ impl TenantManager {
         Ok(TenantTx::new(self.source(&tenant), tenant))
     }
 
-    fn source(&self, tenant: &Tenant) -> Source {
+    /// Where `tenant`'s handles get connections. The record is known fresh as of the
+    /// cache entry it came from; any other record is checked against the registry
+    /// before its first connection.
+    fn source(&self, tenant: &Arc<Tenant>) -> Source {
+        let read_at = self
+            .inner
+            .cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&tenant.id)
+            .filter(|c| Arc::ptr_eq(&c.tenant, tenant))
+            .map(|c| c.generation);
         Source {
             pools: self.inner.pools.clone(),
             registry: self.inner.service.repository().clone(),
-            epoch: self.inner.pools.epoch(&tenant.id),
+            read_at,
         }
     }
 

@@ -260,6 +260,11 @@ struct State {
     epochs: HashMap<TenantId, u64>,
     /// Bumped when every binding is dropped at once.
     global_epoch: u64,
+    /// Counts invalidations; with the two maps below it tells whether a tenant record
+    /// read at some generation may be stale now.
+    generation: u64,
+    changed_at: HashMap<TenantId, u64>,
+    all_changed_at: u64,
     stats: PoolStats,
 }
 
@@ -421,6 +426,9 @@ impl TenantPools {
         let closing = {
             let mut state = self.shared.lock();
             *state.epochs.entry(id.clone()).or_default() += 1;
+            state.generation += 1;
+            let generation = state.generation;
+            state.changed_at.insert(id.clone(), generation);
             let mut closing = Vec::new();
             let mut i = 0;
             while i < state.idle.len() {
@@ -449,6 +457,8 @@ impl TenantPools {
         let closing = {
             let mut state = self.shared.lock();
             state.global_epoch += 1;
+            state.generation += 1;
+            state.all_changed_at = state.generation;
             let mut closing = Vec::new();
             let mut i = 0;
             while i < state.idle.len() {
@@ -467,10 +477,16 @@ impl TenantPools {
         close_all_in_background(closing);
     }
 
-    /// The invalidation epoch of tenant `id`: it changes whenever the tenant's
-    /// bindings are dropped.
-    pub(crate) fn epoch(&self, id: &TenantId) -> u64 {
-        self.shared.lock().epoch(id)
+    /// The invalidation generation now: read it before reading a tenant record, and
+    /// [`TenantPools::changed_since`] tells later whether the record may be stale.
+    pub(crate) fn generation(&self) -> u64 {
+        self.shared.lock().generation
+    }
+
+    /// Whether tenant `id` (or every tenant) was invalidated after `generation`.
+    pub(crate) fn changed_since(&self, id: &TenantId, generation: u64) -> bool {
+        let state = self.shared.lock();
+        state.changed_at.get(id).copied().unwrap_or(0).max(state.all_changed_at) > generation
     }
 
     /// Closes the idle connections (connections in use close when they come back
