@@ -246,6 +246,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let rounds = arg("--rounds", 3)?.max(1);
     let secs = arg("--secs", 3)?.max(1) as f64;
     let concurrency = arg("--concurrency", 16)?.max(1);
+    let recycle = arg("--recycle", PoolConfig::default().max_tenants_per_connection as usize)?
+        .clamp(1, u32::MAX as usize) as u32;
     let db = tenantry::testing::TestDatabase::create().await?;
     let pool = PgPoolOptions::new().max_connections(8).connect(db.url()).await?;
     let admin = PgPoolOptions::new().max_connections(4).connect(db.url()).await?;
@@ -329,11 +331,19 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // The servers.
     let plain_addr = serve(Router::new().route("/api/v1/projects/{id}", get(plain)).with_state(pool.clone())).await?;
     let naive_addr = serve(Router::new().route("/api/v1/projects/{id}", get(naive)).with_state(pool.clone())).await?;
-    let t_default = manager(&admin, PoolConfig::default()).await?;
+    let t_default = manager(
+        &admin,
+        PoolConfig {
+            max_tenants_per_connection: recycle,
+            ..PoolConfig::default()
+        },
+    )
+    .await?;
     let t_eight = manager(
         &admin,
         PoolConfig {
             max_connections: Some(8),
+            max_tenants_per_connection: recycle,
             ..PoolConfig::default()
         },
     )
@@ -341,7 +351,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let t_addr = serve(saas::router(saas::AppState::new(t_default.clone(), "bench"))).await?;
     let t8_addr = serve(saas::router(saas::AppState::new(t_eight.clone(), "bench"))).await?;
     println!(
-        "scale_bench: server max_connections {server_max}; tenantry budget {} (default) and 8; plain and naive pools 8; {concurrency} clients, {rounds} rounds x {secs} s",
+        "scale_bench: server max_connections {server_max}; tenantry budget {} (default) and 8, recycling after {recycle} tenants; plain and naive pools 8; {concurrency} clients, {rounds} rounds x {secs} s",
         t_default.pools().budget()
     );
 
@@ -391,7 +401,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         stats.opened, stats.rebound, stats.reused, stats.reset, stats.peak_open
     );
 
-    // 128 clients against the default budget: the server's view of tenant connections.
+    // 128 clients against the default budget: the server's view of tenant connections
+    // (the other manager's connections closed first, so that only this one's count).
+    t_eight.pools().close_idle().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicI64::new(0));
     let sampler = {
@@ -407,10 +420,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     stop.store(true, Ordering::SeqCst);
     sampler.await?;
     println!(
-        "128 clients, random of {tenants} schema tenants: {:.0} requests/s, {} errors, peak tenant connections seen by the server {} (budget {})",
+        "128 clients, random of {tenants} schema tenants: {:.0} requests/s, {} errors, peak tenant connections seen by the server {}, by the pool {} (budget {})",
         f.rps,
         f.errors,
         peak.load(Ordering::SeqCst),
+        t_default.pools().stats().peak_open,
         t_default.pools().budget()
     );
 
