@@ -62,7 +62,10 @@ fn project((id, name, created_at): Row) -> Json<Project> {
 }
 
 /// One table, no tenancy.
-async fn plain(State(pool): State<PgPool>, Path(id): Path<i64>) -> Result<Json<Project>, tenantry::Error> {
+async fn plain(
+    State(pool): State<PgPool>,
+    Path(id): Path<i64>,
+) -> Result<Json<Project>, tenantry::Error> {
     let row: Row = sqlx::query_as("SELECT id, name, created_at FROM projects WHERE id = $1")
         .bind(id)
         .fetch_one(&pool)
@@ -246,12 +249,23 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let rounds = arg("--rounds", 3)?.max(1);
     let secs = arg("--secs", 3)?.max(1) as f64;
     let concurrency = arg("--concurrency", 16)?.max(1);
-    let recycle = arg("--recycle", PoolConfig::default().max_tenants_per_connection as usize)?
-        .clamp(1, u32::MAX as usize) as u32;
+    let recycle = arg(
+        "--recycle",
+        PoolConfig::default().max_tenants_per_connection as usize,
+    )?
+    .clamp(1, u32::MAX as usize) as u32;
     let db = tenantry::testing::TestDatabase::create().await?;
-    let pool = PgPoolOptions::new().max_connections(8).connect(db.url()).await?;
-    let admin = PgPoolOptions::new().max_connections(4).connect(db.url()).await?;
-    let server_max: String = sqlx::query_scalar("SHOW max_connections").fetch_one(&admin).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect(db.url())
+        .await?;
+    let admin = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(db.url())
+        .await?;
+    let server_max: String = sqlx::query_scalar("SHOW max_connections")
+        .fetch_one(&admin)
+        .await?;
     saas::prepare_database(&admin).await?;
 
     // Tenants: `tenants` schema tenants and `zipf_tenants` row tenants, one project each.
@@ -260,7 +274,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let made: Vec<Result<_, tenantry::Error>> = futures::stream::iter(0..tenants)
         .map(|i| {
             let m = setup.clone();
-            async move { m.create_tenant(NewTenant::new(format!("s{i:05}").parse()?, "schema")).await }
+            async move {
+                m.create_tenant(NewTenant::new(format!("s{i:05}").parse()?, "schema"))
+                    .await
+            }
         })
         .buffer_unordered(4)
         .collect()
@@ -329,8 +346,18 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let one: Arc<Vec<(String, i64)>> = Arc::new(vec![("s00000".to_owned(), 1)]);
 
     // The servers.
-    let plain_addr = serve(Router::new().route("/api/v1/projects/{id}", get(plain)).with_state(pool.clone())).await?;
-    let naive_addr = serve(Router::new().route("/api/v1/projects/{id}", get(naive)).with_state(pool.clone())).await?;
+    let plain_addr = serve(
+        Router::new()
+            .route("/api/v1/projects/{id}", get(plain))
+            .with_state(pool.clone()),
+    )
+    .await?;
+    let naive_addr = serve(
+        Router::new()
+            .route("/api/v1/projects/{id}", get(naive))
+            .with_state(pool.clone()),
+    )
+    .await?;
     let t_default = manager(
         &admin,
         PoolConfig {
@@ -348,7 +375,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         },
     )
     .await?;
-    let t_addr = serve(saas::router(saas::AppState::new(t_default.clone(), "bench"))).await?;
+    let t_addr = serve(saas::router(saas::AppState::new(
+        t_default.clone(),
+        "bench",
+    )))
+    .await?;
     let t8_addr = serve(saas::router(saas::AppState::new(t_eight.clone(), "bench"))).await?;
     println!(
         "scale_bench: server max_connections {server_max}; tenantry budget {} (default) and 8, recycling after {recycle} tenants; plain and naive pools 8; {concurrency} clients, {rounds} rounds x {secs} s",
@@ -356,13 +387,41 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let cases: Vec<(&str, SocketAddr, Traffic)> = vec![
-        ("plain, one table", plain_addr, Traffic::Uniform(one.clone())),
-        ("naive SET, random of schema tenants", naive_addr, Traffic::Uniform(schema.clone())),
-        ("tenantry, random of schema tenants", t_addr, Traffic::Uniform(schema.clone())),
-        ("tenantry budget 8, random of schema tenants", t8_addr, Traffic::Uniform(schema.clone())),
-        ("tenantry, random of row tenants", t_addr, Traffic::Uniform(rows_uniform.clone())),
-        ("tenantry, Zipf(1.1) over row tenants", t_addr, Traffic::zipf(rows_zipf.clone(), 1.1)),
-        ("tenantry, one schema tenant", t_addr, Traffic::Uniform(one.clone())),
+        (
+            "plain, one table",
+            plain_addr,
+            Traffic::Uniform(one.clone()),
+        ),
+        (
+            "naive SET, random of schema tenants",
+            naive_addr,
+            Traffic::Uniform(schema.clone()),
+        ),
+        (
+            "tenantry, random of schema tenants",
+            t_addr,
+            Traffic::Uniform(schema.clone()),
+        ),
+        (
+            "tenantry budget 8, random of schema tenants",
+            t8_addr,
+            Traffic::Uniform(schema.clone()),
+        ),
+        (
+            "tenantry, random of row tenants",
+            t_addr,
+            Traffic::Uniform(rows_uniform.clone()),
+        ),
+        (
+            "tenantry, Zipf(1.1) over row tenants",
+            t_addr,
+            Traffic::zipf(rows_zipf.clone(), 1.1),
+        ),
+        (
+            "tenantry, one schema tenant",
+            t_addr,
+            Traffic::Uniform(one.clone()),
+        ),
     ];
     // Warm-up: caches of every server and a pass over the tenants.
     for (_, addr, traffic) in &cases {
@@ -378,7 +437,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             errors[i] += f.errors;
         }
     }
-    let ratio = |i: usize, base: usize| median(rps[i].iter().zip(&rps[base]).map(|(a, b)| a / b).collect());
+    let ratio =
+        |i: usize, base: usize| median(rps[i].iter().zip(&rps[base]).map(|(a, b)| a / b).collect());
     println!();
     println!("| case | tenants | requests/s (median) | errors | vs plain | vs naive |");
     println!("|---|---|---|---|---|---|");
@@ -429,7 +489,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // Backend memory after a pass over every schema tenant, recycling on and off.
-    for (label, recycle) in [("recycle after 100 tenants", 100), ("no recycling", u32::MAX)] {
+    for (label, recycle) in [
+        ("recycle after 100 tenants", 100),
+        ("no recycling", u32::MAX),
+    ] {
         t_default.pools().close_idle().await;
         t_eight.pools().close_idle().await;
         let m = manager(
@@ -448,7 +511,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         let kb = largest_backend_kb(&admin).await;
         println!(
             "backend private memory after a run over {tenants} schema tenants, 4 connections, {label}: largest {} ({} connections opened)",
-            kb.map_or("n/a (server not on this machine)".to_owned(), |kb| format!("{:.1} MB", kb as f64 / 1024.0)),
+            kb.map_or("n/a (server not on this machine)".to_owned(), |kb| format!(
+                "{:.1} MB",
+                kb as f64 / 1024.0
+            )),
             m.pools().stats().opened
         );
         m.pools().close_idle().await;

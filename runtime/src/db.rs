@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::{FutureExt, TryFutureExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
 use sqlx::postgres::{PgQueryResult, PgRow, PgStatement, PgTypeInfo};
 use sqlx::{Either, Execute, Executor, PgConnection, Postgres, SqlStr};
 
@@ -108,13 +108,74 @@ impl TenantDb {
     ///
     /// Whatever the caller does with it stays within this request: the connection is
     /// reset before it serves another one.
+    ///
+    /// Not available in the transaction binding ([`crate::pool::Binding::Transaction`]),
+    /// where a connection is only bound inside a transaction: use the handle itself as
+    /// an executor (each statement its own transaction) or a [`TenantTx`].
     pub async fn conn(&mut self) -> Result<&mut PgConnection, Error> {
-        Ok(self.pooled().await?.raw())
+        let pooled = self.pooled().await?;
+        if pooled.local_binding().is_some() {
+            return Err(Error::Validation(
+                "`TenantDb::conn` is not available behind a transaction pooler (`Binding::Transaction`): \
+                 use `&mut db` as the executor, or a `TenantTx`"
+                    .to_owned(),
+            ));
+        }
+        Ok(pooled.raw())
     }
 
-    /// The connection for tenantry's own statements, which change no session state.
-    pub(crate) async fn own_conn(&mut self) -> Result<&mut PgConnection, Error> {
-        Ok(self.pooled().await?.own())
+    /// Starts one statement: takes the connection, and in the transaction binding
+    /// begins the statement's own transaction. Returns whether it did. `raw`: the
+    /// statement is a handler's (the connection is checked before reuse).
+    pub(crate) async fn begin_statement(&mut self, raw: bool) -> Result<bool, Error> {
+        let pooled = self.pooled().await?;
+        if raw {
+            pooled.raw();
+        }
+        let Some(begin) = pooled.local_binding().map(str::to_owned) else {
+            return Ok(false);
+        };
+        pooled.set_busy(true);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(begin))
+            .execute(pooled.own())
+            .await?;
+        pooled.set_in_transaction(true);
+        pooled.set_busy(false);
+        Ok(true)
+    }
+
+    /// Whether statements may be prepared by name (not in the transaction binding).
+    pub(crate) fn persistent(&self) -> bool {
+        self.conn
+            .as_ref()
+            .is_none_or(|c| c.local_binding().is_none())
+    }
+
+    /// The connection of a statement begun with [`TenantDb::begin_statement`].
+    pub(crate) fn statement_conn(&mut self) -> &mut PgConnection {
+        self.conn
+            .as_mut()
+            .expect("begin_statement took a connection")
+            .own()
+    }
+
+    /// Ends a statement begun with [`TenantDb::begin_statement`]: commits its own
+    /// transaction if it had one and succeeded, else rolls it back.
+    pub(crate) async fn end_statement(&mut self, local: bool, ok: bool) -> Result<(), Error> {
+        if !local {
+            return Ok(());
+        }
+        let pooled = self
+            .conn
+            .as_mut()
+            .expect("begin_statement took a connection");
+        pooled.set_busy(true);
+        sqlx::raw_sql(if ok { "COMMIT" } else { "ROLLBACK" })
+            .execute(pooled.own())
+            .await?;
+        pooled.set_busy(false);
+        pooled.set_in_transaction(false);
+        Ok(())
     }
 
     /// Whether a connection has been taken yet.
@@ -169,9 +230,13 @@ impl TenantTx {
         let conn = self.db.pooled().await?;
         if !open {
             // Marked busy while in flight: a request cancelled now leaves a
-            // connection that is rolled back and reset before reuse.
+            // connection that is rolled back and reset before reuse. In the
+            // transaction binding, `BEGIN` carries the binding (`SET LOCAL ..`).
             conn.set_busy(true);
-            sqlx::raw_sql("BEGIN").execute(conn.own()).await?;
+            let begin = conn.local_binding().unwrap_or("BEGIN").to_owned();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(begin))
+                .execute(conn.own())
+                .await?;
             conn.set_busy(false);
             conn.set_in_transaction(true);
             self.open = true;
@@ -184,15 +249,31 @@ impl TenantTx {
         Ok(self.begun().await?.raw())
     }
 
-    pub(crate) async fn own_conn(&mut self) -> Result<&mut PgConnection, Error> {
-        Ok(self.begun().await?.own())
+    pub(crate) async fn begin_statement(&mut self, raw: bool) -> Result<bool, Error> {
+        let pooled = self.begun().await?;
+        if raw {
+            pooled.raw();
+        }
+        Ok(false)
+    }
+
+    pub(crate) fn statement_conn(&mut self) -> &mut PgConnection {
+        self.db.statement_conn()
+    }
+
+    pub(crate) fn persistent(&self) -> bool {
+        self.db.persistent()
     }
 
     async fn finish(mut self, statement: &'static str) -> Result<(), Error> {
         if !self.open {
             return Ok(());
         }
-        let conn = self.db.conn.as_mut().expect("an open transaction has a connection");
+        let conn = self
+            .db
+            .conn
+            .as_mut()
+            .expect("an open transaction has a connection");
         conn.set_busy(true);
         sqlx::raw_sql(statement).execute(conn.own()).await?;
         conn.set_busy(false);
@@ -221,6 +302,37 @@ impl std::fmt::Debug for TenantTx {
     }
 }
 
+/// A query run with named prepared statements only where they are kept: in the
+/// transaction binding (behind a pooler that may hand the next transaction to another
+/// server connection) every statement is unnamed.
+pub(crate) struct Unnamed<E> {
+    query: E,
+    persistent: bool,
+}
+
+impl<E> Unnamed<E> {
+    pub(crate) fn new(query: E, persistent: bool) -> Self {
+        Self { query, persistent }
+    }
+}
+
+impl<'q, E: Execute<'q, Postgres>> Execute<'q, Postgres> for Unnamed<E> {
+    fn sql(self) -> SqlStr {
+        self.query.sql()
+    }
+    fn statement(&self) -> Option<&PgStatement> {
+        self.query.statement()
+    }
+    fn take_arguments(
+        &mut self,
+    ) -> Result<Option<sqlx::postgres::PgArguments>, sqlx::error::BoxDynError> {
+        self.query.take_arguments()
+    }
+    fn persistent(&self) -> bool {
+        self.persistent && self.query.persistent()
+    }
+}
+
 /// Errors of taking a connection, carried through sqlx's error type by the executor
 /// impls; `From<sqlx::Error> for Error` unwraps them again, so a handler's `?` gives
 /// the same status (403, 404, 503) as the entity API would.
@@ -231,7 +343,9 @@ fn to_sqlx(e: Error) -> sqlx::Error {
     }
 }
 
-/// Implements `sqlx::Executor` for a handle, taking the connection on first use.
+/// Implements `sqlx::Executor` for a handle, taking the connection on first use; in
+/// the transaction binding each statement of a `TenantDb` runs in a transaction of
+/// its own (its rows are collected before the commit).
 macro_rules! lazy_executor {
     ($handle:ty) => {
         impl<'c> Executor<'c> for &'c mut $handle {
@@ -247,8 +361,17 @@ macro_rules! lazy_executor {
             {
                 Box::pin(
                     async move {
-                        let conn = self.conn().await.map_err(to_sqlx)?;
-                        Ok::<_, sqlx::Error>(conn.fetch_many(query))
+                        let local = self.begin_statement(true).await.map_err(to_sqlx)?;
+                        let query = Unnamed::new(query, !local && self.persistent());
+                        if !local {
+                            return Ok::<_, sqlx::Error>(self.statement_conn().fetch_many(query));
+                        }
+                        let all: Result<Vec<_>, sqlx::Error> =
+                            self.statement_conn().fetch_many(query).try_collect().await;
+                        self.end_statement(true, all.is_ok())
+                            .await
+                            .map_err(to_sqlx)?;
+                        Ok(futures::stream::iter(all?.into_iter().map(Ok)).boxed())
                     }
                     .try_flatten_stream(),
                 )
@@ -263,8 +386,16 @@ macro_rules! lazy_executor {
                 E: 'q + Execute<'q, Postgres>,
             {
                 async move {
-                    let conn = self.conn().await.map_err(to_sqlx)?;
-                    conn.fetch_optional(query).await
+                    let local = self.begin_statement(true).await.map_err(to_sqlx)?;
+                    let persistent = !local && self.persistent();
+                    let row = self
+                        .statement_conn()
+                        .fetch_optional(Unnamed::new(query, persistent))
+                        .await;
+                    self.end_statement(local, row.is_ok())
+                        .await
+                        .map_err(to_sqlx)?;
+                    row
                 }
                 .boxed()
             }
@@ -278,8 +409,12 @@ macro_rules! lazy_executor {
                 'c: 'e,
             {
                 async move {
-                    let conn = self.conn().await.map_err(to_sqlx)?;
-                    conn.prepare_with(sql, parameters).await
+                    let local = self.begin_statement(true).await.map_err(to_sqlx)?;
+                    let statement = self.statement_conn().prepare_with(sql, parameters).await;
+                    self.end_statement(local, statement.is_ok())
+                        .await
+                        .map_err(to_sqlx)?;
+                    statement
                 }
                 .boxed()
             }
@@ -293,8 +428,12 @@ macro_rules! lazy_executor {
                 'c: 'e,
             {
                 async move {
-                    let conn = self.conn().await.map_err(to_sqlx)?;
-                    conn.describe(sql).await
+                    let local = self.begin_statement(true).await.map_err(to_sqlx)?;
+                    let described = self.statement_conn().describe(sql).await;
+                    self.end_statement(local, described.is_ok())
+                        .await
+                        .map_err(to_sqlx)?;
+                    described
                 }
                 .boxed()
             }
@@ -302,8 +441,11 @@ macro_rules! lazy_executor {
     };
 }
 
+impl TenantTx {
+    async fn end_statement(&mut self, _local: bool, _ok: bool) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
 lazy_executor!(TenantDb);
 lazy_executor!(TenantTx);
-
-#[allow(unused_imports)]
-use TryStreamExt as _;

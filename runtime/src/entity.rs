@@ -28,18 +28,44 @@ mod sealed {
     note = "take `db: tenantry::TenantDb` (or `tx: tenantry::TenantTx`) as a handler argument, or get one from `TenantManager::db()`; a pool or a plain connection has no tenant scope"
 )]
 pub trait TenantHandle: sealed::Sealed + Send {
-    /// The connection, scoped to the tenant (taken from the pool on first use), for
-    /// tenantry's own statements: they change no session state, so the connection
-    /// needs no reset afterwards.
+    /// Starts one of tenantry's own statements (which change no session state, so
+    /// the connection needs no reset afterwards): takes the connection on first use
+    /// and, in the transaction binding, begins the statement's transaction.
     #[doc(hidden)]
-    fn connection(&mut self) -> impl Future<Output = Result<&mut PgConnection, Error>> + Send + '_;
+    fn begin_own(&mut self) -> impl Future<Output = Result<bool, Error>> + Send + '_;
+    /// The connection of the statement begun.
+    #[doc(hidden)]
+    fn connection(&mut self) -> &mut PgConnection;
+    /// Whether statements may be prepared by name (not behind a transaction pooler).
+    #[doc(hidden)]
+    fn persistent(&self) -> bool;
+    /// Ends the statement begun (commit or roll back its own transaction, if any).
+    #[doc(hidden)]
+    fn end_own(
+        &mut self,
+        local: bool,
+        ok: bool,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_;
     /// The tenant it is bound to.
     fn bound_tenant(&self) -> &Tenant;
 }
 
 impl TenantHandle for TenantDb {
-    fn connection(&mut self) -> impl Future<Output = Result<&mut PgConnection, Error>> + Send + '_ {
-        self.own_conn()
+    fn begin_own(&mut self) -> impl Future<Output = Result<bool, Error>> + Send + '_ {
+        self.begin_statement(false)
+    }
+    fn connection(&mut self) -> &mut PgConnection {
+        self.statement_conn()
+    }
+    fn persistent(&self) -> bool {
+        TenantDb::persistent(self)
+    }
+    fn end_own(
+        &mut self,
+        local: bool,
+        ok: bool,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        self.end_statement(local, ok)
     }
     fn bound_tenant(&self) -> &Tenant {
         self.tenant()
@@ -47,12 +73,41 @@ impl TenantHandle for TenantDb {
 }
 
 impl TenantHandle for TenantTx {
-    fn connection(&mut self) -> impl Future<Output = Result<&mut PgConnection, Error>> + Send + '_ {
-        self.own_conn()
+    fn begin_own(&mut self) -> impl Future<Output = Result<bool, Error>> + Send + '_ {
+        self.begin_statement(false)
+    }
+    fn connection(&mut self) -> &mut PgConnection {
+        self.statement_conn()
+    }
+    fn persistent(&self) -> bool {
+        TenantTx::persistent(self)
+    }
+    fn end_own(
+        &mut self,
+        _local: bool,
+        _ok: bool,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        std::future::ready(Ok(()))
     }
     fn bound_tenant(&self) -> &Tenant {
         self.tenant()
     }
+}
+
+/// Runs one of tenantry's own statements on a handle: `$query` (unnamed behind a
+/// transaction pooler) through the executor method `$method`, between `begin_own`
+/// and `end_own`.
+macro_rules! own_statement {
+    ($handle:expr, $method:ident($query:expr)) => {{
+        let local = $handle.begin_own().await?;
+        let persistent = $handle.persistent();
+        let result = {
+            let conn = $handle.connection();
+            sqlx::Executor::$method(conn, crate::db::Unnamed::new($query, persistent)).await
+        };
+        $handle.end_own(local, result.is_ok()).await?;
+        result?
+    }};
 }
 
 /// The statements of an entity, generated once per type at compile time.
@@ -117,9 +172,10 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
     ) -> impl Future<Output = Result<Option<Self>, Error>> + Send + 'a {
         async move {
             let args = keyed_arguments::<Self>(id, handle.bound_tenant())?;
-            let row = sqlx::query_with(Self::SQL.find, args)
-                .fetch_optional(handle.connection().await?)
-                .await?;
+            let row = own_statement!(
+                handle,
+                fetch_optional(sqlx::query_with(Self::SQL.find, args))
+            );
             decode_optional(row.as_ref())
         }
     }
@@ -139,9 +195,7 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
             let mut args = tenant_arguments::<Self>(handle.bound_tenant())?;
             add(&mut args, limit)?;
             add(&mut args, offset)?;
-            let rows = sqlx::query_with(Self::SQL.list, args)
-                .fetch_all(handle.connection().await?)
-                .await?;
+            let rows = own_statement!(handle, fetch_all(sqlx::query_with(Self::SQL.list, args)));
             decode_all(&rows)
         }
     }
@@ -152,9 +206,8 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
     ) -> impl Future<Output = Result<i64, Error>> + Send + '_ {
         async move {
             let args = tenant_arguments::<Self>(handle.bound_tenant())?;
-            let n: i64 = sqlx::query_scalar_with(Self::SQL.count, args)
-                .fetch_one(handle.connection().await?)
-                .await?;
+            let row = own_statement!(handle, fetch_one(sqlx::query_with(Self::SQL.count, args)));
+            let n: i64 = sqlx::Row::try_get(&row, 0)?;
             Ok(n)
         }
     }
@@ -170,9 +223,7 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
     {
         async move {
             let args = self.insert_arguments(handle.bound_tenant().id.as_str())?;
-            let row = sqlx::query_with(Self::SQL.insert, args)
-                .fetch_one(handle.connection().await?)
-                .await?;
+            let row = own_statement!(handle, fetch_one(sqlx::query_with(Self::SQL.insert, args)));
             Self::from_row(&row).map_err(Error::from)
         }
     }
@@ -188,9 +239,10 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
     {
         async move {
             let args = self.update_arguments(handle.bound_tenant().id.as_str())?;
-            let row = sqlx::query_with(Self::SQL.update, args)
-                .fetch_optional(handle.connection().await?)
-                .await?;
+            let row = own_statement!(
+                handle,
+                fetch_optional(sqlx::query_with(Self::SQL.update, args))
+            );
             decode_optional(row.as_ref())
         }
     }
@@ -202,9 +254,7 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
     ) -> impl Future<Output = Result<bool, Error>> + Send + 'a {
         async move {
             let args = keyed_arguments::<Self>(id, handle.bound_tenant())?;
-            let done = sqlx::query_with(Self::SQL.delete, args)
-                .execute(handle.connection().await?)
-                .await?;
+            let done = own_statement!(handle, execute(sqlx::query_with(Self::SQL.delete, args)));
             Ok(done.rows_affected() > 0)
         }
     }
@@ -435,9 +485,10 @@ impl<E: TenantEntity> Select<E> {
     /// The matching rows.
     pub async fn fetch_all<H: TenantHandle>(self, handle: &mut H) -> Result<Vec<E>, Error> {
         let (sql, args) = self.build(E::SQL.select_prefix, handle.bound_tenant(), true)?;
-        let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
-            .fetch_all(handle.connection().await?)
-            .await?;
+        let rows = own_statement!(
+            handle,
+            fetch_all(sqlx::query_with(sqlx::AssertSqlSafe(sql), args))
+        );
         decode_all(&rows)
     }
 
@@ -446,18 +497,21 @@ impl<E: TenantEntity> Select<E> {
         let (sql, args) = self
             .limit(1)
             .build(E::SQL.select_prefix, handle.bound_tenant(), true)?;
-        let row = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
-            .fetch_optional(handle.connection().await?)
-            .await?;
+        let row = own_statement!(
+            handle,
+            fetch_optional(sqlx::query_with(sqlx::AssertSqlSafe(sql), args))
+        );
         decode_optional(row.as_ref())
     }
 
     /// How many rows match.
     pub async fn count<H: TenantHandle>(self, handle: &mut H) -> Result<i64, Error> {
         let (sql, args) = self.build(E::SQL.count_prefix, handle.bound_tenant(), false)?;
-        let n: i64 = sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), args)
-            .fetch_one(handle.connection().await?)
-            .await?;
+        let row = own_statement!(
+            handle,
+            fetch_one(sqlx::query_with(sqlx::AssertSqlSafe(sql), args))
+        );
+        let n: i64 = sqlx::Row::try_get(&row, 0)?;
         Ok(n)
     }
 }

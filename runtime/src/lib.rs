@@ -31,7 +31,7 @@ pub use middleware::{
     CurrentTenant, DEFAULT_TENANT_HEADER, TenantLayer, TenantMiddleware, TenantPolicy, Tenants,
 };
 pub use migrate::TenantMigrations;
-pub use pool::{DEFAULT_SERVER, PoolConfig, PoolStats, Servers, TenantPools};
+pub use pool::{Binding, DEFAULT_SERVER, PoolConfig, PoolStats, Servers, TenantPools};
 pub use repository::TenantRepository;
 pub use resolve::{Candidate, HeaderResolver, HostResolver, PathPrefixResolver, TenantResolver};
 pub use service::TenantService;

@@ -96,6 +96,7 @@ pub struct TenantManagerBuilder {
     from_template: bool,
     servers: Vec<(String, sqlx::postgres::PgConnectOptions)>,
     database_prefix: Option<String>,
+    tenant_connections: Option<sqlx::postgres::PgConnectOptions>,
 }
 
 impl TenantManagerBuilder {
@@ -158,19 +159,60 @@ impl TenantManagerBuilder {
         self
     }
 
+    /// Where tenant connections of the default server connect (default: where the
+    /// registry's pool connects), for example a PgBouncer in front of the server. The
+    /// registry's pool must reach the server directly: change notifications
+    /// (`LISTEN`), advisory locks and provisioning need a session of their own.
+    ///
+    /// Behind a transaction pooler set [`PoolConfig::binding`] to
+    /// [`Binding::Transaction`](crate::pool::Binding::Transaction); `build` refuses the
+    /// session binding there, because it would mix tenants.
+    pub fn tenant_connections(mut self, options: sqlx::postgres::PgConnectOptions) -> Self {
+        self.tenant_connections = Some(options);
+        self
+    }
+
     /// Creates or upgrades the registry and returns the manager.
+    ///
+    /// Checks first that the registry's pool is not behind a transaction pooler, and
+    /// that tenant connections are not either unless the transaction binding is set.
     pub async fn build(self) -> Result<TenantManager, Error> {
+        let registry_options = (*self.pool.connect_options()).clone();
+        if crate::pool::behind_transaction_pooler(&registry_options).await? {
+            return Err(Error::Validation(
+                "the registry's pool goes through a transaction pooler (two client connections \
+                 were served by one server backend): build the manager on a pool with a direct \
+                 URL, and give the pooler's address to `TenantManagerBuilder::tenant_connections`"
+                    .to_owned(),
+            ));
+        }
+        let tenant_base = self
+            .tenant_connections
+            .clone()
+            .unwrap_or_else(|| registry_options.clone());
+        if self.pool_config.binding == crate::pool::Binding::Session
+            && crate::pool::behind_transaction_pooler(&tenant_base).await?
+        {
+            return Err(Error::Validation(
+                "tenant connections go through a transaction pooler (two client connections were \
+                 served by one server backend), where session settings would mix tenants: set \
+                 `PoolConfig::binding` to `Binding::Transaction`"
+                    .to_owned(),
+            ));
+        }
         let repo = TenantRepository::new(self.pool.clone(), &self.control_schema)?;
         let mut service = TenantService::new(repo.clone(), self.migrations.clone());
         if let Some(prefix) = &self.database_prefix {
             service = service.with_database_prefix(prefix)?;
         }
         repo.ensure_schema().await?;
-        let base = (*self.pool.connect_options()).clone();
+        let base = registry_options;
         // A quarter of the server's connections, unless the budget is set.
-        let server_max: i64 = sqlx::query_scalar("SELECT setting::bigint FROM pg_settings WHERE name = 'max_connections'")
-            .fetch_one(&self.pool)
-            .await?;
+        let server_max: i64 = sqlx::query_scalar(
+            "SELECT setting::bigint FROM pg_settings WHERE name = 'max_connections'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         let budget = u32::try_from(server_max / 4).unwrap_or(u32::MAX).max(2);
         let mut servers = Servers::default();
         servers.add(DEFAULT_SERVER, base.clone());
@@ -184,7 +226,7 @@ impl TenantManagerBuilder {
                 service: service
                     .provision_from_template(self.from_template)
                     .with_servers(servers.clone()),
-                pools: TenantPools::with_servers(base, servers, self.pool_config, budget),
+                pools: TenantPools::with_servers(tenant_base, servers, self.pool_config, budget),
                 cache: RwLock::new(HashMap::new()),
                 domains: RwLock::new(HashMap::new()),
                 cache_ttl: self.cache_ttl,
@@ -219,6 +261,7 @@ impl TenantManager {
             from_template: true,
             servers: Vec::new(),
             database_prefix: None,
+            tenant_connections: None,
         }
     }
 

@@ -44,7 +44,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, Row};
 use tokio::sync::Notify;
 
 use crate::error::Error;
-use crate::strategy::{TENANT_SETTING, quote_ident, search_path};
+use crate::strategy::{TENANT_SETTING, quote_ident, quote_literal, search_path};
 use crate::tenant::{Strategy, Tenant, TenantId};
 
 /// Settings of the tenant connections.
@@ -96,6 +96,30 @@ pub struct PoolConfig {
     /// The password of [`PoolConfig::row_user`], if it needs one. Never printed by
     /// `Debug`.
     pub row_password: Option<String>,
+    /// How a connection is bound to its tenant: session settings kept between
+    /// requests (the default), or settings local to each transaction, for a
+    /// transaction pooler (PgBouncer, Supavisor, RDS Proxy) in front of the server.
+    pub binding: Binding,
+}
+
+/// How tenant connections are bound to their tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Binding {
+    /// Session settings (`search_path`, the tenant setting, the role), set in one round
+    /// trip when a connection changes tenant and kept while it serves the same one.
+    /// Needs connections that are the server's own (direct, or a pooler in session
+    /// mode); tenantry refuses to start behind a transaction pooler with it.
+    #[default]
+    Session,
+    /// Pooler-safe: no session state at all. Every unit of work is a transaction
+    /// that starts with `BEGIN; SET LOCAL search_path ..; SET LOCAL tenantry.tenant_id
+    /// ..; SET LOCAL role ..` in one round trip, and statements are not prepared by name
+    /// (PgBouncer before 1.21 keeps no prepared statements in transaction mode). A
+    /// `TenantTx` is one such transaction; a `TenantDb` runs each statement in one of
+    /// its own (a statement's writes are committed when it returns, as in session
+    /// mode). Costs two round trips more per `TenantDb` statement.
+    Transaction,
 }
 
 impl Default for PoolConfig {
@@ -112,6 +136,7 @@ impl Default for PoolConfig {
             row_role: None,
             row_user: None,
             row_password: None,
+            binding: Binding::Session,
         }
     }
 }
@@ -139,6 +164,7 @@ impl std::fmt::Debug for PoolConfig {
                 "row_password",
                 &self.row_password.as_ref().map(|_| "<redacted>"),
             )
+            .field("binding", &self.binding)
             .finish()
     }
 }
@@ -488,7 +514,13 @@ impl TenantPools {
     /// Whether tenant `id` (or every tenant) was invalidated after `generation`.
     pub(crate) fn changed_since(&self, id: &TenantId, generation: u64) -> bool {
         let state = self.shared.lock();
-        state.changed_at.get(id).copied().unwrap_or(0).max(state.all_changed_at) > generation
+        state
+            .changed_at
+            .get(id)
+            .copied()
+            .unwrap_or(0)
+            .max(state.all_changed_at)
+            > generation
     }
 
     /// Closes the idle connections (connections in use close when they come back
@@ -531,7 +563,10 @@ impl TenantPools {
         let deadline = Instant::now() + shared.config.acquire_timeout;
         let Some(released_signal) = shared.released.get(&login.server) else {
             return Err(shared.servers.get(&login.server).err().unwrap_or_else(|| {
-                Error::Registry(format!("no connection signal for server `{}`", login.server))
+                Error::Registry(format!(
+                    "no connection signal for server `{}`",
+                    login.server
+                ))
             }));
         };
         let plan = loop {
@@ -571,6 +606,7 @@ impl TenantPools {
             dirty: false,
             busy: false,
             in_transaction: false,
+            local_binding: None,
         };
         let conn = match plan {
             Plan::Idle(conn) => *conn,
@@ -709,7 +745,9 @@ impl Shared {
     }
 
     async fn connect(&self, login: &Login, tenant: &Tenant) -> Result<PgConnection, Error> {
-        let mut options = if login.server == DEFAULT_SERVER && login.database.is_none() {
+        // The default server is reached at `base`: the registry's address, or a pooler
+        // in front of it.
+        let mut options = if login.server == DEFAULT_SERVER {
             self.base.clone()
         } else {
             self.servers.get(&login.server)?.clone()
@@ -720,6 +758,11 @@ impl Shared {
         if options.get_application_name().is_none() {
             // Lets operators tell tenant connections apart in `pg_stat_activity`.
             options = options.application_name(APPLICATION_NAME);
+        }
+        if self.config.binding == Binding::Transaction {
+            // Unnamed statements only: a transaction pooler may hand the next
+            // transaction to another server connection.
+            options = options.statement_cache_capacity(0);
         }
         if let Some(user) = &login.user {
             options = options.username(user);
@@ -741,6 +784,23 @@ impl Shared {
         }
     }
 
+    /// `BEGIN` and the binding of `tenant` as transaction-local settings, as one
+    /// simple query. Every value is derived from validated input and quoted (`SET`
+    /// takes no parameters); `SET LOCAL` statements rather than `set_config` calls,
+    /// because Citus forwards those to its workers.
+    fn local_binding_sql(&self, tenant: &Tenant) -> String {
+        let (path, setting, role) = self.binding_of(tenant);
+        let role = if role == "none" {
+            "NONE".to_owned()
+        } else {
+            quote_ident(&role)
+        };
+        format!(
+            "BEGIN; SET LOCAL search_path TO {path}; SET LOCAL {TENANT_SETTING} TO {}; SET LOCAL role TO {role}",
+            quote_literal(&setting)
+        )
+    }
+
     /// The session state that scopes `tenant`: `(search_path, tenant setting, role)`.
     fn binding_of(&self, tenant: &Tenant) -> (String, String, String) {
         let c = &self.config;
@@ -757,6 +817,34 @@ impl Shared {
             ),
         }
     }
+}
+
+/// Whether connections made with `options` go through a transaction pooler: two
+/// client connections open at the same time that are served by the same backend
+/// cannot be the server's own, nor a session pooler's. Simple queries only (no
+/// prepared statements, which such a pooler may not keep).
+pub(crate) async fn behind_transaction_pooler(options: &PgConnectOptions) -> Result<bool, Error> {
+    let mut a = options.connect().await?;
+    let mut b = options.connect().await?;
+    let mut shared = false;
+    for _ in 0..3 {
+        let pid_a = backend_pid(&mut a).await?;
+        let pid_b = backend_pid(&mut b).await?;
+        if pid_a == pid_b {
+            shared = true;
+            break;
+        }
+    }
+    let _ = a.close().await;
+    let _ = b.close().await;
+    Ok(shared)
+}
+
+async fn backend_pid(conn: &mut PgConnection) -> Result<i32, Error> {
+    let row = sqlx::raw_sql("SELECT pg_backend_pid()")
+        .fetch_one(conn)
+        .await?;
+    Ok(row.try_get(0)?)
 }
 
 /// Idle connections past their idle timeout or lifetime, taken out of the state (and
@@ -810,6 +898,8 @@ pub(crate) struct PooledConn {
     busy: bool,
     /// A transaction tenantry began is open.
     in_transaction: bool,
+    /// The transaction binding's `BEGIN; SET LOCAL ..` (transaction mode only).
+    local_binding: Option<String>,
 }
 
 impl PooledConn {
@@ -817,6 +907,10 @@ impl PooledConn {
     async fn bind(&mut self, tenant: &Tenant) -> Result<(), Error> {
         let pool = self.pool.clone();
         let epoch = pool.lock().epoch(&tenant.id);
+        if pool.config.binding == Binding::Transaction {
+            self.local_binding = Some(pool.local_binding_sql(tenant));
+            return Ok(());
+        }
         let conn = self.conn.as_mut().expect("a connection");
         if conn.binding.as_ref() == Some(&self.key) && conn.epoch == epoch {
             return Ok(());
@@ -852,6 +946,12 @@ impl PooledConn {
         conn.epoch = epoch;
         conn.tenants.insert(tenant.id.clone());
         Ok(())
+    }
+
+    /// In the transaction binding: the statement that begins a transaction bound to
+    /// the tenant (`BEGIN; SET LOCAL ..`), one round trip.
+    pub(crate) fn local_binding(&self) -> Option<&str> {
+        self.local_binding.as_deref()
     }
 
     /// The connection for tenantry's own statements (which change no session state).
@@ -907,8 +1007,7 @@ impl Drop for PooledConn {
         let config = &pool.config;
         let worn = conn.tenants.len() >= config.max_tenants_per_connection as usize
             || conn.created.elapsed() >= config.max_lifetime;
-        let unsure =
-            self.dirty || self.busy || self.in_transaction || conn.raw.is_in_transaction();
+        let unsure = self.dirty || self.busy || self.in_transaction || conn.raw.is_in_transaction();
         let mut state = pool.lock();
         state.release_key(&self.key);
         if worn {
@@ -919,7 +1018,11 @@ impl Drop for PooledConn {
             return;
         }
         if !unsure {
-            if conn.binding.as_ref().is_some_and(|b| state.epoch(&b.id) != conn.epoch) {
+            if conn
+                .binding
+                .as_ref()
+                .is_some_and(|b| state.epoch(&b.id) != conn.epoch)
+            {
                 conn.binding = None;
             }
             conn.idle_since = Instant::now();
@@ -935,15 +1038,21 @@ impl Drop for PooledConn {
         let server = std::mem::take(&mut self.server);
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
+                let session = pool.config.binding == Binding::Session;
                 handle.spawn(async move {
-                    let reset =
-                        tokio::time::timeout(Duration::from_secs(10), reset(&mut conn.raw)).await;
+                    let reset = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        reset(&mut conn.raw, session),
+                    )
+                    .await;
                     let mut state = pool.lock();
                     match reset {
                         Ok(Ok(())) => {
                             // The session state is the login's default now: unbound.
                             conn.binding = None;
-                            conn.layout = conn.layout.filter(|_| conn.raw.cached_statements_size() > 0);
+                            conn.layout = conn
+                                .layout
+                                .filter(|_| conn.raw.cached_statements_size() > 0);
                             conn.idle_since = Instant::now();
                             state.idle.push(conn);
                             drop(state);
@@ -969,7 +1078,11 @@ impl Drop for PooledConn {
 /// transaction, and discards settings, role, temporary tables, cursors, advisory
 /// locks and `LISTEN`s. Prepared statements are kept (sqlx's statement cache owns
 /// them) unless their count no longer matches the cache, which is then cleared.
-async fn reset(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+///
+/// Behind a transaction pooler (`session` false) the session belongs to the pooler's
+/// server connection, which the next transaction may not get: only an open
+/// transaction is ended (every transaction sets its own binding anyway).
+async fn reset(conn: &mut PgConnection, session: bool) -> Result<(), sqlx::Error> {
     // `transaction_timestamp() = statement_timestamp()` holds only for the first
     // statement of a transaction: false inside a transaction block a handler opened.
     // (Sent as a simple query: in the extended protocol the two timestamps differ.)
@@ -990,6 +1103,9 @@ async fn reset(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
                 .await?
         }
     };
+    if !session {
+        return Ok(());
+    }
     sqlx::raw_sql(
         "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; \
          SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES",

@@ -28,6 +28,18 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Quotes a string literal for PostgreSQL (`'text'`, doubling embedded quotes), for
+/// statements that take no parameters (`SET`). Only for values tenantry derived from
+/// validated input.
+///
+/// ```
+/// assert_eq!(tenantry::strategy::quote_literal("acme"), "'acme'");
+/// assert_eq!(tenantry::strategy::quote_literal("a'b"), "'a''b'");
+/// ```
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
 /// The setting that row-level security policies read: the tenant of the connection.
 pub const TENANT_SETTING: &str = "tenantry.tenant_id";
 

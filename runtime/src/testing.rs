@@ -358,3 +358,154 @@ impl FlakyProxy {
         self.up.store(true, Ordering::SeqCst);
     }
 }
+
+/// A PgBouncer in transaction mode in front of a test server (the Debian package
+/// `pgbouncer`, found on `PATH` or in `/usr/sbin`), on a free port of 127.0.0.1: to
+/// prove what works behind a transaction pooler. Run as the `postgres` user when
+/// root (PgBouncer refuses to run as root). Stopped, and its directory removed, when
+/// dropped or when the process exits.
+#[derive(Debug)]
+pub struct PgBouncer {
+    port: u16,
+    _watchdog: Mutex<Child>,
+}
+
+impl PgBouncer {
+    /// Starts a PgBouncer in transaction mode for every database of the server at
+    /// `upstream` (trust authentication for `users`), with `pool_size` server
+    /// connections per database and user.
+    pub fn start(
+        upstream: &PgConnectOptions,
+        users: &[&str],
+        pool_size: u32,
+    ) -> Result<Self, TestDbError> {
+        let err =
+            |what: &str, e: &dyn std::fmt::Display| TestDbError::Start(format!("{what}: {e}"));
+        let binary = [
+            "/usr/sbin/pgbouncer",
+            "/usr/bin/pgbouncer",
+            "/usr/local/bin/pgbouncer",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|path| {
+                std::env::split_paths(&path)
+                    .map(|d| d.join("pgbouncer"))
+                    .find(|p| p.exists())
+            })
+        })
+        .ok_or_else(|| {
+            TestDbError::Start(
+                "no `pgbouncer` binary found (on PATH or in /usr/sbin): install the \
+                     `pgbouncer` package"
+                    .to_owned(),
+            )
+        })?;
+        let dir = tempfile::Builder::new()
+            .prefix("tenantry-pgbouncer-")
+            .tempdir()
+            .map_err(|e| err("creating a temporary directory", &e))?
+            .keep();
+        let port = free_port().map_err(|e| err("finding a free port", &e))?;
+        let host = upstream.get_host();
+        let host = if host.starts_with('/') {
+            "127.0.0.1"
+        } else {
+            host
+        };
+        let config = format!(
+            "[databases]\n* = host={host} port={}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
+             listen_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {dir}/users.txt\n\
+             pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 2000\n\
+             ignore_startup_parameters = extra_float_digits\nserver_reset_query =\n\
+             logfile = {dir}/pgbouncer.log\npidfile = {dir}/pgbouncer.pid\n",
+            upstream.get_port(),
+            dir = dir.display(),
+        );
+        std::fs::write(dir.join("pgbouncer.ini"), config)
+            .map_err(|e| err("writing the config", &e))?;
+        let users: String = users.iter().map(|u| format!("\"{u}\" \"\"\n")).collect();
+        std::fs::write(dir.join("users.txt"), users).map_err(|e| err("writing the users", &e))?;
+        let run_as = if nix::unistd::geteuid().is_root() {
+            let user = nix::unistd::User::from_name("postgres")
+                .ok()
+                .flatten()
+                .ok_or_else(|| {
+                    TestDbError::Start(
+                        "running as root, and there is no `postgres` user to run PgBouncer as"
+                            .to_owned(),
+                    )
+                })?;
+            for path in [
+                dir.clone(),
+                dir.join("pgbouncer.ini"),
+                dir.join("users.txt"),
+            ] {
+                nix::unistd::chown(&path, Some(user.uid), Some(user.gid))
+                    .map_err(|e| err("chown of the PgBouncer directory", &e))?;
+            }
+            Some((user.uid.as_raw(), user.gid.as_raw()))
+        } else {
+            None
+        };
+        // Like the server's watchdog: stops PgBouncer when this process exits.
+        let script = r#"
+            "$1" "$2/pgbouncer.ini" >/dev/null 2>&1 &
+            pid=$!
+            echo started
+            read -r _ignored
+            kill -INT "$pid" 2>/dev/null
+            wait "$pid"
+            rm -rf "$2"
+        "#;
+        let mut command = Command::new("/bin/sh");
+        command
+            .current_dir(&dir)
+            .arg("-c")
+            .arg(script)
+            .arg("tenantry-pgbouncer-watchdog")
+            .arg(&binary)
+            .arg(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some((uid, gid)) = run_as {
+            use std::os::unix::process::CommandExt;
+            command.uid(uid).gid(gid).env("HOME", &dir);
+        }
+        let mut child = command.spawn().map_err(|e| err("starting PgBouncer", &e))?;
+        let mut line = String::new();
+        if let Some(stdout) = child.stdout.take() {
+            let _ = BufReader::new(stdout).read_line(&mut line);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+                let log = std::fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default();
+                if let Some(stdin) = child.stdin.as_mut() {
+                    let _ = stdin.write_all(b"stop\n");
+                }
+                return Err(TestDbError::Start(format!(
+                    "PgBouncer did not start:\n{log}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self {
+            port,
+            _watchdog: Mutex::new(child),
+        })
+    }
+
+    /// The port PgBouncer listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `options` pointed at PgBouncer instead of the server.
+    pub fn options(&self, options: &PgConnectOptions) -> PgConnectOptions {
+        options.clone().host("127.0.0.1").port(self.port)
+    }
+}

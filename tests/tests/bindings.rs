@@ -17,8 +17,7 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use sqlx::postgres::PgPoolOptions;
 use tenantry::{
-    Error, NewTenant, PoolConfig, Strategy, TenantDb, TenantLayer, TenantManager,
-    TenantMigrations,
+    Error, NewTenant, PoolConfig, Strategy, TenantDb, TenantLayer, TenantManager, TenantMigrations,
 };
 
 /// What a connection's session looks like to the next request.
@@ -68,7 +67,10 @@ async fn mess(mut db: TenantDb, Path(victim): Path<String>) -> Result<Json<&'sta
 }
 
 /// A row-tenant handler that switches to another tenant's setting and role.
-async fn mess_row(mut db: TenantDb, Path(victim): Path<String>) -> Result<Json<&'static str>, Error> {
+async fn mess_row(
+    mut db: TenantDb,
+    Path(victim): Path<String>,
+) -> Result<Json<&'static str>, Error> {
     sqlx::query("SELECT set_config('tenantry.tenant_id', $1, false)")
         .bind(victim)
         .execute(&mut db)
@@ -109,11 +111,25 @@ async fn session_changes_of_a_handler_never_reach_the_next_request() {
     assert_eq!(r.status, 201);
 
     for next in ["alpha", "bravo"] {
-        let r = send(&app, Method::POST, "/test/mess/bravo", &[("x-tenant-id", "alpha")], None).await;
+        let r = send(
+            &app,
+            Method::POST,
+            "/test/mess/bravo",
+            &[("x-tenant-id", "alpha")],
+            None,
+        )
+        .await;
         assert_eq!(r.status, 200, "{r:?}");
         // Give the release check (off the request's path) time to run.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let r = send(&app, Method::GET, "/test/probe", &[("x-tenant-id", next)], None).await;
+        let r = send(
+            &app,
+            Method::GET,
+            "/test/probe",
+            &[("x-tenant-id", next)],
+            None,
+        )
+        .await;
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(r.json["search_path"], format!("\"tenant_{next}\""), "{r:?}");
         assert_eq!(r.json["tenant_setting"], "", "{r:?}");
@@ -122,10 +138,30 @@ async fn session_changes_of_a_handler_never_reach_the_next_request() {
         assert_eq!(r.json["leftover_statement"], 0, "{r:?}");
         assert_eq!(r.json["leftover_temp_table"], false, "{r:?}");
         // The open transaction's write was rolled back, and alpha sees only alpha.
-        let r = send(&app, Method::GET, "/api/v1/projects", &[("x-tenant-id", "bravo")], None).await;
-        let names: Vec<&str> = r.json.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        let r = send(
+            &app,
+            Method::GET,
+            "/api/v1/projects",
+            &[("x-tenant-id", "bravo")],
+            None,
+        )
+        .await;
+        let names: Vec<&str> = r
+            .json
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
         assert_eq!(names, ["bravo's own"]);
-        let r = send(&app, Method::GET, "/api/v1/projects", &[("x-tenant-id", "alpha")], None).await;
+        let r = send(
+            &app,
+            Method::GET,
+            "/api/v1/projects",
+            &[("x-tenant-id", "alpha")],
+            None,
+        )
+        .await;
         assert_eq!(r.json, json!([]), "alpha reads nothing of bravo's");
     }
     let stats = manager.pools().stats();
@@ -153,13 +189,34 @@ async fn a_row_tenant_that_switches_its_setting_and_role_does_not_pass_them_on()
     .await;
     assert_eq!(r.status, 201);
     for _ in 0..3 {
-        let r = send(&app, Method::POST, "/test/mess-row/rowb", &[("x-tenant-id", "rowa")], None).await;
+        let r = send(
+            &app,
+            Method::POST,
+            "/test/mess-row/rowb",
+            &[("x-tenant-id", "rowa")],
+            None,
+        )
+        .await;
         assert_eq!(r.status, 200, "{r:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let r = send(&app, Method::GET, "/test/probe", &[("x-tenant-id", "rowa")], None).await;
+        let r = send(
+            &app,
+            Method::GET,
+            "/test/probe",
+            &[("x-tenant-id", "rowa")],
+            None,
+        )
+        .await;
         assert_eq!(r.json["tenant_setting"], "rowa", "{r:?}");
         assert_eq!(r.json["user"], saas::ROW_ROLE, "{r:?}");
-        let r = send(&app, Method::GET, "/api/v1/data", &[("x-tenant-id", "rowa")], None).await;
+        let r = send(
+            &app,
+            Method::GET,
+            "/api/v1/data",
+            &[("x-tenant-id", "rowa")],
+            None,
+        )
+        .await;
         assert_eq!(r.json["data"], json!([]), "{r:?}");
     }
 }
@@ -214,21 +271,36 @@ async fn a_request_waiting_while_its_tenant_is_deleted_and_recreated_never_reach
     r.assert_problem(503);
     assert!(r.headers.contains_key("retry-after"));
     // The new owner of the id has nothing of the old one.
-    let r = send(&app, Method::GET, "/api/v1/data", &[("x-tenant-id", "phoenix")], None).await;
+    let r = send(
+        &app,
+        Method::GET,
+        "/api/v1/data",
+        &[("x-tenant-id", "phoenix")],
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json["data"], json!([]), "{r:?}");
     let pool = manager.service().repository().pool();
-    let orphans: i64 = sqlx::query_scalar("SELECT count(*) FROM shared.data WHERE tenant_id = 'phoenix'")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    assert_eq!(orphans, 0, "no write of the old life landed after its deletion");
+    let orphans: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM shared.data WHERE tenant_id = 'phoenix'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        orphans, 0,
+        "no write of the old life landed after its deletion"
+    );
 }
 
 /// A second instance that misses every change notification (listening off) and
 /// trusts its cache for 100 ms.
 async fn deaf_instance(db: &tenantry::testing::TestDatabase) -> TenantManager {
-    let pool = PgPoolOptions::new().max_connections(2).connect(db.url()).await.unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(db.url())
+        .await
+        .unwrap();
     TenantManager::builder(pool)
         .migrations(saas::tenant_migrations())
         .database_prefix(database_prefix(db))
@@ -250,13 +322,22 @@ async fn a_binding_of_a_deleted_incarnation_is_never_reused_by_its_successor() {
     let (app_a, app_b) = (saas_app(&a), saas_app(&b));
     create_with(&a, "phoenix", Strategy::Row).await;
     // B serves the row tenant: its one connection is now bound to it.
-    let r = send(&app_b, Method::GET, "/api/v1/projects", &[("x-tenant-id", "phoenix")], None).await;
+    let r = send(
+        &app_b,
+        Method::GET,
+        "/api/v1/projects",
+        &[("x-tenant-id", "phoenix")],
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200);
     // A deletes it and creates a schema tenant under the same id; B hears nothing.
     let id = "phoenix".parse().unwrap();
     a.suspend_tenant(&id).await.unwrap();
     a.delete_tenant(&id).await.unwrap();
-    a.create_tenant(NewTenant::new(id, "Phoenix, schema")).await.unwrap();
+    a.create_tenant(NewTenant::new(id, "Phoenix, schema"))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     // B's cache expired, so it reads the new record; its connection is still bound
     // to the old incarnation and must be rebound, not reused.
@@ -269,14 +350,35 @@ async fn a_binding_of_a_deleted_incarnation_is_never_reused_by_its_successor() {
     )
     .await;
     assert_eq!(r.status, 201, "{r:?}");
-    let r = send(&app_a, Method::GET, "/api/v1/projects", &[("x-tenant-id", "phoenix")], None).await;
-    let names: Vec<&str> = r.json.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["second life"], "the write landed in the new tenant's schema");
-    let shared: i64 = sqlx::query_scalar("SELECT count(*) FROM shared.projects WHERE tenant_id = 'phoenix'")
-        .fetch_one(a.service().repository().pool())
-        .await
-        .unwrap();
-    assert_eq!(shared, 0, "nothing went to the old incarnation's shared tables");
+    let r = send(
+        &app_a,
+        Method::GET,
+        "/api/v1/projects",
+        &[("x-tenant-id", "phoenix")],
+        None,
+    )
+    .await;
+    let names: Vec<&str> = r
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["second life"],
+        "the write landed in the new tenant's schema"
+    );
+    let shared: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM shared.projects WHERE tenant_id = 'phoenix'")
+            .fetch_one(a.service().repository().pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        shared, 0,
+        "nothing went to the old incarnation's shared tables"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,11 +395,21 @@ async fn connections_are_recycled_after_serving_many_tenants() {
     }
     let app = saas_app(&manager);
     for t in &tenants {
-        let r = send(&app, Method::GET, "/api/v1/projects", &[("x-tenant-id", t)], None).await;
+        let r = send(
+            &app,
+            Method::GET,
+            "/api/v1/projects",
+            &[("x-tenant-id", t)],
+            None,
+        )
+        .await;
         assert_eq!(r.status, 200);
     }
     let stats = manager.pools().stats();
-    assert!(stats.opened >= 4, "a connection serves at most 3 tenants: {stats:?}");
+    assert!(
+        stats.opened >= 4,
+        "a connection serves at most 3 tenants: {stats:?}"
+    );
     assert!(stats.closed >= 3, "{stats:?}");
     assert!(stats.peak_open <= 1, "{stats:?}");
 }
@@ -306,7 +418,11 @@ async fn connections_are_recycled_after_serving_many_tenants() {
 async fn statement_caches_follow_the_binding_when_schemas_differ_mid_rollout() {
     let (_db, pool) = database().await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("0001_t.sql"), "CREATE TABLE t (id int, a text); INSERT INTO t VALUES (1, 'a');").unwrap();
+    std::fs::write(
+        dir.path().join("0001_t.sql"),
+        "CREATE TABLE t (id int, a text); INSERT INTO t VALUES (1, 'a');",
+    )
+    .unwrap();
     let v1 = TenantMigrations::from_dir(dir.path()).await.unwrap();
     let old = TenantManager::builder(pool.clone())
         .migrations(v1)
@@ -315,9 +431,15 @@ async fn statement_caches_follow_the_binding_when_schemas_differ_mid_rollout() {
         .await
         .unwrap();
     for id in ["early", "late"] {
-        old.create_tenant(NewTenant::new(id.parse().unwrap(), id)).await.unwrap();
+        old.create_tenant(NewTenant::new(id.parse().unwrap(), id))
+            .await
+            .unwrap();
     }
-    std::fs::write(dir.path().join("0002_b.sql"), "ALTER TABLE t ADD COLUMN b text DEFAULT 'b';").unwrap();
+    std::fs::write(
+        dir.path().join("0002_b.sql"),
+        "ALTER TABLE t ADD COLUMN b text DEFAULT 'b';",
+    )
+    .unwrap();
     let v2 = TenantMigrations::from_dir(dir.path()).await.unwrap();
     let new = TenantManager::builder(pool.clone())
         .migrations(v2)
@@ -330,7 +452,10 @@ async fn statement_caches_follow_the_binding_when_schemas_differ_mid_rollout() {
         .await
         .unwrap();
     // Half rolled out: `early` has column b, `late` does not yet.
-    new.service().migrate(&"early".parse().unwrap()).await.unwrap();
+    new.service()
+        .migrate(&"early".parse().unwrap())
+        .await
+        .unwrap();
     for round in 0..3 {
         for (id, columns) in [("early", 3), ("late", 2)] {
             let tenant = new.resolve(&id.parse().unwrap()).await.unwrap();

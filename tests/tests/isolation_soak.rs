@@ -77,7 +77,11 @@ async fn churn(manager: TenantManager, stop: Arc<std::sync::atomic::AtomicBool>)
             let id: tenantry::TenantId = id.parse().unwrap();
             manager.suspend_tenant(&id).await.unwrap();
             manager.delete_tenant(&id).await.unwrap();
-            let strategy = if (lives + i) % 2 == 0 { Strategy::Row } else { Strategy::Schema };
+            let strategy = if (lives + i) % 2 == 0 {
+                Strategy::Row
+            } else {
+                Strategy::Schema
+            };
             manager
                 .create_tenant(tenantry::NewTenant::new(id, "churn").with_strategy(strategy))
                 .await
@@ -112,6 +116,8 @@ enum Mix {
     Database,
     /// Schema, row and database tenants, in turn.
     Mixed,
+    /// Schema and row tenants, in turn.
+    SchemaAndRow,
 }
 
 impl Mix {
@@ -121,6 +127,7 @@ impl Mix {
             Mix::Row => Strategy::Row,
             Mix::Database => Strategy::Database,
             Mix::Mixed => [Strategy::Schema, Strategy::Row, Strategy::Database][i % 3],
+            Mix::SchemaAndRow => [Strategy::Schema, Strategy::Row][i % 2],
         }
     }
 }
@@ -134,6 +141,37 @@ async fn soak(pool_size: u32, mix: Mix, with_churn: bool) {
         ..PoolConfig::default()
     })
     .await;
+    run_soak(manager, pool_size, mix, with_churn).await;
+}
+
+/// The soak behind a real PgBouncer in transaction mode with `server_connections`
+/// server connections, in the transaction binding.
+async fn soak_behind_pgbouncer(budget: u32, server_connections: u32, mix: Mix) {
+    let (db, pool) = database().await;
+    saas::prepare_database(&pool).await.unwrap();
+    let bouncer = tenantry::testing::PgBouncer::start(
+        &db.connect_options(),
+        &["postgres"],
+        server_connections,
+    )
+    .expect("a PgBouncer (install the `pgbouncer` package)");
+    let manager = TenantManager::builder(pool)
+        .migrations(saas::tenant_migrations())
+        .database_prefix(database_prefix(&db))
+        .tenant_connections(bouncer.options(&db.connect_options()))
+        .pool_config(PoolConfig {
+            binding: tenantry::Binding::Transaction,
+            max_connections: Some(budget),
+            ..saas::pool_config()
+        })
+        .build()
+        .await
+        .unwrap();
+    run_soak(manager, budget, mix, true).await;
+    drop(bouncer);
+}
+
+async fn run_soak(manager: TenantManager, pool_size: u32, mix: Mix, with_churn: bool) {
     for i in 0..TENANTS {
         create_with(&manager, &tenant_name(i), mix.strategy(i)).await;
     }
@@ -426,18 +464,24 @@ async fn check_churned(manager: &TenantManager) {
     for id in CHURN {
         let t = manager.resolve(&id.parse().unwrap()).await.unwrap();
         let names: Vec<String> = match t.strategy {
-            Strategy::Row => sqlx::query_scalar("SELECT name FROM shared.projects WHERE tenant_id = $1")
-                .bind(id)
-                .fetch_all(pool)
-                .await
-                .unwrap(),
-            _ => {
-                let shared: i64 = sqlx::query_scalar("SELECT count(*) FROM shared.projects WHERE tenant_id = $1")
+            Strategy::Row => {
+                sqlx::query_scalar("SELECT name FROM shared.projects WHERE tenant_id = $1")
                     .bind(id)
-                    .fetch_one(pool)
+                    .fetch_all(pool)
                     .await
-                    .unwrap();
-                assert_eq!(shared, 0, "{id}: rows of a deleted row-strategy life survived");
+                    .unwrap()
+            }
+            _ => {
+                let shared: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM shared.projects WHERE tenant_id = $1")
+                        .bind(id)
+                        .fetch_one(pool)
+                        .await
+                        .unwrap();
+                assert_eq!(
+                    shared, 0,
+                    "{id}: rows of a deleted row-strategy life survived"
+                );
                 sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                     "SELECT name FROM {}.projects",
                     t.schema_name
@@ -449,13 +493,22 @@ async fn check_churned(manager: &TenantManager) {
         };
         let own = format!("{id}:{}:", t.incarnation);
         for name in &names {
-            assert!(name.starts_with(&own), "{id} (incarnation {}) holds {name}", t.incarnation);
+            assert!(
+                name.starts_with(&own),
+                "{id} (incarnation {}) holds {name}",
+                t.incarnation
+            );
         }
     }
 }
 
 async fn close(manager: TenantManager) {
     manager.pools().close_idle().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_schema_and_row_tenants_behind_pgbouncer() {
+    soak_behind_pgbouncer(8, 3, Mix::SchemaAndRow).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

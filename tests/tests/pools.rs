@@ -85,7 +85,14 @@ async fn the_budget_holds_over_more_tenants_and_clients_than_connections() {
     sampler.await.unwrap();
     // Every tenant reads exactly its own four rows.
     for (i, t) in tenants.iter().enumerate() {
-        let r = send(&app, Method::GET, "/api/v1/data", &[("x-tenant-id", t)], None).await;
+        let r = send(
+            &app,
+            Method::GET,
+            "/api/v1/data",
+            &[("x-tenant-id", t)],
+            None,
+        )
+        .await;
         let mut values: Vec<String> = r.json["data"]
             .as_array()
             .unwrap()
@@ -101,14 +108,20 @@ async fn the_budget_holds_over_more_tenants_and_clients_than_connections() {
         assert_eq!(values, expected, "{t} reads only its own rows");
     }
     let stats = manager.pools().stats();
-    eprintln!("{stats:?}, peak seen by the server {}", peak.load(Ordering::SeqCst));
+    eprintln!(
+        "{stats:?}, peak seen by the server {}",
+        peak.load(Ordering::SeqCst)
+    );
     assert!(stats.peak_open <= budget as usize, "{stats:?}");
     assert!(
         peak.load(Ordering::SeqCst) <= budget as i64,
         "the server saw {} tenant connections, budget {budget}",
         peak.load(Ordering::SeqCst)
     );
-    assert!(stats.rebound > 0, "schema and row tenants shared connections: {stats:?}");
+    assert!(
+        stats.rebound > 0,
+        "schema and row tenants shared connections: {stats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,19 +134,30 @@ async fn a_full_budget_is_503_with_retry_after_and_recovers() {
     .await;
     create(&manager, "holder").await;
     create(&manager, "waiter").await;
-    let holder = manager
-        .resolve(&"holder".parse().unwrap())
-        .await
-        .unwrap();
+    let holder = manager.resolve(&"holder".parse().unwrap()).await.unwrap();
     let mut held = manager.tenant_db(holder).await.unwrap();
     held.conn().await.unwrap();
     let app = saas_app(&manager);
-    let r = send(&app, Method::GET, "/api/v1/projects", &[("x-tenant-id", "waiter")], None).await;
+    let r = send(
+        &app,
+        Method::GET,
+        "/api/v1/projects",
+        &[("x-tenant-id", "waiter")],
+        None,
+    )
+    .await;
     r.assert_problem(503);
     assert_eq!(r.headers.get("retry-after").unwrap(), "1");
     assert_eq!(manager.pools().stats().timed_out, 1);
     drop(held);
-    let r = send(&app, Method::GET, "/api/v1/projects", &[("x-tenant-id", "waiter")], None).await;
+    let r = send(
+        &app,
+        Method::GET,
+        "/api/v1/projects",
+        &[("x-tenant-id", "waiter")],
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200, "{r:?}");
 }
 

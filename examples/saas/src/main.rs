@@ -2,12 +2,17 @@
 //!
 //! Uses `DATABASE_URL`, or else starts a private PostgreSQL and says so. The admin
 //! token comes from `SAAS_ADMIN_TOKEN`; when unset, one is made and printed.
+//!
+//! Behind a transaction pooler (PgBouncer, Supavisor, RDS Proxy): `DATABASE_URL` is
+//! the pooler, `SAAS_BINDING=transaction` binds tenants per transaction, and
+//! `DIRECT_DATABASE_URL` (default: `DATABASE_URL`) reaches the server directly, for
+//! the registry, change notifications and provisioning.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
 use rand::RngExt;
-use sqlx::postgres::PgPoolOptions;
-use tenantry::TenantManager;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tenantry::{Binding, PoolConfig, TenantManager};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -60,16 +65,34 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
 
+    let binding = match std::env::var("SAAS_BINDING").as_deref() {
+        Err(_) | Ok("") | Ok("session") => Binding::Session,
+        Ok("transaction") => Binding::Transaction,
+        Ok(other) => {
+            return Err(format!("SAAS_BINDING `{other}` is not `session` or `transaction`").into());
+        }
+    };
+    let direct = match std::env::var("DIRECT_DATABASE_URL") {
+        Ok(direct) if !direct.is_empty() => direct,
+        _ => url.clone(),
+    };
     let pool = PgPoolOptions::new()
         .max_connections(8)
         .acquire_timeout(std::time::Duration::from_secs(3))
-        .connect(&url)
+        .connect(&direct)
         .await
         .map_err(|e| format!("cannot connect to the database: {e}"))?;
     saas::prepare_database(&pool).await?;
+    let tenant_connections: PgConnectOptions = url
+        .parse()
+        .map_err(|e| format!("DATABASE_URL is not a PostgreSQL URL: {e}"))?;
     let manager = TenantManager::builder(pool)
         .migrations(saas::tenant_migrations())
-        .pool_config(saas::pool_config())
+        .tenant_connections(tenant_connections)
+        .pool_config(PoolConfig {
+            binding,
+            ..saas::pool_config()
+        })
         .build()
         .await?;
     let mut state = saas::AppState::new(manager, admin_token);
