@@ -379,7 +379,7 @@ impl TenantPools {
     ) -> Self {
         let budget = config.max_connections.unwrap_or(budget).max(1);
         let mut servers = servers;
-        if servers.named.get(DEFAULT_SERVER).is_none() {
+        if !servers.named.contains_key(DEFAULT_SERVER) {
             servers.add(DEFAULT_SERVER, base.clone());
         }
         let pools = Self {
