@@ -402,7 +402,7 @@ impl TenantManager {
     /// let rows = manager
     ///     .run_as(&tenant_id, async {
     ///         let mut db = manager.db().await?; // bound to `acme`
-    ///         sqlx::query("DELETE FROM sessions WHERE expired").execute(&mut *db).await?;
+    ///         sqlx::query("DELETE FROM sessions WHERE expired").execute(&mut db).await?;
     ///         Ok::<_, tenantry::Error>(())
     ///     })
     ///     .await??;
