@@ -36,6 +36,15 @@ impl Source {
             .read_at
             .is_none_or(|generation| self.pools.changed_since(&tenant.id, generation))
         {
+            self.verify(tenant).await?;
+        }
+        Ok(conn)
+    }
+
+    /// Asks the registry whether `tenant` is still this incarnation, active, with the
+    /// same strategy and server.
+    async fn verify(&self, tenant: &Tenant) -> Result<(), Error> {
+        {
             match self.registry.find(&tenant.id).await? {
                 Some(now) if now.incarnation != tenant.incarnation => {
                     return Err(Error::TenantChanged(tenant.id.clone()));
@@ -56,7 +65,7 @@ impl Source {
                 None => return Err(Error::TenantNotFound(tenant.id.clone())),
             }
         }
-        Ok(conn)
+        Ok(())
     }
 }
 
@@ -97,11 +106,27 @@ impl TenantDb {
         &self.tenant
     }
 
+    /// The connection, taken on first use. A handle that keeps its connection while
+    /// its tenant is invalidated (suspended, deleted, re-created) asks the registry
+    /// again before its next statement.
     async fn pooled(&mut self) -> Result<&mut PooledConn, Error> {
-        if self.conn.is_none() {
-            self.conn = Some(self.source.acquire(&self.tenant).await?);
+        match &self.conn {
+            None => self.conn = Some(self.source.acquire(&self.tenant).await?),
+            Some(conn) if conn.stale() => {
+                self.source.verify(&self.tenant).await?;
+                if let Some(conn) = self.conn.as_mut() {
+                    conn.refresh();
+                }
+            }
+            Some(_) => {}
         }
         Ok(self.conn.as_mut().expect("acquired above"))
+    }
+
+    pub(crate) fn suspect_conn(&mut self) {
+        if let Some(conn) = self.conn.as_mut() {
+            conn.suspect();
+        }
     }
 
     /// The connection, taken from the pool (and bound) if this is the first use.
@@ -265,6 +290,10 @@ impl TenantTx {
         self.db.persistent()
     }
 
+    pub(crate) fn suspect_conn(&mut self) {
+        self.db.suspect_conn();
+    }
+
     async fn finish(mut self, statement: &'static str) -> Result<(), Error> {
         if !self.open {
             return Ok(());
@@ -331,6 +360,16 @@ impl<'q, E: Execute<'q, Postgres>> Execute<'q, Postgres> for Unnamed<E> {
     fn persistent(&self) -> bool {
         self.persistent && self.query.persistent()
     }
+}
+
+/// sqlx prepares explicitly prepared statements by name, which a transaction pooler
+/// does not keep.
+fn no_named_statements() -> Error {
+    Error::Validation(
+        "preparing a statement by name is not available behind a transaction pooler \
+         (`Binding::Transaction`); run the query directly"
+            .to_owned(),
+    )
 }
 
 /// Errors of taking a connection, carried through sqlx's error type by the executor
@@ -410,6 +449,10 @@ macro_rules! lazy_executor {
             {
                 async move {
                     let local = self.begin_statement(true).await.map_err(to_sqlx)?;
+                    if local || !self.persistent() {
+                        self.end_statement(local, false).await.map_err(to_sqlx)?;
+                        return Err(to_sqlx(no_named_statements()));
+                    }
                     let statement = self.statement_conn().prepare_with(sql, parameters).await;
                     self.end_statement(local, statement.is_ok())
                         .await
@@ -429,6 +472,10 @@ macro_rules! lazy_executor {
             {
                 async move {
                     let local = self.begin_statement(true).await.map_err(to_sqlx)?;
+                    if local || !self.persistent() {
+                        self.end_statement(local, false).await.map_err(to_sqlx)?;
+                        return Err(to_sqlx(no_named_statements()));
+                    }
                     let described = self.statement_conn().describe(sql).await;
                     self.end_statement(local, described.is_ok())
                         .await

@@ -12,6 +12,9 @@ use crate::error::Error;
 use crate::tenant::Tenant;
 
 mod sealed {
+    /// Proof that a caller is tenantry itself: the handle methods that reach the
+    /// connection take one, and only this crate can make it.
+    pub struct Token(pub(crate) ());
     pub trait Sealed {}
     impl Sealed for crate::db::TenantDb {}
     impl Sealed for crate::db::TenantTx {}
@@ -32,40 +35,55 @@ pub trait TenantHandle: sealed::Sealed + Send {
     /// the connection needs no reset afterwards): takes the connection on first use
     /// and, in the transaction binding, begins the statement's transaction.
     #[doc(hidden)]
-    fn begin_own(&mut self) -> impl Future<Output = Result<bool, Error>> + Send + '_;
+    fn begin_own(
+        &mut self,
+        _: sealed::Token,
+    ) -> impl Future<Output = Result<bool, Error>> + Send + '_;
     /// The connection of the statement begun.
     #[doc(hidden)]
-    fn connection(&mut self) -> &mut PgConnection;
+    fn connection(&mut self, _: sealed::Token) -> &mut PgConnection;
     /// Whether statements may be prepared by name (not behind a transaction pooler).
     #[doc(hidden)]
-    fn persistent(&self) -> bool;
+    fn persistent(&self, _: sealed::Token) -> bool;
     /// Ends the statement begun (commit or roll back its own transaction, if any).
     #[doc(hidden)]
     fn end_own(
         &mut self,
         local: bool,
         ok: bool,
+        _: sealed::Token,
     ) -> impl Future<Output = Result<(), Error>> + Send + '_;
+    /// Marks the connection's state unknown after a statement failed without an
+    /// answer from the server: it is checked (or closed) before reuse.
+    #[doc(hidden)]
+    fn suspect(&mut self, _: sealed::Token);
     /// The tenant it is bound to.
     fn bound_tenant(&self) -> &Tenant;
 }
 
 impl TenantHandle for TenantDb {
-    fn begin_own(&mut self) -> impl Future<Output = Result<bool, Error>> + Send + '_ {
+    fn begin_own(
+        &mut self,
+        _: sealed::Token,
+    ) -> impl Future<Output = Result<bool, Error>> + Send + '_ {
         self.begin_statement(false)
     }
-    fn connection(&mut self) -> &mut PgConnection {
+    fn connection(&mut self, _: sealed::Token) -> &mut PgConnection {
         self.statement_conn()
     }
-    fn persistent(&self) -> bool {
+    fn persistent(&self, _: sealed::Token) -> bool {
         TenantDb::persistent(self)
     }
     fn end_own(
         &mut self,
         local: bool,
         ok: bool,
+        _: sealed::Token,
     ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
         self.end_statement(local, ok)
+    }
+    fn suspect(&mut self, _: sealed::Token) {
+        self.suspect_conn();
     }
     fn bound_tenant(&self) -> &Tenant {
         self.tenant()
@@ -73,21 +91,28 @@ impl TenantHandle for TenantDb {
 }
 
 impl TenantHandle for TenantTx {
-    fn begin_own(&mut self) -> impl Future<Output = Result<bool, Error>> + Send + '_ {
+    fn begin_own(
+        &mut self,
+        _: sealed::Token,
+    ) -> impl Future<Output = Result<bool, Error>> + Send + '_ {
         self.begin_statement(false)
     }
-    fn connection(&mut self) -> &mut PgConnection {
+    fn connection(&mut self, _: sealed::Token) -> &mut PgConnection {
         self.statement_conn()
     }
-    fn persistent(&self) -> bool {
+    fn persistent(&self, _: sealed::Token) -> bool {
         TenantTx::persistent(self)
     }
     fn end_own(
         &mut self,
         _local: bool,
         _ok: bool,
+        _: sealed::Token,
     ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
         std::future::ready(Ok(()))
+    }
+    fn suspect(&mut self, _: sealed::Token) {
+        self.suspect_conn();
     }
     fn bound_tenant(&self) -> &Tenant {
         self.tenant()
@@ -99,13 +124,20 @@ impl TenantHandle for TenantTx {
 /// and `end_own`.
 macro_rules! own_statement {
     ($handle:expr, $method:ident($query:expr)) => {{
-        let local = $handle.begin_own().await?;
-        let persistent = $handle.persistent();
+        let local = $handle.begin_own(sealed::Token(())).await?;
+        let persistent = $handle.persistent(sealed::Token(()));
         let result = {
-            let conn = $handle.connection();
+            let conn = $handle.connection(sealed::Token(()));
             sqlx::Executor::$method(conn, crate::db::Unnamed::new($query, persistent)).await
         };
-        $handle.end_own(local, result.is_ok()).await?;
+        if let Err(e) = &result
+            && !matches!(e, sqlx::Error::Database(_))
+        {
+            $handle.suspect(sealed::Token(()));
+        }
+        $handle
+            .end_own(local, result.is_ok(), sealed::Token(()))
+            .await?;
         result?
     }};
 }

@@ -85,6 +85,10 @@ pub enum Error {
     /// held a handle for it; retrying resolves it again (503 with `Retry-After`).
     #[error("tenant `{0}` changed while the request was in flight; retry")]
     TenantChanged(TenantId),
+    /// The tenant still had requests using its connections when it was to be deleted;
+    /// nothing was deleted (409; retry once they finished).
+    #[error("tenant `{0}` still has requests in flight; nothing was deleted, retry")]
+    TenantBusy(TenantId),
     /// The database answered with an error, or could not be reached.
     #[error(transparent)]
     Database(sqlx::Error),
@@ -124,7 +128,9 @@ impl Error {
             Error::TenantNotFound(_) | Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::TenantNotActive { .. } | Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Error::TenantExists(_) | Error::InvalidTransition { .. } => StatusCode::CONFLICT,
+            Error::TenantExists(_) | Error::InvalidTransition { .. } | Error::TenantBusy(_) => {
+                StatusCode::CONFLICT
+            }
             Error::Database(e) if is_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
             Error::PoolExhausted { .. } | Error::TenantChanged(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -158,6 +164,7 @@ impl Error {
             Error::Validation(_) => ("validation", "Invalid request"),
             Error::PoolExhausted { .. } => ("database-busy", "Database busy"),
             Error::TenantChanged(_) => ("tenant-changed", "Tenant changed"),
+            Error::TenantBusy(_) => ("tenant-busy", "Tenant busy"),
             Error::Database(_) if status == StatusCode::SERVICE_UNAVAILABLE => {
                 ("database-unavailable", "Database unavailable")
             }

@@ -446,9 +446,11 @@ impl TenantManager {
     /// Deletes a suspended tenant and its data.
     pub async fn delete_tenant(&self, id: &TenantId) -> Result<Tenant, Error> {
         self.invalidate(id);
-        // No connection stays bound to it; wait for the ones in use, so DROP SCHEMA
-        // is not blocked.
-        self.inner.pools.drain_tenant(id).await;
+        // No connection stays bound to it; wait for the ones in use, so that no write
+        // of theirs lands after the data is gone (and DROP SCHEMA is not blocked).
+        if !self.inner.pools.drain_tenant(id).await {
+            return Err(Error::TenantBusy(id.clone()));
+        }
         let result = self.inner.service.delete(id).await;
         self.invalidate(id);
         result

@@ -303,17 +303,17 @@ impl State {
     fn epoch(&self, id: &TenantId) -> u64 {
         self.epochs.get(id).copied().unwrap_or(0) + self.global_epoch
     }
+    /// Counts a slot taken for a connection about to be opened.
     fn opened_one(&mut self, server: &str) {
         *self.open.entry(server.to_owned()).or_default() += 1;
-        self.stats.opened += 1;
         let total = self.total_open();
         self.stats.peak_open = self.stats.peak_open.max(total);
     }
+    /// Gives back the slot of a connection that is closed now (or was never opened).
     fn closed_one(&mut self, server: &str) {
         if let Some(n) = self.open.get_mut(server) {
             *n = n.saturating_sub(1);
         }
-        self.stats.closed += 1;
     }
     fn release_key(&mut self, key: &BindingKey) {
         if let Some(n) = self.in_use.get_mut(key) {
@@ -356,8 +356,8 @@ impl std::fmt::Debug for TenantPools {
 enum Plan {
     /// An idle connection, bound to the tenant already or to be rebound.
     Idle(Box<Conn>),
-    /// A new connection (counted already); `evict` is an idle one to close first.
-    Open(Option<Box<Conn>>),
+    /// A new connection, its slot counted already.
+    Open,
 }
 
 impl TenantPools {
@@ -413,10 +413,7 @@ impl TenantPools {
                 tokio::time::sleep(period).await;
                 let Some(shared) = weak.upgrade() else { return };
                 let expired = take_expired(&mut shared.lock(), &shared.config);
-                if !expired.is_empty() {
-                    shared.notify_all();
-                }
-                close_all_in_background(expired);
+                retire(&shared, expired);
             }
         });
     }
@@ -463,9 +460,7 @@ impl TenantPools {
                 let conn = &mut state.idle[i];
                 if conn.binding.as_ref().is_some_and(|b| &b.id == id) {
                     if conn.login.database.is_some() {
-                        let conn = state.idle.swap_remove(i);
-                        state.closed_one(&conn.login.server);
-                        closing.push(conn);
+                        closing.push(state.idle.swap_remove(i));
                         continue;
                     }
                     conn.binding = None;
@@ -474,10 +469,7 @@ impl TenantPools {
             }
             closing
         };
-        if !closing.is_empty() {
-            self.shared.notify_all();
-        }
-        close_all_in_background(closing);
+        retire(&self.shared, closing);
     }
 
     /// Drops every binding (for example when change notifications may have been missed).
@@ -491,9 +483,7 @@ impl TenantPools {
             let mut i = 0;
             while i < state.idle.len() {
                 if state.idle[i].login.database.is_some() {
-                    let conn = state.idle.swap_remove(i);
-                    state.closed_one(&conn.login.server);
-                    closing.push(conn);
+                    closing.push(state.idle.swap_remove(i));
                     continue;
                 }
                 state.idle[i].binding = None;
@@ -502,7 +492,7 @@ impl TenantPools {
             closing
         };
         self.shared.notify_all();
-        close_all_in_background(closing);
+        retire(&self.shared, closing);
     }
 
     /// The invalidation generation now: read it before reading a tenant record, and
@@ -526,30 +516,30 @@ impl TenantPools {
     /// Closes the idle connections (connections in use close when they come back
     /// after [`TenantPools::invalidate`], or stay within the budget otherwise).
     pub async fn close_idle(&self) {
-        let idle: Vec<Conn> = {
-            let mut state = self.shared.lock();
-            let idle: Vec<Conn> = state.idle.drain(..).collect();
-            for conn in &idle {
-                state.closed_one(&conn.login.server);
-            }
-            idle
-        };
-        self.shared.notify_all();
+        let idle: Vec<Conn> = self.shared.lock().idle.drain(..).collect();
         for conn in idle {
-            let _ = conn.raw.close().await;
+            let server = conn.login.server.clone();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.raw.close()).await;
+            let mut state = self.shared.lock();
+            state.closed_one(&server);
+            state.stats.closed += 1;
         }
+        self.shared.notify_all();
     }
 
-    /// Closes every idle connection of tenant `id` and waits (up to the acquire
-    /// timeout) until none of its connections is in use, for example before its
-    /// database is dropped.
-    pub async fn drain_tenant(&self, id: &TenantId) {
+    /// Drops every binding of tenant `id` and waits (up to the acquire timeout)
+    /// until none of its connections is in use, for example before its data is
+    /// dropped. `false` if some still were at the deadline.
+    pub async fn drain_tenant(&self, id: &TenantId) -> bool {
         self.invalidate(id);
         let deadline = Instant::now() + self.shared.config.acquire_timeout;
         loop {
             let busy = self.shared.lock().in_use.keys().any(|k| &k.id == id);
-            if !busy || Instant::now() >= deadline {
-                return;
+            if !busy {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -573,16 +563,18 @@ impl TenantPools {
             let released = released_signal.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            let (plan, expired) = {
+            let (plan, retiring) = {
                 let mut state = shared.lock();
-                let expired = take_expired(&mut state, &shared.config);
-                let plan = shared.plan(&mut state, &login, &key);
+                let mut retiring = take_expired(&mut state, &shared.config);
+                let plan = shared.plan(&mut state, &login, &key, &mut retiring);
                 if plan.is_some() {
                     *state.in_use.entry(key.clone()).or_default() += 1;
                 }
-                (plan, expired)
+                (plan, retiring)
             };
-            close_all_in_background(expired);
+            // A connection made room for this request: its slot frees when it is
+            // closed, which wakes the waiters of its server.
+            retire(shared, retiring);
             if let Some(plan) = plan {
                 break plan;
             }
@@ -597,47 +589,40 @@ impl TenantPools {
                 });
             }
         };
-        // From here on the guard gives the slot (and the connection) back on any exit.
+        // From here on the guard gives back the key, the slot and the connection on
+        // any exit, cancellation included.
         let mut guard = PooledConn {
             conn: None,
             pool: self.shared.clone(),
             key: key.clone(),
             server: login.server.clone(),
+            reserved: false,
             dirty: false,
             busy: false,
             in_transaction: false,
             local_binding: None,
+            tenant: tenant.id.clone(),
         };
         let conn = match plan {
             Plan::Idle(conn) => *conn,
-            Plan::Open(evict) => {
-                if let Some(evict) = evict {
-                    close_all_in_background(vec![*evict]);
-                }
-                guard.server = login.server.clone();
-                // The slot is counted; give it back if the connect fails.
-                guard.busy = true;
-                let raw = shared.connect(&login, tenant).await;
-                guard.busy = false;
-                match raw {
-                    Ok(raw) => Conn {
-                        raw,
-                        login: login.clone(),
-                        binding: None,
-                        epoch: 0,
-                        layout: None,
-                        tenants: HashSet::new(),
-                        created: Instant::now(),
-                        idle_since: Instant::now(),
-                    },
-                    Err(e) => {
-                        guard.forget_slot();
-                        return Err(e);
-                    }
+            Plan::Open => {
+                guard.reserved = true;
+                let raw = shared.connect(&login, tenant).await?;
+                shared.lock().stats.opened += 1;
+                Conn {
+                    raw,
+                    login: login.clone(),
+                    binding: None,
+                    epoch: 0,
+                    layout: None,
+                    tenants: HashSet::new(),
+                    created: Instant::now(),
+                    idle_since: Instant::now(),
                 }
             }
         };
         guard.conn = Some(conn);
+        guard.reserved = false;
         guard.bind(tenant).await?;
         Ok(guard)
     }
@@ -648,6 +633,18 @@ impl Shared {
     fn notify(&self, server: &str) {
         if let Some(n) = self.released.get(server) {
             n.notify_one();
+        }
+    }
+
+    /// Wakes waiters after a connection came back: one, or all of the server's when
+    /// per-tenant caps may keep the one woken from using it.
+    fn notify_released(&self, server: &str) {
+        if self.config.max_connections_per_tenant.is_some() {
+            if let Some(n) = self.released.get(server) {
+                n.notify_waiters();
+            }
+        } else {
+            self.notify(server);
         }
     }
 
@@ -682,8 +679,16 @@ impl Shared {
         }
     }
 
-    /// Chooses a connection for `key` under the lock, or `None` to wait.
-    fn plan(&self, state: &mut State, login: &Login, key: &BindingKey) -> Option<Plan> {
+    /// Chooses a connection for `key` under the lock, or `None` to wait. With the
+    /// budget full, an idle connection of another login on the server is moved to
+    /// `retiring`: its slot frees (and wakes a waiter) once it is closed.
+    fn plan(
+        &self,
+        state: &mut State,
+        login: &Login,
+        key: &BindingKey,
+        retiring: &mut Vec<Conn>,
+    ) -> Option<Plan> {
         if let Some(cap) = self.config.max_connections_per_tenant
             && state.in_use.get(key).copied().unwrap_or(0) >= cap
         {
@@ -723,7 +728,7 @@ impl Shared {
         let open = state.open.get(&login.server).copied().unwrap_or(0);
         if open < self.budget {
             state.opened_one(&login.server);
-            return Some(Plan::Open(None));
+            return Some(Plan::Open);
         }
         // The budget is full: make room by closing an idle connection of another
         // login (a cold tenant database, or the row login) on this server.
@@ -738,10 +743,8 @@ impl Shared {
                 .min_by_key(|(_, c)| c.idle_since)
                 .map(|(i, _)| i)
         })?;
-        let victim = state.idle.swap_remove(victim);
-        state.closed_one(&victim.login.server);
-        state.opened_one(&login.server);
-        Some(Plan::Open(Some(Box::new(victim))))
+        retiring.push(state.idle.swap_remove(victim));
+        None
     }
 
     async fn connect(&self, login: &Login, tenant: &Tenant) -> Result<PgConnection, Error> {
@@ -789,6 +792,11 @@ impl Shared {
     /// takes no parameters); `SET LOCAL` statements rather than `set_config` calls,
     /// because Citus forwards those to its workers.
     fn local_binding_sql(&self, tenant: &Tenant) -> String {
+        if tenant.strategy == Strategy::Database {
+            // Its own database is its binding; its tables live in its `public`.
+            return "BEGIN; SET LOCAL search_path TO public, pg_temp; SET LOCAL role TO NONE"
+                .to_owned();
+        }
         let (path, setting, role) = self.binding_of(tenant);
         let role = if role == "none" {
             "NONE".to_owned()
@@ -805,13 +813,22 @@ impl Shared {
     fn binding_of(&self, tenant: &Tenant) -> (String, String, String) {
         let c = &self.config;
         match tenant.strategy {
+            // `pg_temp` last: a temporary table (a handler's, or one a transaction
+            // pooler's server connection kept from another client) never shadows the
+            // tenant's tables.
             Strategy::Schema | Strategy::Database => (
-                search_path(&tenant.id, c.shared_schema.as_deref()),
+                format!(
+                    "{}, pg_temp",
+                    search_path(&tenant.id, c.shared_schema.as_deref())
+                ),
                 String::new(),
                 "none".to_owned(),
             ),
             Strategy::Row => (
-                quote_ident(c.row_schema.as_deref().unwrap_or("public")),
+                format!(
+                    "{}, pg_temp",
+                    quote_ident(c.row_schema.as_deref().unwrap_or("public"))
+                ),
                 tenant.id.as_str().to_owned(),
                 c.row_role.clone().unwrap_or_else(|| "none".to_owned()),
             ),
@@ -858,9 +875,7 @@ fn take_expired(state: &mut State, config: &PoolConfig) -> Vec<Conn> {
         if now.duration_since(c.idle_since) >= config.idle_timeout
             || now.duration_since(c.created) >= config.max_lifetime
         {
-            let conn = state.idle.swap_remove(i);
-            state.closed_one(&conn.login.server);
-            expired.push(conn);
+            expired.push(state.idle.swap_remove(i));
         } else {
             i += 1;
         }
@@ -868,20 +883,38 @@ fn take_expired(state: &mut State, config: &PoolConfig) -> Vec<Conn> {
     expired
 }
 
-fn close_all_in_background(conns: Vec<Conn>) {
+/// Closes `conns` in the background; each one's budget slot is given back, and a
+/// waiter of its server woken, only once it is closed.
+fn retire(shared: &Arc<Shared>, conns: Vec<Conn>) {
     if conns.is_empty() {
         return;
     }
+    let done = |shared: &Shared, server: &str| {
+        let mut state = shared.lock();
+        state.closed_one(server);
+        state.stats.closed += 1;
+        drop(state);
+        shared.notify(server);
+    };
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
+            let shared = shared.clone();
             handle.spawn(async move {
                 for conn in conns {
-                    let _ = conn.raw.close().await;
+                    let server = conn.login.server.clone();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn.raw.close()).await;
+                    done(&shared, &server);
                 }
             });
         }
-        // No runtime (dropped at shutdown): the sockets simply close.
-        Err(_) => drop(conns),
+        // No runtime (dropped at shutdown): the sockets close as they are dropped.
+        Err(_) => {
+            for conn in conns {
+                let server = conn.login.server.clone();
+                drop(conn);
+                done(shared, &server);
+            }
+        }
     }
 }
 
@@ -891,8 +924,12 @@ pub(crate) struct PooledConn {
     conn: Option<Conn>,
     pool: Arc<Shared>,
     key: BindingKey,
+    tenant: TenantId,
     server: String,
-    /// A handler used the raw connection: its session state is unknown.
+    /// A budget slot is counted for a connection being opened (not yet in `conn`).
+    reserved: bool,
+    /// A handler used the raw connection, or a statement failed without an answer
+    /// from the server: its session state is unknown.
     dirty: bool,
     /// A statement of tenantry's own is in flight (a drop now means a cancellation).
     busy: bool,
@@ -903,33 +940,38 @@ pub(crate) struct PooledConn {
 }
 
 impl PooledConn {
-    /// Binds the connection to `tenant` unless it is bound to its incarnation already.
+    /// Binds the connection to `tenant` unless it is bound to its incarnation (and
+    /// its schema layout) already.
     async fn bind(&mut self, tenant: &Tenant) -> Result<(), Error> {
         let pool = self.pool.clone();
         let epoch = pool.lock().epoch(&tenant.id);
-        if pool.config.binding == Binding::Transaction {
+        let layout = Layout {
+            strategy: tenant.strategy,
+            version: tenant.schema_version,
+        };
+        let session = pool.config.binding == Binding::Session;
+        if !session {
             self.local_binding = Some(pool.local_binding_sql(tenant));
-            return Ok(());
         }
         let conn = self.conn.as_mut().expect("a connection");
-        if conn.binding.as_ref() == Some(&self.key) && conn.epoch == epoch {
+        if conn.binding.as_ref() == Some(&self.key)
+            && conn.epoch == epoch
+            && conn.layout == Some(layout)
+        {
             return Ok(());
         }
-        if tenant.strategy != Strategy::Database {
-            let layout = Layout {
-                strategy: tenant.strategy,
-                version: tenant.schema_version,
-            };
+        self.busy = true;
+        // A statement prepared against another shape of the tables must not meet
+        // these (`cached plan must not change result type`).
+        if conn.layout.is_some_and(|l| l != layout) && conn.raw.cached_statements_size() > 0 {
+            conn.raw.clear_cached_statements().await?;
+        }
+        if session && tenant.strategy != Strategy::Database {
             let (path, setting, role) = pool.binding_of(tenant);
-            self.busy = true;
-            let conn = self.conn.as_mut().expect("a connection");
-            if conn.layout.is_some_and(|l| l != layout) && conn.raw.cached_statements_size() > 0 {
-                conn.raw.clear_cached_statements().await?;
-            }
             // The whole binding in one round trip; values are bound, never spliced.
             sqlx::query(
-                "SELECT set_config('search_path', $1, false), set_config($2, $3, false), \
-                 set_config('role', $4, false)",
+                "SELECT pg_catalog.set_config('search_path', $1, false), \
+                 pg_catalog.set_config($2, $3, false), pg_catalog.set_config('role', $4, false)",
             )
             .bind(path)
             .bind(TENANT_SETTING)
@@ -937,15 +979,29 @@ impl PooledConn {
             .bind(role)
             .execute(&mut conn.raw)
             .await?;
-            conn.layout = Some(layout);
-            self.busy = false;
             pool.lock().stats.rebound += 1;
         }
-        let conn = self.conn.as_mut().expect("a connection");
+        self.busy = false;
+        conn.layout = Some(layout);
         conn.binding = Some(self.key.clone());
         conn.epoch = epoch;
         conn.tenants.insert(tenant.id.clone());
         Ok(())
+    }
+
+    /// Whether the tenant was invalidated since this connection was bound to it: a
+    /// handle then asks the registry before its next statement.
+    pub(crate) fn stale(&self) -> bool {
+        let epoch = self.pool.lock().epoch(&self.tenant);
+        self.conn.as_ref().is_some_and(|c| c.epoch != epoch)
+    }
+
+    /// Marks the binding as checked against the registry again.
+    pub(crate) fn refresh(&mut self) {
+        let epoch = self.pool.lock().epoch(&self.tenant);
+        if let Some(conn) = self.conn.as_mut() {
+            conn.epoch = epoch;
+        }
     }
 
     /// In the transaction binding: the statement that begins a transaction bound to
@@ -965,6 +1021,12 @@ impl PooledConn {
         self.own()
     }
 
+    /// Marks the connection's state unknown (a statement failed without an answer
+    /// from the server): it is checked before reuse, and closed if that fails.
+    pub(crate) fn suspect(&mut self) {
+        self.dirty = true;
+    }
+
     /// Marks a statement of tenantry's own as in flight (`true`) or finished.
     pub(crate) fn set_busy(&mut self, busy: bool) {
         self.busy = busy;
@@ -974,47 +1036,29 @@ impl PooledConn {
     pub(crate) fn set_in_transaction(&mut self, open: bool) {
         self.in_transaction = open;
     }
-
-    /// Gives back the budget slot of a connection that was never opened.
-    fn forget_slot(&mut self) {
-        let mut state = self.pool.lock();
-        state.closed_one(&self.server);
-        state.stats.closed -= 1;
-        state.stats.opened -= 1;
-        state.release_key(&self.key);
-        drop(state);
-        self.pool.notify(&self.server);
-        self.conn = None;
-        self.server.clear();
-    }
 }
 
 impl Drop for PooledConn {
     fn drop(&mut self) {
-        if self.server.is_empty() {
-            return;
-        }
         let pool = self.pool.clone();
+        let mut state = pool.lock();
+        state.release_key(&self.key);
         let Some(mut conn) = self.conn.take() else {
-            // Dropped while connecting: the connect future is gone with it.
-            let mut state = pool.lock();
-            state.closed_one(&self.server);
-            state.release_key(&self.key);
+            if self.reserved {
+                // Dropped (or failed) while connecting: the slot was never used.
+                state.closed_one(&self.server);
+            }
             drop(state);
-            pool.notify(&self.server);
+            pool.notify_released(&self.server);
             return;
         };
         let config = &pool.config;
         let worn = conn.tenants.len() >= config.max_tenants_per_connection as usize
             || conn.created.elapsed() >= config.max_lifetime;
         let unsure = self.dirty || self.busy || self.in_transaction || conn.raw.is_in_transaction();
-        let mut state = pool.lock();
-        state.release_key(&self.key);
-        if worn {
-            state.closed_one(&conn.login.server);
+        if worn && !unsure {
             drop(state);
-            pool.notify(&self.server);
-            close_all_in_background(vec![conn]);
+            retire(&pool, vec![conn]);
             return;
         }
         if !unsure {
@@ -1028,49 +1072,38 @@ impl Drop for PooledConn {
             conn.idle_since = Instant::now();
             state.idle.push(conn);
             drop(state);
-            pool.notify(&self.server);
+            pool.notify_released(&self.server);
             return;
         }
         state.stats.reset += 1;
         drop(state);
         // Off the request's path: reset, then back to the idle set, or closed. The
         // slot stays counted meanwhile, so the budget holds.
-        let server = std::mem::take(&mut self.server);
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                let session = pool.config.binding == Binding::Session;
-                handle.spawn(async move {
-                    let reset = tokio::time::timeout(
-                        Duration::from_secs(10),
-                        reset(&mut conn.raw, session),
-                    )
-                    .await;
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            retire(&pool, vec![conn]);
+            return;
+        };
+        let session = config.binding == Binding::Session;
+        handle.spawn(async move {
+            let reset =
+                tokio::time::timeout(Duration::from_secs(10), reset(&mut conn.raw, session)).await;
+            match reset {
+                Ok(Ok(())) if !worn => {
                     let mut state = pool.lock();
-                    match reset {
-                        Ok(Ok(())) => {
-                            // The session state is the login's default now: unbound.
-                            conn.binding = None;
-                            conn.layout = conn
-                                .layout
-                                .filter(|_| conn.raw.cached_statements_size() > 0);
-                            conn.idle_since = Instant::now();
-                            state.idle.push(conn);
-                            drop(state);
-                        }
-                        _ => {
-                            state.closed_one(&conn.login.server);
-                            drop(state);
-                            close_all_in_background(vec![conn]);
-                        }
+                    // The session is the login's default now: unbound, except a
+                    // tenant database's connection, whose database is its binding.
+                    if conn.login.database.is_none() && session {
+                        conn.binding = None;
                     }
-                    pool.notify(&server);
-                });
+                    conn.idle_since = Instant::now();
+                    let server = conn.login.server.clone();
+                    state.idle.push(conn);
+                    drop(state);
+                    pool.notify_released(&server);
+                }
+                _ => retire(&pool, vec![conn]),
             }
-            Err(_) => {
-                pool.lock().closed_one(&conn.login.server);
-                pool.notify(&server);
-            }
-        }
+        });
     }
 }
 
@@ -1086,29 +1119,37 @@ async fn reset(conn: &mut PgConnection, session: bool) -> Result<(), sqlx::Error
     // `transaction_timestamp() = statement_timestamp()` holds only for the first
     // statement of a transaction: false inside a transaction block a handler opened.
     // (Sent as a simple query: in the extended protocol the two timestamps differ.)
-    // In a failed transaction the query itself fails.
-    let probe = sqlx::raw_sql(
-        "SELECT transaction_timestamp() = statement_timestamp(), \
-         (SELECT count(*) FROM pg_prepared_statements)",
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .and_then(|row| Ok((row.try_get::<bool, _>(0)?, row.try_get::<i64, _>(1)?)));
-    let prepared = match probe {
-        Ok((true, prepared)) => prepared,
-        _ => {
-            sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
-            sqlx::query_scalar("SELECT count(*) FROM pg_prepared_statements")
-                .fetch_one(&mut *conn)
-                .await?
-        }
+    // In a failed transaction the query itself fails. Names are schema-qualified, so
+    // a handler's `search_path` cannot change what the probe calls.
+    const PROBE: &str = "SELECT pg_catalog.transaction_timestamp() OPERATOR(pg_catalog.=) \
+         pg_catalog.statement_timestamp(), \
+         (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements)";
+    let probe = |row: sqlx::postgres::PgRow| -> Result<(bool, i64), sqlx::Error> {
+        Ok((row.try_get::<bool, _>(0)?, row.try_get::<i64, _>(1)?))
     };
+    let mut state = sqlx::raw_sql(PROBE)
+        .fetch_one(&mut *conn)
+        .await
+        .and_then(probe);
+    if !matches!(state, Ok((true, _))) {
+        sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
+        state = sqlx::raw_sql(PROBE)
+            .fetch_one(&mut *conn)
+            .await
+            .and_then(probe);
+    }
+    let (outside, prepared) = state?;
+    if !outside {
+        return Err(sqlx::Error::Protocol(
+            "the connection is still in a transaction after ROLLBACK".to_owned(),
+        ));
+    }
     if !session {
         return Ok(());
     }
     sqlx::raw_sql(
         "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; \
-         SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES",
+         SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES",
     )
     .execute(&mut *conn)
     .await?;

@@ -417,6 +417,9 @@ impl TenantService {
             self.migrations
                 .apply_version(&mut tx, &self.repo, id, version)
                 .await?;
+            // Every instance drops its bindings: statements prepared against the old
+            // tables are not reused.
+            self.repo.notify(&mut tx, id).await?;
             tx.commit().await?;
             applied.push(version);
         }

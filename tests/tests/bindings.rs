@@ -131,7 +131,11 @@ async fn session_changes_of_a_handler_never_reach_the_next_request() {
         )
         .await;
         assert_eq!(r.status, 200, "{r:?}");
-        assert_eq!(r.json["search_path"], format!("\"tenant_{next}\""), "{r:?}");
+        assert_eq!(
+            r.json["search_path"],
+            format!("\"tenant_{next}\", pg_temp"),
+            "{r:?}"
+        );
         assert_eq!(r.json["tenant_setting"], "", "{r:?}");
         assert_eq!(r.json["statement_timeout"], "0", "{r:?}");
         assert_eq!(r.json["outside_transaction"], true, "{r:?}");
@@ -467,4 +471,39 @@ async fn statement_caches_follow_the_binding_when_schemas_differ_mid_rollout() {
         }
     }
     assert_eq!(new.pools().stats().opened, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_held_across_suspension_is_refused_and_deletion_waits_for_it() {
+    let (_db, manager) = manager(PoolConfig {
+        acquire_timeout: Duration::from_millis(300),
+        ..PoolConfig::default()
+    })
+    .await;
+    create(&manager, "lingering").await;
+    let id: tenantry::TenantId = "lingering".parse().unwrap();
+    let tenant = manager.resolve(&id).await.unwrap();
+    // A long request (or a background job) holds its handle and has used it.
+    let mut held = manager.tenant_db(tenant).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM projects")
+        .fetch_one(&mut held)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    manager.suspend_tenant(&id).await.unwrap();
+    // Its next statement is refused: the tenant changed under it.
+    let refused = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM projects")
+        .fetch_one(&mut held)
+        .await
+        .map_err(Error::from)
+        .unwrap_err();
+    assert_eq!(refused.status(), 403, "{refused}");
+    // Deleting waits for it, and deletes nothing while it is still held.
+    let busy = manager.delete_tenant(&id).await.unwrap_err();
+    assert_eq!(busy.status(), 409, "{busy}");
+    assert!(manager.get_tenant_by_id(&id).await.unwrap().is_some());
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    manager.delete_tenant(&id).await.unwrap();
+    assert!(manager.get_tenant_by_id(&id).await.unwrap().is_none());
 }

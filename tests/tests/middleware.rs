@@ -226,7 +226,7 @@ async fn header_name_is_configurable_and_context_is_set() {
         .await
         .unwrap()
         .to_bytes();
-    assert_eq!(&body[..], b"acme acme acme \"tenant_acme\"");
+    assert_eq!(&body[..], b"acme acme acme \"tenant_acme\", pg_temp");
     // The default header means nothing to this layer.
     let reply = send(&app, Method::GET, "/who", &[("x-tenant-id", "acme")], None).await;
     reply.assert_problem(400);

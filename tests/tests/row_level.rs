@@ -316,7 +316,10 @@ async fn schema_and_row_tenants_side_by_side() {
         .fetch_one(&mut schema_db)
         .await
         .unwrap();
-    assert_eq!(path, "\"tenant_schemaful\"", "only its own schema");
+    assert_eq!(
+        path, "\"tenant_schemaful\", pg_temp",
+        "only its own schema (temporary tables last)"
+    );
     let setting: Option<String> =
         sqlx::query_scalar("SELECT current_setting('tenantry.tenant_id', true)")
             .fetch_one(&mut schema_db)
