@@ -697,7 +697,10 @@ impl Shared {
         let epoch = state.epoch(&key.id);
         // 1. An idle connection bound to this incarnation: the most recently used.
         let mut bound: Option<usize> = None;
-        // 2. Else the least recently used idle connection of the same login.
+        // 2. Else an idle connection of the same login that served this tenant before
+        //    (its backend has the tenant's catalog entries cached), else the least
+        //    recently used one.
+        let mut warm: Option<usize> = None;
         let mut same_login: Option<usize> = None;
         // 3. Else (budget full) the least recently used idle connection of this server.
         let mut same_server: Option<usize> = None;
@@ -707,10 +710,13 @@ impl Shared {
                     if bound.is_none_or(|b| state.idle[b].idle_since < conn.idle_since) {
                         bound = Some(i);
                     }
-                } else if login.database.is_none()
-                    && same_login.is_none_or(|b| state.idle[b].idle_since > conn.idle_since)
-                {
-                    same_login = Some(i);
+                } else if login.database.is_none() {
+                    if warm.is_none() && conn.tenants.contains(&key.id) {
+                        warm = Some(i);
+                    }
+                    if same_login.is_none_or(|b| state.idle[b].idle_since > conn.idle_since) {
+                        same_login = Some(i);
+                    }
                 }
             } else if conn.login.server == login.server
                 && same_server.is_none_or(|b| state.idle[b].idle_since > conn.idle_since)
@@ -722,7 +728,7 @@ impl Shared {
             state.stats.reused += 1;
             return Some(Plan::Idle(Box::new(state.idle.swap_remove(i))));
         }
-        if let Some(i) = same_login {
+        if let Some(i) = warm.or(same_login) {
             return Some(Plan::Idle(Box::new(state.idle.swap_remove(i))));
         }
         let open = state.open.get(&login.server).copied().unwrap_or(0);
