@@ -602,6 +602,7 @@ impl TenantPools {
             in_transaction: false,
             local_binding: None,
             tenant: tenant.id.clone(),
+            tainted: crate::db::Taint::default(),
         };
         let conn = match plan {
             Plan::Idle(conn) => *conn,
@@ -943,6 +944,8 @@ pub(crate) struct PooledConn {
     in_transaction: bool,
     /// The transaction binding's `BEGIN; SET LOCAL ..` (transaction mode only).
     local_binding: Option<String>,
+    /// Set by a handler's statement whose text may change the session.
+    tainted: crate::db::Taint,
 }
 
 impl PooledConn {
@@ -1027,6 +1030,11 @@ impl PooledConn {
         self.own()
     }
 
+    /// The flag a handler's statements set when they may change the session.
+    pub(crate) fn taint(&self) -> crate::db::Taint {
+        self.tainted.clone()
+    }
+
     /// Marks the connection's state unknown (a statement failed without an answer
     /// from the server): it is checked before reuse, and closed if that fails.
     pub(crate) fn suspect(&mut self) {
@@ -1061,7 +1069,11 @@ impl Drop for PooledConn {
         let config = &pool.config;
         let worn = conn.tenants.len() >= config.max_tenants_per_connection as usize
             || conn.created.elapsed() >= config.max_lifetime;
-        let unsure = self.dirty || self.busy || self.in_transaction || conn.raw.is_in_transaction();
+        let unsure = self.dirty
+            || self.tainted.is_marked()
+            || self.busy
+            || self.in_transaction
+            || conn.raw.is_in_transaction();
         if worn && !unsure {
             drop(state);
             retire(&pool, vec![conn]);
