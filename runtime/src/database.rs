@@ -142,8 +142,19 @@ pub(crate) async fn create(
     .execute(&mut admin)
     .await;
     let _ = admin.close().await;
-    result?;
-    Ok(())
+    match result {
+        Ok(_) => Ok(()),
+        // Someone else's database (another app's registry, or made by hand): refuse,
+        // and leave it as it is.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {
+            Err(Error::Conflict(format!(
+                "a database named `{db}` already exists on the tenant's server and was not \
+                 made by tenantry for this tenant; it was left untouched (remove it, or use \
+                 another tenant id or database prefix)"
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `DROP DATABASE db WITH (FORCE)` on the server.

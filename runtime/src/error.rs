@@ -85,6 +85,11 @@ pub enum Error {
     /// held a handle for it; retrying resolves it again (503 with `Retry-After`).
     #[error("tenant `{0}` changed while the request was in flight; retry")]
     TenantChanged(TenantId),
+    /// Something the request would create exists already and is not its own (a
+    /// database or schema of the tenant's name made by someone else): 409, and it is
+    /// left untouched.
+    #[error("{0}")]
+    Conflict(String),
     /// The tenant still had requests using its connections when it was to be deleted;
     /// nothing was deleted (409; retry once they finished).
     #[error("tenant `{0}` still has requests in flight; nothing was deleted, retry")]
@@ -128,7 +133,10 @@ impl Error {
             Error::TenantNotFound(_) | Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::TenantNotActive { .. } | Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Error::TenantExists(_) | Error::InvalidTransition { .. } | Error::TenantBusy(_) => {
+            Error::TenantExists(_)
+            | Error::InvalidTransition { .. }
+            | Error::TenantBusy(_)
+            | Error::Conflict(_) => {
                 StatusCode::CONFLICT
             }
             Error::Database(e) if is_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
@@ -165,6 +173,7 @@ impl Error {
             Error::PoolExhausted { .. } => ("database-busy", "Database busy"),
             Error::TenantChanged(_) => ("tenant-changed", "Tenant changed"),
             Error::TenantBusy(_) => ("tenant-busy", "Tenant busy"),
+            Error::Conflict(_) => ("conflict", "Conflict"),
             Error::Database(_) if status == StatusCode::SERVICE_UNAVAILABLE => {
                 ("database-unavailable", "Database unavailable")
             }

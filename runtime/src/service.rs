@@ -224,8 +224,12 @@ impl TenantService {
             .insert(&mut tx, new, TenantStatus::Provisioning, &db)
             .await?;
         tx.commit().await?;
+        // Only what this attempt made is ever dropped: `created` turns true once
+        // `CREATE DATABASE` succeeded, never for a database that existed before.
+        let mut created = false;
         let finished = async {
             database::create(&server, &db, &template).await?;
+            created = true;
             let mut tx = self.repo.pool().begin().await?;
             self.record_all_versions(&mut tx, &new.id).await?;
             self.activate(tx, &new.id).await
@@ -237,7 +241,7 @@ impl TenantService {
                 Ok(tenant)
             }
             Err(e) => {
-                if let Err(cleanup) = database::drop(&server, &db).await {
+                if created && let Err(cleanup) = database::drop(&server, &db).await {
                     tracing::error!(tenant = %new.id, error = %cleanup, "could not drop a half-made tenant database; `tenantry doctor` lists it");
                 }
                 let _ = self.repo.delete_provisioning(&new.id).await;

@@ -206,14 +206,27 @@ pub(crate) fn search_path(id: &TenantId, shared_schema: Option<&str>) -> String 
 
 /// Creates the tenant's schema inside the caller's transaction and points the
 /// transaction's `search_path` at it, so the tenant migrations that follow land there.
+///
+/// A schema of that name that exists already (made by hand, or by another app) is a
+/// conflict: the transaction fails and the schema is left as it is.
 pub(crate) async fn create_schema(conn: &mut PgConnection, id: &TenantId) -> Result<(), Error> {
-    let schema = quote_ident(&id.schema_name());
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+    let name = id.schema_name();
+    let schema = quote_ident(&name);
+    match sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE SCHEMA {schema}; SET LOCAL search_path TO {schema}"
     )))
     .execute(conn)
-    .await?;
-    Ok(())
+    .await
+    {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P06") => {
+            Err(Error::Conflict(format!(
+                "a schema named `{name}` already exists and was not made by tenantry for this \
+                 tenant; it was left untouched (remove it, or use another tenant id)"
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Points the caller's transaction at the tenant's existing schema.
