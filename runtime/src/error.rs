@@ -136,10 +136,11 @@ impl Error {
             Error::TenantExists(_)
             | Error::InvalidTransition { .. }
             | Error::TenantBusy(_)
-            | Error::Conflict(_) => {
-                StatusCode::CONFLICT
-            }
+            | Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Database(e) if is_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Database(e) if data_fault(e).is_some() => {
+                data_fault(e).map_or(StatusCode::INTERNAL_SERVER_ERROR, |f| f.status)
+            }
             Error::PoolExhausted { .. } | Error::TenantChanged(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -174,6 +175,9 @@ impl Error {
             Error::TenantChanged(_) => ("tenant-changed", "Tenant changed"),
             Error::TenantBusy(_) => ("tenant-busy", "Tenant busy"),
             Error::Conflict(_) => ("conflict", "Conflict"),
+            Error::Database(e) if data_fault(e).is_some() => {
+                data_fault(e).map_or(("internal", "Internal error"), |f| (f.kind, f.title))
+            }
             Error::Database(_) if status == StatusCode::SERVICE_UNAVAILABLE => {
                 ("database-unavailable", "Database unavailable")
             }
@@ -193,6 +197,9 @@ impl Error {
                 }
                 _ => "an internal error occurred; see the server logs".to_owned(),
             }
+        } else if let Error::Database(e) = self {
+            // What PostgreSQL says about the value or constraint, never SQL text.
+            data_fault(e).map_or_else(|| "the request's data was refused".to_owned(), |f| f.detail)
         } else {
             self.to_string()
         };
@@ -203,6 +210,73 @@ impl Error {
             detail,
         }
     }
+}
+
+/// A database error caused by the request's data: its status and what to tell the
+/// client. Errors that are the handler's own bug (division by zero, a missing table)
+/// stay 500.
+struct DataFault {
+    status: StatusCode,
+    kind: &'static str,
+    title: &'static str,
+    detail: String,
+}
+
+/// Maps the SQLSTATEs that values and constraints raise: data exceptions from values
+/// (NUL or invalid bytes, numbers out of range, invalid text or datetime
+/// representations, strings too long) -> 422; unique and exclusion violations -> 409;
+/// foreign keys -> 409; not-null and check violations -> 422.
+fn data_fault(e: &sqlx::Error) -> Option<DataFault> {
+    let sqlx::Error::Database(db) = e else {
+        return None;
+    };
+    let code = db.code()?;
+    let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();
+    let column = pg.and_then(|p| p.column()).map(str::to_owned);
+    let constraint = db.constraint().map(str::to_owned);
+    let on = |what: &str| match (&constraint, &column) {
+        (Some(c), _) => format!("{what} (constraint `{c}`)"),
+        (None, Some(c)) => format!("{what} (column `{c}`)"),
+        (None, None) => what.to_owned(),
+    };
+    let value = |reason: &str| DataFault {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        kind: "invalid-value",
+        title: "Invalid value",
+        detail: on(&format!("a value was refused by the database: {reason}")),
+    };
+    Some(match code.as_ref() {
+        "22021" | "22P05" => value("it contains a NUL character or bytes invalid in the encoding"),
+        "22003" => value("a number is out of range"),
+        "22P02" => value("it is not valid for its type"),
+        "22007" | "22008" => value("a date or time is invalid or out of range"),
+        "22001" => value("a string is too long"),
+        "23502" => DataFault {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            kind: "missing-value",
+            title: "Missing value",
+            detail: on("a required value is missing"),
+        },
+        "23514" => DataFault {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            kind: "check-violation",
+            title: "Invalid value",
+            detail: on("a value breaks a rule of the data"),
+        },
+        "23505" | "23P01" => DataFault {
+            status: StatusCode::CONFLICT,
+            kind: "conflict",
+            title: "Conflict",
+            detail: on("a row with the same unique value exists"),
+        },
+        "23503" => DataFault {
+            status: StatusCode::CONFLICT,
+            kind: "reference-conflict",
+            title: "Conflict",
+            detail: on("the row refers to a row that does not exist, or is still referred to"),
+        },
+        _ => return None,
+    })
 }
 
 fn is_unavailable(e: &sqlx::Error) -> bool {

@@ -40,7 +40,13 @@ async fn creating_a_tenant_over_someone_elses_database_is_409_and_touches_nothin
     )
     .await;
     r.assert_problem(409);
-    assert!(r.json["detail"].as_str().unwrap().contains("already exists"), "{r:?}");
+    assert!(
+        r.json["detail"]
+            .as_str()
+            .unwrap()
+            .contains("already exists"),
+        "{r:?}"
+    );
     // The other database and its rows are untouched, and no tenant was registered.
     let mut conn = PgConnection::connect_with(&other).await.unwrap();
     let kept: String = sqlx::query_scalar("SELECT v FROM precious")
@@ -49,7 +55,14 @@ async fn creating_a_tenant_over_someone_elses_database_is_409_and_touches_nothin
         .unwrap();
     assert_eq!(kept, "still here");
     let _ = conn.close().await;
-    let r = send(&app, Method::GET, "/api/v1/tenants/zaud-acme", &[(k, v.as_str())], None).await;
+    let r = send(
+        &app,
+        Method::GET,
+        "/api/v1/tenants/zaud-acme",
+        &[(k, v.as_str())],
+        None,
+    )
+    .await;
     r.assert_problem(404);
 
     // Once the owner removes it, the id can be created.
@@ -97,6 +110,117 @@ async fn creating_a_tenant_over_someone_elses_schema_is_409_and_touches_nothing(
         .await
         .unwrap();
     assert_eq!(kept, "still here");
-    let r = send(&app, Method::GET, "/api/v1/tenants/handmade", &[(k, v.as_str())], None).await;
+    let r = send(
+        &app,
+        Method::GET,
+        "/api/v1/tenants/handmade",
+        &[(k, v.as_str())],
+        None,
+    )
+    .await;
     r.assert_problem(404);
+}
+
+/// Database errors caused by the request's data are 4xx with a problem detail that
+/// names the constraint or column, never SQL text; the handler's own bugs stay 500.
+#[tokio::test]
+async fn data_errors_are_4xx_by_sqlstate_and_the_tenant_keeps_working() {
+    let (_db, manager) = manager(PoolConfig::default()).await;
+    create(&manager, "nul").await;
+    create_with(&manager, "nulrow", tenantry::Strategy::Row).await;
+    let app = saas_app(&manager);
+    for tenant in ["nul", "nulrow"] {
+        let h = [("x-tenant-id", tenant)];
+        let r = send(
+            &app,
+            Method::POST,
+            "/api/v1/projects",
+            &h,
+            Some(json!({"name": "a\u{0}b"})),
+        )
+        .await;
+        r.assert_problem(422);
+        let detail = r.json["detail"].as_str().unwrap();
+        assert!(detail.contains("NUL"), "{r:?}");
+        assert!(
+            !detail.to_lowercase().contains("insert"),
+            "no SQL text: {r:?}"
+        );
+        let r = send(
+            &app,
+            Method::POST,
+            "/api/v1/data",
+            &h,
+            Some(json!({"value": "x\u{0}"})),
+        )
+        .await;
+        r.assert_problem(422);
+        let r = send(
+            &app,
+            Method::POST,
+            "/api/v1/projects",
+            &h,
+            Some(json!({"name": "fine"})),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{r:?}");
+        let r = send(&app, Method::GET, "/api/v1/projects", &h, None).await;
+        assert_eq!(r.json.as_array().unwrap().len(), 1, "{r:?}");
+    }
+
+    // Constraints, through a handler's own SQL.
+    sqlx::raw_sql(
+        "CREATE TABLE tenant_nul.things (
+             id int PRIMARY KEY,
+             parent int REFERENCES tenant_nul.things (id),
+             n int NOT NULL CONSTRAINT n_positive CHECK (n > 0));
+         INSERT INTO tenant_nul.things VALUES (1, NULL, 1);",
+    )
+    .execute(manager.service().repository().pool())
+    .await
+    .unwrap();
+    async fn run(
+        mut db: tenantry::TenantDb,
+        axum::extract::Path(case): axum::extract::Path<String>,
+    ) -> Result<axum::Json<&'static str>, tenantry::Error> {
+        let sql = match case.as_str() {
+            "unique" => "INSERT INTO things VALUES (1, NULL, 1)",
+            "not-null" => "INSERT INTO things VALUES (2, NULL, NULL)",
+            "check" => "INSERT INTO things VALUES (3, NULL, -1)",
+            "foreign-key" => "INSERT INTO things VALUES (4, 999, 1)",
+            "out-of-range" => "INSERT INTO things VALUES (2147483648, NULL, 1)",
+            _ => "SELECT 1 / 0",
+        };
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut db)
+            .await?;
+        Ok(axum::Json("ran"))
+    }
+    let app = axum::Router::new()
+        .route("/test/{case}", axum::routing::post(run))
+        .layer(tenantry::TenantLayer::new(manager.clone()));
+    for (case, status, names) in [
+        ("unique", 409, "things_pkey"),
+        ("not-null", 422, "column `n`"),
+        ("check", 422, "n_positive"),
+        ("foreign-key", 409, "things_parent_fkey"),
+        ("out-of-range", 422, "out of range"),
+        ("division-by-zero", 500, "internal error"),
+    ] {
+        let r = send(
+            &app,
+            Method::POST,
+            &format!("/test/{case}"),
+            &[("x-tenant-id", "nul")],
+            None,
+        )
+        .await;
+        r.assert_problem(status);
+        let detail = r.json["detail"].as_str().unwrap();
+        assert!(detail.contains(names), "{case}: {r:?}");
+        assert!(
+            !detail.contains("INSERT") && !detail.contains("SELECT"),
+            "{case}: {r:?}"
+        );
+    }
 }
