@@ -224,3 +224,45 @@ async fn data_errors_are_4xx_by_sqlstate_and_the_tenant_keeps_working() {
         );
     }
 }
+
+/// Every response of the quick start is problem+json: unknown routes 404, wrong
+/// methods 405, matched before a tenant is demanded.
+#[tokio::test]
+async fn unknown_routes_and_methods_are_problems_before_any_tenant_check() {
+    let (_db, manager) = manager(PoolConfig::default()).await;
+    create(&manager, "known").await;
+    let app = saas_app(&manager);
+    let (k, v) = admin();
+    for headers in [
+        vec![],
+        vec![("x-tenant-id", "known")],
+        vec![("x-tenant-id", "nobody")],
+    ] {
+        let r = send(&app, Method::GET, "/api/v1/nope", &headers, None).await;
+        r.assert_problem(404);
+        let r = send(&app, Method::DELETE, "/api/v1/data", &headers, None).await;
+        r.assert_problem(405);
+        assert!(r.headers.contains_key("allow"), "{r:?}");
+    }
+    let r = send(
+        &app,
+        Method::PUT,
+        "/api/v1/tenants",
+        &[(k, v.as_str())],
+        None,
+    )
+    .await;
+    r.assert_problem(405);
+    // A known route still demands its tenant.
+    let r = send(&app, Method::GET, "/api/v1/projects", &[], None).await;
+    r.assert_problem(400);
+    let r = send(
+        &app,
+        Method::GET,
+        "/api/v1/projects",
+        &[("x-tenant-id", "known")],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+}

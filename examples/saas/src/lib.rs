@@ -197,23 +197,46 @@ impl AppState {
 }
 
 /// The whole application.
+///
+/// The tenant layer is applied per route (`route_layer` on each method router), so a
+/// request is matched to a route before a tenant is demanded: an unknown path is a
+/// 404 and a wrong method a 405, with or without a tenant, both as problem details.
 pub fn router(state: AppState) -> Router {
     let layer = state.tenant_layer();
     Router::new()
         .merge(admin_routes(state.clone()))
-        .merge(
-            Router::new()
-                .route("/api/v1/current-tenant", get(current_tenant))
-                .layer(TraceLayer::new_for_http())
-                .layer(layer.clone().optional()),
+        .route(
+            "/api/v1/current-tenant",
+            get(current_tenant)
+                .route_layer(TraceLayer::new_for_http())
+                .route_layer(layer.clone().optional()),
         )
-        .merge(
-            tenant_routes()
-                // Inside the tenant layer: each request line is logged within the
-                // `tenant{tenant_id=...}` span.
-                .layer(TraceLayer::new_for_http())
-                .layer(layer),
-        )
+        // Inside the tenant layer: each request line is logged within the
+        // `tenant{tenant_id=...}` span.
+        .merge(tenant_routes_with(|routes| {
+            routes
+                .route_layer(TraceLayer::new_for_http())
+                .route_layer(layer.clone())
+        }))
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// 404 for a path no route matches, as problem details.
+async fn route_not_found(uri: axum::http::Uri) -> Error {
+    Error::NotFound(format!("no route for `{}`", uri.path().escape_debug()))
+}
+
+/// 405 for a route that exists with other methods, as problem details (axum adds the
+/// `Allow` header).
+async fn method_not_allowed(method: axum::http::Method) -> Response {
+    Problem {
+        type_: "https://tenantry.dev/problems/method-not-allowed".to_owned(),
+        title: "Method not allowed".to_owned(),
+        status: StatusCode::METHOD_NOT_ALLOWED.as_u16(),
+        detail: format!("`{method}` is not allowed on this route"),
+    }
+    .into_response()
 }
 
 /// Routes that manage tenants; they need the admin token and no tenant.
@@ -230,15 +253,27 @@ pub fn admin_routes(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Routes that work on one tenant's data; apply a [`TenantLayer`] to them.
+/// Routes that work on one tenant's data; apply a [`TenantLayer`] to them (with
+/// `route_layer`, so that unknown paths and methods are answered before a tenant is
+/// demanded).
 pub fn tenant_routes() -> Router {
+    tenant_routes_with(|routes| routes)
+}
+
+/// [`tenant_routes`], each method router passed through `wrap` (to add route layers).
+pub fn tenant_routes_with(
+    wrap: impl Fn(axum::routing::MethodRouter) -> axum::routing::MethodRouter,
+) -> Router {
     Router::new()
-        .route("/api/v1/projects", get(list_projects).post(create_project))
+        .route(
+            "/api/v1/projects",
+            wrap(get(list_projects).post(create_project)),
+        )
         .route(
             "/api/v1/projects/{id}",
-            get(get_project).delete(delete_project),
+            wrap(get(get_project).delete(delete_project)),
         )
-        .route("/api/v1/data", get(get_data).post(add_data))
+        .route("/api/v1/data", wrap(get(get_data).post(add_data)))
 }
 
 async fn require_admin(State(state): State<AppState>, req: Request, next: Next) -> Response {
