@@ -266,3 +266,70 @@ async fn unknown_routes_and_methods_are_problems_before_any_tenant_check() {
     .await;
     assert_eq!(r.status, 200);
 }
+
+/// Slow clients: a client that never finishes its headers is disconnected after the
+/// header-read timeout; one that never finishes its body gets 408 (problem details)
+/// after the request timeout; everybody else is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_headers_are_cut_and_stalled_bodies_get_408() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (_db, manager) = manager(PoolConfig::default()).await;
+    create(&manager, "patient").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let timeouts = saas::Timeouts {
+        header_read: Duration::from_millis(300),
+        request: Duration::from_millis(500),
+    };
+    tokio::spawn(saas::serve(
+        listener,
+        saas_app(&manager),
+        timeouts,
+        std::future::pending(),
+    ));
+
+    // Half-sent headers: the server closes the connection.
+    let started = Instant::now();
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(b"GET /api/v1/projects HTTP/1.1\r\nHost: localhost\r\nx-tenant-id: pat")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Half-sent body: 408 with a problem body.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(
+        b"POST /api/v1/projects HTTP/1.1\r\nHost: localhost\r\nx-tenant-id: patient\r\n\
+          content-type: application/json\r\ncontent-length: 100\r\n\r\n{\"name\":",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+
+    // A normal client is served, and nothing of the stalled write was stored.
+    let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
+    ok.write_all(
+        b"GET /api/v1/projects HTTP/1.1\r\nHost: localhost\r\nx-tenant-id: patient\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    ok.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("[]"), "{text}");
+}

@@ -518,3 +518,82 @@ async fn add_data(
     .await?;
     Ok((StatusCode::CREATED, Json(row)))
 }
+
+/// Timeouts of the quick start's HTTP server, for slow or stalled clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// How long a client may take to send a request's headers; the connection is
+    /// closed after that (hyper's `header_read_timeout`). Default 10 s.
+    pub header_read: std::time::Duration,
+    /// How long a whole request may take, its body included; 408 with a problem body
+    /// after that (the handler is cancelled, its transaction rolled back). Default 30 s.
+    pub request: std::time::Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            header_read: std::time::Duration::from_secs(10),
+            request: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+/// Answers 408 (problem details) when a request, body included, takes longer than
+/// `limit`.
+pub fn with_request_timeout(app: Router, limit: std::time::Duration) -> Router {
+    app.layer(middleware::from_fn(
+        move |req: Request, next: Next| async move {
+            match tokio::time::timeout(limit, next.run(req)).await {
+                Ok(response) => response,
+                Err(_) => Problem {
+                    type_: "https://tenantry.dev/problems/request-timeout".to_owned(),
+                    title: "Request timeout".to_owned(),
+                    status: StatusCode::REQUEST_TIMEOUT.as_u16(),
+                    detail: format!("the request took longer than {limit:?}, its body included"),
+                }
+                .into_response(),
+            }
+        },
+    ))
+}
+
+/// Serves `app` on `listener` with `timeouts` until `shutdown` completes, then waits
+/// for the connections in flight. This is `axum::serve` plus a header-read timeout,
+/// which `axum::serve` does not set: copy it for your own server.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    timeouts: Timeouts,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let app = with_request_timeout(app, timeouts.request);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of file descriptors and the like: wait, then keep serving.
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeouts.header_read)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
+}
