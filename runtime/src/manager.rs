@@ -58,6 +58,11 @@ struct Inner {
     domains: RwLock<HashMap<String, DomainEntry>>,
     cache_ttl: Duration,
     registry_lookups: AtomicU64,
+    /// The ids of every tenant (not deleted) and when the set was read: an id not in
+    /// a fresh set is answered as unknown without a registry query, so a flood of
+    /// made-up ids does not drive the registry. Ids named by a change (local or
+    /// NOTIFY) are added; the set is re-read after the cache TTL; `None` until read.
+    known: RwLock<Option<(std::collections::HashSet<TenantId>, Instant)>>,
     /// Dropped with the manager, which stops the change listener.
     _shutdown: watch::Sender<()>,
 }
@@ -231,6 +236,7 @@ impl TenantManagerBuilder {
                 domains: RwLock::new(HashMap::new()),
                 cache_ttl: self.cache_ttl,
                 registry_lookups: AtomicU64::new(0),
+                known: RwLock::new(None),
                 _shutdown: shutdown,
             }),
         };
@@ -285,6 +291,9 @@ impl TenantManager {
         if let Some(hit) = self.cached(id) {
             return Ok(Some(hit));
         }
+        if !self.may_exist(id).await? {
+            return Ok(None);
+        }
         self.inner.registry_lookups.fetch_add(1, Ordering::Relaxed);
         let generation = self.inner.pools.generation();
         let found = self.inner.service.repository().find(id).await?;
@@ -294,6 +303,39 @@ impl TenantManager {
         let tenant = Arc::new(tenant);
         self.remember(&tenant, generation);
         Ok(Some(tenant))
+    }
+
+    /// `false` if `id` is surely not a tenant: it is not in the set of known ids, read
+    /// within the cache TTL (and kept current by change notifications).
+    async fn may_exist(&self, id: &TenantId) -> Result<bool, Error> {
+        let fresh = |known: &Option<(std::collections::HashSet<TenantId>, Instant)>| {
+            known
+                .as_ref()
+                .filter(|(_, read)| read.elapsed() < self.inner.cache_ttl)
+                .map(|(ids, _)| ids.contains(id))
+        };
+        if let Some(known) = fresh(&self.inner.known.read().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(known);
+        }
+        // Re-read the set (one query per TTL, however many ids come in). Changes that
+        // arrive while it is read are added after, so none is lost.
+        let generation = self.inner.pools.generation();
+        self.inner.registry_lookups.fetch_add(1, Ordering::Relaxed);
+        let ids: std::collections::HashSet<TenantId> = self
+            .inner
+            .service
+            .repository()
+            .ids()
+            .await?
+            .into_iter()
+            .collect();
+        let mut known = self.inner.known.write().unwrap_or_else(|e| e.into_inner());
+        if self.inner.pools.generation() == generation {
+            *known = Some((ids, Instant::now()));
+            return Ok(known.as_ref().is_some_and(|(ids, _)| ids.contains(id)));
+        }
+        // Something changed meanwhile: do not trust this read; ask for the id itself.
+        Ok(true)
     }
 
     fn remember(&self, tenant: &Arc<Tenant>, generation: u64) {
@@ -692,6 +734,15 @@ impl Inner {
     fn invalidate(&self, id: &TenantId) {
         // Bindings first: a record cached after this point is fresh.
         self.pools.invalidate(id);
+        // A changed id may be a new one: known until the registry says otherwise.
+        if let Some((ids, _)) = self
+            .known
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            ids.insert(id.clone());
+        }
         self.cache
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -704,6 +755,7 @@ impl Inner {
 
     fn invalidate_all(&self) {
         self.pools.invalidate_all();
+        *self.known.write().unwrap_or_else(|e| e.into_inner()) = None;
         self.cache
             .write()
             .unwrap_or_else(|e| e.into_inner())

@@ -219,6 +219,24 @@ impl TenantRepository {
         rows.iter().map(tenant_from_row).collect()
     }
 
+    /// The ids of every tenant that is not deleted (one query, for the set of known
+    /// ids that answers unknown ids without a lookup).
+    pub async fn ids(&self) -> Result<Vec<TenantId>, Error> {
+        let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT id FROM {}.tenants WHERE status <> 'deleted'",
+            self.quoted_schema
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        ids.iter()
+            .map(|id| {
+                TenantId::parse(id).map_err(|_| {
+                    Error::Registry(format!("invalid tenant id `{id}` in the registry"))
+                })
+            })
+            .collect()
+    }
+
     /// The (not deleted) tenant that registered this domain.
     pub async fn find_by_domain(&self, domain: &str) -> Result<Option<Tenant>, Error> {
         let row = sqlx::query(sqlx::AssertSqlSafe(self.sql.select_by_domain.as_str()))

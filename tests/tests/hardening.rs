@@ -333,3 +333,59 @@ async fn stalled_headers_are_cut_and_stalled_bodies_get_408() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.ends_with("[]"), "{text}");
 }
+
+/// A flood of made-up tenant ids does not drive the registry: they are answered from
+/// the set of known ids, which still learns new tenants at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unknown_ids_costs_no_registry_queries() {
+    let (_db, manager) = manager(PoolConfig::default()).await;
+    create(&manager, "real").await;
+    let app = saas_app(&manager);
+    let r = send(
+        &app,
+        Method::GET,
+        "/api/v1/projects",
+        &[("x-tenant-id", "real")],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let before = manager.registry_lookups();
+    for i in 0..2000 {
+        let id = format!("made-up-{i}");
+        let r = send(
+            &app,
+            Method::GET,
+            "/api/v1/projects",
+            &[("x-tenant-id", &id)],
+            None,
+        )
+        .await;
+        r.assert_problem(404);
+    }
+    let spent = manager.registry_lookups() - before;
+    assert!(
+        spent <= 2,
+        "2,000 unknown ids cost {spent} registry queries"
+    );
+    // A tenant created now is served at once, and the real one still is.
+    create(&manager, "made-up-7").await;
+    let r = send(
+        &app,
+        Method::GET,
+        "/api/v1/projects",
+        &[("x-tenant-id", "made-up-7")],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = send(
+        &app,
+        Method::GET,
+        "/api/v1/projects",
+        &[("x-tenant-id", "real")],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
