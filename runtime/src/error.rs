@@ -85,6 +85,10 @@ pub enum Error {
     /// held a handle for it; retrying resolves it again (503 with `Retry-After`).
     #[error("tenant `{0}` changed while the request was in flight; retry")]
     TenantChanged(TenantId),
+    /// A well-formed request whose content cannot be accepted (422), for example a
+    /// tenant domain that is an IP address or `localhost`.
+    #[error("{0}")]
+    Unprocessable(String),
     /// Something the request would create exists already and is not its own (a
     /// database or schema of the tenant's name made by someone else): 409, and it is
     /// left untouched.
@@ -137,6 +141,7 @@ impl Error {
             | Error::InvalidTransition { .. }
             | Error::TenantBusy(_)
             | Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Database(e) if is_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Database(e) if data_fault(e).is_some() => {
                 data_fault(e).map_or(StatusCode::INTERNAL_SERVER_ERROR, |f| f.status)
@@ -171,6 +176,7 @@ impl Error {
             Error::Unauthorized(_) => ("unauthorized", "Unauthorized"),
             Error::InvalidTransition { .. } => ("invalid-transition", "Invalid tenant transition"),
             Error::Validation(_) => ("validation", "Invalid request"),
+            Error::Unprocessable(_) => ("unprocessable", "Unprocessable content"),
             Error::PoolExhausted { .. } => ("database-busy", "Database busy"),
             Error::TenantChanged(_) => ("tenant-changed", "Tenant changed"),
             Error::TenantBusy(_) => ("tenant-busy", "Tenant busy"),

@@ -112,12 +112,24 @@ impl HostResolver {
 }
 
 /// The host of a request without port and trailing dot, lowercased.
-pub(crate) fn request_host(parts: &Parts) -> Option<String> {
-    let raw = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| parts.uri.host())?;
+pub(crate) fn request_host(parts: &Parts) -> Result<Option<String>, Error> {
+    // An absolute-form request target's authority wins over `Host` (RFC 9112, 3.2.2).
+    let raw = match parts.uri.authority() {
+        Some(authority) => authority.as_str().rsplit('@').next().unwrap_or_default(),
+        None => {
+            let mut hosts = parts.headers.get_all(header::HOST).iter();
+            let first = hosts.next();
+            if hosts.next().is_some() {
+                return Err(Error::Validation(
+                    "the request has more than one `Host` header".to_owned(),
+                ));
+            }
+            match first.and_then(|v| v.to_str().ok()) {
+                Some(host) => host,
+                None => return Ok(None),
+            }
+        }
+    };
     let host = if raw.starts_with('[') {
         // An IPv6 literal keeps its brackets.
         raw.find(']').map_or(raw, |end| &raw[..=end])
@@ -125,13 +137,13 @@ pub(crate) fn request_host(parts: &Parts) -> Option<String> {
         raw.split(':').next().unwrap_or(raw)
     };
     let host = host.trim_end_matches('.').to_ascii_lowercase();
-    (!host.is_empty()).then_some(host)
+    Ok((!host.is_empty()).then_some(host))
 }
 
 impl TenantResolver for HostResolver {
     fn resolve<'a>(&'a self, parts: &'a Parts) -> BoxFuture<'a, Result<Option<Candidate>, Error>> {
         let result = (|| {
-            let Some(host) = request_host(parts) else {
+            let Some(host) = request_host(parts)? else {
                 return Ok(None);
             };
             if let Some(base) = &self.base {
@@ -271,17 +283,40 @@ mod tests {
     #[test]
     fn host_without_port_and_case() {
         assert_eq!(
-            request_host(&parts("Acme.Example.com:8080", "/")).as_deref(),
+            request_host(&parts("Acme.Example.com:8080", "/"))
+                .unwrap()
+                .as_deref(),
             Some("acme.example.com")
         );
         assert_eq!(
-            request_host(&parts("acme.localhost.", "/")).as_deref(),
+            request_host(&parts("acme.localhost.", "/"))
+                .unwrap()
+                .as_deref(),
             Some("acme.localhost")
         );
         assert_eq!(
-            request_host(&parts("[::1]:3000", "/")).as_deref(),
+            request_host(&parts("[::1]:3000", "/")).unwrap().as_deref(),
             Some("[::1]")
         );
+    }
+
+    #[test]
+    fn absolute_form_wins_and_two_hosts_are_refused() {
+        let p = http::Request::get("http://s2.localhost/api")
+            .header("host", "s1.localhost")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        assert_eq!(request_host(&p).unwrap().as_deref(), Some("s2.localhost"));
+        let p = http::Request::get("/")
+            .header("host", "a.localhost")
+            .header("host", "b.localhost")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        assert!(matches!(request_host(&p), Err(Error::Validation(_))));
     }
 
     #[tokio::test]

@@ -97,6 +97,12 @@ impl TenantService {
             ));
         }
         if let Some(domain) = &new.domain {
+            if domain.contains(':') {
+                return Err(Error::Unprocessable(format!(
+                    "`domain` `{}` has a port or is an IPv6 address; give the bare host name",
+                    domain.escape_debug()
+                )));
+            }
             let ok = !domain.is_empty()
                 && domain.len() <= 253
                 && domain.split('.').all(|label| {
@@ -114,6 +120,19 @@ impl TenantService {
                     domain.escape_debug()
                 )));
             }
+            // A host name that is an address or this machine would let a tenant claim
+            // every request made by IP or to localhost.
+            let last = domain.rsplit('.').next().unwrap_or_default();
+            if last.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(Error::Unprocessable(format!(
+                    "`domain` `{domain}` is an IP address; give the tenant a host name"
+                )));
+            }
+            if domain == "localhost" || domain.ends_with(".localhost") {
+                return Err(Error::Unprocessable(format!(
+                    "`domain` `{domain}` is a local name; give the tenant a public host name"
+                )));
+            }
         }
         Ok(())
     }
@@ -124,6 +143,7 @@ impl TenantService {
     /// (see [`crate::template`]) unless that is turned off or not possible, in which
     /// case the migrations are replayed.
     pub async fn create(&self, new: &NewTenant) -> Result<Tenant, Error> {
+        let new = &new.normalized();
         Self::validate(new)?;
         let server = new.server.as_deref().unwrap_or(DEFAULT_SERVER);
         match new.strategy {

@@ -301,6 +301,15 @@ impl NewTenant {
         self.domain = Some(domain.into());
         self
     }
+
+    /// The domain as requests name it: lowercase, without a trailing dot.
+    pub fn normalized(&self) -> Self {
+        let mut new = self.clone();
+        new.domain = new
+            .domain
+            .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase());
+        new
+    }
 }
 
 impl sqlx::Type<sqlx::Postgres> for TenantId {

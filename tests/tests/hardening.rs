@@ -389,3 +389,85 @@ async fn a_flood_of_unknown_ids_costs_no_registry_queries() {
     .await;
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+/// Tenant domains are host names: IP literals, `localhost` and ports are refused (422),
+/// case and a trailing dot are normalised. Two `Host` headers are a 400, and an
+/// absolute-form target's authority wins over `Host`.
+#[tokio::test]
+async fn hosts_are_host_names_and_requests_name_one_host() {
+    let (_db, manager) = manager(PoolConfig::default()).await;
+    let app = saas_app(&manager);
+    let (k, v) = admin();
+    let auth = [(k, v.as_str())];
+    for (i, bad) in [
+        "127.0.0.1",
+        "10.1.2.3",
+        "localhost",
+        "shop.localhost",
+        "acme.example.com:8080",
+        "[::1]",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let body = json!({"id": format!("bad{i}"), "name": "Bad", "domain": bad});
+        let r = send(&app, Method::POST, "/api/v1/tenants", &auth, Some(body)).await;
+        r.assert_problem(422);
+    }
+    let body = json!({"id": "s1", "name": "S1", "domain": "Shop.Example.COM."});
+    let r = send(&app, Method::POST, "/api/v1/tenants", &auth, Some(body)).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.json["domain"], "shop.example.com");
+    let r = send(
+        &app,
+        Method::POST,
+        "/api/v1/tenants",
+        &auth,
+        Some(json!({"id": "s2", "name": "S2"})),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let r = send(
+        &app,
+        Method::POST,
+        "/api/v1/projects",
+        &[("x-tenant-id", "s2")],
+        Some(json!({"name": "s2's"})),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let r = send(
+        &app,
+        Method::GET,
+        "/api/v1/current-tenant",
+        &[("host", "SHOP.example.com.")],
+        None,
+    )
+    .await;
+    assert_eq!(r.json["tenant"]["id"], "s1", "{r:?}");
+
+    // Two Host headers: 400, whichever tenants they name.
+    let request = axum::http::Request::get("/api/v1/projects")
+        .header("host", "s1.localhost")
+        .header("host", "s2.localhost")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(app.clone(), request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    // Absolute form: the target's authority names the tenant, not `Host`.
+    let request = axum::http::Request::get("http://s2.localhost/api/v1/projects")
+        .header("host", "s1.localhost")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(app.clone(), request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("s2's"), "served s2");
+}
