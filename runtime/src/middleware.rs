@@ -30,9 +30,20 @@ pub const DEFAULT_TENANT_HEADER: &str = "x-tenant-id";
 /// This is where a tenant chosen by a header or host is tied to the authenticated
 /// principal: compare the tenant with what the verified credentials allow, so that a
 /// client cannot pick another tenant by changing a header.
+///
+/// [`TenantPolicy::authenticate`] runs first, before the tenant is looked up: refuse
+/// unauthenticated requests there, so that they get the same 401 whatever tenant they
+/// name (no answer tells an anonymous client which tenants exist).
 pub trait TenantPolicy: Send + Sync + 'static {
     /// `Ok(())` if the request may act for `tenant`.
     fn check(&self, parts: &Parts, tenant: &Tenant) -> Result<(), Error>;
+
+    /// Runs before any tenant lookup: `Err` ([`Error::Unauthorized`]) for a request
+    /// that proves no identity. The default lets every request through to `check`.
+    fn authenticate(&self, parts: &Parts) -> Result<(), Error> {
+        let _ = parts;
+        Ok(())
+    }
 }
 
 impl<F> TenantPolicy for F
@@ -214,10 +225,19 @@ async fn resolve_request(
     config: &LayerConfig,
     parts: &Parts,
 ) -> Result<Option<Arc<Tenant>>, Error> {
+    let mut authenticated = false;
     for resolver in &config.resolvers {
         let Some(candidate) = resolver.resolve(parts).await? else {
             continue;
         };
+        // Before any lookup of the tenant: an unauthenticated request learns nothing
+        // about which tenants exist.
+        if let Some(policy) = &config.policy
+            && !authenticated
+        {
+            policy.authenticate(parts)?;
+            authenticated = true;
+        }
         if let Some(tenant) = config.manager.resolve_candidate(candidate).await? {
             if let Some(policy) = &config.policy {
                 policy.check(parts, &tenant)?;

@@ -471,3 +471,66 @@ async fn hosts_are_host_names_and_requests_name_one_host() {
         .to_bytes();
     assert!(String::from_utf8_lossy(&body).contains("s2's"), "served s2");
 }
+
+/// With user tokens on, an unauthenticated request gets the same 401 whatever tenant
+/// it names (unknown, existing, suspended), before any registry lookup.
+#[tokio::test]
+async fn unauthenticated_requests_cannot_enumerate_tenants() {
+    let (_db, manager) = manager(PoolConfig::default()).await;
+    create(&manager, "exists").await;
+    create(&manager, "resting").await;
+    manager
+        .suspend_tenant(&"resting".parse().unwrap())
+        .await
+        .unwrap();
+    let tokens = saas::AppState::parse_user_tokens("tok-exists=exists").unwrap();
+    let app =
+        saas::router(saas::AppState::new(manager.clone(), ADMIN_TOKEN).with_user_tokens(tokens));
+    let before = manager.registry_lookups();
+    let mut bodies = Vec::new();
+    for tenant in ["exists", "resting", "nobody", "made-up-1"] {
+        for auth in [None, Some("Bearer wrong")] {
+            let mut h = vec![("x-tenant-id", tenant)];
+            if let Some(a) = auth {
+                h.push(("authorization", a));
+            }
+            let r = send(&app, Method::GET, "/api/v1/projects", &h, None).await;
+            r.assert_problem(401);
+            bodies.push(r.json["detail"].clone());
+        }
+    }
+    assert_eq!(
+        manager.registry_lookups(),
+        before,
+        "no lookup before authentication"
+    );
+    assert!(
+        bodies.chunks(2).all(|c| c == &bodies[..2]),
+        "the same answer for every tenant: {bodies:?}"
+    );
+    // An authenticated client still gets its tenant, and 403 for another.
+    let r = send(
+        &app,
+        Method::GET,
+        "/api/v1/projects",
+        &[
+            ("x-tenant-id", "exists"),
+            ("authorization", "Bearer tok-exists"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = send(
+        &app,
+        Method::GET,
+        "/api/v1/projects",
+        &[
+            ("x-tenant-id", "resting"),
+            ("authorization", "Bearer tok-exists"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+}

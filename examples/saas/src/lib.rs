@@ -171,28 +171,52 @@ impl AppState {
             .resolver(HostResolver::domains().subdomains_of(self.base_domain.clone()))
             .metrics(self.metrics.clone());
         if let Some(tokens) = self.user_tokens.clone() {
-            layer = layer.policy(move |parts: &Parts, tenant: &Tenant| {
-                let token = parts
-                    .headers
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .ok_or_else(|| {
-                        Error::Unauthorized(
-                            "tenant routes need `Authorization: Bearer <user token>`".to_owned(),
-                        )
-                    })?;
-                match tokens.get(token) {
-                    Some(allowed) if *allowed == tenant.id => Ok(()),
-                    Some(_) => Err(Error::Forbidden(format!(
-                        "this token may not act for tenant `{}`",
-                        tenant.id
-                    ))),
-                    None => Err(Error::Unauthorized("unknown user token".to_owned())),
-                }
-            });
+            layer = layer.policy(UserTokens(tokens));
         }
         layer
+    }
+}
+
+/// The user-token policy: a request must carry a known token (else 401, before any
+/// tenant lookup, whatever tenant it names), and the token's tenant must be the one
+/// the request names (else 403).
+struct UserTokens(Arc<HashMap<String, TenantId>>);
+
+impl UserTokens {
+    fn token<'a>(&self, parts: &'a Parts) -> Result<(&'a str, &TenantId), Error> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Error::Unauthorized(
+                    "tenant routes need `Authorization: Bearer <user token>`".to_owned(),
+                )
+            })?;
+        let tenant = self
+            .0
+            .get(token)
+            .ok_or_else(|| Error::Unauthorized("unknown user token".to_owned()))?;
+        Ok((token, tenant))
+    }
+}
+
+impl tenantry::TenantPolicy for UserTokens {
+    fn authenticate(&self, parts: &Parts) -> Result<(), Error> {
+        self.token(parts).map(|_| ())
+    }
+
+    fn check(&self, parts: &Parts, tenant: &Tenant) -> Result<(), Error> {
+        let (_, allowed) = self.token(parts)?;
+        if *allowed == tenant.id {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "this token may not act for tenant `{}`",
+                tenant.id
+            )))
+        }
     }
 }
 
