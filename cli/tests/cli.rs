@@ -546,3 +546,54 @@ async fn export_and_doctor() {
         "{kinds:?}"
     );
 }
+
+/// Names read back from the registry are validated before they reach `pg_dump`, a
+/// connection URL or SQL: a tampered row is refused with a message, nothing is run.
+#[tokio::test]
+async fn tampered_registry_names_are_refused() {
+    let db = db().await;
+    let url = db.url().to_owned();
+    let created = tenantry(
+        Some(&url),
+        &["tenants", "create", "victim", "--name", "Victim"],
+    );
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    for evil in [
+        "--file=/tmp/tenantry-pwned",
+        "tenant_victim; DROP SCHEMA public",
+        "x\"y",
+    ] {
+        sqlx::query("UPDATE tenantry.tenants SET schema_name = $1 WHERE id = 'victim'")
+            .bind(evil)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let out = std::env::temp_dir().join("tenantry-tampered.sql");
+        let run = tenantry(
+            Some(&url),
+            &[
+                "tenants",
+                "export",
+                "victim",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(run.code, 1, "{evil}: {} {}", run.stdout, run.stderr);
+        assert!(
+            run.stderr.contains("invalid schema or database name"),
+            "{}",
+            run.stderr
+        );
+        assert!(!Path::new("/tmp/tenantry-pwned").exists());
+        let show = tenantry(Some(&url), &["tenants", "show", "victim"]);
+        assert_eq!(show.code, 1, "{}", show.stderr);
+    }
+    let public: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'public')")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(public);
+}

@@ -436,6 +436,44 @@ fn unique_violation(e: &sqlx::Error) -> Option<String> {
     }
 }
 
+/// A schema, database or server name read back from the registry: it is used in SQL
+/// (quoted), in connection URLs and as a `pg_dump` argument, so it must be what
+/// tenantry itself writes there (a plain lowercase identifier) and nothing else.
+fn stored_name(what: &str, name: String) -> Result<String, Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.as_bytes()[0].is_ascii_digit()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(name)
+    } else {
+        Err(Error::Registry(format!(
+            "the registry holds an invalid {what} `{}`; refusing to use it",
+            name.chars().take(64).collect::<String>().escape_debug()
+        )))
+    }
+}
+
+/// A server name read back from the registry: a key of the configured servers, shown
+/// in messages; letters, digits, `_`, `-` and `.` only.
+fn stored_server(name: String) -> Result<String, Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(name)
+    } else {
+        Err(Error::Registry(format!(
+            "the registry holds an invalid server name `{}`; refusing to use it",
+            name.chars().take(64).collect::<String>().escape_debug()
+        )))
+    }
+}
+
 fn tenant_from_row(row: &PgRow) -> Result<Tenant, Error> {
     let id: String = row.try_get("id")?;
     let strategy: String = row.try_get("strategy")?;
@@ -447,8 +485,8 @@ fn tenant_from_row(row: &PgRow) -> Result<Tenant, Error> {
         domain: row.try_get("domain")?,
         strategy: Strategy::from_db(&strategy)?,
         status: TenantStatus::from_db(&status)?,
-        schema_name: row.try_get("schema_name")?,
-        server: row.try_get("server")?,
+        schema_name: stored_name("schema or database name", row.try_get("schema_name")?)?,
+        server: stored_server(row.try_get("server")?)?,
         incarnation: row.try_get("incarnation")?,
         schema_version: row.try_get("schema_version")?,
         created_at: row.try_get("created_at")?,
