@@ -169,7 +169,7 @@ async fn the_transaction_binding_keeps_tenants_apart_behind_pgbouncer() {
         let projects = send(
             &app,
             Method::GET,
-            "/api/v1/projects?limit=1000",
+            "/api/v1/projects?limit=500",
             &[("x-tenant-id", tenant)],
             None,
         )

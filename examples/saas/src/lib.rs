@@ -477,9 +477,111 @@ async fn create_project(
     Ok((StatusCode::CREATED, Json(project)))
 }
 
+/// One page of a list: `?limit=N` (default [`Page::DEFAULT`], at most [`Page::MAX`])
+/// after an opaque `after` cursor; the next page is in a `Link: <...>; rel="next"`
+/// header (RFC 8288), and the body keeps its shape.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    limit: i64,
+    after: Option<i64>,
+}
+
+impl Page {
+    /// Rows per page unless `limit` says otherwise.
+    pub const DEFAULT: i64 = 50;
+    /// The most rows a page holds.
+    pub const MAX: i64 = 500;
+
+    /// The page a request asks for; 400 for a bad `limit` or cursor.
+    pub fn of(uri: &axum::http::Uri) -> Result<Self, Error> {
+        let mut page = Page {
+            limit: Self::DEFAULT,
+            after: None,
+        };
+        for pair in uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "limit" => {
+                    page.limit = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=Self::MAX).contains(n))
+                        .ok_or_else(|| {
+                            Error::Validation(format!(
+                                "`limit` must be a number from 1 to {}",
+                                Self::MAX
+                            ))
+                        })?;
+                }
+                "after" => page.after = Some(decode_cursor(value)?),
+                _ => {}
+            }
+        }
+        Ok(page)
+    }
+
+    /// Keeps `limit` of the `limit + 1` rows fetched, and the link to the next page
+    /// if there was one more.
+    fn next<T>(
+        &self,
+        uri: &axum::http::Uri,
+        rows: &mut Vec<T>,
+        id: impl Fn(&T) -> i64,
+    ) -> Option<String> {
+        if rows.len() as i64 <= self.limit {
+            return None;
+        }
+        rows.truncate(self.limit as usize);
+        let last = id(rows.last()?);
+        Some(format!(
+            "<{}?limit={}&after={}>; rel=\"next\"",
+            uri.path(),
+            self.limit,
+            encode_cursor(last)
+        ))
+    }
+}
+
+/// Cursors are opaque to clients: the last id, scrambled and in hex.
+const CURSOR_KEY: u64 = 0x5eed_c0de_7e4a_0001;
+
+fn encode_cursor(id: i64) -> String {
+    format!("c{:x}", (id as u64) ^ CURSOR_KEY)
+}
+
+fn decode_cursor(raw: &str) -> Result<i64, Error> {
+    raw.strip_prefix('c')
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .map(|n| (n ^ CURSOR_KEY) as i64)
+        .ok_or_else(|| Error::Validation("`after` is not a cursor this server gave".to_owned()))
+}
+
+/// `body` with the `Link` header of the next page, if any.
+fn with_next(body: impl IntoResponse, next: Option<String>) -> Response {
+    let mut response = body.into_response();
+    if let Some(link) = next.and_then(|l| l.parse().ok()) {
+        response.headers_mut().insert(header::LINK, link);
+    }
+    response
+}
+
 #[tenant_scoped]
-async fn list_projects(mut db: TenantDb) -> Result<Json<Vec<Project>>, Error> {
-    Ok(Json(Project::select().fetch_all(&mut db).await?))
+async fn list_projects(mut db: TenantDb, uri: axum::http::Uri) -> Result<Response, Error> {
+    let page = Page::of(&uri)?;
+    let mut select = Project::select()
+        .order_by("id", false)
+        .limit(page.limit + 1);
+    if let Some(after) = page.after {
+        select = select.filter("id", tenantry::Op::Gt, after);
+    }
+    let mut rows = select.fetch_all(&mut db).await?;
+    let next = page.next(&uri, &mut rows, |p| p.id);
+    Ok(with_next(Json(rows), next))
 }
 
 #[tenant_scoped]
@@ -516,10 +618,21 @@ pub struct DataRow {
 
 /// The seed's `get_data`: this tenant's rows of `data`.
 #[tenant_scoped]
-async fn get_data(mut db: TenantDb) -> Result<Json<serde_json::Value>, Error> {
-    let rows = DataRow::select().fetch_all(&mut db).await?;
-    Ok(Json(json!({ "data": rows })))
+async fn get_data(mut db: TenantDb, uri: axum::http::Uri) -> Result<Response, Error> {
+    let page = Page::of(&uri)?;
+    let mut select = DataRow::select()
+        .order_by("id", false)
+        .limit(page.limit + 1);
+    if let Some(after) = page.after {
+        select = select.filter("id", tenantry::Op::Gt, after);
+    }
+    let mut rows = select.fetch_all(&mut db).await?;
+    let next = page.next(&uri, &mut rows, |d| d.id);
+    Ok(with_next(Json(json!({ "data": rows })), next))
 }
+
+/// The largest value `POST /api/v1/data` stores, in bytes.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
 /// The body of `POST /api/v1/data`.
 #[derive(Debug, Deserialize)]
@@ -534,6 +647,12 @@ async fn add_data(
     mut db: TenantDb,
     ApiJson(new): ApiJson<NewData>,
 ) -> Result<(StatusCode, Json<DataRow>), Error> {
+    if new.value.len() > MAX_VALUE_BYTES {
+        return Err(Error::Unprocessable(format!(
+            "`value` is {} bytes; at most {MAX_VALUE_BYTES} are stored",
+            new.value.len()
+        )));
+    }
     let row = DataRow {
         id: 0,
         value: new.value,
