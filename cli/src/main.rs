@@ -718,6 +718,13 @@ async fn doctor(cli: &Cli, args: &DoctorArgs) -> Result<u8, Failure> {
             detail: "has a tenant_id column but row level security is not enabled, forced and with all four tenantry policies".to_owned(),
         });
     }
+    for (table, key) in tenantry::strategy::shared_keys_without_tenant(&mut conn, &control).await? {
+        findings.push(Finding {
+            kind: "tenant-key",
+            subject: format!("{table} {key}"),
+            detail: "a key of a shared table leaves tenant_id out: unique and foreign-key checks bypass row level security, so tenants can reference or detect each other's rows; key it by (tenant_id, ..)".to_owned(),
+        });
+    }
 
     if args.json {
         print_json(&findings)?;

@@ -513,7 +513,7 @@ async fn export_and_doctor() {
     assert!(r.stdout.contains("no problems found"));
     sqlx::raw_sql(
         "CREATE SCHEMA tenant_zombie;
-         CREATE TABLE public.shared_items (id int, tenant_id text);
+         CREATE TABLE public.shared_items (id int PRIMARY KEY, tenant_id text);
          DROP SCHEMA tenant_acme CASCADE;",
     )
     .execute(&pool)
@@ -544,6 +544,13 @@ async fn export_and_doctor() {
     assert!(
         kinds.contains(&("missing-rls".into(), "public.shared_items".into())),
         "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&(
+            "tenant-key".into(),
+            "public.shared_items shared_items_pkey".into()
+        )),
+        "a shared table keyed without tenant_id: {kinds:?}"
     );
 }
 

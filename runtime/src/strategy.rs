@@ -140,6 +140,31 @@ pub async fn tables_missing_rls(
     Ok(rows)
 }
 
+/// Keys of shared tables that leave the tenant column out: primary keys, unique
+/// constraints and foreign keys whose columns do not include `tenant_id`, as
+/// `(schema.table, constraint)`. Unique and foreign-key checks bypass row-level
+/// security, so such a key lets a row tenant reference another tenant's row, or learn
+/// from a conflict that another tenant's row exists: key shared tables by
+/// `(tenant_id, id)` and include `tenant_id` in every foreign key. What `tenantry
+/// doctor` reports as `tenant-key`.
+pub async fn shared_keys_without_tenant(
+    conn: &mut PgConnection,
+    control_schema: &str,
+) -> Result<Vec<(String, String)>, Error> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT t.name, con.conname::text
+         FROM (SELECT c.oid, format('%I.%I', n.nspname, c.relname) AS name, a.attnum
+               {SHARED_TABLES}) t
+         JOIN pg_constraint con ON con.conrelid = t.oid AND con.contype IN ('p', 'u', 'f')
+                               AND NOT (t.attnum = ANY (con.conkey))
+         ORDER BY 1, 2"
+    )))
+    .bind(control_schema)
+    .bind(TENANT_COLUMN)
+    .fetch_all(conn)
+    .await?)
+}
+
 /// `FROM .. WHERE ..` of the tables with a `tenant_id` (`$2`) column outside tenant
 /// schemas, the control schema (`$1`) and its template, and the system schemas.
 const SHARED_TABLES: &str = "

@@ -624,3 +624,46 @@ async fn lists_are_paged_and_values_bounded() {
         "nothing oversized was stored"
     );
 }
+
+/// Shared tables are keyed by `(tenant_id, id)`: a row tenant cannot learn from a key
+/// conflict that another tenant's row exists, and the checker finds a key without
+/// the tenant column.
+#[tokio::test]
+async fn shared_keys_include_the_tenant() {
+    let (_db, manager) = manager(PoolConfig::default()).await;
+    create_with(&manager, "keya", tenantry::Strategy::Row).await;
+    create_with(&manager, "keyb", tenantry::Strategy::Row).await;
+    for tenant in ["keya", "keyb"] {
+        let t = manager.resolve(&tenant.parse().unwrap()).await.unwrap();
+        let mut db = manager.tenant_db(t).await.unwrap();
+        // The same explicit id in both tenants: no conflict, so nothing is revealed.
+        sqlx::query("INSERT INTO projects (id, name) VALUES (4242, $1)")
+            .bind(tenant)
+            .execute(&mut db)
+            .await
+            .unwrap_or_else(|e| panic!("{tenant}: {e}"));
+    }
+    let pool = manager.service().repository().pool();
+    let mut conn = pool.acquire().await.unwrap();
+    let missing = tenantry::strategy::shared_keys_without_tenant(&mut conn, "tenantry")
+        .await
+        .unwrap();
+    assert!(
+        missing.is_empty(),
+        "the quick start's shared tables: {missing:?}"
+    );
+    sqlx::raw_sql("CREATE TABLE shared.badly_keyed (id int PRIMARY KEY, tenant_id text NOT NULL)")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let missing = tenantry::strategy::shared_keys_without_tenant(&mut conn, "tenantry")
+        .await
+        .unwrap();
+    assert_eq!(
+        missing,
+        [(
+            "shared.badly_keyed".to_owned(),
+            "badly_keyed_pkey".to_owned()
+        )]
+    );
+}

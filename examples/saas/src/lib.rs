@@ -72,20 +72,22 @@ pub async fn prepare_database(pool: &sqlx::PgPool) -> Result<(), Error> {
          EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
          END $$;
          CREATE SCHEMA IF NOT EXISTS shared;
+         -- Keyed by (tenant_id, id): unique and foreign-key checks bypass row-level
+         -- security, so every key of a shared table includes the tenant.
          CREATE TABLE IF NOT EXISTS shared.projects (
-             id         bigserial PRIMARY KEY,
+             id         bigserial,
              tenant_id  text NOT NULL DEFAULT current_setting('tenantry.tenant_id'),
              name       text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
-             created_at timestamptz NOT NULL DEFAULT now()
+             created_at timestamptz NOT NULL DEFAULT now(),
+             PRIMARY KEY (tenant_id, id)
          );
-         CREATE INDEX IF NOT EXISTS projects_tenant ON shared.projects (tenant_id, id);
          CREATE TABLE IF NOT EXISTS shared.data (
-             id         bigserial PRIMARY KEY,
+             id         bigserial,
              tenant_id  text NOT NULL DEFAULT current_setting('tenantry.tenant_id'),
              value      text NOT NULL,
-             created_at timestamptz NOT NULL DEFAULT now()
+             created_at timestamptz NOT NULL DEFAULT now(),
+             PRIMARY KEY (tenant_id, id)
          );
-         CREATE INDEX IF NOT EXISTS data_tenant ON shared.data (tenant_id, id);
          GRANT USAGE ON SCHEMA shared TO saas_row_tenant;
          GRANT SELECT, INSERT, UPDATE, DELETE ON shared.projects, shared.data TO saas_row_tenant;
          GRANT USAGE ON ALL SEQUENCES IN SCHEMA shared TO saas_row_tenant;",
