@@ -65,7 +65,9 @@ fn plain_name(name: &str) -> bool {
 /// LEVEL SECURITY`, and one policy per command comparing `tenant_column` with the
 /// tenant setting (`USING` for the rows a tenant sees, `WITH CHECK` for the rows it
 /// writes). With no tenant set, no row is visible and every write is rejected.
-/// Idempotent. Index shared tables with the tenant column first.
+/// Idempotent. Index shared tables with the tenant column first, and key them by
+/// `(tenant_id, id)` with `tenant_id` in every unique and foreign key: those checks
+/// bypass row-level security ([`shared_keys_without_tenant`] finds keys that do not).
 ///
 /// ```
 /// let ddl = tenantry::strategy::rls_sql("app.items", "tenant_id").unwrap();
