@@ -63,6 +63,8 @@ struct Inner {
     /// made-up ids does not drive the registry. Ids named by a change (local or
     /// NOTIFY) are added; the set is re-read after the cache TTL; `None` until read.
     known: RwLock<Option<(std::collections::HashSet<TenantId>, Instant)>>,
+    /// One re-read of the known ids at a time; the others wait for it.
+    refreshing: tokio::sync::Mutex<()>,
     /// Dropped with the manager, which stops the change listener.
     _shutdown: watch::Sender<()>,
 }
@@ -237,6 +239,7 @@ impl TenantManagerBuilder {
                 cache_ttl: self.cache_ttl,
                 registry_lookups: AtomicU64::new(0),
                 known: RwLock::new(None),
+                refreshing: tokio::sync::Mutex::new(()),
                 _shutdown: shutdown,
             }),
         };
@@ -314,6 +317,13 @@ impl TenantManager {
                 .filter(|(_, read)| read.elapsed() < self.inner.cache_ttl)
                 .map(|(ids, _)| ids.contains(id))
         };
+        if self.inner.cache_ttl.is_zero() {
+            return Ok(true);
+        }
+        if let Some(known) = fresh(&self.inner.known.read().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(known);
+        }
+        let _one_at_a_time = self.inner.refreshing.lock().await;
         if let Some(known) = fresh(&self.inner.known.read().unwrap_or_else(|e| e.into_inner())) {
             return Ok(known);
         }
@@ -460,8 +470,13 @@ impl TenantManager {
     }
 
     /// Creates a tenant (all or nothing; see [`TenantService::create`]).
+    ///
+    /// Runs to its end even if the caller is cancelled (a request timeout, a client
+    /// that went away): provisioning is not cancel-safe (a database made outside a
+    /// transaction, a session advisory lock), so it runs in a task of its own.
     pub async fn create_tenant(&self, new: NewTenant) -> Result<Tenant, Error> {
-        let tenant = self.inner.service.create(&new).await?;
+        let manager = self.clone();
+        let tenant = detached(async move { manager.inner.service.create(&new).await }).await?;
         self.invalidate(&tenant.id);
         Ok(tenant)
     }
@@ -485,17 +500,24 @@ impl TenantManager {
         result
     }
 
-    /// Deletes a suspended tenant and its data.
+    /// Deletes a suspended tenant and its data. Like creation, it runs to its end even
+    /// if the caller is cancelled.
     pub async fn delete_tenant(&self, id: &TenantId) -> Result<Tenant, Error> {
-        self.invalidate(id);
-        // No connection stays bound to it; wait for the ones in use, so that no write
-        // of theirs lands after the data is gone (and DROP SCHEMA is not blocked).
-        if !self.inner.pools.drain_tenant(id).await {
-            return Err(Error::TenantBusy(id.clone()));
-        }
-        let result = self.inner.service.delete(id).await;
-        self.invalidate(id);
-        result
+        let manager = self.clone();
+        let id = id.clone();
+        detached(async move {
+            manager.invalidate(&id);
+            // No connection stays bound to it; wait for the ones in use, so that no
+            // write of theirs lands after the data is gone (and DROP SCHEMA is not
+            // blocked).
+            if !manager.inner.pools.drain_tenant(&id).await {
+                return Err(Error::TenantBusy(id.clone()));
+            }
+            let result = manager.inner.service.delete(&id).await;
+            manager.invalidate(&id);
+            result
+        })
+        .await
     }
 
     /// Applies pending tenant migrations to every schema tenant that is not deleted.
@@ -716,6 +738,16 @@ impl TenantManager {
     pub async fn tx(&self) -> Result<TenantTx, Error> {
         self.tenant_tx(TenantContext::require()?).await
     }
+}
+
+/// Runs `work` in a task of its own, so that it finishes even if the caller's future
+/// is dropped; the caller gets its result if it is still waiting.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| Error::Registry(format!("a tenant operation's task failed: {e}")))?
 }
 
 /// `tenant` if it may be served now; [`Error::TenantNotActive`] (403) if it is

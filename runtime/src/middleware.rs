@@ -17,7 +17,7 @@ use crate::db::{TenantDb, TenantTx};
 use crate::error::Error;
 use crate::manager::TenantManager;
 use crate::metrics::TenantMetrics;
-use crate::resolve::{HeaderResolver, TenantResolver};
+use crate::resolve::{Candidate, HeaderResolver, TenantResolver};
 use crate::tenant::Tenant;
 use tracing::Instrument;
 
@@ -42,6 +42,15 @@ pub trait TenantPolicy: Send + Sync + 'static {
     /// that proves no identity. The default lets every request through to `check`.
     fn authenticate(&self, parts: &Parts) -> Result<(), Error> {
         let _ = parts;
+        Ok(())
+    }
+
+    /// Runs after `authenticate` and before the tenant a resolver named is looked up:
+    /// refuse here what the principal may never reach, so that the answer does not
+    /// depend on whether that tenant exists or is suspended. The default lets every
+    /// candidate through to the lookup and `check`.
+    fn check_candidate(&self, parts: &Parts, candidate: &Candidate) -> Result<(), Error> {
+        let _ = (parts, candidate);
         Ok(())
     }
 }
@@ -237,6 +246,9 @@ async fn resolve_request(
         {
             policy.authenticate(parts)?;
             authenticated = true;
+        }
+        if let Some(policy) = &config.policy {
+            policy.check_candidate(parts, &candidate)?;
         }
         if let Some(tenant) = config.manager.resolve_candidate(candidate).await? {
             if let Some(policy) = &config.policy {

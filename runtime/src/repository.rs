@@ -212,11 +212,23 @@ impl TenantRepository {
     }
 
     /// Every tenant that is not deleted, ordered by id.
+    ///
+    /// A row that cannot be read (an invalid id or name, tampered with) is skipped and
+    /// logged, so the others stay listable and migratable; `find` of that id reports it.
     pub async fn list(&self) -> Result<Vec<Tenant>, Error> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(self.sql.select_all.as_str()))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(tenant_from_row).collect()
+        Ok(rows
+            .iter()
+            .filter_map(|row| match tenant_from_row(row) {
+                Ok(tenant) => Some(tenant),
+                Err(error) => {
+                    tracing::error!(%error, "unreadable tenant row in the registry; skipped");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// The ids of every tenant that is not deleted (one query, for the set of known
@@ -457,13 +469,9 @@ fn stored_name(what: &str, name: String) -> Result<String, Error> {
 }
 
 /// A server name read back from the registry: a key of the configured servers, shown
-/// in messages; letters, digits, `_`, `-` and `.` only.
+/// in messages (never in SQL or URLs); no control characters, at most 200 bytes.
 fn stored_server(name: String) -> Result<String, Error> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    let ok = !name.is_empty() && name.len() <= 200 && !name.chars().any(char::is_control);
     if ok {
         Ok(name)
     } else {

@@ -274,6 +274,17 @@ impl TenantService {
     async fn create_row_tenant(&self, new: &NewTenant) -> Result<Tenant, Error> {
         let mut tx = self.repo.pool().begin().await?;
         self.repo.purge_deleted(&mut tx, &new.id).await?;
+        // Rows of this id that nobody deleted (written by hand, or by another app
+        // under the same id) would become the new tenant's: refuse.
+        if let Some(table) =
+            strategy::table_with_rows_of(&mut tx, self.repo.control_schema(), &new.id).await?
+        {
+            return Err(Error::Conflict(format!(
+                "`{table}` already holds rows with tenant_id `{}` that were not made for this \
+                 tenant; they were left untouched",
+                new.id
+            )));
+        }
         let tenant = self
             .repo
             .insert(&mut tx, new, TenantStatus::Active, &new.id.schema_name())

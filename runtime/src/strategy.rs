@@ -154,11 +154,19 @@ pub async fn shared_keys_without_tenant(
     control_schema: &str,
 ) -> Result<Vec<(String, String)>, Error> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT t.name, con.conname::text
-         FROM (SELECT c.oid, format('%I.%I', n.nspname, c.relname) AS name, a.attnum
-               {SHARED_TABLES}) t
-         JOIN pg_constraint con ON con.conrelid = t.oid AND con.contype IN ('p', 'u', 'f')
-                               AND NOT (t.attnum = ANY (con.conkey))
+        "WITH t AS (SELECT c.oid, format('%I.%I', n.nspname, c.relname) AS name, a.attnum
+                    {SHARED_TABLES})
+         -- unique indexes (primary keys and unique constraints included)
+         SELECT t.name, ic.relname::text FROM t
+         JOIN pg_index i ON i.indrelid = t.oid AND i.indisunique
+         JOIN pg_class ic ON ic.oid = i.indexrelid
+         WHERE NOT (t.attnum = ANY (i.indkey::int2[]))
+         UNION
+         -- exclusion constraints, and foreign keys to other shared tables
+         SELECT t.name, con.conname::text FROM t
+         JOIN pg_constraint con ON con.conrelid = t.oid
+         WHERE NOT (t.attnum = ANY (con.conkey))
+           AND (con.contype = 'x' OR (con.contype = 'f' AND con.confrelid IN (SELECT oid FROM t)))
          ORDER BY 1, 2"
     )))
     .bind(control_schema)
@@ -206,7 +214,9 @@ pub(crate) async fn delete_rows(
         .bind(id.as_str())
         .execute(&mut *conn)
         .await?;
-    let tables = shared_tables(conn, control_schema).await?;
+    // Only tables under tenantry's policies: another application's table that happens
+    // to have a `tenant_id` column is not ours to delete from.
+    let tables = policed_tables(conn, control_schema).await?;
     let mut deleted = 0;
     for table in tables {
         deleted += sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -219,6 +229,52 @@ pub(crate) async fn delete_rows(
         .rows_affected();
     }
     Ok(deleted)
+}
+
+/// The shared tables under tenantry's row-level security (all four [`RLS_POLICIES`]):
+/// the tables tenantry writes row tenants' data to and deletes it from.
+async fn policed_tables(
+    conn: &mut PgConnection,
+    control_schema: &str,
+) -> Result<Vec<String>, Error> {
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT format('%I.%I', n.nspname, c.relname) {SHARED_TABLES}
+           AND (SELECT count(DISTINCT p.polname) FROM pg_policy p
+                WHERE p.polrelid = c.oid AND p.polname = ANY ($3)) = 4
+         ORDER BY 1"
+    )))
+    .bind(control_schema)
+    .bind(TENANT_COLUMN)
+    .bind(RLS_POLICIES.to_vec())
+    .fetch_all(conn)
+    .await?)
+}
+
+/// The first table under tenantry's policies that already holds rows of `id`, inside
+/// the caller's transaction: rows a new row tenant must not inherit.
+pub(crate) async fn table_with_rows_of(
+    conn: &mut PgConnection,
+    control_schema: &str,
+    id: &TenantId,
+) -> Result<Option<String>, Error> {
+    sqlx::query("SELECT set_config($1, $2, true)")
+        .bind(TENANT_SETTING)
+        .bind(id.as_str())
+        .execute(&mut *conn)
+        .await?;
+    for table in policed_tables(conn, control_schema).await? {
+        let found: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT EXISTS (SELECT 1 FROM {table} WHERE {} = $1)",
+            quote_ident(TENANT_COLUMN)
+        )))
+        .bind(id.as_str())
+        .fetch_one(&mut *conn)
+        .await?;
+        if found {
+            return Ok(Some(table));
+        }
+    }
+    Ok(None)
 }
 
 /// The `search_path` of a tenant-bound connection: the tenant's schema, then the

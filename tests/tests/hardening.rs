@@ -446,7 +446,29 @@ async fn hosts_are_host_names_and_requests_name_one_host() {
     .await;
     assert_eq!(r.json["tenant"]["id"], "s1", "{r:?}");
 
-    // Two Host headers: 400, whichever tenants they name.
+    // Two Host headers: 400, whichever tenants they name and whatever the route.
+    for (uri, extra) in [
+        (
+            "/api/v1/tenants",
+            Some(("authorization", format!("Bearer {ADMIN_TOKEN}"))),
+        ),
+        ("/api/v1/projects", Some(("x-tenant-id", "s2".to_owned()))),
+        ("/nowhere", None),
+    ] {
+        let mut request = axum::http::Request::get(uri)
+            .header("host", "s1.localhost")
+            .header("host", "s2.localhost");
+        if let Some((k, v)) = extra {
+            request = request.header(k, v);
+        }
+        let response = tower::ServiceExt::oneshot(
+            app.clone(),
+            request.body(axum::body::Body::empty()).unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status(), 400, "{uri}");
+    }
     let request = axum::http::Request::get("/api/v1/projects")
         .header("host", "s1.localhost")
         .header("host", "s2.localhost")
@@ -576,7 +598,7 @@ async fn lists_are_paged_and_values_bounded() {
     assert_eq!(seen, expected, "every row once, in order");
     for bad in [
         "/api/v1/projects?limit=0",
-        "/api/v1/projects?limit=501",
+        "/api/v1/projects?limit=-1",
         "/api/v1/projects?limit=x",
         "/api/v1/projects?after=zzz",
         "/api/v1/data?after=c",
@@ -665,5 +687,58 @@ async fn shared_keys_include_the_tenant() {
             "shared.badly_keyed".to_owned(),
             "badly_keyed_pkey".to_owned()
         )]
+    );
+}
+
+/// Row tenants and another application's tables on the same database: creating a row
+/// tenant over rows someone left under its id is a 409, and deleting one touches only
+/// tables under tenantry's policies.
+#[tokio::test]
+async fn row_tenants_leave_other_applications_rows_alone() {
+    let (_db, manager) = manager(PoolConfig::default()).await;
+    let pool = manager.service().repository().pool();
+    sqlx::raw_sql(
+        "CREATE TABLE public.other_app (tenant_id text NOT NULL, v text NOT NULL);
+         INSERT INTO public.other_app VALUES ('neighbour', 'theirs');",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    create_with(&manager, "neighbour", tenantry::Strategy::Row).await;
+    let id: tenantry::TenantId = "neighbour".parse().unwrap();
+    manager.suspend_tenant(&id).await.unwrap();
+    manager.delete_tenant(&id).await.unwrap();
+    let kept: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM public.other_app WHERE tenant_id = 'neighbour'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(kept, 1, "another application's rows were not deleted");
+
+    // Rows left in a tenantry table under an id: a new tenant of that id would inherit them.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT set_config('tenantry.tenant_id', 'squatter', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO shared.projects (tenant_id, name) VALUES ('squatter', 'left behind')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let err = manager
+        .create_tenant(
+            tenantry::NewTenant::new("squatter".parse().unwrap(), "S")
+                .with_strategy(tenantry::Strategy::Row),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), 409, "{err}");
+    assert!(
+        manager
+            .get_tenant_by_id(&"squatter".parse().unwrap())
+            .await
+            .unwrap()
+            .is_none()
     );
 }

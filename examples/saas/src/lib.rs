@@ -209,6 +209,18 @@ impl tenantry::TenantPolicy for UserTokens {
         self.token(parts).map(|_| ())
     }
 
+    /// Another tenant's id is refused before it is looked up: the same 403 whether
+    /// that tenant exists, is suspended, or not.
+    fn check_candidate(&self, parts: &Parts, candidate: &tenantry::Candidate) -> Result<(), Error> {
+        let (_, allowed) = self.token(parts)?;
+        match candidate {
+            tenantry::Candidate::Id(id) if id != allowed => Err(Error::Forbidden(format!(
+                "this token may not act for tenant `{id}`"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     fn check(&self, parts: &Parts, tenant: &Tenant) -> Result<(), Error> {
         let (_, allowed) = self.token(parts)?;
         if *allowed == tenant.id {
@@ -246,6 +258,21 @@ pub fn router(state: AppState) -> Router {
         }))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(one_host))
+}
+
+/// A request names at most one host (RFC 9112: two `Host` headers, or one that is not
+/// visible ASCII, are a 400), whatever route or resolver handles it.
+async fn one_host(req: Request, next: Next) -> Response {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() || first.is_some_and(|h| h.to_str().is_err()) {
+        return Error::Validation(
+            "the request must name one host (one valid `Host` header)".to_owned(),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// 404 for a path no route matches, as problem details.
@@ -509,13 +536,15 @@ impl Page {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             match key {
                 "limit" => {
+                    // Above the maximum is served as the maximum (with a `Link` to the rest).
                     page.limit = value
-                        .parse()
+                        .parse::<i64>()
                         .ok()
-                        .filter(|n| (1..=Self::MAX).contains(n))
+                        .filter(|n| *n >= 1)
+                        .map(|n| n.min(Self::MAX))
                         .ok_or_else(|| {
                             Error::Validation(format!(
-                                "`limit` must be a number from 1 to {}",
+                                "`limit` must be a positive number (at most {} are served)",
                                 Self::MAX
                             ))
                         })?;
@@ -630,7 +659,13 @@ async fn get_data(mut db: TenantDb, uri: axum::http::Uri) -> Result<Response, Er
     }
     let mut rows = select.fetch_all(&mut db).await?;
     let next = page.next(&uri, &mut rows, |d| d.id);
-    Ok(with_next(Json(json!({ "data": rows })), next))
+    Ok(with_next(Json(DataPage { data: rows }), next))
+}
+
+/// The body of `GET /api/v1/data`: `{"data": [...]}`.
+#[derive(Serialize)]
+struct DataPage {
+    data: Vec<DataRow>,
 }
 
 /// The largest value `POST /api/v1/data` stores, in bytes.
