@@ -26,15 +26,6 @@ async fn connect(options: &PgConnectOptions) -> Result<PgConnection, Error> {
     Ok(PgConnection::connect_with(options).await?)
 }
 
-async fn exists(admin: &mut PgConnection, db: &str) -> Result<bool, Error> {
-    Ok(
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(db)
-            .fetch_one(admin)
-            .await?,
-    )
-}
-
 /// Makes sure server `server_name` has a template database matching `migrations`
 /// (rebuilt when the source changes); returns its name.
 pub(crate) async fn ensure_template(
@@ -55,8 +46,37 @@ pub(crate) async fn ensure_template(
         .await?;
     let result = async {
         let current = repo.template_fingerprint(&mut lock, &key).await?;
+        // Which registry a template belongs to, kept as its comment: another registry
+        // on the same server (with the same prefix) must not drop or rebuild it.
+        let registry_db: String = sqlx::query_scalar("SELECT current_database()")
+            .fetch_one(&mut *lock)
+            .await?;
+        let owner = format!(
+            "tenantry template of registry {registry_db}.{}",
+            repo.control_schema()
+        );
         let mut admin = connect(server).await?;
-        if current.as_deref() == Some(fingerprint.as_slice()) && exists(&mut admin, &name).await? {
+        let found: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+        )
+        .bind(&name)
+        .fetch_optional(&mut admin)
+        .await?;
+        match &found {
+            // Ours (or one this registry built before templates carried an owner).
+            Some(Some(comment)) if *comment == owner => {}
+            Some(None) if current.is_some() => {}
+            Some(_) => {
+                let _ = admin.close().await;
+                return Err(Error::Conflict(format!(
+                    "a database named `{name}` exists on server `{server_name}` and is not this \
+                     registry's template (another registry or application made it); it was \
+                     left untouched: give this registry another database prefix"
+                )));
+            }
+            None => {}
+        }
+        if current.as_deref() == Some(fingerprint.as_slice()) && found.is_some() {
             return Ok(());
         }
         let q = quote_ident(&name);
@@ -96,6 +116,12 @@ pub(crate) async fn ensure_template(
             .await;
             return Err(e);
         }
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "COMMENT ON DATABASE {q} IS {}",
+            crate::strategy::quote_literal(&owner)
+        )))
+        .execute(&mut admin)
+        .await?;
         admin.close().await?;
         repo.record_template(&mut lock, &key, &fingerprint).await?;
         Ok(())

@@ -742,3 +742,38 @@ async fn row_tenants_leave_other_applications_rows_alone() {
             .is_none()
     );
 }
+
+/// Two applications with registries of their own on one server and the same database
+/// prefix: the second never drops or rebuilds the first one's template database.
+#[tokio::test]
+async fn a_second_registry_never_rebuilds_another_registrys_template() {
+    let (db_a, a) = manager(PoolConfig::default()).await;
+    let prefix = database_prefix(&db_a);
+    create_with(&a, "first", tenantry::Strategy::Database).await;
+    let (_db_b, pool_b) = database().await;
+    let b = tenantry::TenantManager::builder(pool_b)
+        .migrations(tenantry::TenantMigrations::empty())
+        .database_prefix(prefix.clone())
+        .build()
+        .await
+        .unwrap();
+    let err = b
+        .create_tenant(
+            tenantry::NewTenant::new("second".parse().unwrap(), "S")
+                .with_strategy(tenantry::Strategy::Database),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), 409, "{err}");
+    // The first application still makes tenants from its own, intact template.
+    create_with(&a, "third", tenantry::Strategy::Database).await;
+    let t = a.resolve(&"third".parse().unwrap()).await.unwrap();
+    let mut db = a.tenant_db(t).await.unwrap();
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('projects', 'data')",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(tables, 2);
+}

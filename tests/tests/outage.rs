@@ -43,6 +43,8 @@ async fn database_down_gives_503_and_recovery_is_automatic() {
     create(&manager, "acme").await;
     create_with(&manager, "rowco", tenantry::Strategy::Row).await;
     create_with(&manager, "dbco", tenantry::Strategy::Database).await;
+    // Exists, but no request looked it up yet: the registry has to be asked about it.
+    create(&manager, "ghost").await;
     let app = saas_app(&manager);
     let acme = [("x-tenant-id", "acme")];
     let (k, v) = admin();
@@ -73,7 +75,8 @@ async fn database_down_gives_503_and_recovery_is_automatic() {
     )
     .await
     .assert_problem(503);
-    // A tenant the registry has to be asked about.
+    // A tenant the registry has to be asked about (an unknown id would be a 404 from
+    // the set of known ids, without asking).
     send(
         &app,
         Method::GET,
