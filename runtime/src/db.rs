@@ -13,7 +13,7 @@ use sqlx::postgres::{PgQueryResult, PgRow, PgStatement, PgTypeInfo};
 use sqlx::{Either, Execute, Executor, PgConnection, Postgres, SqlStr};
 
 use crate::error::Error;
-use crate::pool::{PooledConn, TenantPools};
+use crate::pool::{PooledConn, Taint, TenantPools};
 use crate::repository::TenantRepository;
 use crate::tenant::{Tenant, TenantStatus};
 
@@ -433,19 +433,6 @@ pub(crate) fn session_safe(sql: &str) -> bool {
         ]
         .iter()
         .any(|word| trimmed.contains(word))
-}
-
-/// A flag a handler's statement sets when it may have changed the session.
-#[derive(Clone, Default)]
-pub(crate) struct Taint(std::sync::Arc<std::sync::atomic::AtomicBool>);
-
-impl Taint {
-    fn mark(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-    pub(crate) fn is_marked(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Relaxed)
-    }
 }
 
 /// sqlx prepares explicitly prepared statements by name, which a transaction pooler

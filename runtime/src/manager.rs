@@ -549,7 +549,7 @@ impl TenantManager {
         on_event: impl Fn(&MigrationEvent) + Send + Sync,
     ) -> Result<MigrationReport, Error> {
         let service = &self.inner.service;
-        let tenants = self.schema_tenants().await?;
+        let tenants = self.migrated_tenants().await?;
         let applied = service.repository().all_applied_migrations().await?;
         let mut results: std::collections::BTreeMap<TenantId, MigrationOutcome> =
             std::collections::BTreeMap::new();
@@ -667,9 +667,9 @@ impl TenantManager {
         })
     }
 
-    /// Tenants with a schema or database of their own: the ones tenant migrations
-    /// apply to.
-    async fn schema_tenants(&self) -> Result<Vec<Tenant>, Error> {
+    /// Tenants with a schema or a database of their own (schema and database
+    /// strategies): the ones tenant migrations apply to.
+    async fn migrated_tenants(&self) -> Result<Vec<Tenant>, Error> {
         let mut tenants = self.list_tenants().await?;
         tenants.retain(|t| t.strategy != crate::tenant::Strategy::Row);
         Ok(tenants)
@@ -679,7 +679,7 @@ impl TenantManager {
     /// source (row tenants share tables, which the application migrates itself).
     pub async fn migration_status(&self) -> Result<Vec<TenantMigrationStatus>, Error> {
         let service = &self.inner.service;
-        let tenants = self.schema_tenants().await?;
+        let tenants = self.migrated_tenants().await?;
         let applied = service.repository().all_applied_migrations().await?;
         Ok(tenants
             .into_iter()

@@ -21,8 +21,7 @@ use crate::resolve::{Candidate, HeaderResolver, TenantResolver};
 use crate::tenant::Tenant;
 use tracing::Instrument;
 
-/// The header the tenant is read from unless configured otherwise.
-pub const DEFAULT_TENANT_HEADER: &str = "x-tenant-id";
+pub use crate::resolve::DEFAULT_TENANT_HEADER;
 
 /// Decides whether a request may act for the tenant it named. Return
 /// [`Error::Forbidden`] (403) or [`Error::Unauthorized`] (401) to refuse.

@@ -602,7 +602,7 @@ impl TenantPools {
             in_transaction: false,
             local_binding: None,
             tenant: tenant.id.clone(),
-            tainted: crate::db::Taint::default(),
+            tainted: Taint::default(),
         };
         let conn = match plan {
             Plan::Idle(conn) => *conn,
@@ -945,7 +945,7 @@ pub(crate) struct PooledConn {
     /// The transaction binding's `BEGIN; SET LOCAL ..` (transaction mode only).
     local_binding: Option<String>,
     /// Set by a handler's statement whose text may change the session.
-    tainted: crate::db::Taint,
+    tainted: Taint,
 }
 
 impl PooledConn {
@@ -1031,7 +1031,7 @@ impl PooledConn {
     }
 
     /// The flag a handler's statements set when they may change the session.
-    pub(crate) fn taint(&self) -> crate::db::Taint {
+    pub(crate) fn taint(&self) -> Taint {
         self.tainted.clone()
     }
 
@@ -1176,4 +1176,17 @@ async fn reset(conn: &mut PgConnection, session: bool) -> Result<(), sqlx::Error
         sqlx::raw_sql("DEALLOCATE ALL").execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// A flag a handler's statement sets when it may have changed the session.
+#[derive(Clone, Default)]
+pub(crate) struct Taint(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Taint {
+    pub(crate) fn mark(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub(crate) fn is_marked(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }

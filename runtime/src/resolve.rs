@@ -9,6 +9,11 @@ use http::{HeaderName, header};
 use crate::error::Error;
 use crate::tenant::TenantId;
 
+/// The header the tenant is read from unless configured otherwise. (Defined here, with
+/// the resolvers, so that the core does not depend on the web layer; re-exported by
+/// `middleware` and the crate root.)
+pub const DEFAULT_TENANT_HEADER: &str = "x-tenant-id";
+
 /// What a resolver found in a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Candidate {
@@ -48,9 +53,7 @@ impl HeaderResolver {
 
 impl Default for HeaderResolver {
     fn default() -> Self {
-        Self::new(HeaderName::from_static(
-            crate::middleware::DEFAULT_TENANT_HEADER,
-        ))
+        Self::new(HeaderName::from_static(DEFAULT_TENANT_HEADER))
     }
 }
 

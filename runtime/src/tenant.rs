@@ -179,8 +179,10 @@ pub enum Strategy {
     /// One PostgreSQL schema per tenant in a shared database (the default).
     #[default]
     Schema,
-    /// A database per tenant (named like the schema would be, [`TenantId::schema_name`]),
-    /// on the server the tenant is placed on, created from a template database.
+    /// A database per tenant, named `<database prefix><id with - as _>` (prefix
+    /// `tenant_` by default, see `TenantManagerBuilder::database_prefix`; the name is
+    /// kept in [`Tenant::schema_name`]), on the server the tenant is placed on, created
+    /// from a template database.
     Database,
     /// Shared tables with a `tenant_id` column, protected by row-level security: the
     /// tenant's connections carry the `tenantry.tenant_id` setting that the policies
