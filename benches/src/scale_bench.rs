@@ -15,8 +15,12 @@
 //! ```text
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
 //! cargo run --release -p tenantry-benches --bin scale_bench -- \
-//!     [--tenants 1000] [--zipf-tenants 10000] [--rounds 3] [--secs 3] [--concurrency 16]
+//!     [--tenants 1000] [--zipf-tenants 10000] [--rounds 3] [--secs 3] [--concurrency 16] \
+//!     [--recycle N] [--no-pooler]
 //! ```
+//!
+//! Unless `--no-pooler` is given (or PgBouncer is missing), it also serves the quick
+//! start through a PgBouncer in transaction mode with the transaction binding.
 //!
 //! Uses `DATABASE_URL` (a server with the default `max_connections` is what users run),
 //! or else a throwaway PostgreSQL.
@@ -381,6 +385,41 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     )))
     .await?;
     let t8_addr = serve(saas::router(saas::AppState::new(t_eight.clone(), "bench"))).await?;
+    // The transaction binding behind a real PgBouncer (transaction mode, 8 server
+    // connections), unless `--no-pooler` or PgBouncer is not installed.
+    let bouncer = if std::env::args().any(|a| a == "--no-pooler") {
+        None
+    } else {
+        match tenantry::testing::PgBouncer::start(&db.connect_options(), &["postgres"], 8) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("scale_bench: no PgBouncer case ({e})");
+                None
+            }
+        }
+    };
+    let t_pooled = match &bouncer {
+        Some(b) => Some(
+            TenantManager::builder(admin.clone())
+                .migrations(saas::tenant_migrations())
+                .listen_for_changes(false)
+                .tenant_connections(b.options(&db.connect_options()))
+                .pool_config(PoolConfig {
+                    binding: tenantry::Binding::Transaction,
+                    max_connections: Some(16),
+                    row_schema: Some("shared".to_owned()),
+                    row_role: Some(saas::ROW_ROLE.to_owned()),
+                    ..PoolConfig::default()
+                })
+                .build()
+                .await?,
+        ),
+        None => None,
+    };
+    let tp_addr = match &t_pooled {
+        Some(m) => Some(serve(saas::router(saas::AppState::new(m.clone(), "bench"))).await?),
+        None => None,
+    };
     println!(
         "scale_bench: server max_connections {server_max}; tenantry budget {} (default) and 8, recycling after {recycle} tenants; plain and naive pools 8; {concurrency} clients, {rounds} rounds x {secs} s",
         t_default.pools().budget()
@@ -423,6 +462,19 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             Traffic::Uniform(one.clone()),
         ),
     ];
+    let mut cases = cases;
+    if let Some(addr) = tp_addr {
+        cases.push((
+            "tenantry behind PgBouncer (transaction binding), random of schema tenants",
+            addr,
+            Traffic::Uniform(schema.clone()),
+        ));
+        cases.push((
+            "tenantry behind PgBouncer (transaction binding), random of row tenants",
+            addr,
+            Traffic::Uniform(rows_uniform.clone()),
+        ));
+    }
     // Warm-up: caches of every server and a pass over the tenants.
     for (_, addr, traffic) in &cases {
         drive(*addr, traffic, concurrency, 1.0).await;
@@ -464,7 +516,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // 128 clients against the default budget: the server's view of tenant connections
     // (the other manager's connections closed first, so that only this one's count).
     t_eight.pools().close_idle().await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // PgBouncer's server connections carry the same application_name: stop it first.
+    if let Some(m) = &t_pooled {
+        m.pools().close_idle().await;
+    }
+    drop(t_pooled);
+    drop(bouncer);
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicI64::new(0));
     let sampler = {
