@@ -520,6 +520,7 @@ impl TenantPools {
         for conn in idle {
             let server = conn.login.server.clone();
             let _ = tokio::time::timeout(Duration::from_secs(5), conn.raw.close()).await;
+            tokio::time::sleep(BACKEND_EXIT_GRACE).await;
             let mut state = self.shared.lock();
             state.closed_one(&server);
             state.stats.closed += 1;
@@ -890,6 +891,10 @@ fn take_expired(state: &mut State, config: &PoolConfig) -> Vec<Conn> {
     expired
 }
 
+/// How long a closed connection's slot stays counted after `Terminate` was sent,
+/// while its backend exits.
+const BACKEND_EXIT_GRACE: Duration = Duration::from_millis(25);
+
 /// Closes `conns` in the background; each one's budget slot is given back, and a
 /// waiter of its server woken, only once it is closed.
 fn retire(shared: &Arc<Shared>, conns: Vec<Conn>) {
@@ -910,6 +915,10 @@ fn retire(shared: &Arc<Shared>, conns: Vec<Conn>) {
                 for conn in conns {
                     let server = conn.login.server.clone();
                     let _ = tokio::time::timeout(Duration::from_secs(5), conn.raw.close()).await;
+                    // `close` returns once `Terminate` is sent; the backend exits a moment
+                    // later. Keep its slot until then, so that the server never lists
+                    // more of our backends than the budget.
+                    tokio::time::sleep(BACKEND_EXIT_GRACE).await;
                     done(&shared, &server);
                 }
             });
