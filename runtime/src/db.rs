@@ -44,26 +44,24 @@ impl Source {
     /// Asks the registry whether `tenant` is still this incarnation, active, with the
     /// same strategy and server.
     async fn verify(&self, tenant: &Tenant) -> Result<(), Error> {
-        {
-            match self.registry.find(&tenant.id).await? {
-                Some(now) if now.incarnation != tenant.incarnation => {
-                    return Err(Error::TenantChanged(tenant.id.clone()));
-                }
-                Some(now) if now.status == TenantStatus::Deleted => {
-                    return Err(Error::TenantNotFound(tenant.id.clone()));
-                }
-                Some(now) if now.status != TenantStatus::Active => {
-                    return Err(Error::TenantNotActive {
-                        id: now.id,
-                        status: now.status,
-                    });
-                }
-                Some(now) if now.strategy != tenant.strategy || now.server != tenant.server => {
-                    return Err(Error::TenantChanged(tenant.id.clone()));
-                }
-                Some(_) => {}
-                None => return Err(Error::TenantNotFound(tenant.id.clone())),
+        match self.registry.find(&tenant.id).await? {
+            Some(now) if now.incarnation != tenant.incarnation => {
+                return Err(Error::TenantChanged(tenant.id.clone()));
             }
+            Some(now) if now.status == TenantStatus::Deleted => {
+                return Err(Error::TenantNotFound(tenant.id.clone()));
+            }
+            Some(now) if now.status != TenantStatus::Active => {
+                return Err(Error::TenantNotActive {
+                    id: now.id,
+                    status: now.status,
+                });
+            }
+            Some(now) if now.strategy != tenant.strategy || now.server != tenant.server => {
+                return Err(Error::TenantChanged(tenant.id.clone()));
+            }
+            Some(_) => {}
+            None => return Err(Error::TenantNotFound(tenant.id.clone())),
         }
         Ok(())
     }
@@ -528,11 +526,8 @@ macro_rules! lazy_executor {
                         self.end_statement(local, false).await.map_err(to_sqlx)?;
                         return Err(to_sqlx(no_named_statements()));
                     }
-                    let statement = self.statement_conn().prepare_with(sql, parameters).await;
-                    self.end_statement(local, statement.is_ok())
-                        .await
-                        .map_err(to_sqlx)?;
-                    statement
+                    // Never in a transaction of its own here (refused above).
+                    self.statement_conn().prepare_with(sql, parameters).await
                 }
                 .boxed()
             }
@@ -551,11 +546,7 @@ macro_rules! lazy_executor {
                         self.end_statement(local, false).await.map_err(to_sqlx)?;
                         return Err(to_sqlx(no_named_statements()));
                     }
-                    let described = self.statement_conn().describe(sql).await;
-                    self.end_statement(local, described.is_ok())
-                        .await
-                        .map_err(to_sqlx)?;
-                    described
+                    self.statement_conn().describe(sql).await
                 }
                 .boxed()
             }
@@ -564,7 +555,8 @@ macro_rules! lazy_executor {
 }
 
 impl TenantTx {
-    async fn end_statement(&mut self, _local: bool, _ok: bool) -> Result<(), Error> {
+    /// Statements of a `TenantTx` run inside its one transaction: nothing to end.
+    pub(crate) async fn end_statement(&mut self, _local: bool, _ok: bool) -> Result<(), Error> {
         Ok(())
     }
 }

@@ -143,16 +143,15 @@ impl Error {
             | Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Database(e) if is_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Database(e) if data_fault(e).is_some() => {
-                data_fault(e).map_or(StatusCode::INTERNAL_SERVER_ERROR, |f| f.status)
-            }
             Error::PoolExhausted { .. } | Error::TenantChanged(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Error::NoTenantInScope
-            | Error::Migration(_)
-            | Error::Registry(_)
-            | Error::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Database(e) => {
+                data_fault(e).map_or(StatusCode::INTERNAL_SERVER_ERROR, |f| f.status)
+            }
+            Error::NoTenantInScope | Error::Migration(_) | Error::Registry(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -165,7 +164,15 @@ impl Error {
     /// The problem details for this error.
     pub fn to_problem(&self) -> Problem {
         let status = self.status();
+        // A database error caused by the request's data (4xx), read once.
+        let fault = match self {
+            Error::Database(e) if !is_unavailable(e) => data_fault(e),
+            _ => None,
+        };
         let (kind, title) = match self {
+            _ if fault.is_some() => fault
+                .as_ref()
+                .map_or(("internal", "Internal error"), |f| (f.kind, f.title)),
             Error::MissingTenant { .. } => ("missing-tenant", "Missing tenant"),
             Error::InvalidTenantId { .. } => ("invalid-tenant-id", "Invalid tenant id"),
             Error::TenantNotFound(_) => ("tenant-not-found", "Tenant not found"),
@@ -181,9 +188,6 @@ impl Error {
             Error::TenantChanged(_) => ("tenant-changed", "Tenant changed"),
             Error::TenantBusy(_) => ("tenant-busy", "Tenant busy"),
             Error::Conflict(_) => ("conflict", "Conflict"),
-            Error::Database(e) if data_fault(e).is_some() => {
-                data_fault(e).map_or(("internal", "Internal error"), |f| (f.kind, f.title))
-            }
             Error::Database(_) if status == StatusCode::SERVICE_UNAVAILABLE => {
                 ("database-unavailable", "Database unavailable")
             }
@@ -203,9 +207,9 @@ impl Error {
                 }
                 _ => "an internal error occurred; see the server logs".to_owned(),
             }
-        } else if let Error::Database(e) = self {
+        } else if let Some(fault) = fault {
             // What PostgreSQL says about the value or constraint, never SQL text.
-            data_fault(e).map_or_else(|| "the request's data was refused".to_owned(), |f| f.detail)
+            fault.detail
         } else {
             self.to_string()
         };

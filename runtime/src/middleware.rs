@@ -240,13 +240,11 @@ async fn resolve_request(
         };
         // Before any lookup of the tenant: an unauthenticated request learns nothing
         // about which tenants exist.
-        if let Some(policy) = &config.policy
-            && !authenticated
-        {
-            policy.authenticate(parts)?;
-            authenticated = true;
-        }
         if let Some(policy) = &config.policy {
+            if !authenticated {
+                policy.authenticate(parts)?;
+                authenticated = true;
+            }
             policy.check_candidate(parts, &candidate)?;
         }
         if let Some(tenant) = config.manager.resolve_candidate(candidate).await? {

@@ -602,7 +602,6 @@ impl TenantPools {
             busy: false,
             in_transaction: false,
             local_binding: None,
-            tenant: tenant.id.clone(),
             tainted: Taint::default(),
         };
         let conn = match plan {
@@ -940,7 +939,6 @@ pub(crate) struct PooledConn {
     conn: Option<Conn>,
     pool: Arc<Shared>,
     key: BindingKey,
-    tenant: TenantId,
     server: String,
     /// A budget slot is counted for a connection being opened (not yet in `conn`).
     reserved: bool,
@@ -1010,13 +1008,13 @@ impl PooledConn {
     /// Whether the tenant was invalidated since this connection was bound to it: a
     /// handle then asks the registry before its next statement.
     pub(crate) fn stale(&self) -> bool {
-        let epoch = self.pool.lock().epoch(&self.tenant);
+        let epoch = self.pool.lock().epoch(&self.key.id);
         self.conn.as_ref().is_some_and(|c| c.epoch != epoch)
     }
 
     /// Marks the binding as checked against the registry again.
     pub(crate) fn refresh(&mut self) {
-        let epoch = self.pool.lock().epoch(&self.tenant);
+        let epoch = self.pool.lock().epoch(&self.key.id);
         if let Some(conn) = self.conn.as_mut() {
             conn.epoch = epoch;
         }

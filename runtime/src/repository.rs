@@ -87,13 +87,7 @@ impl TenantRepository {
     ///
     /// The name must be a plain lowercase identifier (`[a-z_][a-z0-9_]*`, at most 63 bytes).
     pub fn new(pool: PgPool, control_schema: &str) -> Result<Self, Error> {
-        let valid = !control_schema.is_empty()
-            && control_schema.len() <= 63
-            && control_schema
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            && !control_schema.as_bytes()[0].is_ascii_digit();
-        if !valid {
+        if !lowercase_identifier(control_schema) {
             return Err(Error::Validation(format!(
                 "control schema `{control_schema}` must be a lowercase identifier"
             )));
@@ -448,16 +442,22 @@ fn unique_violation(e: &sqlx::Error) -> Option<String> {
     }
 }
 
-/// A schema, database or server name read back from the registry: it is used in SQL
-/// (quoted), in connection URLs and as a `pg_dump` argument, so it must be what
-/// tenantry itself writes there (a plain lowercase identifier) and nothing else.
-fn stored_name(what: &str, name: String) -> Result<String, Error> {
-    let ok = !name.is_empty()
+/// A plain lowercase identifier (`[a-z_][a-z0-9_]*`, at most 63 bytes): what the
+/// control schema and the schema and database names tenantry derives must be.
+fn lowercase_identifier(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 63
         && !name.as_bytes()[0].is_ascii_digit()
         && name
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// A schema, database or server name read back from the registry: it is used in SQL
+/// (quoted), in connection URLs and as a `pg_dump` argument, so it must be what
+/// tenantry itself writes there (a plain lowercase identifier) and nothing else.
+fn stored_name(what: &str, name: String) -> Result<String, Error> {
+    let ok = lowercase_identifier(&name);
     if ok {
         Ok(name)
     } else {

@@ -172,6 +172,33 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
+/// When running as root (as CI does), the `postgres` user's uid and gid, after giving
+/// it `paths`: PostgreSQL and PgBouncer refuse to run as root. `None` otherwise.
+fn unprivileged(
+    program: &str,
+    hint: &str,
+    paths: &[PathBuf],
+) -> Result<Option<(u32, u32)>, TestDbError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let user = nix::unistd::User::from_name("postgres")
+        .ok()
+        .flatten()
+        .ok_or_else(|| {
+            TestDbError::Start(format!(
+                "running as root, and there is no `postgres` user to run {program} as \
+                 ({program} refuses to run as root); {hint}"
+            ))
+        })?;
+    for path in paths {
+        nix::unistd::chown(path, Some(user.uid), Some(user.gid)).map_err(|e| {
+            TestDbError::Start(format!("chown of {} for {program}: {e}", path.display()))
+        })?;
+    }
+    Ok(Some((user.uid.as_raw(), user.gid.as_raw())))
+}
+
 fn start_server() -> Result<TestServer, TestDbError> {
     let bindir = find_bindir().ok_or(TestDbError::NoBinaries)?;
     let err = |what: &str, e: &dyn std::fmt::Display| TestDbError::Start(format!("{what}: {e}"));
@@ -181,23 +208,11 @@ fn start_server() -> Result<TestServer, TestDbError> {
         .map_err(|e| err("creating a temporary directory", &e))?
         .keep();
     // PostgreSQL refuses to run as root: run it as the unprivileged `postgres` user.
-    let run_as = if nix::unistd::geteuid().is_root() {
-        let user = nix::unistd::User::from_name("postgres")
-            .ok()
-            .flatten()
-            .ok_or_else(|| {
-                TestDbError::Start(
-                    "running as root, and there is no `postgres` user to run PostgreSQL as \
-                     (PostgreSQL refuses to run as root); create one or set DATABASE_URL"
-                        .to_owned(),
-                )
-            })?;
-        nix::unistd::chown(&dir, Some(user.uid), Some(user.gid))
-            .map_err(|e| err("chown of the data directory", &e))?;
-        Some((user.uid.as_raw(), user.gid.as_raw()))
-    } else {
-        None
-    };
+    let run_as = unprivileged(
+        "PostgreSQL",
+        "create one or set DATABASE_URL",
+        std::slice::from_ref(&dir),
+    )?;
     let command = |program: &Path| {
         let mut c = Command::new(program);
         c.current_dir(&dir).env("LC_ALL", "C").env("LANG", "C");
@@ -428,28 +443,15 @@ impl PgBouncer {
             .map_err(|e| err("writing the config", &e))?;
         let users: String = users.iter().map(|u| format!("\"{u}\" \"\"\n")).collect();
         std::fs::write(dir.join("users.txt"), users).map_err(|e| err("writing the users", &e))?;
-        let run_as = if nix::unistd::geteuid().is_root() {
-            let user = nix::unistd::User::from_name("postgres")
-                .ok()
-                .flatten()
-                .ok_or_else(|| {
-                    TestDbError::Start(
-                        "running as root, and there is no `postgres` user to run PgBouncer as"
-                            .to_owned(),
-                    )
-                })?;
-            for path in [
+        let run_as = unprivileged(
+            "PgBouncer",
+            "create one",
+            &[
                 dir.clone(),
                 dir.join("pgbouncer.ini"),
                 dir.join("users.txt"),
-            ] {
-                nix::unistd::chown(&path, Some(user.uid), Some(user.gid))
-                    .map_err(|e| err("chown of the PgBouncer directory", &e))?;
-            }
-            Some((user.uid.as_raw(), user.gid.as_raw()))
-        } else {
-            None
-        };
+            ],
+        )?;
         // Like the server's watchdog: stops PgBouncer when this process exits.
         let script = r#"
             "$1" "$2/pgbouncer.ini" >/dev/null 2>&1 &
