@@ -169,7 +169,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             errors,
         ));
     }
-    let stats = manager.pools().stats();
+    let stats = manager.pool_stats();
     println!(
         "pool_bench: {tenants} database tenants (provisioned in {:.1} s, {:.1}/s), pool cap {cap} (1 connection each), {concurrency} workers x {secs} s",
         provisioning.as_secs_f64(),

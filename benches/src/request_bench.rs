@@ -295,7 +295,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             )
             .await?;
         let mut db = manager
-            .tenant_db(manager.resolve(&tenant.id).await?)
+            .tenant_db(manager.resolve_tenant(&tenant.id).await?)
             .await?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "INSERT INTO projects (name) SELECT 'project ' || g FROM generate_series(1, {ROWS}) g; ANALYZE projects"
@@ -469,7 +469,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         "  c / d       = {:.3}  (cost of resolution against an empty handler)",
         median(ratio_of(2, 3))
     );
-    let stats = manager.pools().stats();
+    let stats = manager.pool_stats();
     println!(
         "  tenant connections: {} open (peak {}), {} opened, {} rebinds, {} resets; registry lookups {}",
         stats.open,

@@ -422,7 +422,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     println!(
         "scale_bench: server max_connections {server_max}; tenantry budget {} (default) and 8, recycling after {recycle} tenants; plain and naive pools 8; {concurrency} clients, {rounds} rounds x {secs} s",
-        t_default.pools().budget()
+        t_default.admin().pools().budget()
     );
 
     let cases: Vec<(&str, SocketAddr, Traffic)> = vec![
@@ -506,7 +506,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             ratio(i, 1)
         );
     }
-    let stats = t_default.pools().stats();
+    let stats = t_default.pool_stats();
     println!();
     println!(
         "tenantry (default budget): {} connections opened, {} rebinds, {} reused bound, {} resets, peak open {}",
@@ -515,10 +515,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     // 128 clients against the default budget: the server's view of tenant connections
     // (the other manager's connections closed first, so that only this one's count).
-    t_eight.pools().close_idle().await;
+    t_eight.admin().pools().close_idle().await;
     // PgBouncer's server connections carry the same application_name: stop it first.
     if let Some(m) = &t_pooled {
-        m.pools().close_idle().await;
+        m.admin().pools().close_idle().await;
     }
     drop(t_pooled);
     drop(bouncer);
@@ -542,8 +542,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         f.rps,
         f.errors,
         peak.load(Ordering::SeqCst),
-        t_default.pools().stats().peak_open,
-        t_default.pools().budget()
+        t_default.pool_stats().peak_open,
+        t_default.admin().pools().budget()
     );
 
     // Backend memory after a pass over every schema tenant, recycling on and off.
@@ -551,8 +551,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         ("recycle after 100 tenants", 100),
         ("no recycling", u32::MAX),
     ] {
-        t_default.pools().close_idle().await;
-        t_eight.pools().close_idle().await;
+        t_default.admin().pools().close_idle().await;
+        t_eight.admin().pools().close_idle().await;
         let m = manager(
             &admin,
             PoolConfig {
@@ -573,9 +573,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 "{:.1} MB",
                 kb as f64 / 1024.0
             )),
-            m.pools().stats().opened
+            m.pool_stats().opened
         );
-        m.pools().close_idle().await;
+        m.admin().pools().close_idle().await;
     }
     Ok(())
 }

@@ -272,10 +272,7 @@ fn print_tenant(t: &Tenant) {
 }
 
 async fn existing(manager: &TenantManager, id: &TenantId) -> Result<Tenant, Failure> {
-    match manager.service().repository().find(id).await? {
-        Some(t) if t.status != TenantStatus::Deleted => Ok(t),
-        _ => Err(format!("tenant `{id}` does not exist").into()),
-    }
+    Ok(manager.admin().existing(id).await?)
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
@@ -387,120 +384,14 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
         }
         TenantsCommand::Export { id, out } => {
             let manager = manager(cli, None).await?;
-            let tenant = existing(&manager, id).await?;
-            export(cli, &manager, &tenant, out).await?;
+            let url = cli.database_url.as_deref().unwrap_or_default();
+            let body = manager.admin().export(id, url).await?;
+            std::fs::write(out, body)
+                .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
             println!("exported tenant `{id}` to {}", out.display());
         }
     }
     Ok(0)
-}
-
-fn pg_dump(url: &str, args: &[&str]) -> Result<Vec<u8>, Failure> {
-    let bindir = tenantry::pgbin::bindir_of("pg_dump").ok_or(
-        "pg_dump not found (looked on PATH, at `pg_config --bindir` and in /usr/lib/postgresql/*/bin)",
-    )?;
-    let dump = std::process::Command::new(bindir.join("pg_dump"))
-        .arg("--dbname")
-        .arg(url)
-        .args(["--no-owner", "--no-privileges"])
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run pg_dump: {e}"))?;
-    if !dump.status.success() {
-        return Err(format!(
-            "pg_dump failed: {}",
-            String::from_utf8_lossy(&dump.stderr).trim()
-        )
-        .into());
-    }
-    Ok(dump.stdout)
-}
-
-/// A tenant's schema and data, whatever its strategy: its schema (schema), its
-/// database (database, on the default server), or the shared tables' definitions and
-/// its rows in them (row).
-async fn export(
-    cli: &Cli,
-    manager: &TenantManager,
-    tenant: &Tenant,
-    out: &PathBuf,
-) -> Result<(), Failure> {
-    let url = libpq_url(cli.database_url.as_deref().unwrap_or_default());
-    let mut body = format!(
-        "-- tenantry export of tenant `{}` (strategy {}, {} {})\n-- registry record: {}\n\n",
-        tenant.id,
-        tenant.strategy,
-        if tenant.strategy == Strategy::Database {
-            "database"
-        } else {
-            "schema"
-        },
-        tenant.schema_name,
-        serde_json::to_string(tenant)?
-    )
-    .into_bytes();
-    match tenant.strategy {
-        Strategy::Schema => body.extend(pg_dump(&url, &["--schema", &tenant.schema_name])?),
-        Strategy::Database if tenant.server == tenantry::DEFAULT_SERVER => {
-            let db_url = tenantry::pgbin::url_with_database(&url, &tenant.schema_name);
-            body.extend(pg_dump(&db_url, &[])?);
-        }
-        Strategy::Database => {
-            return Err(format!(
-                "tenant `{}` lives in database `{}` on server `{}`; run pg_dump against that server",
-                tenant.id, tenant.schema_name, tenant.server
-            )
-            .into());
-        }
-        Strategy::Row => {
-            let pool = manager.service().repository().pool();
-            let mut tx = pool.begin().await?;
-            sqlx::query("SELECT set_config($1, $2, true)")
-                .bind(tenantry::strategy::TENANT_SETTING)
-                .bind(tenant.id.as_str())
-                .execute(&mut *tx)
-                .await?;
-            let tables = tenantry::strategy::shared_tables(&mut tx, &cli.control_schema).await?;
-            for table in &tables {
-                body.extend(pg_dump(&url, &["--schema-only", "--table", table])?);
-                body.extend(format!("\nCOPY {table} FROM stdin;\n").into_bytes());
-                // `table` is a quoted name from the catalog; the tenant comes from the
-                // transaction's setting, not from the statement text.
-                let statement = format!(
-                    "COPY (SELECT * FROM {table} WHERE {} = current_setting('{}')) TO STDOUT",
-                    tenantry::strategy::TENANT_COLUMN,
-                    tenantry::strategy::TENANT_SETTING
-                );
-                let mut rows = tx.copy_out_raw(&statement).await?;
-                while let Some(chunk) = futures::StreamExt::next(&mut rows).await {
-                    body.extend_from_slice(&chunk?);
-                }
-                body.extend_from_slice(b"\\.\n\n");
-            }
-            tx.rollback().await?;
-        }
-    }
-    std::fs::write(out, body).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
-    Ok(())
-}
-
-/// The URL without sqlx's own query parameters (`statement-cache-capacity`, ...),
-/// which libpq tools reject; libpq's parameters have no `-`.
-fn libpq_url(url: &str) -> String {
-    match url.split_once('?') {
-        None => url.to_owned(),
-        Some((base, query)) => {
-            let kept: Vec<&str> = query
-                .split('&')
-                .filter(|p| !p.split('=').next().unwrap_or_default().contains('-'))
-                .collect();
-            if kept.is_empty() {
-                base.to_owned()
-            } else {
-                format!("{base}?{}", kept.join("&"))
-            }
-        }
-    }
 }
 
 async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<u8, Failure> {
@@ -560,7 +451,7 @@ async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<u8, Failure> {
 
 async fn migrate_status(cli: &Cli, source: Option<&PathBuf>, json: bool) -> Result<u8, Failure> {
     let manager = manager(cli, source).await?;
-    let status = without_source_checks(manager.migration_status().await?, source.is_some());
+    let status = manager.admin().migration_status(source.is_some()).await?;
     if json {
         print_json(&status)?;
         return Ok(0);
@@ -593,142 +484,13 @@ async fn migrate_status(cli: &Cli, source: Option<&PathBuf>, json: bool) -> Resu
     Ok(0)
 }
 
-/// Without a migration source there is nothing to compare with: no pending versions,
-/// no checksum drift (the manager compared against an empty source).
-fn without_source_checks(
-    mut status: Vec<tenantry::migrate::TenantMigrationStatus>,
-    have_source: bool,
-) -> Vec<tenantry::migrate::TenantMigrationStatus> {
-    if !have_source {
-        for s in &mut status {
-            s.pending.clear();
-            s.drift.clear();
-        }
-    }
-    status
-}
-
-#[derive(Serialize)]
-struct Finding {
-    kind: &'static str,
-    subject: String,
-    detail: String,
-}
-
 async fn doctor(cli: &Cli, args: &DoctorArgs) -> Result<u8, Failure> {
     let manager = manager(cli, args.source.as_ref()).await?;
-    let pool = manager.service().repository().pool().clone();
-    let control = cli.control_schema.clone();
-    let mut findings = Vec::new();
-
-    let tenants = manager.list_tenants().await?;
-    let schemas: Vec<String> = sqlx::query_scalar(
-        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'tenant\\_%' ORDER BY 1",
-    )
-    .fetch_all(&pool)
-    .await?;
-    for schema in &schemas {
-        if !tenants.iter().any(|t| &t.schema_name == schema) {
-            findings.push(Finding {
-                kind: "orphan-schema",
-                subject: schema.clone(),
-                detail: "a tenant schema that no tenant in the registry owns".to_owned(),
-            });
-        }
-    }
-    // Tenant databases on the default server that no tenant owns (a provisioning that
-    // failed and could not clean up, or a registry row removed by hand).
-    let databases: Vec<String> = sqlx::query_scalar(
-        "SELECT datname::text FROM pg_database
-         WHERE starts_with(datname, $1) AND datname <> $1 || '_template' ORDER BY 1",
-    )
-    .bind(&cli.database_prefix)
-    .fetch_all(&pool)
-    .await?;
-    let owned: Vec<&str> = tenants
-        .iter()
-        .filter(|t| t.strategy == Strategy::Database && t.server == tenantry::DEFAULT_SERVER)
-        .map(|t| t.schema_name.as_str())
-        .collect();
-    for db in &databases {
-        if !owned.contains(&db.as_str()) {
-            findings.push(Finding {
-                kind: "orphan-database",
-                subject: db.clone(),
-                detail: "a tenant database that no tenant in the registry owns".to_owned(),
-            });
-        }
-    }
-    for t in tenants
-        .iter()
-        .filter(|t| t.strategy == Strategy::Database && t.server == tenantry::DEFAULT_SERVER)
-    {
-        if !databases.contains(&t.schema_name) {
-            findings.push(Finding {
-                kind: "missing-database",
-                subject: t.id.to_string(),
-                detail: format!("database {} does not exist", t.schema_name),
-            });
-        }
-    }
-    for t in tenants.iter().filter(|t| t.strategy == Strategy::Schema) {
-        if !schemas.contains(&t.schema_name) {
-            findings.push(Finding {
-                kind: "missing-schema",
-                subject: t.id.to_string(),
-                detail: format!("schema {} does not exist", t.schema_name),
-            });
-        }
-    }
-    let status = without_source_checks(manager.migration_status().await?, args.source.is_some());
-    let newest = status.iter().filter_map(|s| s.version).max();
-    for s in &status {
-        for d in &s.drift {
-            findings.push(Finding {
-                kind: "drift",
-                subject: s.tenant.to_string(),
-                detail: d.clone(),
-            });
-        }
-        if args.source.is_none() && s.version != newest {
-            findings.push(Finding {
-                kind: "behind",
-                subject: s.tenant.to_string(),
-                detail: format!(
-                    "at version {} while other tenants are at {}",
-                    s.version.map_or("none".to_owned(), |v| v.to_string()),
-                    newest.unwrap_or_default()
-                ),
-            });
-        } else if args.source.is_some() && !s.pending.is_empty() {
-            findings.push(Finding {
-                kind: "behind",
-                subject: s.tenant.to_string(),
-                detail: format!("pending versions {:?}", s.pending),
-            });
-        }
-    }
-    // Shared tables with a tenant column must have row-level security enabled, forced
-    // and with every policy.
-    let mut conn = pool.acquire().await?;
-    for table in tenantry::strategy::tables_missing_rls(&mut conn, &control).await? {
-        findings.push(Finding {
-            kind: "missing-rls",
-            subject: table,
-            detail: "has a tenant_id column but row level security is not enabled, forced and with all four tenantry policies".to_owned(),
-        });
-    }
-    for (table, key) in tenantry::strategy::shared_keys_without_tenant(&mut conn, &control).await? {
-        findings.push(Finding {
-            kind: "tenant-key",
-            subject: format!("{table} {key}"),
-            detail: "a key of a shared table leaves tenant_id out: unique and foreign-key checks bypass row level security, so tenants can reference or detect each other's rows; key it by (tenant_id, ..)".to_owned(),
-        });
-    }
-
+    let findings = manager.admin().doctor(args.source.is_some()).await?;
     if args.json {
         print_json(&findings)?;
     } else if findings.is_empty() {
+        let tenants = manager.list_tenants().await?;
         println!("no problems found ({} tenants)", tenants.len());
     } else {
         for f in &findings {

@@ -377,7 +377,7 @@ impl Op {
 /// columns, values are bind parameters, and the tenant filter is added by tenantry.
 ///
 /// ```no_run
-/// # use tenantry::{TenantEntity, entity::Op};
+/// # use tenantry::{TenantEntity, Op};
 /// # async fn f<P: TenantEntity>(db: &mut tenantry::TenantDb) -> Result<(), tenantry::Error> {
 /// let recent: Vec<P> = P::select()
 ///     .filter("name", Op::Like, "apollo%")

@@ -4,7 +4,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
 
-use crate::tenant::{TenantId, TenantStatus};
+use crate::tenant::{InvalidTenantId, TenantId, TenantStatus};
 
 /// Everything that can go wrong in tenantry.
 ///
@@ -72,6 +72,11 @@ pub enum Error {
     /// The registry holds something tenantry cannot read.
     #[error("registry: {0}")]
     Registry(String),
+    /// A mistake on the server's side that the client cannot fix: a query built by
+    /// code naming a column the entity does not have, a value that cannot be encoded,
+    /// a tool (`pg_dump`) that failed. A 500; the detail goes to the log, not the client.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// No tenant connection became free within the server's connection budget in
     /// time (503 with `Retry-After`).
     #[error("no database connection was free within the budget of {budget} after {waited:?}")]
@@ -116,6 +121,15 @@ impl From<sqlx::Error> for Error {
     }
 }
 
+impl From<InvalidTenantId> for Error {
+    fn from(e: InvalidTenantId) -> Self {
+        Error::InvalidTenantId {
+            value: e.value,
+            reason: e.reason,
+        }
+    }
+}
+
 impl From<sqlx::migrate::MigrateError> for Error {
     fn from(e: sqlx::migrate::MigrateError) -> Self {
         match e {
@@ -149,9 +163,10 @@ impl Error {
             Error::Database(e) => {
                 data_fault(e).map_or(StatusCode::INTERNAL_SERVER_ERROR, |f| f.status)
             }
-            Error::NoTenantInScope | Error::Migration(_) | Error::Registry(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Error::NoTenantInScope
+            | Error::Migration(_)
+            | Error::Registry(_)
+            | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

@@ -1,23 +1,28 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
-pub mod context;
-pub mod database;
-pub mod db;
-pub mod entity;
-pub mod error;
-pub mod manager;
-pub mod metrics;
-pub mod middleware;
+// The floor: the tenant model, errors and names. Then the registry, the migration
+// source, the strategies, the lifecycle; the connection side (pool, handles,
+// entities); the manager; the web layer. No module imports one above it.
+mod context;
+mod db;
+mod entity;
+mod error;
+mod lifecycle;
+mod manager;
+mod metrics;
+mod middleware;
+mod naming;
+mod pgbin;
+mod pool;
+mod repository;
+mod resolve;
+mod servers;
+mod tenant;
+
+pub mod admin;
 pub mod migrate;
-pub mod pgbin;
-pub mod pool;
-pub mod repository;
-pub mod resolve;
-pub mod service;
 pub mod strategy;
-pub mod template;
-pub mod tenant;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -27,16 +32,16 @@ pub use entity::{Op, Select, TenantEntity, TenantHandle};
 pub use error::{Error, PROBLEM_JSON, Problem, Result};
 pub use manager::{TenantManager, TenantManagerBuilder};
 pub use metrics::TenantMetrics;
-pub use middleware::{
-    CurrentTenant, DEFAULT_TENANT_HEADER, TenantLayer, TenantMiddleware, TenantPolicy, Tenants,
-};
+pub use middleware::{CurrentTenant, TenantLayer, TenantMiddleware, TenantPolicy};
 pub use migrate::TenantMigrations;
-pub use pool::{Binding, DEFAULT_SERVER, PoolConfig, PoolStats, Servers, TenantPools};
-pub use repository::TenantRepository;
-pub use resolve::{Candidate, HeaderResolver, HostResolver, PathPrefixResolver, TenantResolver};
-pub use service::TenantService;
-pub use strategy::quote_ident;
-pub use tenant::{NewTenant, Strategy, Tenant, TenantId, TenantStatus};
+pub use pool::{Binding, PoolConfig, PoolStats};
+pub use resolve::{
+    Candidate, DEFAULT_TENANT_HEADER, HeaderResolver, HostResolver, PathPrefixResolver,
+    TenantResolver, resolver_fn,
+};
+pub use tenant::{
+    InvalidTenantId, MAX_TENANT_ID_LEN, NewTenant, Strategy, Tenant, TenantId, TenantStatus,
+};
 
 #[cfg(feature = "macros")]
 #[doc = include_str!("../docs/tenant_scoped.md")]

@@ -21,8 +21,6 @@ use crate::resolve::{Candidate, HeaderResolver, TenantResolver};
 use crate::tenant::Tenant;
 use tracing::Instrument;
 
-pub use crate::resolve::DEFAULT_TENANT_HEADER;
-
 /// Decides whether a request may act for the tenant it named. Return
 /// [`Error::Forbidden`] (403) or [`Error::Unauthorized`] (401) to refuse.
 ///
@@ -86,7 +84,7 @@ where
 /// ```no_run
 /// use axum::{Router, routing::get};
 /// use tenantry::{CurrentTenant, TenantLayer, TenantManager};
-/// use tenantry::resolve::{HeaderResolver, HostResolver};
+/// use tenantry::{HeaderResolver, HostResolver};
 ///
 /// async fn whoami(CurrentTenant(tenant): CurrentTenant) -> String {
 ///     tenant.name.clone()
@@ -345,14 +343,12 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for CurrentTenant {
     }
 }
 
-/// The [`TenantManager`] behind the layer, for handlers that need it.
-#[derive(Debug, Clone)]
-pub struct Tenants(pub TenantManager);
-
-impl<S: Send + Sync> FromRequestParts<S> for Tenants {
+/// The [`TenantManager`] behind the layer, as an extractor for handlers that need it
+/// (`async fn handler(manager: TenantManager)`).
+impl<S: Send + Sync> FromRequestParts<S> for TenantManager {
     type Rejection = Error;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
-        Ok(Tenants(scope(parts)?.manager.clone()))
+        Ok(scope(parts)?.manager.clone())
     }
 }
 

@@ -106,11 +106,6 @@ impl TenantMigrations {
         out
     }
 
-    /// The checksum of `version`.
-    pub(crate) fn checksum(&self, version: i64) -> Result<Vec<u8>, Error> {
-        Ok(self.get(version)?.checksum.to_vec())
-    }
-
     fn get(&self, version: i64) -> Result<&Migration, Error> {
         self.ups()
             .find(|m| m.version == version)
@@ -138,54 +133,91 @@ impl TenantMigrations {
         Ok(())
     }
 
-    /// Records `version` as applied to `tenant`, inside the caller's transaction.
+    /// Applies `versions` in order on `conn` (whose `search_path` names the target
+    /// schema), each recorded as `record` says in the same transaction as its DDL:
+    /// the one loop that runs tenant migrations, for tenants and templates of every
+    /// strategy. `target` names where, in error messages.
+    pub(crate) async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        target: &str,
+        versions: &[i64],
+        record: &Record<'_>,
+    ) -> Result<(), Error> {
+        for &version in versions {
+            self.run_version_sql(conn, target, version).await?;
+            self.record(conn, record, version).await?;
+        }
+        Ok(())
+    }
+
+    /// Records every version of the source as applied without running it (a tenant
+    /// copied from a template that holds them all).
+    pub(crate) async fn record_all(
+        &self,
+        conn: &mut PgConnection,
+        record: &Record<'_>,
+    ) -> Result<(), Error> {
+        for version in self.versions() {
+            self.record(conn, record, version).await?;
+        }
+        Ok(())
+    }
+
+    /// Records `version` as applied, inside the caller's transaction.
     pub(crate) async fn record(
         &self,
         conn: &mut PgConnection,
-        repo: &TenantRepository,
-        tenant: &TenantId,
+        record: &Record<'_>,
         version: i64,
     ) -> Result<(), Error> {
         let m = self.get(version)?;
-        repo.record_migration(conn, tenant, m.version, &m.description, &m.checksum)
-            .await
+        match record {
+            Record::Nowhere => Ok(()),
+            Record::Registry(repo, tenant) => {
+                repo.record_migration(conn, tenant, m.version, &m.description, &m.checksum)
+                    .await
+            }
+            Record::Local => {
+                sqlx::query(
+                    "INSERT INTO public._tenantry_migrations (version, checksum) VALUES ($1, $2)",
+                )
+                .bind(m.version)
+                .bind(m.checksum.as_ref())
+                .execute(conn)
+                .await?;
+                Ok(())
+            }
+        }
     }
 
-    /// Applies migration `version` to `tenant` inside the caller's transaction, whose
-    /// `search_path` points at the tenant's schema, and records it there too.
-    pub(crate) async fn apply_version(
+    /// The versions `tenant` lacks according to the registry (read on `conn`), or the
+    /// first way it drifted from this source.
+    pub(crate) async fn pending(
         &self,
         conn: &mut PgConnection,
         repo: &TenantRepository,
         tenant: &TenantId,
-        version: i64,
-    ) -> Result<(), Error> {
-        self.run_version_sql(conn, &format!("tenant `{tenant}`"), version)
-            .await?;
-        self.record(conn, repo, tenant, version).await
-    }
-
-    /// Applies every pending migration to `tenant` inside the caller's transaction,
-    /// whose `search_path` must already point at the tenant's schema. Returns how many
-    /// versions were applied.
-    pub(crate) async fn apply_in(
-        &self,
-        conn: &mut PgConnection,
-        repo: &TenantRepository,
-        tenant: &TenantId,
-    ) -> Result<usize, Error> {
+    ) -> Result<Vec<i64>, Error> {
         let applied = repo.applied_migrations(conn, tenant).await?;
         let (pending, drift) = self.compare(&applied);
-        if let Some(d) = drift.first() {
-            return Err(Error::Migration(format!(
+        match drift.first() {
+            Some(d) => Err(Error::Migration(format!(
                 "tenant `{tenant}` has drifted: {d}"
-            )));
+            ))),
+            None => Ok(pending),
         }
-        for &version in &pending {
-            self.apply_version(conn, repo, tenant, version).await?;
-        }
-        Ok(pending.len())
     }
+}
+
+/// Where applying a version records it.
+pub(crate) enum Record<'a> {
+    /// Nowhere: a template, whose fingerprint in the registry says what it holds.
+    Nowhere,
+    /// In the registry, for this tenant.
+    Registry(&'a TenantRepository, &'a TenantId),
+    /// In the tenant database's own `public._tenantry_migrations` (database strategy).
+    Local,
 }
 
 /// How [`TenantManager::migrate_all`](crate::TenantManager::migrate_all) proceeds.

@@ -57,7 +57,7 @@ fn bindir_with(programs: &[&str]) -> Option<PathBuf> {
 /// URL stays usable by libpq tools such as `psql` and `pg_dump`.
 ///
 /// ```
-/// use tenantry::pgbin::url_with_database;
+/// use tenantry::admin::url_with_database;
 /// assert_eq!(url_with_database("postgres://u@h:5/old?sslmode=disable", "new"), "postgres://u@h:5/new?sslmode=disable");
 /// assert_eq!(url_with_database("postgres://h", "new"), "postgres://h/new");
 /// ```
@@ -71,4 +71,56 @@ pub fn url_with_database(url: &str, name: &str) -> String {
         .find('/')
         .map_or(base.len(), |i| authority_start + i);
     format!("{}/{name}{query}", &base[..path_start])
+}
+
+/// The URL without sqlx's own query parameters (`statement-cache-capacity`, ...),
+/// which libpq tools reject; libpq's parameters have no `-`.
+///
+/// ```
+/// use tenantry::admin::libpq_url;
+/// assert_eq!(libpq_url("postgres://h/db?sslmode=disable&statement-cache-capacity=0"), "postgres://h/db?sslmode=disable");
+/// assert_eq!(libpq_url("postgres://h/db?statement-cache-capacity=0"), "postgres://h/db");
+/// ```
+pub fn libpq_url(url: &str) -> String {
+    match url.split_once('?') {
+        None => url.to_owned(),
+        Some((base, query)) => {
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|p| !p.split('=').next().unwrap_or_default().contains('-'))
+                .collect();
+            if kept.is_empty() {
+                base.to_owned()
+            } else {
+                format!("{base}?{}", kept.join("&"))
+            }
+        }
+    }
+}
+
+/// Runs `pg_dump` against `url` (a libpq URL) with `args`, without owners or
+/// privileges, and returns what it wrote.
+pub(crate) fn pg_dump(url: &str, args: &[&str]) -> Result<Vec<u8>, crate::error::Error> {
+    let internal = crate::error::Error::Internal;
+    let bindir = bindir_of("pg_dump").ok_or_else(|| {
+        internal(
+            "pg_dump not found (looked on PATH, at `pg_config --bindir` and in \
+             /usr/lib/postgresql/*/bin)"
+                .to_owned(),
+        )
+    })?;
+    let dump = Command::new(bindir.join("pg_dump"))
+        .arg("--dbname")
+        .arg(libpq_url(url))
+        .args(["--no-owner", "--no-privileges"])
+        .args(args)
+        .output()
+        .map_err(|e| internal(format!("cannot run pg_dump: {e}")))?;
+    if !dump.status.success() {
+        return Err(internal(format!(
+            "pg_dump failed: {}",
+            String::from_utf8_lossy(&dump.stderr).trim()
+        )));
+    }
+    Ok(dump.stdout)
 }

@@ -44,7 +44,8 @@ use sqlx::{ConnectOptions, Connection, PgConnection, Row};
 use tokio::sync::Notify;
 
 use crate::error::Error;
-use crate::strategy::{TENANT_SETTING, quote_ident, quote_literal, search_path};
+pub use crate::servers::{DEFAULT_SERVER, Servers};
+use crate::strategy::{Scope, ScopeConfig, TENANT_SETTING};
 use crate::tenant::{Strategy, Tenant, TenantId};
 
 /// Settings of the tenant connections.
@@ -171,39 +172,6 @@ impl std::fmt::Debug for PoolConfig {
 
 /// The `application_name` of tenant connections, unless the connect options set one.
 pub const APPLICATION_NAME: &str = "tenantry";
-
-/// The name of the registry's own server.
-pub const DEFAULT_SERVER: &str = "default";
-
-/// The PostgreSQL servers tenants can be placed on, by name. `default` is the
-/// registry's server (the manager's pool).
-#[derive(Debug, Clone, Default)]
-pub struct Servers {
-    named: HashMap<String, PgConnectOptions>,
-}
-
-impl Servers {
-    /// Adds (or replaces) a server. Its options name a maintenance database (for
-    /// example `postgres`) used to create and drop tenant databases.
-    pub fn add(&mut self, name: impl Into<String>, options: PgConnectOptions) {
-        self.named.insert(name.into(), options);
-    }
-
-    /// The connect options of server `name`.
-    pub fn get(&self, name: &str) -> Result<&PgConnectOptions, Error> {
-        self.named.get(name).ok_or_else(|| {
-            Error::Validation(format!(
-                "unknown server `{}` (configured: {})",
-                name.escape_debug(),
-                {
-                    let mut names: Vec<&str> = self.named.keys().map(String::as_str).collect();
-                    names.sort();
-                    names.join(", ")
-                }
-            ))
-        })
-    }
-}
 
 /// Who a connection logs in as and where: connections are only ever reused within
 /// one login.
@@ -379,7 +347,7 @@ impl TenantPools {
     ) -> Self {
         let budget = config.max_connections.unwrap_or(budget).max(1);
         let mut servers = servers;
-        if !servers.named.contains_key(DEFAULT_SERVER) {
+        if !servers.contains(DEFAULT_SERVER) {
             servers.add(DEFAULT_SERVER, base.clone());
         }
         let pools = Self {
@@ -389,9 +357,8 @@ impl TenantPools {
                 budget,
                 state: Mutex::new(State::default()),
                 released: servers
-                    .named
-                    .keys()
-                    .map(|name| (name.clone(), Notify::new()))
+                    .names()
+                    .map(|name| (name.to_owned(), Notify::new()))
                     .collect(),
                 servers,
             }),
@@ -794,52 +761,17 @@ impl Shared {
         }
     }
 
-    /// `BEGIN` and the binding of `tenant` as transaction-local settings, as one
-    /// simple query. Every value is derived from validated input and quoted (`SET`
-    /// takes no parameters); `SET LOCAL` statements rather than `set_config` calls,
-    /// because Citus forwards those to its workers.
-    fn local_binding_sql(&self, tenant: &Tenant) -> String {
-        if tenant.strategy == Strategy::Database {
-            // Its own database is its binding; its tables live in its `public`.
-            return "BEGIN; SET LOCAL search_path TO public, pg_temp; SET LOCAL role TO NONE"
-                .to_owned();
-        }
-        let (path, setting, role) = self.binding_of(tenant);
-        let role = if role == "none" {
-            "NONE".to_owned()
-        } else {
-            quote_ident(&role)
-        };
-        format!(
-            "BEGIN; SET LOCAL search_path TO {path}; SET LOCAL {TENANT_SETTING} TO {}; SET LOCAL role TO {role}",
-            quote_literal(&setting)
-        )
-    }
-
-    /// The session state that scopes `tenant`: `(search_path, tenant setting, role)`.
-    fn binding_of(&self, tenant: &Tenant) -> (String, String, String) {
+    /// How `tenant`'s connections are scoped (see [`crate::strategy`]).
+    fn scope(&self, tenant: &Tenant) -> Scope {
         let c = &self.config;
-        match tenant.strategy {
-            // `pg_temp` last: a temporary table (a handler's, or one a transaction
-            // pooler's server connection kept from another client) never shadows the
-            // tenant's tables.
-            Strategy::Schema | Strategy::Database => (
-                format!(
-                    "{}, pg_temp",
-                    search_path(&tenant.id, c.shared_schema.as_deref())
-                ),
-                String::new(),
-                "none".to_owned(),
-            ),
-            Strategy::Row => (
-                format!(
-                    "{}, pg_temp",
-                    quote_ident(c.row_schema.as_deref().unwrap_or("public"))
-                ),
-                tenant.id.as_str().to_owned(),
-                c.row_role.clone().unwrap_or_else(|| "none".to_owned()),
-            ),
-        }
+        crate::strategy::scope(
+            tenant,
+            &ScopeConfig {
+                shared_schema: c.shared_schema.as_deref(),
+                row_schema: c.row_schema.as_deref(),
+                row_role: c.row_role.as_deref(),
+            },
+        )
     }
 }
 
@@ -967,7 +899,7 @@ impl PooledConn {
         };
         let session = pool.config.binding == Binding::Session;
         if !session {
-            self.local_binding = Some(pool.local_binding_sql(tenant));
+            self.local_binding = Some(pool.scope(tenant).local_sql());
         }
         let conn = self.conn.as_mut().expect("a connection");
         if conn.binding.as_ref() == Some(&self.key)
@@ -982,17 +914,17 @@ impl PooledConn {
         if conn.layout.is_some_and(|l| l != layout) && conn.raw.cached_statements_size() > 0 {
             conn.raw.clear_cached_statements().await?;
         }
-        if session && tenant.strategy != Strategy::Database {
-            let (path, setting, role) = pool.binding_of(tenant);
+        let scope = pool.scope(tenant);
+        if session && !scope.own_database {
             // The whole binding in one round trip; values are bound, never spliced.
             sqlx::query(
                 "SELECT pg_catalog.set_config('search_path', $1, false), \
                  pg_catalog.set_config($2, $3, false), pg_catalog.set_config('role', $4, false)",
             )
-            .bind(path)
+            .bind(&scope.search_path)
             .bind(TENANT_SETTING)
-            .bind(setting)
-            .bind(role)
+            .bind(&scope.setting)
+            .bind(scope.role_setting())
             .execute(&mut conn.raw)
             .await?;
             pool.lock().stats.rebound += 1;

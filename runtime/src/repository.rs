@@ -4,7 +4,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::error::Error;
-use crate::strategy::quote_ident;
+use crate::naming::quote_ident;
 use crate::tenant::{NewTenant, Strategy, Tenant, TenantId, TenantStatus};
 
 /// Upgrades of the registry, applied in order; the index + 1 is the version.
@@ -87,11 +87,7 @@ impl TenantRepository {
     ///
     /// The name must be a plain lowercase identifier (`[a-z_][a-z0-9_]*`, at most 63 bytes).
     pub fn new(pool: PgPool, control_schema: &str) -> Result<Self, Error> {
-        if !lowercase_identifier(control_schema) {
-            return Err(Error::Validation(format!(
-                "control schema `{control_schema}` must be a lowercase identifier"
-            )));
-        }
+        crate::naming::check_identifier("control schema", control_schema, 63)?;
         let q = quote_ident(control_schema);
         let tenant_columns = TENANT_COLUMNS.replace("{schema}", &q);
         let tenant_columns = tenant_columns.as_str();
@@ -315,7 +311,11 @@ impl TenantRepository {
             .bind(new.strategy.as_str())
             .bind(status.as_str())
             .bind(storage)
-            .bind(new.server.as_deref().unwrap_or(crate::pool::DEFAULT_SERVER))
+            .bind(
+                new.server
+                    .as_deref()
+                    .unwrap_or(crate::servers::DEFAULT_SERVER),
+            )
             .fetch_one(conn)
             .await
             .map_err(|e| match unique_violation(&e) {
@@ -442,23 +442,11 @@ fn unique_violation(e: &sqlx::Error) -> Option<String> {
     }
 }
 
-/// A plain lowercase identifier (`[a-z_][a-z0-9_]*`, at most 63 bytes): what the
-/// control schema and the schema and database names tenantry derives must be.
-fn lowercase_identifier(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && !name.as_bytes()[0].is_ascii_digit()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-}
-
 /// A schema, database or server name read back from the registry: it is used in SQL
 /// (quoted), in connection URLs and as a `pg_dump` argument, so it must be what
 /// tenantry itself writes there (a plain lowercase identifier) and nothing else.
 fn stored_name(what: &str, name: String) -> Result<String, Error> {
-    let ok = lowercase_identifier(&name);
-    if ok {
+    if crate::naming::is_identifier(&name, 63) {
         Ok(name)
     } else {
         Err(Error::Registry(format!(
@@ -491,8 +479,12 @@ fn tenant_from_row(row: &PgRow) -> Result<Tenant, Error> {
             .map_err(|_| Error::Registry(format!("invalid tenant id `{id}` in the registry")))?,
         name: row.try_get("name")?,
         domain: row.try_get("domain")?,
-        strategy: Strategy::from_db(&strategy)?,
-        status: TenantStatus::from_db(&status)?,
+        strategy: Strategy::from_db(&strategy).ok_or_else(|| {
+            Error::Registry(format!("unknown strategy `{strategy}` in the registry"))
+        })?,
+        status: TenantStatus::from_db(&status).ok_or_else(|| {
+            Error::Registry(format!("unknown tenant status `{status}` in the registry"))
+        })?,
         schema_name: stored_name("schema or database name", row.try_get("schema_name")?)?,
         server: stored_server(row.try_get("server")?)?,
         incarnation: row.try_get("incarnation")?,

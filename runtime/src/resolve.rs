@@ -9,19 +9,10 @@ use http::{HeaderName, header};
 use crate::error::Error;
 use crate::tenant::TenantId;
 
-/// The header the tenant is read from unless configured otherwise. (Defined here, with
-/// the resolvers, so that the core does not depend on the web layer; re-exported by
-/// `middleware` and the crate root.)
+/// The header the tenant is read from unless configured otherwise.
 pub const DEFAULT_TENANT_HEADER: &str = "x-tenant-id";
 
-/// What a resolver found in a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Candidate {
-    /// A tenant id (validated).
-    Id(TenantId),
-    /// A host name to look up among the tenants' registered domains.
-    Domain(String),
-}
+pub use crate::tenant::Candidate;
 
 /// Finds the tenant a request names. Return `Ok(None)` when the request does not use
 /// this way of naming a tenant (the next resolver is tried), and an error (400) when
@@ -62,7 +53,7 @@ impl TenantResolver for HeaderResolver {
         let result = match parts.headers.get(&self.header) {
             None => Ok(None),
             Some(value) => match value.to_str() {
-                Ok(text) => TenantId::parse(text).map(|id| Some(Candidate::Id(id))),
+                Ok(text) => id_candidate(text),
                 Err(_) => Err(Error::InvalidTenantId {
                     value: "<not visible ASCII>".to_owned(),
                     reason: "only lowercase letters `a-z`, digits and `-` are allowed",
@@ -143,6 +134,11 @@ pub(crate) fn request_host(parts: &Parts) -> Result<Option<String>, Error> {
     Ok((!host.is_empty()).then_some(host))
 }
 
+/// `text` as a tenant id candidate, or the reason it is not one.
+fn id_candidate(text: &str) -> Result<Option<Candidate>, Error> {
+    Ok(Some(Candidate::Id(TenantId::parse(text)?)))
+}
+
 impl TenantResolver for HostResolver {
     fn resolve<'a>(&'a self, parts: &'a Parts) -> BoxFuture<'a, Result<Option<Candidate>, Error>> {
         let result = (|| {
@@ -157,7 +153,7 @@ impl TenantResolver for HostResolver {
                     .strip_suffix(base.as_str())
                     .and_then(|s| s.strip_suffix('.'))
                 {
-                    return TenantId::parse(sub).map(|id| Some(Candidate::Id(id)));
+                    return id_candidate(sub);
                 }
             }
             if self.domains {
@@ -205,7 +201,7 @@ impl TenantResolver for PathPrefixResolver {
             None => Ok(None),
             Some(rest) => {
                 let segment = rest.split('/').next().unwrap_or_default();
-                TenantId::parse(segment).map(|id| Some(Candidate::Id(id)))
+                id_candidate(segment)
             }
         };
         Box::pin(std::future::ready(result))
@@ -219,7 +215,7 @@ impl TenantResolver for PathPrefixResolver {
 /// A resolver from a closure, for anything else (a JWT claim, a cookie, ...).
 ///
 /// ```
-/// use tenantry::resolve::{Candidate, resolver_fn};
+/// use tenantry::{Candidate, resolver_fn};
 ///
 /// // The tenant claim an authentication layer put in the request extensions.
 /// #[derive(Clone)]

@@ -6,14 +6,33 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
-
 /// Longest tenant id accepted. Schema names derived from ids stay far below
 /// PostgreSQL's 63-byte identifier limit, so two ids can never collide by truncation.
 pub const MAX_TENANT_ID_LEN: usize = 40;
 
 /// Ids that match the pattern but name PostgreSQL's or tenantry's own namespaces.
 const RESERVED_TENANT_IDS: &[&str] = &["public", "pg", "information-schema", "tenantry", "shared"];
+
+/// The prefix of every schema tenantry makes for a tenant (and of tenant databases
+/// unless another prefix is configured).
+pub const TENANT_PREFIX: &str = "tenant_";
+
+/// Why a text is not a [`TenantId`] (converts into [`crate::Error::InvalidTenantId`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidTenantId {
+    /// A short, escaped prefix of the offending value.
+    pub value: String,
+    /// Why it was rejected.
+    pub reason: &'static str,
+}
+
+impl fmt::Display for InvalidTenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid tenant id `{}`: {}", self.value, self.reason)
+    }
+}
+
+impl std::error::Error for InvalidTenantId {}
 
 /// A validated tenant identifier.
 ///
@@ -39,8 +58,8 @@ pub struct TenantId(String);
 
 impl TenantId {
     /// Validates `raw` against the tenant id pattern.
-    pub fn parse(raw: &str) -> Result<Self, Error> {
-        let invalid = |reason: &'static str| Error::InvalidTenantId {
+    pub fn parse(raw: &str) -> Result<Self, InvalidTenantId> {
+        let invalid = |reason: &'static str| InvalidTenantId {
             // Never echo unbounded or binary input back; keep a short, escaped prefix.
             value: raw
                 .chars()
@@ -88,7 +107,12 @@ impl TenantId {
     /// the id with `-` replaced by `_`. The mapping is one to one because ids cannot
     /// contain `_`, and the result never needs quoting (it is still quoted in DDL).
     pub fn schema_name(&self) -> String {
-        format!("tenant_{}", self.0.replace('-', "_"))
+        format!("{TENANT_PREFIX}{}", self.name_part())
+    }
+
+    /// The id as it appears in the names of PostgreSQL objects: `-` becomes `_`.
+    pub(crate) fn name_part(&self) -> String {
+        self.0.replace('-', "_")
     }
 }
 
@@ -105,7 +129,7 @@ impl fmt::Display for TenantId {
 }
 
 impl FromStr for TenantId {
-    type Err = Error;
+    type Err = InvalidTenantId;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
     }
@@ -151,17 +175,14 @@ impl TenantStatus {
         }
     }
 
-    pub(crate) fn from_db(s: &str) -> Result<Self, Error> {
-        Ok(match s {
+    /// The status stored in the registry as `s`, if it is one.
+    pub(crate) fn from_db(s: &str) -> Option<Self> {
+        Some(match s {
             "provisioning" => Self::Provisioning,
             "active" => Self::Active,
             "suspended" => Self::Suspended,
             "deleted" => Self::Deleted,
-            other => {
-                return Err(Error::Registry(format!(
-                    "unknown tenant status `{other}` in the registry"
-                )));
-            }
+            _ => return None,
         })
     }
 }
@@ -200,14 +221,13 @@ impl Strategy {
         }
     }
 
-    pub(crate) fn from_db(s: &str) -> Result<Self, Error> {
+    /// The strategy stored in the registry as `s`, if it is one.
+    pub(crate) fn from_db(s: &str) -> Option<Self> {
         match s {
-            "schema" => Ok(Self::Schema),
-            "row" => Ok(Self::Row),
-            "database" => Ok(Self::Database),
-            other => Err(Error::Registry(format!(
-                "unknown strategy `{other}` in the registry"
-            ))),
+            "schema" => Some(Self::Schema),
+            "row" => Some(Self::Row),
+            "database" => Some(Self::Database),
+            _ => None,
         }
     }
 }
@@ -216,6 +236,16 @@ impl fmt::Display for Strategy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// What a resolver found in a request: a way of naming a tenant, not yet looked up
+/// (see [`TenantManager::resolve_candidate`](crate::TenantManager::resolve_candidate)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Candidate {
+    /// A tenant id (validated).
+    Id(TenantId),
+    /// A host name to look up among the tenants' registered domains.
+    Domain(String),
 }
 
 /// A tenant as recorded in the registry.
@@ -373,7 +403,7 @@ mod tests {
             &"a".repeat(64),
         ] {
             let err = TenantId::parse(bad).unwrap_err();
-            assert!(matches!(err, Error::InvalidTenantId { .. }), "{bad:?}");
+            assert!(!err.reason.is_empty(), "{bad:?}");
         }
     }
 

@@ -17,7 +17,10 @@ async fn spawned_tasks_and_jobs_keep_their_tenant() {
     let (_db, manager) = manager(PoolConfig::default()).await;
     create(&manager, "acme").await;
     create(&manager, "globex").await;
-    let acme = manager.resolve(&"acme".parse().unwrap()).await.unwrap();
+    let acme = manager
+        .resolve_tenant(&"acme".parse().unwrap())
+        .await
+        .unwrap();
 
     // Spawned with the helper: the task sees acme and queries acme's schema.
     let m = manager.clone();

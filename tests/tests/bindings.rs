@@ -168,7 +168,7 @@ async fn session_changes_of_a_handler_never_reach_the_next_request() {
         .await;
         assert_eq!(r.json, json!([]), "alpha reads nothing of bravo's");
     }
-    let stats = manager.pools().stats();
+    let stats = manager.pool_stats();
     assert!(stats.reset >= 2, "{stats:?}");
     assert_eq!(stats.opened, 1, "reset, not reopened: {stats:?}");
 }
@@ -246,7 +246,10 @@ async fn a_request_waiting_while_its_tenant_is_deleted_and_recreated_never_reach
     .await;
     assert_eq!(r.status, 201);
     // The only connection is taken; phoenix's next request waits for it.
-    let holder = manager.resolve(&"holder".parse().unwrap()).await.unwrap();
+    let holder = manager
+        .resolve_tenant(&"holder".parse().unwrap())
+        .await
+        .unwrap();
     let mut held = manager.tenant_db(holder).await.unwrap();
     held.conn().await.unwrap();
     let waiting = {
@@ -285,7 +288,7 @@ async fn a_request_waiting_while_its_tenant_is_deleted_and_recreated_never_reach
     .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json["data"], json!([]), "{r:?}");
-    let pool = manager.service().repository().pool();
+    let pool = manager.admin().registry_pool();
     let orphans: i64 =
         sqlx::query_scalar("SELECT count(*) FROM shared.data WHERE tenant_id = 'phoenix'")
             .fetch_one(pool)
@@ -376,7 +379,7 @@ async fn a_binding_of_a_deleted_incarnation_is_never_reused_by_its_successor() {
     );
     let shared: i64 =
         sqlx::query_scalar("SELECT count(*) FROM shared.projects WHERE tenant_id = 'phoenix'")
-            .fetch_one(a.service().repository().pool())
+            .fetch_one(a.admin().registry_pool())
             .await
             .unwrap();
     assert_eq!(
@@ -409,7 +412,7 @@ async fn connections_are_recycled_after_serving_many_tenants() {
         .await;
         assert_eq!(r.status, 200);
     }
-    let stats = manager.pools().stats();
+    let stats = manager.pool_stats();
     assert!(
         stats.opened >= 4,
         "a connection serves at most 3 tenants: {stats:?}"
@@ -456,13 +459,10 @@ async fn statement_caches_follow_the_binding_when_schemas_differ_mid_rollout() {
         .await
         .unwrap();
     // Half rolled out: `early` has column b, `late` does not yet.
-    new.service()
-        .migrate(&"early".parse().unwrap())
-        .await
-        .unwrap();
+    new.migrate_tenant(&"early".parse().unwrap()).await.unwrap();
     for round in 0..3 {
         for (id, columns) in [("early", 3), ("late", 2)] {
-            let tenant = new.resolve(&id.parse().unwrap()).await.unwrap();
+            let tenant = new.resolve_tenant(&id.parse().unwrap()).await.unwrap();
             let mut db = new.tenant_db(tenant).await.unwrap();
             // The same statement text on the same (only) connection, one prepared statement.
             let row = sqlx::query("SELECT * FROM t").fetch_one(&mut db).await;
@@ -470,7 +470,7 @@ async fn statement_caches_follow_the_binding_when_schemas_differ_mid_rollout() {
             assert_eq!(sqlx::Row::len(&row), columns, "{id}");
         }
     }
-    assert_eq!(new.pools().stats().opened, 1);
+    assert_eq!(new.pool_stats().opened, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -482,7 +482,7 @@ async fn a_handle_held_across_suspension_is_refused_and_deletion_waits_for_it() 
     .await;
     create(&manager, "lingering").await;
     let id: tenantry::TenantId = "lingering".parse().unwrap();
-    let tenant = manager.resolve(&id).await.unwrap();
+    let tenant = manager.resolve_tenant(&id).await.unwrap();
     // A long request (or a background job) holds its handle and has used it.
     let mut held = manager.tenant_db(tenant).await.unwrap();
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM projects")
@@ -501,9 +501,9 @@ async fn a_handle_held_across_suspension_is_refused_and_deletion_waits_for_it() 
     // Deleting waits for it, and deletes nothing while it is still held.
     let busy = manager.delete_tenant(&id).await.unwrap_err();
     assert_eq!(busy.status(), 409, "{busy}");
-    assert!(manager.get_tenant_by_id(&id).await.unwrap().is_some());
+    assert!(manager.find_tenant(&id).await.unwrap().is_some());
     drop(held);
     tokio::time::sleep(Duration::from_millis(50)).await;
     manager.delete_tenant(&id).await.unwrap();
-    assert!(manager.get_tenant_by_id(&id).await.unwrap().is_none());
+    assert!(manager.find_tenant(&id).await.unwrap().is_none());
 }

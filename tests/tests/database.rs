@@ -142,7 +142,7 @@ async fn database_tenants_on_two_servers() {
     assert_eq!(err.status(), 400);
     assert!(
         manager
-            .get_tenant_by_id(&"nowhere".parse().unwrap())
+            .find_tenant(&"nowhere".parse().unwrap())
             .await
             .unwrap()
             .is_none()
@@ -241,7 +241,7 @@ async fn failed_database_provisioning_leaves_nothing() {
     assert_eq!(t.status, TenantStatus::Active);
     assert_eq!(databases(&home, &p).await, [format!("{p}acme")]);
     let mut tenant_db = fixed
-        .tenant_db(fixed.resolve(&t.id).await.unwrap())
+        .tenant_db(fixed.resolve_tenant(&t.id).await.unwrap())
         .await
         .unwrap();
     let local: Vec<i64> = sqlx::query_scalar("SELECT version FROM _tenantry_migrations")

@@ -18,7 +18,7 @@ async fn creating_a_tenant_over_someone_elses_database_is_409_and_touches_nothin
     let app = saas_app(&manager);
     let (k, v) = admin();
     let name = format!("{}zaud_acme", database_prefix(&db));
-    let pool = manager.service().repository().pool();
+    let pool = manager.admin().registry_pool();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
         .execute(pool)
         .await
@@ -87,7 +87,7 @@ async fn creating_a_tenant_over_someone_elses_schema_is_409_and_touches_nothing(
     let (_db, manager) = manager(PoolConfig::default()).await;
     let app = saas_app(&manager);
     let (k, v) = admin();
-    let pool = manager.service().repository().pool();
+    let pool = manager.admin().registry_pool();
     sqlx::raw_sql(
         "CREATE SCHEMA tenant_handmade;
          CREATE TABLE tenant_handmade.precious (v text);
@@ -176,7 +176,7 @@ async fn data_errors_are_4xx_by_sqlstate_and_the_tenant_keeps_working() {
              n int NOT NULL CONSTRAINT n_positive CHECK (n > 0));
          INSERT INTO tenant_nul.things VALUES (1, NULL, 1);",
     )
-    .execute(manager.service().repository().pool())
+    .execute(manager.admin().registry_pool())
     .await
     .unwrap();
     async fn run(
@@ -656,7 +656,10 @@ async fn shared_keys_include_the_tenant() {
     create_with(&manager, "keya", tenantry::Strategy::Row).await;
     create_with(&manager, "keyb", tenantry::Strategy::Row).await;
     for tenant in ["keya", "keyb"] {
-        let t = manager.resolve(&tenant.parse().unwrap()).await.unwrap();
+        let t = manager
+            .resolve_tenant(&tenant.parse().unwrap())
+            .await
+            .unwrap();
         let mut db = manager.tenant_db(t).await.unwrap();
         // The same explicit id in both tenants: no conflict, so nothing is revealed.
         sqlx::query("INSERT INTO projects (id, name) VALUES (4242, $1)")
@@ -665,7 +668,7 @@ async fn shared_keys_include_the_tenant() {
             .await
             .unwrap_or_else(|e| panic!("{tenant}: {e}"));
     }
-    let pool = manager.service().repository().pool();
+    let pool = manager.admin().registry_pool();
     let mut conn = pool.acquire().await.unwrap();
     let missing = tenantry::strategy::shared_keys_without_tenant(&mut conn, "tenantry")
         .await
@@ -696,7 +699,7 @@ async fn shared_keys_include_the_tenant() {
 #[tokio::test]
 async fn row_tenants_leave_other_applications_rows_alone() {
     let (_db, manager) = manager(PoolConfig::default()).await;
-    let pool = manager.service().repository().pool();
+    let pool = manager.admin().registry_pool();
     sqlx::raw_sql(
         "CREATE TABLE public.other_app (tenant_id text NOT NULL, v text NOT NULL);
          INSERT INTO public.other_app VALUES ('neighbour', 'theirs');",
@@ -736,7 +739,7 @@ async fn row_tenants_leave_other_applications_rows_alone() {
     assert_eq!(err.status(), 409, "{err}");
     assert!(
         manager
-            .get_tenant_by_id(&"squatter".parse().unwrap())
+            .find_tenant(&"squatter".parse().unwrap())
             .await
             .unwrap()
             .is_none()
@@ -767,7 +770,7 @@ async fn a_second_registry_never_rebuilds_another_registrys_template() {
     assert_eq!(err.status(), 409, "{err}");
     // The first application still makes tenants from its own, intact template.
     create_with(&a, "third", tenantry::Strategy::Database).await;
-    let t = a.resolve(&"third".parse().unwrap()).await.unwrap();
+    let t = a.resolve_tenant(&"third".parse().unwrap()).await.unwrap();
     let mut db = a.tenant_db(t).await.unwrap();
     let tables: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('projects', 'data')",

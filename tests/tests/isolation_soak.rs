@@ -344,7 +344,7 @@ async fn run_soak(manager: TenantManager, pool_size: u32, mix: Mix, with_churn: 
     );
 
     // Read every tenant's tables directly (not through tenantry) and compare.
-    let pool = manager.service().repository().pool();
+    let pool = manager.admin().registry_pool();
     let mut acknowledged_total = 0;
     for i in 0..TENANTS {
         let tenant = tenant_name(i);
@@ -364,7 +364,10 @@ async fn run_soak(manager: TenantManager, pool_size: u32, mix: Mix, with_churn: 
             }
             Strategy::Database => {
                 // Read through a connection of its own to the tenant's database.
-                let t = manager.resolve(&tenant.parse().unwrap()).await.unwrap();
+                let t = manager
+                    .resolve_tenant(&tenant.parse().unwrap())
+                    .await
+                    .unwrap();
                 let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect_with(
                     &pool
                         .connect_options()
@@ -460,9 +463,9 @@ fn check_tenant(tenant: &str, rows: Vec<String>, l: &Ledger) {
 /// Every row of a churned tenant's current life was written by a request that this
 /// life served: none of a deleted incarnation's writes reached its successor.
 async fn check_churned(manager: &TenantManager) {
-    let pool = manager.service().repository().pool();
+    let pool = manager.admin().registry_pool();
     for id in CHURN {
-        let t = manager.resolve(&id.parse().unwrap()).await.unwrap();
+        let t = manager.resolve_tenant(&id.parse().unwrap()).await.unwrap();
         let names: Vec<String> = match t.strategy {
             Strategy::Row => {
                 sqlx::query_scalar("SELECT name FROM shared.projects WHERE tenant_id = $1")
@@ -503,7 +506,7 @@ async fn check_churned(manager: &TenantManager) {
 }
 
 async fn close(manager: TenantManager) {
-    manager.pools().close_idle().await;
+    manager.admin().pools().close_idle().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

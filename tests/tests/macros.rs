@@ -18,7 +18,7 @@ async fn count_marks(manager: &TenantManager, tenant: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT count(*) FROM {schema}.marks"
     )))
-    .fetch_one(manager.service().repository().pool())
+    .fetch_one(manager.admin().registry_pool())
     .await
     .unwrap()
 }
@@ -182,8 +182,14 @@ struct Mark {
 #[tokio::test]
 async fn entity_operations_in_schema_tenants() {
     let (_db, manager) = setup().await;
-    let acme = manager.resolve(&"acme".parse().unwrap()).await.unwrap();
-    let globex = manager.resolve(&"globex".parse().unwrap()).await.unwrap();
+    let acme = manager
+        .resolve_tenant(&"acme".parse().unwrap())
+        .await
+        .unwrap();
+    let globex = manager
+        .resolve_tenant(&"globex".parse().unwrap())
+        .await
+        .unwrap();
     let mut a = manager.tenant_db(acme).await.unwrap();
     let mut g = manager.tenant_db(globex).await.unwrap();
 
@@ -318,8 +324,14 @@ async fn tenant_column_is_filled_and_filtered_by_every_statement() {
             .await
             .unwrap();
     }
-    let acme = manager.resolve(&"acme".parse().unwrap()).await.unwrap();
-    let globex = manager.resolve(&"globex".parse().unwrap()).await.unwrap();
+    let acme = manager
+        .resolve_tenant(&"acme".parse().unwrap())
+        .await
+        .unwrap();
+    let globex = manager
+        .resolve_tenant(&"globex".parse().unwrap())
+        .await
+        .unwrap();
     let mut a = manager.tenant_db(Arc::clone(&acme)).await.unwrap();
     let mut g = manager.tenant_db(globex).await.unwrap();
 

@@ -112,7 +112,7 @@ async fn statuses_of_the_layer() {
 async fn hostile_tenant_ids_get_400_and_run_no_sql() {
     let (_db, manager) = manager(PoolConfig::default()).await;
     create(&manager, "acme").await;
-    let pool = manager.service().repository().pool().clone();
+    let pool = manager.admin().registry_pool().clone();
     let app = saas_app(&manager);
     let schemas_before: Vec<String> =
         sqlx::query_scalar("SELECT nspname::text FROM pg_namespace ORDER BY 1")
@@ -252,7 +252,10 @@ async fn outside_a_scope_there_is_no_tenant_connection() {
     assert!(TenantContext::current().is_none());
     let err = manager.db().await.unwrap_err();
     assert!(matches!(err, tenantry::Error::NoTenantInScope));
-    let tenant = manager.resolve(&"acme".parse().unwrap()).await.unwrap();
+    let tenant = manager
+        .resolve_tenant(&"acme".parse().unwrap())
+        .await
+        .unwrap();
     let inside = TenantContext::scope(Arc::clone(&tenant), async {
         let mut db = manager.db().await.unwrap();
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM projects")

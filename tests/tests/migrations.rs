@@ -235,10 +235,7 @@ async fn status_reports_versions_and_drift() {
     }
     write(dir.path(), "0002_b.sql", "CREATE TABLE b (id int);");
     let m2 = manager_with(&pool, dir.path()).await;
-    m2.service()
-        .migrate(&"acme".parse().unwrap())
-        .await
-        .unwrap();
+    m2.migrate_tenant(&"acme".parse().unwrap()).await.unwrap();
     // Someone edited globex's record by hand: its checksum no longer matches.
     sqlx::query(
         "UPDATE tenantry.tenant_migrations SET checksum = '\\x00' WHERE tenant_id = 'globex'",

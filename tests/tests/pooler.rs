@@ -219,5 +219,5 @@ async fn the_transaction_binding_keeps_tenants_apart_behind_pgbouncer() {
     );
     // A TenantTx (the saas project routes use one) and entity reads work through it too.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(manager.pools().stats().peak_open <= 12);
+    assert!(manager.pool_stats().peak_open <= 12);
 }

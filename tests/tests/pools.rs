@@ -24,7 +24,7 @@ fn sample_connections(
     stop: Arc<AtomicBool>,
 ) -> (Arc<AtomicI64>, tokio::task::JoinHandle<()>) {
     let peak = Arc::new(AtomicI64::new(0));
-    let pool = manager.service().repository().pool().clone();
+    let pool = manager.admin().registry_pool().clone();
     let seen = peak.clone();
     let task = tokio::spawn(async move {
         while !stop.load(Ordering::SeqCst) {
@@ -107,7 +107,7 @@ async fn the_budget_holds_over_more_tenants_and_clients_than_connections() {
         expected.sort();
         assert_eq!(values, expected, "{t} reads only its own rows");
     }
-    let stats = manager.pools().stats();
+    let stats = manager.pool_stats();
     eprintln!(
         "{stats:?}, peak seen by the server {}",
         peak.load(Ordering::SeqCst)
@@ -134,7 +134,10 @@ async fn a_full_budget_is_503_with_retry_after_and_recovers() {
     .await;
     create(&manager, "holder").await;
     create(&manager, "waiter").await;
-    let holder = manager.resolve(&"holder".parse().unwrap()).await.unwrap();
+    let holder = manager
+        .resolve_tenant(&"holder".parse().unwrap())
+        .await
+        .unwrap();
     let mut held = manager.tenant_db(holder).await.unwrap();
     held.conn().await.unwrap();
     let app = saas_app(&manager);
@@ -148,7 +151,7 @@ async fn a_full_budget_is_503_with_retry_after_and_recovers() {
     .await;
     r.assert_problem(503);
     assert_eq!(r.headers.get("retry-after").unwrap(), "1");
-    assert_eq!(manager.pools().stats().timed_out, 1);
+    assert_eq!(manager.pool_stats().timed_out, 1);
     drop(held);
     let r = send(
         &app,
@@ -198,7 +201,7 @@ async fn a_slow_request_body_holds_no_connection() {
         .await;
         assert_eq!(r.status, 201, "{r:?}");
     }
-    assert_eq!(manager.pools().stats().timed_out, 0);
+    assert_eq!(manager.pool_stats().timed_out, 0);
     for task in slow {
         task.abort();
     }

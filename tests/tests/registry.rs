@@ -1,5 +1,5 @@
-//! The registry, the service's rules and the manager: TenantManager, TenantService and
-//! TenantRepository of the seed design.
+//! The registry, the lifecycle rules and the manager: TenantManager, TenantService
+//! (`admin::Lifecycle`) and TenantRepository (`admin::TenantRepository`) of the seed design.
 
 mod common;
 
@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use sqlx::Row;
-use tenantry::{
-    Error, NewTenant, PoolConfig, TenantManager, TenantMigrations, TenantRepository, TenantStatus,
-};
+use tenantry::{Error, NewTenant, PoolConfig, TenantManager, TenantMigrations, TenantStatus};
 
 async fn schema_exists(pool: &sqlx::PgPool, name: &str) -> bool {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
@@ -69,7 +67,7 @@ async fn control_schema_name_is_validated() {
     let (_db, pool) = database().await;
     for bad in ["", "Bad", "a-b", "x\"; drop", "1abc"] {
         assert!(matches!(
-            TenantRepository::new(pool.clone(), bad),
+            tenantry::admin::TenantRepository::new(pool.clone(), bad),
             Err(Error::Validation(_))
         ));
     }
@@ -85,7 +83,7 @@ async fn control_schema_name_is_validated() {
 #[tokio::test]
 async fn manager_lifecycle() {
     let (_db, manager) = manager(PoolConfig::default()).await;
-    let pool = manager.service().repository().pool().clone();
+    let pool = manager.admin().registry_pool().clone();
     let id: tenantry::TenantId = "acme".parse().unwrap();
 
     // The seed: create_tenant({"name": ..., "domain": ...}), get_tenant_by_id(...)
@@ -96,7 +94,7 @@ async fn manager_lifecycle() {
     assert_eq!(created.status, TenantStatus::Active);
     assert_eq!(created.schema_name, "tenant_acme");
     assert!(schema_exists(&pool, "tenant_acme").await);
-    let got = manager.get_tenant_by_id(&id).await.unwrap().unwrap();
+    let got = manager.find_tenant(&id).await.unwrap().unwrap();
     assert_eq!(got.name, "Example Tenant");
     assert_eq!(got.domain.as_deref(), Some("example.com"));
 
@@ -125,18 +123,18 @@ async fn manager_lifecycle() {
     let suspended = manager.suspend_tenant(&id).await.unwrap();
     assert_eq!(suspended.status, TenantStatus::Suspended);
     assert!(matches!(
-        manager.resolve(&id).await,
+        manager.resolve_tenant(&id).await,
         Err(Error::TenantNotActive { .. })
     ));
     let resumed = manager.resume_tenant(&id).await.unwrap();
     assert_eq!(resumed.status, TenantStatus::Active);
-    assert!(manager.resolve(&id).await.is_ok());
+    assert!(manager.resolve_tenant(&id).await.is_ok());
 
     manager.suspend_tenant(&id).await.unwrap();
     let deleted = manager.delete_tenant(&id).await.unwrap();
     assert_eq!(deleted.status, TenantStatus::Deleted);
     assert!(!schema_exists(&pool, "tenant_acme").await, "schema dropped");
-    assert!(manager.get_tenant_by_id(&id).await.unwrap().is_none());
+    assert!(manager.find_tenant(&id).await.unwrap().is_none());
     assert!(manager.list_tenants().await.unwrap().is_empty());
     assert!(matches!(
         manager.resume_tenant(&id).await,
@@ -195,7 +193,7 @@ async fn duplicate_ids_and_domains_conflict_even_when_racing() {
     assert_eq!(err.status(), 400, "{err}");
     assert!(
         manager
-            .get_tenant_by_id(&"two".parse().unwrap())
+            .find_tenant(&"two".parse().unwrap())
             .await
             .unwrap()
             .is_none()
@@ -284,25 +282,25 @@ async fn cache_is_invalidated_by_changes_and_expires_for_changes_made_elsewhere(
     let id: tenantry::TenantId = "acme".parse().unwrap();
 
     // Cached: a second lookup does not go to the registry.
-    a.resolve(&id).await.unwrap();
+    a.resolve_tenant(&id).await.unwrap();
     let lookups = a.registry_lookups();
-    a.resolve(&id).await.unwrap();
+    a.resolve_tenant(&id).await.unwrap();
     assert_eq!(a.registry_lookups(), lookups, "served from the cache");
 
     // A change through the same manager takes effect at once.
     a.suspend_tenant(&id).await.unwrap();
     assert!(matches!(
-        a.resolve(&id).await,
+        a.resolve_tenant(&id).await,
         Err(Error::TenantNotActive { .. })
     ));
     a.resume_tenant(&id).await.unwrap();
-    a.resolve(&id).await.unwrap();
+    a.resolve_tenant(&id).await.unwrap();
 
     // A change through another instance is seen once the entry expires.
     b.suspend_tenant(&id).await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(matches!(
-        a.resolve(&id).await,
+        a.resolve_tenant(&id).await,
         Err(Error::TenantNotActive { .. })
     ));
 }
@@ -322,7 +320,7 @@ async fn name_and_domain_are_validated() {
         assert_eq!(err.status(), 400, "{new:?}: {err}");
     }
     let row = sqlx::query("SELECT count(*) AS n FROM tenantry.tenants")
-        .fetch_one(manager.service().repository().pool())
+        .fetch_one(manager.admin().registry_pool())
         .await
         .unwrap();
     assert_eq!(row.get::<i64, _>("n"), 0);

@@ -8,7 +8,7 @@ use axum::http::Method;
 use axum::routing::get;
 use common::*;
 use serde_json::json;
-use tenantry::resolve::{Candidate, resolver_fn};
+use tenantry::{Candidate, resolver_fn};
 use tenantry::{
     CurrentTenant, HeaderResolver, NewTenant, PathPrefixResolver, PoolConfig, TenantLayer,
 };

@@ -68,7 +68,7 @@ async fn setup() -> Setup {
 }
 
 async fn db_for(m: &TenantManager, id: &str) -> tenantry::TenantDb {
-    let t = m.resolve(&id.parse().unwrap()).await.unwrap();
+    let t = m.resolve_tenant(&id.parse().unwrap()).await.unwrap();
     m.tenant_db(t).await.unwrap()
 }
 
@@ -304,7 +304,7 @@ async fn deleting_a_row_tenant_removes_its_rows_only() {
     .await
     .unwrap();
     assert_eq!(left, ["globex", "globex"]);
-    assert!(s.manager.get_tenant_by_id(&acme).await.unwrap().is_none());
+    assert!(s.manager.find_tenant(&acme).await.unwrap().is_none());
 }
 
 #[tokio::test]

@@ -62,7 +62,7 @@ async fn tenants_admin_routes() {
     }
     assert!(
         manager
-            .get_tenant_by_id(&"ok".parse().unwrap())
+            .find_tenant(&"ok".parse().unwrap())
             .await
             .unwrap()
             .is_none(),

@@ -206,14 +206,14 @@ async fn without_notifications_the_ttl_bounds_staleness() {
     let other = TenantManager::builder(pool).build().await.unwrap();
     create(&other, "acme").await;
     let id = "acme".parse().unwrap();
-    quiet.resolve(&id).await.unwrap();
+    quiet.resolve_tenant(&id).await.unwrap();
     other.suspend_tenant(&id).await.unwrap();
     assert!(
-        quiet.resolve(&id).await.is_ok(),
+        quiet.resolve_tenant(&id).await.is_ok(),
         "stale within the TTL, as configured"
     );
     let took = within(Duration::from_secs(2), || async {
-        quiet.resolve(&id).await.is_err()
+        quiet.resolve_tenant(&id).await.is_err()
     })
     .await;
     assert!(took >= Duration::from_millis(300), "{took:?}");

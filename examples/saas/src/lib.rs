@@ -423,7 +423,7 @@ async fn get_tenant(
     ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, Error> {
     let id = TenantId::parse(&id)?;
-    match state.manager.get_tenant_by_id(&id).await? {
+    match state.manager.find_tenant(&id).await? {
         Some(tenant) => Ok(Json(tenant)),
         None => Err(Error::TenantNotFound(id)),
     }

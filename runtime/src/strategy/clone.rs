@@ -1,4 +1,5 @@
-//! Provisioning by cloning a template schema instead of replaying every migration.
+//! The schema strategy's template: cloning a template schema instead of replaying
+//! every migration.
 //!
 //! The template (`<control schema>_template`) holds the tenant migrations applied
 //! once; it is rebuilt when the migration source changes. A new tenant's schema is
@@ -12,21 +13,19 @@
 use sqlx::{PgConnection, Row};
 
 use crate::error::Error;
-use crate::migrate::TenantMigrations;
-use crate::repository::TenantRepository;
-use crate::strategy::quote_ident;
+use crate::naming::quote_ident;
 
 /// Stands for the destination schema (quoted) in a clone script.
 const DEST: &str = "\u{1}tenantry-dest\u{1}";
 
 /// A template schema, and the script that clones it (`None`: not clonable).
 #[derive(Debug, Clone)]
-pub(crate) struct Template {
+pub(super) struct SchemaTemplate {
     pub fingerprint: Vec<u8>,
-    script: Option<String>,
+    pub script: Option<String>,
 }
 
-impl Template {
+impl SchemaTemplate {
     /// The statements that fill the empty schema `dest` with a copy of the template,
     /// or `None` if the template holds objects cloning does not copy.
     pub fn script_for(&self, dest: &str) -> Option<String> {
@@ -34,52 +33,6 @@ impl Template {
             .as_ref()
             .map(|s| s.replace(DEST, &quote_ident(dest)))
     }
-}
-
-/// Makes sure the template schema exists and matches `migrations`, and reads from the
-/// catalog the script that clones it. Runs in its own transaction under an advisory
-/// lock (app instances may race).
-pub(crate) async fn ensure_template(
-    repo: &TenantRepository,
-    migrations: &TenantMigrations,
-) -> Result<Template, Error> {
-    let name = format!("{}_template", repo.control_schema());
-    let q = quote_ident(&name);
-    let fingerprint = migrations.fingerprint();
-    let mut tx = repo.pool().begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-        .bind(format!("tenantry.template:{name}"))
-        .execute(&mut *tx)
-        .await?;
-    let current = repo.template_fingerprint(&mut tx, &name).await?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
-            .bind(&name)
-            .fetch_one(&mut *tx)
-            .await?;
-    if current.as_deref() == Some(fingerprint.as_slice()) && exists {
-        let script = clone_script(&mut tx, &name).await?;
-        tx.rollback().await?;
-        return Ok(Template {
-            fingerprint,
-            script,
-        });
-    }
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS {q} CASCADE; CREATE SCHEMA {q}; SET LOCAL search_path TO {q}"
-    )))
-    .execute(&mut *tx)
-    .await?;
-    for version in migrations.versions() {
-        migrations.run_version_sql(&mut tx, &name, version).await?;
-    }
-    repo.record_template(&mut tx, &name, &fingerprint).await?;
-    let script = clone_script(&mut tx, &name).await?;
-    tx.commit().await?;
-    Ok(Template {
-        fingerprint,
-        script,
-    })
 }
 
 /// Objects of the template that cloning does not copy, as `kind name` lines.
@@ -112,9 +65,9 @@ async fn unsupported(conn: &mut PgConnection, template: &str) -> Result<Vec<Stri
 
 /// Copies the template into the existing, empty schema `dest` inside the caller's
 /// transaction. `Ok(false)` if the template is not clonable (nothing was changed then).
-pub(crate) async fn clone_into(
+pub(super) async fn clone_into(
     conn: &mut PgConnection,
-    template: &Template,
+    template: &SchemaTemplate,
     dest: &str,
 ) -> Result<bool, Error> {
     let Some(script) = template.script_for(dest) else {
@@ -129,7 +82,10 @@ pub(crate) async fn clone_into(
 
 /// Reads the catalog once and writes the statements that clone the template into a
 /// schema named by the `DEST` placeholder; `None` if the template is not clonable.
-async fn clone_script(conn: &mut PgConnection, template: &str) -> Result<Option<String>, Error> {
+pub(super) async fn clone_script(
+    conn: &mut PgConnection,
+    template: &str,
+) -> Result<Option<String>, Error> {
     let skipped = unsupported(conn, template).await?;
     if !skipped.is_empty() {
         tracing::info!(template, objects = ?skipped, "template not clonable; tenants get the migrations replayed");

@@ -1,44 +1,16 @@
-//! Isolation strategies: how a tenant is provisioned, scoped and dropped.
-//!
-//! - **Schema** (the default): each tenant owns the schema [`TenantId::schema_name`],
-//!   and a tenant-bound connection's `search_path` lists that schema (plus an optional
-//!   shared schema) and nothing else.
-//! - **Row**: tenants share tables that carry a `tenant_id` column. Each table gets
-//!   row-level security, enabled and forced, with policies that compare the column
-//!   with the `tenantry.tenant_id` setting ([`rls_sql`], [`install_rls`]). A row
-//!   tenant's connections are opened with that setting as a startup parameter (no
-//!   round trip, and never another tenant's value), and should log in as a role that
-//!   owns no tenant table and has no `BYPASSRLS` ([`crate::PoolConfig::row_user`]).
+//! The row strategy: tenants share tables that carry a `tenant_id` column. Each such
+//! table gets row-level security, enabled and forced, with policies that compare the
+//! column with the `tenantry.tenant_id` setting ([`rls_sql`], [`install_rls`]). A row
+//! tenant's connection carries that setting (and optionally a role that owns no
+//! tenant table and has no `BYPASSRLS`, [`crate::PoolConfig::row_user`]); a row
+//! tenant is a registry row, its data the rows of its id.
 
 use sqlx::PgConnection;
 
+use super::{Finding, Scope, ScopeConfig, Strategies};
 use crate::error::Error;
-use crate::tenant::TenantId;
-
-/// Quotes an identifier for PostgreSQL (`"name"`, doubling embedded quotes).
-///
-/// tenantry only ever quotes names it derived itself from validated input; quoting is
-/// a second line of defence, not the first.
-///
-/// ```
-/// assert_eq!(tenantry::quote_ident("tenant_acme"), "\"tenant_acme\"");
-/// assert_eq!(tenantry::quote_ident("a\"b"), "\"a\"\"b\"");
-/// ```
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Quotes a string literal for PostgreSQL (`'text'`, doubling embedded quotes), for
-/// statements that take no parameters (`SET`). Only for values tenantry derived from
-/// validated input.
-///
-/// ```
-/// assert_eq!(tenantry::strategy::quote_literal("acme"), "'acme'");
-/// assert_eq!(tenantry::strategy::quote_literal("a'b"), "'a''b'");
-/// ```
-pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
+use crate::naming::{is_identifier, quote_ident, quote_literal, tenant_schema_pattern};
+use crate::tenant::{NewTenant, Tenant, TenantId, TenantStatus};
 
 /// The setting that row-level security policies read: the tenant of the connection.
 pub const TENANT_SETTING: &str = "tenantry.tenant_id";
@@ -53,13 +25,6 @@ pub const RLS_POLICIES: [&str; 4] = [
     "tenantry_update",
     "tenantry_delete",
 ];
-
-fn plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && !name.as_bytes()[0].is_ascii_digit()
-}
 
 /// The DDL that puts a shared table under row-level security: `ENABLE` and `FORCE ROW
 /// LEVEL SECURITY`, and one policy per command comparing `tenant_column` with the
@@ -77,9 +42,10 @@ fn plain_name(name: &str) -> bool {
 /// ```
 pub fn rls_sql(table: &str, tenant_column: &str) -> Result<String, Error> {
     let parts: Vec<&str> = table.split('.').collect();
-    if parts.len() > 2 || !parts.iter().all(|p| plain_name(p)) || !plain_name(tenant_column) {
+    let plain = |name: &str| is_identifier(name, 63);
+    if parts.len() > 2 || !parts.iter().all(|p| plain(p)) || !plain(tenant_column) {
         return Err(Error::Validation(format!(
-            "`{}`/`{}` must be plain names (`table` or `schema.table`)",
+            "`{}`/`{}` must be plain lowercase names (`table` or `schema.table`)",
             table.escape_debug(),
             tenant_column.escape_debug()
         )));
@@ -127,8 +93,9 @@ pub async fn tables_missing_rls(
     conn: &mut PgConnection,
     control_schema: &str,
 ) -> Result<Vec<String>, Error> {
+    let shared = shared_tables_sql();
     let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT format('%I.%I', n.nspname, c.relname) {SHARED_TABLES}
+        "SELECT format('%I.%I', n.nspname, c.relname) {shared}
            AND NOT (c.relrowsecurity AND c.relforcerowsecurity
                     AND (SELECT count(DISTINCT p.polname) FROM pg_policy p
                          WHERE p.polrelid = c.oid AND p.polname = ANY ($3)) = 4)
@@ -153,9 +120,10 @@ pub async fn shared_keys_without_tenant(
     conn: &mut PgConnection,
     control_schema: &str,
 ) -> Result<Vec<(String, String)>, Error> {
+    let shared = shared_tables_sql();
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH t AS (SELECT c.oid, format('%I.%I', n.nspname, c.relname) AS name, a.attnum
-                    {SHARED_TABLES})
+                    {shared})
          -- unique indexes (primary keys and unique constraints included)
          SELECT t.name, ic.relname::text FROM t
          JOIN pg_index i ON i.indrelid = t.oid AND i.indisunique
@@ -177,14 +145,19 @@ pub async fn shared_keys_without_tenant(
 
 /// `FROM .. WHERE ..` of the tables with a `tenant_id` (`$2`) column outside tenant
 /// schemas, the control schema (`$1`) and its template, and the system schemas.
-const SHARED_TABLES: &str = "
+fn shared_tables_sql() -> String {
+    format!(
+        "
          FROM pg_class c
          JOIN pg_namespace n ON n.oid = c.relnamespace
          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped
          WHERE c.relkind IN ('r', 'p')
-           AND n.nspname NOT LIKE 'tenant\\_%' AND n.nspname <> $1
+           AND n.nspname NOT LIKE {} AND n.nspname <> $1
            AND n.nspname NOT LIKE $1 || '\\_%'
-           AND n.nspname NOT IN ('pg_catalog', 'information_schema')";
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+        quote_literal(&tenant_schema_pattern())
+    )
+}
 
 /// The shared tables: tables with a `tenant_id` column outside tenant schemas, the
 /// control schema and its template, as quoted `schema.table` names.
@@ -192,8 +165,9 @@ pub async fn shared_tables(
     conn: &mut PgConnection,
     control_schema: &str,
 ) -> Result<Vec<String>, Error> {
+    let shared = shared_tables_sql();
     Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT format('%I.%I', n.nspname, c.relname) {SHARED_TABLES} ORDER BY 1"
+        "SELECT format('%I.%I', n.nspname, c.relname) {shared} ORDER BY 1"
     )))
     .bind(control_schema)
     .bind(TENANT_COLUMN)
@@ -237,8 +211,9 @@ async fn policed_tables(
     conn: &mut PgConnection,
     control_schema: &str,
 ) -> Result<Vec<String>, Error> {
+    let shared = shared_tables_sql();
     Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT format('%I.%I', n.nspname, c.relname) {SHARED_TABLES}
+        "SELECT format('%I.%I', n.nspname, c.relname) {shared}
            AND (SELECT count(DISTINCT p.polname) FROM pg_policy p
                 WHERE p.polrelid = c.oid AND p.polname = ANY ($3)) = 4
          ORDER BY 1"
@@ -277,62 +252,107 @@ pub(crate) async fn table_with_rows_of(
     Ok(None)
 }
 
-/// The `search_path` of a tenant-bound connection: the tenant's schema, then the
-/// shared schema if one is configured. `public` and `$user` are never included unless
-/// configured as the shared schema (CVE-2018-1058).
-pub(crate) fn search_path(id: &TenantId, shared_schema: Option<&str>) -> String {
-    match shared_schema {
-        Some(shared) => format!("{},{}", quote_ident(&id.schema_name()), quote_ident(shared)),
-        None => quote_ident(&id.schema_name()),
+/// A row tenant's connection: the shared tables' schema on the `search_path`, the
+/// tenant setting, and the configured row role (if any).
+pub(super) fn scope(tenant: &Tenant, config: &ScopeConfig<'_>) -> Scope {
+    Scope {
+        search_path: format!(
+            "{}, pg_temp",
+            quote_ident(config.row_schema.unwrap_or("public"))
+        ),
+        setting: tenant.id.as_str().to_owned(),
+        role: config.row_role.map(str::to_owned),
+        own_database: false,
     }
 }
 
-/// Creates the tenant's schema inside the caller's transaction and points the
-/// transaction's `search_path` at it, so the tenant migrations that follow land there.
-///
-/// A schema of that name that exists already (made by hand, or by another app) is a
-/// conflict: the transaction fails and the schema is left as it is.
-pub(crate) async fn create_schema(conn: &mut PgConnection, id: &TenantId) -> Result<(), Error> {
-    let name = id.schema_name();
-    let schema = quote_ident(&name);
-    match sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE SCHEMA {schema}; SET LOCAL search_path TO {schema}"
-    )))
-    .execute(conn)
-    .await
-    {
-        Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P06") => {
-            Err(Error::Conflict(format!(
-                "a schema named `{name}` already exists and was not made by tenantry for this \
-                 tenant; it was left untouched (remove it, or use another tenant id)"
-            )))
-        }
-        Err(e) => Err(e.into()),
+/// A row tenant is a registry row: its data lives in shared tables. Rows of its id
+/// that nobody deleted (written by hand, or by another app under the same id) would
+/// become the new tenant's, so their presence is a conflict.
+pub(super) async fn provision(s: &Strategies, new: &NewTenant) -> Result<Tenant, Error> {
+    let repo = &s.repo;
+    let mut tx = repo.pool().begin().await?;
+    repo.purge_deleted(&mut tx, &new.id).await?;
+    if let Some(table) = table_with_rows_of(&mut tx, repo.control_schema(), &new.id).await? {
+        return Err(Error::Conflict(format!(
+            "`{table}` already holds rows with tenant_id `{}` that were not made for this \
+             tenant; they were left untouched",
+            new.id
+        )));
     }
+    let tenant = repo
+        .insert(&mut tx, new, TenantStatus::Active, &new.id.schema_name())
+        .await?;
+    repo.notify(&mut tx, &new.id).await?;
+    tx.commit().await?;
+    Ok(tenant)
 }
 
-/// Points the caller's transaction at the tenant's existing schema.
-pub(crate) async fn set_local_search_path(
-    conn: &mut PgConnection,
-    id: &TenantId,
+/// Deletes the tenant's rows, inside the caller's transaction.
+pub(super) async fn remove(
+    s: &Strategies,
+    tx: &mut PgConnection,
+    tenant: &Tenant,
 ) -> Result<(), Error> {
-    let schema = quote_ident(&id.schema_name());
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "SET LOCAL search_path TO {schema}"
-    )))
-    .execute(conn)
-    .await?;
+    delete_rows(tx, s.repo.control_schema(), &tenant.id).await?;
     Ok(())
 }
 
-/// Drops the tenant's schema and everything in it, inside the caller's transaction.
-pub(crate) async fn drop_schema(conn: &mut PgConnection, id: &TenantId) -> Result<(), Error> {
-    let schema = quote_ident(&id.schema_name());
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS {schema} CASCADE"
-    )))
-    .execute(conn)
-    .await?;
+/// The shared tables' definitions and the tenant's rows in them, as `COPY` blocks.
+pub(super) async fn export(s: &Strategies, tenant: &Tenant, url: &str) -> Result<Vec<u8>, Error> {
+    let mut body = Vec::new();
+    let mut tx = s.repo.pool().begin().await?;
+    sqlx::query("SELECT set_config($1, $2, true)")
+        .bind(TENANT_SETTING)
+        .bind(tenant.id.as_str())
+        .execute(&mut *tx)
+        .await?;
+    let tables = shared_tables(&mut tx, s.repo.control_schema()).await?;
+    for table in &tables {
+        body.extend(crate::pgbin::pg_dump(
+            url,
+            &["--schema-only", "--table", table],
+        )?);
+        body.extend(format!("\nCOPY {table} FROM stdin;\n").into_bytes());
+        // `table` is a quoted name from the catalog; the tenant comes from the
+        // transaction's setting, not from the statement text.
+        let statement = format!(
+            "COPY (SELECT * FROM {table} WHERE {} = current_setting('{TENANT_SETTING}')) TO STDOUT",
+            quote_ident(TENANT_COLUMN),
+        );
+        let mut rows = tx.copy_out_raw(&statement).await?;
+        while let Some(chunk) = futures::StreamExt::next(&mut rows).await {
+            body.extend_from_slice(&chunk?);
+        }
+        body.extend_from_slice(b"\\.\n\n");
+    }
+    tx.rollback().await?;
+    Ok(body)
+}
+
+/// Shared tables without forced row-level security and all four policies
+/// (`missing-rls`), and keys of shared tables that leave `tenant_id` out (`tenant-key`).
+pub(super) async fn doctor(s: &Strategies, findings: &mut Vec<Finding>) -> Result<(), Error> {
+    let mut conn = s.repo.pool().acquire().await?;
+    let control = s.repo.control_schema();
+    for table in tables_missing_rls(&mut conn, control).await? {
+        findings.push(Finding {
+            kind: "missing-rls",
+            subject: table,
+            detail: "has a tenant_id column but row level security is not enabled, forced \
+                     and with all four tenantry policies"
+                .to_owned(),
+        });
+    }
+    for (table, key) in shared_keys_without_tenant(&mut conn, control).await? {
+        findings.push(Finding {
+            kind: "tenant-key",
+            subject: format!("{table} {key}"),
+            detail: "a key of a shared table leaves tenant_id out: unique and foreign-key \
+                     checks bypass row level security, so tenants can reference or detect \
+                     each other's rows; key it by (tenant_id, ..)"
+                .to_owned(),
+        });
+    }
     Ok(())
 }

@@ -1,0 +1,146 @@
+//! Operator and registry internals: what the `tenantry` CLI and admin tools use.
+//!
+//! Applications need none of this; they hold a [`TenantManager`].
+//! An operator tool gets an [`Admin`] from [`TenantManager::admin`](crate::TenantManager::admin):
+//!
+//! ```no_run
+//! # async fn f(manager: tenantry::TenantManager) -> Result<(), tenantry::Error> {
+//! let admin = manager.admin();
+//! for finding in admin.doctor(false).await? {
+//!     eprintln!("{} {}: {}", finding.kind, finding.subject, finding.detail);
+//! }
+//! let sql = admin.export(&"acme".parse()?, "postgres://localhost/app").await?;
+//! # Ok(()) }
+//! ```
+
+use sqlx::PgPool;
+
+pub use crate::lifecycle::Lifecycle;
+pub use crate::naming::{TENANT_PREFIX, quote_ident, quote_literal};
+pub use crate::pgbin::{bindir_of, libpq_url, server_bindir, url_with_database};
+pub use crate::pool::{APPLICATION_NAME, TenantPools};
+pub use crate::repository::TenantRepository;
+pub use crate::servers::{DEFAULT_SERVER, Servers};
+pub use crate::strategy::Finding;
+
+use crate::error::Error;
+use crate::manager::TenantManager;
+use crate::migrate::TenantMigrationStatus;
+use crate::tenant::{Tenant, TenantId, TenantStatus};
+
+impl TenantManager {
+    /// Operator access: the registry, the lifecycle rules, exports, `doctor`, the
+    /// connection pools (what the `tenantry` CLI uses).
+    pub fn admin(&self) -> Admin<'_> {
+        Admin { manager: self }
+    }
+}
+
+/// Operator access to a manager's registry, lifecycle and pools.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin<'a> {
+    manager: &'a TenantManager,
+}
+
+impl<'a> Admin<'a> {
+    /// The registry.
+    pub fn registry(&self) -> &'a TenantRepository {
+        self.manager.lifecycle().repository()
+    }
+
+    /// The pool the registry lives on (a direct connection to its server).
+    pub fn registry_pool(&self) -> &'a PgPool {
+        self.registry().pool()
+    }
+
+    /// The lifecycle rules (without the manager's cache and announcements: prefer
+    /// the manager's `create_tenant`, `suspend_tenant`, ... in applications).
+    pub fn lifecycle(&self) -> &'a Lifecycle {
+        self.manager.lifecycle()
+    }
+
+    /// The tenant connections: one budgeted pool per server.
+    pub fn pools(&self) -> &'a TenantPools {
+        self.manager.pools()
+    }
+
+    /// The registry's record of `id` whatever its status (deleted tenants included),
+    /// read now, past the cache.
+    pub async fn find(&self, id: &TenantId) -> Result<Option<Tenant>, Error> {
+        self.registry().find(id).await
+    }
+
+    /// The tenant's schema and data as SQL (from `pg_dump`, which must be installed),
+    /// with its registry record as a comment: its schema (schema strategy), its
+    /// database (database strategy, on the registry's server), or the shared tables'
+    /// definitions and its rows in them (row strategy). `url` is a URL of the
+    /// registry's server that `pg_dump` can use.
+    pub async fn export(&self, id: &TenantId, url: &str) -> Result<Vec<u8>, Error> {
+        self.lifecycle().export(id, url).await
+    }
+
+    /// Where every tenant with a schema or database of its own stands against the
+    /// migration source. With `compare_with_source` false (the manager was built
+    /// without the application's migrations), only the applied versions are reported:
+    /// no pending versions, no checksum drift.
+    pub async fn migration_status(
+        &self,
+        compare_with_source: bool,
+    ) -> Result<Vec<TenantMigrationStatus>, Error> {
+        let mut status = self.manager.migration_status().await?;
+        if !compare_with_source {
+            for s in &mut status {
+                s.pending.clear();
+                s.drift.clear();
+            }
+        }
+        Ok(status)
+    }
+
+    /// Everything `tenantry doctor` checks: orphan and missing schemas and databases
+    /// (`orphan-schema`, `missing-schema`, `orphan-database`, `missing-database`),
+    /// shared tables without row-level security or with keys that leave `tenant_id`
+    /// out (`missing-rls`, `tenant-key`), drifted tenants (`drift`) and tenants behind
+    /// the source (or, without it, behind the others: `behind`).
+    pub async fn doctor(&self, compare_with_source: bool) -> Result<Vec<Finding>, Error> {
+        let tenants = self.manager.list_tenants().await?;
+        let mut findings = self.lifecycle().doctor(&tenants).await?;
+        let status = self.migration_status(compare_with_source).await?;
+        let newest = status.iter().filter_map(|s| s.version).max();
+        for s in &status {
+            for d in &s.drift {
+                findings.push(Finding {
+                    kind: "drift",
+                    subject: s.tenant.to_string(),
+                    detail: d.clone(),
+                });
+            }
+            if !compare_with_source && s.version != newest {
+                findings.push(Finding {
+                    kind: "behind",
+                    subject: s.tenant.to_string(),
+                    detail: format!(
+                        "at version {} while other tenants are at {}",
+                        s.version.map_or("none".to_owned(), |v| v.to_string()),
+                        newest.unwrap_or_default()
+                    ),
+                });
+            } else if compare_with_source && !s.pending.is_empty() {
+                findings.push(Finding {
+                    kind: "behind",
+                    subject: s.tenant.to_string(),
+                    detail: format!("pending versions {:?}", s.pending),
+                });
+            }
+        }
+        Ok(findings)
+    }
+
+    /// The tenant `id` if it exists and is not deleted, read past the cache.
+    pub async fn existing(&self, id: &TenantId) -> Result<Tenant, Error> {
+        self.find(id)
+            .await?
+            .filter(|t| t.status != TenantStatus::Deleted)
+            .ok_or_else(|| Error::TenantNotFound(id.clone()))
+    }
+}

@@ -1,0 +1,266 @@
+//! The lifecycle rules: validation, provisioning, transitions, deletion, migrations.
+//! What differs per strategy is dispatched to [`crate::strategy`].
+
+use crate::error::Error;
+use crate::migrate::TenantMigrations;
+use crate::naming::Names;
+use crate::repository::TenantRepository;
+use crate::servers::{DEFAULT_SERVER, Servers};
+use crate::strategy::{Finding, Strategies};
+use crate::tenant::{NewTenant, Strategy, Tenant, TenantId, TenantStatus};
+
+/// The tenant lifecycle over the registry: create, suspend, resume, delete and
+/// migrate, with the rules each step must respect. Applications use it through
+/// [`TenantManager`](crate::TenantManager), which adds caching, announcements to the
+/// pools, and detached execution; operators reach it through
+/// [`Admin`](crate::admin::Admin).
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    strategies: Strategies,
+}
+
+impl Lifecycle {
+    /// A lifecycle over `repo` that provisions tenants with `migrations`.
+    pub fn new(repo: TenantRepository, migrations: TenantMigrations) -> Self {
+        Self {
+            strategies: Strategies::new(repo, migrations),
+        }
+    }
+
+    /// The servers `database` tenants can be placed on.
+    pub fn with_servers(mut self, servers: Servers) -> Self {
+        self.strategies.servers = servers;
+        self
+    }
+
+    /// The prefix of tenant database names (default `tenant_`: tenant `acme-corp` gets
+    /// the database `tenant_acme_corp`); the template database is `<prefix>_template`,
+    /// a name no tenant id can produce. Lowercase letters, digits and `_`, at most 16.
+    pub fn with_database_prefix(mut self, prefix: &str) -> Result<Self, Error> {
+        self.strategies.names = Names::new(self.strategies.repo.control_schema(), prefix)?;
+        Ok(self)
+    }
+
+    /// The database of a `database` tenant.
+    pub fn database_name(&self, id: &TenantId) -> String {
+        self.strategies.names.database(id)
+    }
+
+    /// Whether new tenants are cloned from the template schema (the default) or get
+    /// every migration replayed.
+    pub fn provision_from_template(mut self, yes: bool) -> Self {
+        self.strategies.from_template = yes;
+        self
+    }
+
+    /// The registry.
+    pub fn repository(&self) -> &TenantRepository {
+        &self.strategies.repo
+    }
+
+    /// The tenant migrations.
+    pub fn migrations(&self) -> &TenantMigrations {
+        &self.strategies.migrations
+    }
+
+    /// Checks a new tenant's fields.
+    pub fn validate(new: &NewTenant) -> Result<(), Error> {
+        let name = new.name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(Error::Validation(
+                "`name` must be 1 to 200 characters".to_owned(),
+            ));
+        }
+        if new.name.chars().any(char::is_control) {
+            return Err(Error::Validation(
+                "`name` must not contain control characters".to_owned(),
+            ));
+        }
+        if let Some(domain) = &new.domain {
+            if domain.contains(':') {
+                return Err(Error::Unprocessable(format!(
+                    "`domain` `{}` has a port or is an IPv6 address; give the bare host name",
+                    domain.escape_debug()
+                )));
+            }
+            let ok = !domain.is_empty()
+                && domain.len() <= 253
+                && domain.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && !label.starts_with('-')
+                        && !label.ends_with('-')
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                });
+            if !ok {
+                return Err(Error::Validation(format!(
+                    "`domain` `{}` is not a lowercase host name",
+                    domain.escape_debug()
+                )));
+            }
+            // A host name that is an address or this machine would let a tenant claim
+            // every request made by IP or to localhost.
+            let last = domain.rsplit('.').next().unwrap_or_default();
+            if last.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(Error::Unprocessable(format!(
+                    "`domain` `{domain}` is an IP address; give the tenant a host name"
+                )));
+            }
+            if domain == "localhost" || domain.ends_with(".localhost") {
+                return Err(Error::Unprocessable(format!(
+                    "`domain` `{domain}` is a local name; give the tenant a public host name"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a tenant, all or nothing: if any step fails nothing is left behind
+    /// (no registry row, schema, database or rows), and the id can be used again once
+    /// the cause is fixed. How the tenant is provisioned depends on its strategy (see
+    /// [`crate::strategy`]).
+    pub async fn create(&self, new: &NewTenant) -> Result<Tenant, Error> {
+        let new = &new.normalized();
+        Self::validate(new)?;
+        let server = new.server.as_deref().unwrap_or(DEFAULT_SERVER);
+        if new.strategy != Strategy::Database && server != DEFAULT_SERVER {
+            return Err(Error::Validation(format!(
+                "only `database` tenants can be placed on another server than `{DEFAULT_SERVER}`"
+            )));
+        }
+        let tenant = self.strategies.provision(new, server).await?;
+        tracing::info!(tenant = %tenant.id, strategy = %tenant.strategy, "tenant created");
+        Ok(tenant)
+    }
+
+    /// The tenant `id` (not deleted), its registry row locked until `conn`'s
+    /// transaction ends; [`Error::TenantNotFound`] otherwise.
+    async fn locked(&self, conn: &mut sqlx::PgConnection, id: &TenantId) -> Result<Tenant, Error> {
+        self.repository()
+            .find_for_update(conn, id)
+            .await?
+            .filter(|t| t.status != TenantStatus::Deleted)
+            .ok_or_else(|| Error::TenantNotFound(id.clone()))
+    }
+
+    /// `active -> suspended`. Suspending a suspended tenant changes nothing.
+    pub async fn suspend(&self, id: &TenantId) -> Result<Tenant, Error> {
+        self.transition(
+            id,
+            TenantStatus::Active,
+            TenantStatus::Suspended,
+            "only an active tenant can be suspended",
+        )
+        .await
+    }
+
+    /// `suspended -> active`. Resuming an active tenant changes nothing.
+    pub async fn resume(&self, id: &TenantId) -> Result<Tenant, Error> {
+        self.transition(
+            id,
+            TenantStatus::Suspended,
+            TenantStatus::Active,
+            "only a suspended tenant can be resumed",
+        )
+        .await
+    }
+
+    async fn transition(
+        &self,
+        id: &TenantId,
+        from: TenantStatus,
+        to: TenantStatus,
+        message: &'static str,
+    ) -> Result<Tenant, Error> {
+        let mut tx = self.repository().pool().begin().await?;
+        let current = self.locked(&mut tx, id).await?;
+        if current.status == to {
+            return Ok(current);
+        }
+        if current.status != from {
+            return Err(Error::InvalidTransition {
+                id: id.clone(),
+                status: current.status,
+                message,
+            });
+        }
+        let tenant = self
+            .repository()
+            .set_status(Some(&mut tx), id, to)
+            .await?
+            .ok_or_else(|| Error::TenantNotFound(id.clone()))?;
+        self.repository().notify(&mut tx, id).await?;
+        tx.commit().await?;
+        tracing::info!(tenant = %id, status = %to, "tenant status changed");
+        Ok(tenant)
+    }
+
+    /// Deletes a suspended tenant: drops its schema and leaves a `deleted` tombstone in
+    /// the registry, in one transaction. Deletion is two-phase on purpose: suspend
+    /// first, so no request is served while the data goes away.
+    pub async fn delete(&self, id: &TenantId) -> Result<Tenant, Error> {
+        let mut tx = self.repository().pool().begin().await?;
+        let current = self.locked(&mut tx, id).await?;
+        if current.status != TenantStatus::Suspended {
+            return Err(Error::InvalidTransition {
+                id: id.clone(),
+                status: current.status,
+                message: "suspend the tenant before deleting it",
+            });
+        }
+        self.strategies.remove(&mut tx, &current).await?;
+        let tenant = self
+            .repository()
+            .set_status(Some(&mut tx), id, TenantStatus::Deleted)
+            .await?
+            .ok_or_else(|| Error::TenantNotFound(id.clone()))?;
+        self.repository().notify(&mut tx, id).await?;
+        tx.commit().await?;
+        tracing::info!(tenant = %id, "tenant deleted");
+        Ok(tenant)
+    }
+
+    /// Applies pending tenant migrations to one tenant, one transaction per version
+    /// (its DDL and its record together), and returns the versions applied. A failure
+    /// keeps the versions before it; a rerun resumes at the failed one. Concurrent
+    /// runs on the same tenant wait for each other (the registry row is locked).
+    pub async fn migrate(&self, id: &TenantId) -> Result<Vec<i64>, Error> {
+        match self.repository().find(id).await? {
+            Some(t) if t.status != TenantStatus::Deleted => self.strategies.migrate(&t).await,
+            _ => Err(Error::TenantNotFound(id.clone())),
+        }
+    }
+
+    /// The tenant's schema and data as SQL (from `pg_dump`), read through `url`, a
+    /// libpq URL of the registry's server.
+    pub async fn export(&self, id: &TenantId, url: &str) -> Result<Vec<u8>, Error> {
+        let tenant = self
+            .repository()
+            .find(id)
+            .await?
+            .filter(|t| t.status != TenantStatus::Deleted)
+            .ok_or_else(|| Error::TenantNotFound(id.clone()))?;
+        let header = format!(
+            "-- tenantry export of tenant `{}` (strategy {}, {} {})\n-- registry record: {}\n\n",
+            tenant.id,
+            tenant.strategy,
+            if tenant.strategy == Strategy::Database {
+                "database"
+            } else {
+                "schema"
+            },
+            tenant.schema_name,
+            serde_json::to_string(&tenant).map_err(|e| Error::Internal(e.to_string()))?
+        );
+        let mut body = header.into_bytes();
+        body.extend(self.strategies.export(&tenant, url).await?);
+        Ok(body)
+    }
+
+    /// What each strategy finds wrong among `tenants` and on the registry's server.
+    pub async fn doctor(&self, tenants: &[Tenant]) -> Result<Vec<Finding>, Error> {
+        self.strategies.doctor(tenants).await
+    }
+}

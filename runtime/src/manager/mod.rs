@@ -1,0 +1,406 @@
+//! The entry point: lookups with a cache, lifecycle, tenant-bound connections.
+
+mod builder;
+mod changes;
+mod runner;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+pub use builder::TenantManagerBuilder;
+
+use crate::context::TenantContext;
+use crate::db::{Source, TenantDb, TenantTx};
+use crate::error::Error;
+use crate::lifecycle::Lifecycle;
+use crate::pool::{PoolStats, TenantPools};
+use crate::tenant::{Candidate, NewTenant, Tenant, TenantId, TenantStatus};
+
+/// Coordinates tenant operations: the one object an application holds.
+///
+/// Cheap to clone (an `Arc` inside). Lookups go to an in-memory cache first, then
+/// to the registry; every change made through a manager invalidates its cache, and
+/// entries expire after [`TenantManagerBuilder::cache_ttl`] so that changes made
+/// elsewhere are seen within that time.
+///
+/// ```no_run
+/// use tenantry::{NewTenant, TenantManager, TenantMigrations};
+///
+/// # async fn f(pool: sqlx::PgPool) -> Result<(), tenantry::Error> {
+/// let manager = TenantManager::builder(pool)
+///     .migrations(TenantMigrations::from_dir("migrations/tenant").await?)
+///     .build()
+///     .await?;
+/// let acme = manager
+///     .create_tenant(NewTenant::new("acme".parse()?, "Acme").with_domain("acme.example.com"))
+///     .await?;
+/// assert_eq!(manager.find_tenant(&acme.id).await?.unwrap().name, "Acme");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct TenantManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    lifecycle: Lifecycle,
+    pools: TenantPools,
+    cache: RwLock<HashMap<TenantId, Cached>>,
+    /// Host name -> the tenant that registered it, or `None` if none did.
+    domains: RwLock<HashMap<String, DomainEntry>>,
+    cache_ttl: Duration,
+    registry_lookups: AtomicU64,
+    /// The ids of every tenant (not deleted) and when the set was read: an id not in
+    /// a fresh set is answered as unknown without a registry query, so a flood of
+    /// made-up ids does not drive the registry. Ids named by a change (local or
+    /// NOTIFY) are added; the set is re-read after the cache TTL; `None` until read.
+    known: RwLock<Option<(std::collections::HashSet<TenantId>, Instant)>>,
+    /// One re-read of the known ids at a time; the others wait for it.
+    refreshing: tokio::sync::Mutex<()>,
+    /// Dropped with the manager, which stops the change listener.
+    _shutdown: watch::Sender<()>,
+}
+
+/// A domain lookup: the tenant (or none) and when it was fetched.
+type DomainEntry = (Option<Arc<Tenant>>, Instant);
+
+struct Cached {
+    tenant: Arc<Tenant>,
+    fetched: Instant,
+    /// The invalidation generation before the record was read.
+    generation: u64,
+}
+
+impl std::fmt::Debug for TenantManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantManager")
+            .field(
+                "control_schema",
+                &self.inner.lifecycle.repository().control_schema(),
+            )
+            .field("pools", &self.inner.pools)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TenantManager {
+    pub(crate) fn lifecycle(&self) -> &Lifecycle {
+        &self.inner.lifecycle
+    }
+
+    pub(crate) fn pools(&self) -> &TenantPools {
+        &self.inner.pools
+    }
+
+    /// The tenant connections' numbers: open, idle, peak, reused, rebound, ...
+    pub fn pool_stats(&self) -> PoolStats {
+        self.inner.pools.stats()
+    }
+
+    /// How many times a lookup went to the registry (cache misses).
+    pub fn registry_lookups(&self) -> u64 {
+        self.inner.registry_lookups.load(Ordering::Relaxed)
+    }
+
+    /// The tenant with this id, or `None` if there is none (deleted tenants count as
+    /// none), whatever its status. Lookups come in two kinds: `find_*` answer
+    /// `Option` for any status; `resolve_*` answer only a tenant that may be served
+    /// now, and an error (404, 403) otherwise.
+    pub async fn find_tenant(&self, id: &TenantId) -> Result<Option<Arc<Tenant>>, Error> {
+        if let Some(hit) = self.cached(id) {
+            return Ok(Some(hit));
+        }
+        if !self.may_exist(id).await? {
+            return Ok(None);
+        }
+        self.inner.registry_lookups.fetch_add(1, Ordering::Relaxed);
+        let generation = self.inner.pools.generation();
+        let found = self.inner.lifecycle.repository().find(id).await?;
+        let Some(tenant) = found.filter(|t| t.status != TenantStatus::Deleted) else {
+            return Ok(None);
+        };
+        let tenant = Arc::new(tenant);
+        self.remember(&tenant, generation);
+        Ok(Some(tenant))
+    }
+
+    /// `false` if `id` is surely not a tenant: it is not in the set of known ids, read
+    /// within the cache TTL (and kept current by change notifications).
+    async fn may_exist(&self, id: &TenantId) -> Result<bool, Error> {
+        let fresh = |known: &Option<(std::collections::HashSet<TenantId>, Instant)>| {
+            known
+                .as_ref()
+                .filter(|(_, read)| read.elapsed() < self.inner.cache_ttl)
+                .map(|(ids, _)| ids.contains(id))
+        };
+        if self.inner.cache_ttl.is_zero() {
+            return Ok(true);
+        }
+        if let Some(known) = fresh(&self.inner.known.read().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(known);
+        }
+        let _one_at_a_time = self.inner.refreshing.lock().await;
+        if let Some(known) = fresh(&self.inner.known.read().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(known);
+        }
+        // Re-read the set (one query per TTL, however many ids come in). Changes that
+        // arrive while it is read are added after, so none is lost.
+        let generation = self.inner.pools.generation();
+        self.inner.registry_lookups.fetch_add(1, Ordering::Relaxed);
+        let ids: std::collections::HashSet<TenantId> = self
+            .inner
+            .lifecycle
+            .repository()
+            .ids()
+            .await?
+            .into_iter()
+            .collect();
+        let mut known = self.inner.known.write().unwrap_or_else(|e| e.into_inner());
+        if self.inner.pools.generation() == generation {
+            *known = Some((ids, Instant::now()));
+            return Ok(known.as_ref().is_some_and(|(ids, _)| ids.contains(id)));
+        }
+        // Something changed meanwhile: do not trust this read; ask for the id itself.
+        Ok(true)
+    }
+
+    fn remember(&self, tenant: &Arc<Tenant>, generation: u64) {
+        self.inner
+            .cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                tenant.id.clone(),
+                Cached {
+                    tenant: tenant.clone(),
+                    fetched: Instant::now(),
+                    generation,
+                },
+            );
+    }
+
+    /// The tenant with this id if it may be served now: [`Error::TenantNotFound`]
+    /// (404) if there is none, [`Error::TenantNotActive`] (403) if it is suspended or
+    /// still provisioning.
+    pub async fn resolve_tenant(&self, id: &TenantId) -> Result<Arc<Tenant>, Error> {
+        let tenant = self
+            .find_tenant(id)
+            .await?
+            .ok_or_else(|| Error::TenantNotFound(id.clone()))?;
+        servable(tenant)
+    }
+
+    fn cached(&self, id: &TenantId) -> Option<Arc<Tenant>> {
+        let cache = self.inner.cache.read().unwrap_or_else(|e| e.into_inner());
+        let entry = cache.get(id)?;
+        (entry.fetched.elapsed() < self.inner.cache_ttl).then(|| entry.tenant.clone())
+    }
+
+    /// Drops the cached entries of `id` (and every cached domain miss), so the next
+    /// lookup asks the registry.
+    pub fn invalidate(&self, id: &TenantId) {
+        self.inner.invalidate(id);
+    }
+
+    /// Drops every cached entry.
+    pub fn invalidate_all(&self) {
+        self.inner.invalidate_all();
+    }
+
+    /// The tenant a resolver's candidate names, if it may be served now.
+    ///
+    /// An id must name an active tenant (404 / 403 otherwise). A domain that no
+    /// tenant registered names no tenant (`Ok(None)`); one that a suspended tenant
+    /// registered is a 403.
+    pub async fn resolve_candidate(
+        &self,
+        candidate: Candidate,
+    ) -> Result<Option<Arc<Tenant>>, Error> {
+        match candidate {
+            Candidate::Id(id) => self.resolve_tenant(&id).await.map(Some),
+            Candidate::Domain(domain) => match self.find_tenant_by_domain(&domain).await? {
+                Some(tenant) => servable(tenant).map(Some),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// The tenant that registered `domain` (cached like lookups by id).
+    pub async fn find_tenant_by_domain(&self, domain: &str) -> Result<Option<Arc<Tenant>>, Error> {
+        {
+            let domains = self.inner.domains.read().unwrap_or_else(|e| e.into_inner());
+            if let Some((hit, fetched)) = domains.get(domain)
+                && fetched.elapsed() < self.inner.cache_ttl
+            {
+                return Ok(hit.clone());
+            }
+        }
+        self.inner.registry_lookups.fetch_add(1, Ordering::Relaxed);
+        let generation = self.inner.pools.generation();
+        let found = self
+            .inner
+            .lifecycle
+            .repository()
+            .find_by_domain(domain)
+            .await?
+            .map(Arc::new);
+        if let Some(tenant) = &found {
+            self.remember(tenant, generation);
+        }
+        let mut domains = self
+            .inner
+            .domains
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        // Bound the misses a client can make us remember.
+        if domains.len() >= 10_000 {
+            domains.retain(|_, (hit, _)| hit.is_some());
+        }
+        domains.insert(domain.to_owned(), (found.clone(), Instant::now()));
+        Ok(found)
+    }
+
+    /// Runs `future` as tenant `id` (which must be active): the pattern for background
+    /// jobs, which carry the tenant id and re-enter its scope when they run.
+    ///
+    /// ```no_run
+    /// # async fn f(manager: tenantry::TenantManager) -> Result<(), tenantry::Error> {
+    /// // The job was queued with its tenant id, serialised as text.
+    /// let tenant_id: tenantry::TenantId = "acme".parse()?;
+    /// let rows = manager
+    ///     .run_as(&tenant_id, async {
+    ///         let mut db = manager.db().await?; // bound to `acme`
+    ///         sqlx::query("DELETE FROM sessions WHERE expired").execute(&mut db).await?;
+    ///         Ok::<_, tenantry::Error>(())
+    ///     })
+    ///     .await??;
+    /// # Ok(()) }
+    /// ```
+    pub async fn run_as<F: std::future::Future>(
+        &self,
+        id: &TenantId,
+        future: F,
+    ) -> Result<F::Output, Error> {
+        let tenant = self.resolve_tenant(id).await?;
+        Ok(TenantContext::scope(tenant, future).await)
+    }
+
+    /// Creates a tenant (all or nothing; see [`Lifecycle::create`](crate::admin::Lifecycle::create)).
+    ///
+    /// Runs to its end even if the caller is cancelled (a request timeout, a client
+    /// that went away): provisioning is not cancel-safe (a database made outside a
+    /// transaction, a session advisory lock), so it runs in a task of its own.
+    pub async fn create_tenant(&self, new: NewTenant) -> Result<Tenant, Error> {
+        let manager = self.clone();
+        let tenant = detached(async move { manager.inner.lifecycle.create(&new).await }).await?;
+        self.invalidate(&tenant.id);
+        Ok(tenant)
+    }
+
+    /// Every tenant that is not deleted, ordered by id.
+    pub async fn list_tenants(&self) -> Result<Vec<Tenant>, Error> {
+        self.inner.lifecycle.repository().list().await
+    }
+
+    /// Suspends a tenant: its requests get 403 until it is resumed.
+    pub async fn suspend_tenant(&self, id: &TenantId) -> Result<Tenant, Error> {
+        let result = self.inner.lifecycle.suspend(id).await;
+        self.invalidate(id);
+        result
+    }
+
+    /// Resumes a suspended tenant.
+    pub async fn resume_tenant(&self, id: &TenantId) -> Result<Tenant, Error> {
+        let result = self.inner.lifecycle.resume(id).await;
+        self.invalidate(id);
+        result
+    }
+
+    /// Deletes a suspended tenant and its data. Like creation, it runs to its end even
+    /// if the caller is cancelled.
+    pub async fn delete_tenant(&self, id: &TenantId) -> Result<Tenant, Error> {
+        let manager = self.clone();
+        let id = id.clone();
+        detached(async move {
+            manager.invalidate(&id);
+            // No connection stays bound to it; wait for the ones in use, so that no
+            // write of theirs lands after the data is gone (and DROP SCHEMA is not
+            // blocked).
+            if !manager.inner.pools.drain_tenant(&id).await {
+                return Err(Error::TenantBusy(id.clone()));
+            }
+            let result = manager.inner.lifecycle.delete(&id).await;
+            manager.invalidate(&id);
+            result
+        })
+        .await
+    }
+
+    /// A handle bound to `tenant`; it takes a connection from the tenant's server
+    /// when first used.
+    pub async fn tenant_db(&self, tenant: Arc<Tenant>) -> Result<TenantDb, Error> {
+        Ok(TenantDb::new(self.source(&tenant), tenant))
+    }
+
+    /// A transaction bound to `tenant`; it takes a connection and begins when first
+    /// used.
+    pub async fn tenant_tx(&self, tenant: Arc<Tenant>) -> Result<TenantTx, Error> {
+        Ok(TenantTx::new(self.source(&tenant), tenant))
+    }
+
+    /// Where `tenant`'s handles get connections. The record is known fresh as of the
+    /// cache entry it came from; any other record is checked against the registry
+    /// before its first connection.
+    fn source(&self, tenant: &Arc<Tenant>) -> Source {
+        let read_at = self
+            .inner
+            .cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&tenant.id)
+            .filter(|c| Arc::ptr_eq(&c.tenant, tenant))
+            .map(|c| c.generation);
+        Source {
+            pools: self.inner.pools.clone(),
+            registry: self.inner.lifecycle.repository().clone(),
+            read_at,
+        }
+    }
+
+    /// A pooled connection bound to the current tenant ([`TenantContext`]), or
+    /// [`Error::NoTenantInScope`].
+    pub async fn db(&self) -> Result<TenantDb, Error> {
+        self.tenant_db(TenantContext::require()?).await
+    }
+
+    /// A transaction bound to the current tenant, or [`Error::NoTenantInScope`].
+    pub async fn tx(&self) -> Result<TenantTx, Error> {
+        self.tenant_tx(TenantContext::require()?).await
+    }
+}
+
+/// Runs `work` in a task of its own, so that it finishes even if the caller's future
+/// is dropped; the caller gets its result if it is still waiting.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| Error::Registry(format!("a tenant operation's task failed: {e}")))?
+}
+
+/// `tenant` if it may be served now; [`Error::TenantNotActive`] (403) if it is
+/// suspended or still provisioning.
+fn servable(tenant: Arc<Tenant>) -> Result<Arc<Tenant>, Error> {
+    if tenant.status != TenantStatus::Active {
+        return Err(Error::TenantNotActive {
+            id: tenant.id.clone(),
+            status: tenant.status,
+        });
+    }
+    Ok(tenant)
+}

@@ -1,0 +1,50 @@
+//! The PostgreSQL servers tenants live on, by name.
+
+use std::collections::HashMap;
+
+use sqlx::postgres::PgConnectOptions;
+
+use crate::error::Error;
+
+/// The name of the registry's own server.
+pub const DEFAULT_SERVER: &str = "default";
+
+/// The PostgreSQL servers tenants can be placed on, by name. `default` is the
+/// registry's server (the manager's pool).
+#[derive(Debug, Clone, Default)]
+pub struct Servers {
+    named: HashMap<String, PgConnectOptions>,
+}
+
+impl Servers {
+    /// Adds (or replaces) a server. Its options name a maintenance database (for
+    /// example `postgres`) used to create and drop tenant databases.
+    pub fn add(&mut self, name: impl Into<String>, options: PgConnectOptions) {
+        self.named.insert(name.into(), options);
+    }
+
+    /// The configured names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.named.keys().map(String::as_str)
+    }
+
+    /// Whether a server of that name is configured.
+    pub fn contains(&self, name: &str) -> bool {
+        self.named.contains_key(name)
+    }
+
+    /// The connect options of server `name`.
+    pub fn get(&self, name: &str) -> Result<&PgConnectOptions, Error> {
+        self.named.get(name).ok_or_else(|| {
+            Error::Validation(format!(
+                "unknown server `{}` (configured: {})",
+                name.escape_debug(),
+                {
+                    let mut names: Vec<&str> = self.named.keys().map(String::as_str).collect();
+                    names.sort();
+                    names.join(", ")
+                }
+            ))
+        })
+    }
+}

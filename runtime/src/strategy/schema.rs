@@ -1,0 +1,236 @@
+//! The schema strategy (the default): each tenant owns the schema
+//! `tenant_<id>`, made in one transaction with its registry row and its migrations
+//! (cloned from the template schema, or replayed), and dropped with its tombstone.
+
+use std::sync::Arc;
+
+use sqlx::PgConnection;
+
+use super::clone::{self, SchemaTemplate};
+use super::template::TemplateLock;
+use super::{Finding, Scope, ScopeConfig, Strategies};
+use crate::error::Error;
+use crate::migrate::Record;
+use crate::naming::{quote_ident, tenant_schema_pattern};
+use crate::tenant::{NewTenant, Strategy, Tenant, TenantStatus};
+
+/// The tenant's schema, then the shared schema if one is configured, then `pg_temp`.
+/// `public` and `$user` are never included unless configured as the shared schema
+/// (CVE-2018-1058).
+pub(super) fn scope(tenant: &Tenant, config: &ScopeConfig<'_>) -> Scope {
+    let own = quote_ident(&tenant.id.schema_name());
+    let search_path = match config.shared_schema {
+        Some(shared) => format!("{own},{}, pg_temp", quote_ident(shared)),
+        None => format!("{own}, pg_temp"),
+    };
+    Scope {
+        search_path,
+        setting: String::new(),
+        role: None,
+        own_database: false,
+    }
+}
+
+/// Registry row, schema and migrations in one transaction: if any step fails nothing
+/// is left behind, and the id can be used again once the cause is fixed. The schema
+/// is cloned from the template unless that is turned off or not possible, in which
+/// case the migrations are replayed.
+pub(super) async fn provision(s: &Strategies, new: &NewTenant) -> Result<Tenant, Error> {
+    let template = if s.from_template && !s.migrations.versions().is_empty() {
+        Some(template(s).await?)
+    } else {
+        None
+    };
+    let schema = s.names.schema(&new.id);
+    let mut tx = s.repo.pool().begin().await?;
+    s.repo.purge_deleted(&mut tx, &new.id).await?;
+    s.repo
+        .insert(&mut tx, new, TenantStatus::Provisioning, &schema)
+        .await?;
+    create_schema(&mut tx, &schema).await?;
+    let cloned = match &template {
+        Some(t) => clone::clone_into(&mut tx, t, &schema).await?,
+        None => false,
+    };
+    let record = Record::Registry(&s.repo, &new.id);
+    if cloned {
+        s.migrations.record_all(&mut tx, &record).await?;
+    } else {
+        set_local_search_path(&mut tx, &schema).await?;
+        let pending = s.migrations.pending(&mut tx, &s.repo, &new.id).await?;
+        let target = format!("tenant `{}`", new.id);
+        s.migrations
+            .apply(&mut tx, &target, &pending, &record)
+            .await?;
+    }
+    s.activate(tx, new).await
+}
+
+/// The template schema for the current migrations: checked (or built) once per
+/// process, then reused with its clone script.
+async fn template(s: &Strategies) -> Result<Arc<SchemaTemplate>, Error> {
+    let fingerprint = s.migrations.fingerprint();
+    if let Some(t) = s.templates.schema(&fingerprint) {
+        return Ok(t);
+    }
+    let name = s.names.template_schema();
+    let mut lock = TemplateLock::acquire(&s.repo, &name).await?;
+    let recorded = lock.recorded(&s.repo).await?;
+    let mut tx = sqlx::Connection::begin(lock.conn()).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(&name)
+            .fetch_one(&mut *tx)
+            .await?;
+    let current = exists && recorded.as_deref() == Some(fingerprint.as_slice());
+    if !current {
+        let q = quote_ident(&name);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {q} CASCADE; CREATE SCHEMA {q}; SET LOCAL search_path TO {q}"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        let versions = s.migrations.versions();
+        s.migrations
+            .apply(&mut tx, &name, &versions, &Record::Nowhere)
+            .await?;
+        s.repo.record_template(&mut tx, &name, &fingerprint).await?;
+    }
+    let script = clone::clone_script(&mut tx, &name).await?;
+    if current {
+        // Reading the script set a transaction-local search_path; nothing to keep.
+        tx.rollback().await?;
+    } else {
+        tx.commit().await?;
+    }
+    lock.release().await;
+    let template = Arc::new(SchemaTemplate {
+        fingerprint,
+        script,
+    });
+    s.templates.keep_schema(template.clone());
+    Ok(template)
+}
+
+/// Drops the tenant's schema and everything in it, inside the caller's transaction.
+pub(super) async fn remove(tx: &mut PgConnection, tenant: &Tenant) -> Result<(), Error> {
+    let schema = quote_ident(&tenant.id.schema_name());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE"
+    )))
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Pending migrations, one transaction per version (its DDL, its record and the
+/// announcement that voids every instance's bindings together). A failure keeps the
+/// versions before it; a rerun resumes at the failed one. Concurrent runs on the same
+/// tenant wait for each other (the registry row is locked).
+pub(super) async fn migrate(s: &Strategies, tenant: &Tenant) -> Result<Vec<i64>, Error> {
+    let id = &tenant.id;
+    let pending = {
+        let mut conn = s.repo.pool().acquire().await?;
+        s.migrations.pending(&mut conn, &s.repo, id).await?
+    };
+    let record = Record::Registry(&s.repo, id);
+    let target = format!("tenant `{id}`");
+    let mut applied = Vec::new();
+    for version in pending {
+        let mut tx = s.repo.pool().begin().await?;
+        s.repo
+            .find_for_update(&mut tx, id)
+            .await?
+            .filter(|t| t.status != TenantStatus::Deleted)
+            .ok_or_else(|| Error::TenantNotFound(id.clone()))?;
+        // Another run may have applied it while this one waited for the lock.
+        let now = s.repo.applied_migrations(&mut tx, id).await?;
+        if now.iter().any(|(v, _)| *v == version) {
+            continue;
+        }
+        set_local_search_path(&mut tx, &tenant.id.schema_name()).await?;
+        s.migrations
+            .apply(&mut tx, &target, &[version], &record)
+            .await?;
+        // Every instance drops its bindings: statements prepared against the old
+        // tables are not reused.
+        s.repo.notify(&mut tx, id).await?;
+        tx.commit().await?;
+        applied.push(version);
+    }
+    Ok(applied)
+}
+
+/// The tenant's schema, from `pg_dump --schema`.
+pub(super) fn export(tenant: &Tenant, url: &str) -> Result<Vec<u8>, Error> {
+    crate::pgbin::pg_dump(url, &["--schema", &tenant.schema_name])
+}
+
+/// Tenant schemas no tenant owns (`orphan-schema`), and schema tenants without their
+/// schema (`missing-schema`).
+pub(super) async fn doctor(
+    s: &Strategies,
+    tenants: &[Tenant],
+    findings: &mut Vec<Finding>,
+) -> Result<(), Error> {
+    let schemas: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE $1 ORDER BY 1",
+    )
+    .bind(tenant_schema_pattern())
+    .fetch_all(s.repo.pool())
+    .await?;
+    for schema in &schemas {
+        if !tenants.iter().any(|t| &t.schema_name == schema) {
+            findings.push(Finding {
+                kind: "orphan-schema",
+                subject: schema.clone(),
+                detail: "a tenant schema that no tenant in the registry owns".to_owned(),
+            });
+        }
+    }
+    for t in tenants.iter().filter(|t| t.strategy == Strategy::Schema) {
+        if !schemas.contains(&t.schema_name) {
+            findings.push(Finding {
+                kind: "missing-schema",
+                subject: t.id.to_string(),
+                detail: format!("schema {} does not exist", t.schema_name),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Creates the schema inside the caller's transaction and points the transaction's
+/// `search_path` at it, so the migrations that follow land there.
+///
+/// A schema of that name that exists already (made by hand, or by another app) is a
+/// conflict: the transaction fails and the schema is left as it is.
+async fn create_schema(conn: &mut PgConnection, name: &str) -> Result<(), Error> {
+    let schema = quote_ident(name);
+    match sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE SCHEMA {schema}; SET LOCAL search_path TO {schema}"
+    )))
+    .execute(conn)
+    .await
+    {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P06") => {
+            Err(Error::Conflict(format!(
+                "a schema named `{name}` already exists and was not made by tenantry for this \
+                 tenant; it was left untouched (remove it, or use another tenant id)"
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Points the caller's transaction at an existing schema.
+async fn set_local_search_path(conn: &mut PgConnection, name: &str) -> Result<(), Error> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL search_path TO {}",
+        quote_ident(name)
+    )))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
