@@ -250,7 +250,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             .await?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "INSERT INTO {}.projects (name) SELECT 'project ' || g FROM generate_series(1, {ROWS}) g; ANALYZE {}.projects",
-            tenant.schema_name, tenant.schema_name
+            tenant.storage, tenant.storage
         )))
         .execute(&plain_pool)
         .await?;

@@ -265,7 +265,11 @@ fn print_tenant(t: &Tenant) {
     println!("domain:      {}", t.domain.as_deref().unwrap_or("-"));
     println!("status:      {}", t.status);
     println!("strategy:    {}", t.strategy);
-    println!("schema:      {}", t.schema_name);
+    match (t.schema(), t.database()) {
+        (Some(schema), _) => println!("schema:      {schema}"),
+        (_, Some(database)) => println!("database:    {database}"),
+        _ => println!("rows:        shared tables, tenant_id = '{}'", t.id),
+    }
     println!("server:      {}", t.server);
     println!("created at:  {}", t.created_at);
     println!("updated at:  {}", t.updated_at);
@@ -314,10 +318,12 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
             if migrations.is_none() {
                 eprintln!("note: no --migrations given; the tenant's schema is empty");
             }
-            println!(
-                "created tenant `{}` (schema {})",
-                tenant.id, tenant.schema_name
-            );
+            let place = match (tenant.schema(), tenant.database()) {
+                (Some(schema), _) => format!("schema {schema}"),
+                (_, Some(database)) => format!("database {database}"),
+                _ => "rows in the shared tables".to_owned(),
+            };
+            println!("created tenant `{}` ({place})", tenant.id);
         }
         TenantsCommand::List { json } => {
             let manager = manager(cli, None).await?;

@@ -2,6 +2,8 @@
 //! handle its operations require, and a filter builder that binds every value.
 
 use std::future::Future;
+
+use futures::future::BoxFuture;
 use std::marker::PhantomData;
 
 use sqlx::postgres::{PgArguments, PgRow};
@@ -9,6 +11,7 @@ use sqlx::{Arguments, Encode, PgConnection, Postgres, Type};
 
 use crate::db::{TenantDb, TenantTx};
 use crate::error::Error;
+use crate::naming::quote_ident;
 use crate::tenant::Tenant;
 
 mod sealed {
@@ -142,18 +145,171 @@ macro_rules! own_statement {
     }};
 }
 
-/// The statements of an entity, generated once per type at compile time.
+/// Where a placeholder's value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bind {
+    /// The entity's column at this index of [`TenantEntity::COLUMNS`].
+    Column(usize),
+    /// The handle's tenant (the tenant column).
+    Tenant,
+}
+
+/// The statements of an entity and the values their placeholders take, written by
+/// tenantry from the entity's columns once per type. The runtime is the one owner of
+/// entity SQL: the derive lists columns and encodes one column at a time
+/// ([`TenantEntity::bind_column`]), tenantry writes every statement, numbers its
+/// placeholders and supplies their values in that order.
 #[doc(hidden)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntitySql {
-    pub find: &'static str,
-    pub list: &'static str,
-    pub count: &'static str,
-    pub insert: &'static str,
-    pub update: &'static str,
-    pub delete: &'static str,
-    pub select_prefix: &'static str,
-    pub count_prefix: &'static str,
+    find: String,
+    list: String,
+    count: String,
+    insert: String,
+    update: String,
+    delete: String,
+    select_prefix: String,
+    count_prefix: String,
+    insert_binds: Vec<Bind>,
+    update_binds: Vec<Bind>,
+}
+
+impl EntitySql {
+    /// The statements of `E`.
+    pub fn of<E: TenantEntity>() -> Self {
+        Self::build(
+            E::TABLE,
+            E::COLUMNS,
+            E::PRIMARY_KEY,
+            E::TENANT_COLUMN,
+            E::GENERATED,
+        )
+    }
+
+    fn build(
+        table: &str,
+        columns: &[&str],
+        key: &str,
+        tenant: Option<&str>,
+        generated: &[&str],
+    ) -> Self {
+        let t = quoted_table(table);
+        let cols = columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let id = quote_ident(key);
+        let tc = tenant.map(quote_ident);
+        let select_prefix = format!("SELECT {cols} FROM {t}");
+        let count_prefix = format!("SELECT count(*) FROM {t}");
+        let keyed = |n: usize| match &tc {
+            Some(tc) => format!("{id} = ${n} AND {tc} = ${}", n + 1),
+            None => format!("{id} = ${n}"),
+        };
+        let (list, count) = match &tc {
+            Some(tc) => (
+                format!("{select_prefix} WHERE {tc} = $1 ORDER BY {id} LIMIT $2 OFFSET $3"),
+                format!("{count_prefix} WHERE {tc} = $1"),
+            ),
+            None => (
+                format!("{select_prefix} ORDER BY {id} LIMIT $1 OFFSET $2"),
+                count_prefix.clone(),
+            ),
+        };
+        let bind_of = |(i, c): (usize, &&str)| {
+            if Some(*c) == tenant {
+                Bind::Tenant
+            } else {
+                Bind::Column(i)
+            }
+        };
+        // Insert every column the database does not generate; the tenant column gets
+        // the handle's tenant.
+        let inserted: Vec<(usize, &&str)> = columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !generated.contains(c))
+            .collect();
+        let insert = if inserted.is_empty() {
+            format!("INSERT INTO {t} DEFAULT VALUES RETURNING {cols}")
+        } else {
+            format!(
+                "INSERT INTO {t} ({}) VALUES ({}) RETURNING {cols}",
+                inserted
+                    .iter()
+                    .map(|(_, c)| quote_ident(c))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                (1..=inserted.len())
+                    .map(|n| format!("${n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let insert_binds = inserted.iter().copied().map(bind_of).collect();
+        // Update every column but the key, the tenant column and generated ones.
+        let set: Vec<(usize, &&str)> = columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c != key && Some(**c) != tenant && !generated.contains(c))
+            .collect();
+        let set_sql = if set.is_empty() {
+            format!("{id} = {id}")
+        } else {
+            set.iter()
+                .enumerate()
+                .map(|(n, (_, c))| format!("{} = ${}", quote_ident(c), n + 1))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let key_index = columns.iter().position(|c| *c == key).unwrap_or(0);
+        let mut update_binds: Vec<Bind> = set.iter().copied().map(bind_of).collect();
+        update_binds.push(Bind::Column(key_index));
+        if tenant.is_some() {
+            update_binds.push(Bind::Tenant);
+        }
+        Self {
+            find: format!("{select_prefix} WHERE {}", keyed(1)),
+            list,
+            count,
+            insert,
+            update: format!(
+                "UPDATE {t} SET {set_sql} WHERE {} RETURNING {cols}",
+                keyed(set.len() + 1)
+            ),
+            delete: format!("DELETE FROM {t} WHERE {}", keyed(1)),
+            select_prefix,
+            count_prefix,
+            insert_binds,
+            update_binds,
+        }
+    }
+
+    /// The arguments `binds` take from `value` and `tenant`, in placeholder order.
+    fn arguments<E: TenantEntity>(
+        value: &E,
+        tenant: &Tenant,
+        binds: &[Bind],
+    ) -> Result<PgArguments, Error> {
+        let mut args = PgArguments::default();
+        for bind in binds {
+            match *bind {
+                Bind::Column(i) => value.bind_column(i, &mut args)?,
+                Bind::Tenant => add(&mut args, tenant.id.as_str())?,
+            }
+        }
+        Ok(args)
+    }
+}
+
+/// `table` or `schema.table`, each part quoted.
+fn quoted_table(table: &str) -> String {
+    table
+        .split('.')
+        .map(quote_ident)
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// A model stored per tenant. Derive it with `#[derive(TenantEntity)]`.
@@ -179,9 +335,13 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
     const PRIMARY_KEY: &'static str;
     /// The tenant column, if the table is shared between tenants.
     const TENANT_COLUMN: Option<&'static str>;
-    /// The generated statements.
+    /// The columns the database fills (`#[tenant(generated)]`): left out of inserts
+    /// and updates, read back after them.
+    const GENERATED: &'static [&'static str];
+
+    /// The statements, written once per type (the derive keeps them in a static).
     #[doc(hidden)]
-    const SQL: EntitySql;
+    fn sql() -> &'static EntitySql;
 
     /// Decodes a row.
     fn from_row(row: &PgRow) -> Result<Self, sqlx::Error>;
@@ -189,27 +349,23 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
     /// The primary key of this value.
     fn id(&self) -> &Self::Id;
 
-    /// Arguments of the insert statement (the tenant column filled from `tenant`).
+    /// Adds the value of column `index` (of [`Self::COLUMNS`]) to `args`.
     #[doc(hidden)]
-    fn insert_arguments(&self, tenant: &str) -> Result<PgArguments, Error>;
-
-    /// Arguments of the update statement.
-    #[doc(hidden)]
-    fn update_arguments(&self, tenant: &str) -> Result<PgArguments, Error>;
+    fn bind_column(&self, index: usize, args: &mut PgArguments) -> Result<(), Error>;
 
     /// The row with this primary key, if the tenant has it.
     fn find<'a, H: TenantHandle>(
         handle: &'a mut H,
         id: &'a Self::Id,
-    ) -> impl Future<Output = Result<Option<Self>, Error>> + Send + 'a {
-        async move {
+    ) -> BoxFuture<'a, Result<Option<Self>, Error>> {
+        Box::pin(async move {
             let args = keyed_arguments::<Self>(id, handle.bound_tenant())?;
             let row = own_statement!(
                 handle,
-                fetch_optional(sqlx::query_with(Self::SQL.find, args))
+                fetch_optional(sqlx::query_with(Self::sql().find.as_str(), args))
             );
             decode_optional(row.as_ref())
-        }
+        })
     }
 
     /// A page of the tenant's rows, ordered by primary key.
@@ -217,8 +373,8 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
         handle: &'a mut H,
         limit: i64,
         offset: i64,
-    ) -> impl Future<Output = Result<Vec<Self>, Error>> + Send + 'a {
-        async move {
+    ) -> BoxFuture<'a, Result<Vec<Self>, Error>> {
+        Box::pin(async move {
             if limit < 0 || offset < 0 {
                 return Err(Error::Validation(
                     "`limit` and `offset` must not be negative".to_owned(),
@@ -227,21 +383,25 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
             let mut args = tenant_arguments::<Self>(handle.bound_tenant())?;
             add(&mut args, limit)?;
             add(&mut args, offset)?;
-            let rows = own_statement!(handle, fetch_all(sqlx::query_with(Self::SQL.list, args)));
+            let rows = own_statement!(
+                handle,
+                fetch_all(sqlx::query_with(Self::sql().list.as_str(), args))
+            );
             decode_all(&rows)
-        }
+        })
     }
 
     /// How many rows the tenant has.
-    fn count<H: TenantHandle>(
-        handle: &mut H,
-    ) -> impl Future<Output = Result<i64, Error>> + Send + '_ {
-        async move {
+    fn count<H: TenantHandle>(handle: &mut H) -> BoxFuture<'_, Result<i64, Error>> {
+        Box::pin(async move {
             let args = tenant_arguments::<Self>(handle.bound_tenant())?;
-            let row = own_statement!(handle, fetch_one(sqlx::query_with(Self::SQL.count, args)));
+            let row = own_statement!(
+                handle,
+                fetch_one(sqlx::query_with(Self::sql().count.as_str(), args))
+            );
             let n: i64 = sqlx::Row::try_get(&row, 0)?;
             Ok(n)
-        }
+        })
     }
 
     /// Inserts this value (generated columns are left to the database) and returns
@@ -249,15 +409,19 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
     fn insert<'a, H: TenantHandle>(
         &'a self,
         handle: &'a mut H,
-    ) -> impl Future<Output = Result<Self, Error>> + Send + 'a
+    ) -> BoxFuture<'a, Result<Self, Error>>
     where
         Self: Sync,
     {
-        async move {
-            let args = self.insert_arguments(handle.bound_tenant().id.as_str())?;
-            let row = own_statement!(handle, fetch_one(sqlx::query_with(Self::SQL.insert, args)));
+        Box::pin(async move {
+            let sql = Self::sql();
+            let args = EntitySql::arguments(self, handle.bound_tenant(), &sql.insert_binds)?;
+            let row = own_statement!(
+                handle,
+                fetch_one(sqlx::query_with(sql.insert.as_str(), args))
+            );
             Self::from_row(&row).map_err(Error::from)
-        }
+        })
     }
 
     /// Writes every non-key column of this value; returns the stored row, or `None`
@@ -265,30 +429,34 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
     fn update<'a, H: TenantHandle>(
         &'a self,
         handle: &'a mut H,
-    ) -> impl Future<Output = Result<Option<Self>, Error>> + Send + 'a
+    ) -> BoxFuture<'a, Result<Option<Self>, Error>>
     where
         Self: Sync,
     {
-        async move {
-            let args = self.update_arguments(handle.bound_tenant().id.as_str())?;
+        Box::pin(async move {
+            let sql = Self::sql();
+            let args = EntitySql::arguments(self, handle.bound_tenant(), &sql.update_binds)?;
             let row = own_statement!(
                 handle,
-                fetch_optional(sqlx::query_with(Self::SQL.update, args))
+                fetch_optional(sqlx::query_with(sql.update.as_str(), args))
             );
             decode_optional(row.as_ref())
-        }
+        })
     }
 
     /// Deletes the row with this primary key; `true` if the tenant had it.
     fn delete<'a, H: TenantHandle>(
         handle: &'a mut H,
         id: &'a Self::Id,
-    ) -> impl Future<Output = Result<bool, Error>> + Send + 'a {
-        async move {
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
             let args = keyed_arguments::<Self>(id, handle.bound_tenant())?;
-            let done = own_statement!(handle, execute(sqlx::query_with(Self::SQL.delete, args)));
+            let done = own_statement!(
+                handle,
+                execute(sqlx::query_with(Self::sql().delete.as_str(), args))
+            );
             Ok(done.rows_affected() > 0)
-        }
+        })
     }
 
     /// Starts a filtered query; the tenant filter is added for you.
@@ -314,8 +482,9 @@ fn add<'q, T: Encode<'q, Postgres> + Type<Postgres>>(
     args: &mut PgArguments,
     value: T,
 ) -> Result<(), Error> {
+    // A value the program built that its type cannot encode is the server's mistake.
     args.add(value)
-        .map_err(|e| Error::Validation(format!("cannot encode a value: {e}")))
+        .map_err(|e| Error::Internal(format!("cannot encode a value: {e}")))
 }
 
 /// `$1` = the tenant (only when the entity has a tenant column).
@@ -425,7 +594,8 @@ impl<E: TenantEntity> Select<E> {
     fn column(&mut self, name: &str) -> Option<&'static str> {
         let found = E::COLUMNS.iter().copied().find(|c| *c == name);
         if found.is_none() && self.error.is_none() {
-            self.error = Some(Error::Validation(format!(
+            // Columns are named by code, not by the request: a wrong one is a bug (500).
+            self.error = Some(Error::Internal(format!(
                 "`{}` has no column `{}` (columns: {})",
                 E::TABLE,
                 name.escape_debug(),
@@ -483,12 +653,12 @@ impl<E: TenantEntity> Select<E> {
         let mut clauses = Vec::new();
         for (column, op) in &self.conditions {
             n += 1;
-            clauses.push(format!("\"{column}\" {} ${n}", op.sql()));
+            clauses.push(format!("{} {} ${n}", quote_ident(column), op.sql()));
         }
         if let Some(tenant_column) = E::TENANT_COLUMN {
             n += 1;
             add(&mut self.args, tenant.id.as_str())?;
-            clauses.push(format!("\"{tenant_column}\" = ${n}"));
+            clauses.push(format!("{} = ${n}", quote_ident(tenant_column)));
         }
         if !clauses.is_empty() {
             sql.push_str(" WHERE ");
@@ -497,7 +667,8 @@ impl<E: TenantEntity> Select<E> {
         if paged {
             let (column, desc) = self.order.unwrap_or((E::PRIMARY_KEY, false));
             sql.push_str(&format!(
-                " ORDER BY \"{column}\"{}",
+                " ORDER BY {}{}",
+                quote_ident(column),
                 if desc { " DESC" } else { "" }
             ));
             if let Some(limit) = self.limit {
@@ -515,35 +686,134 @@ impl<E: TenantEntity> Select<E> {
     }
 
     /// The matching rows.
-    pub async fn fetch_all<H: TenantHandle>(self, handle: &mut H) -> Result<Vec<E>, Error> {
-        let (sql, args) = self.build(E::SQL.select_prefix, handle.bound_tenant(), true)?;
-        let rows = own_statement!(
-            handle,
-            fetch_all(sqlx::query_with(sqlx::AssertSqlSafe(sql), args))
-        );
-        decode_all(&rows)
+    pub fn fetch_all<H: TenantHandle>(
+        self,
+        handle: &mut H,
+    ) -> BoxFuture<'_, Result<Vec<E>, Error>> {
+        Box::pin(async move {
+            let (sql, args) = self.build(&E::sql().select_prefix, handle.bound_tenant(), true)?;
+            let rows = own_statement!(
+                handle,
+                fetch_all(sqlx::query_with(sqlx::AssertSqlSafe(sql), args))
+            );
+            decode_all(&rows)
+        })
     }
 
     /// The first matching row.
-    pub async fn fetch_optional<H: TenantHandle>(self, handle: &mut H) -> Result<Option<E>, Error> {
-        let (sql, args) = self
-            .limit(1)
-            .build(E::SQL.select_prefix, handle.bound_tenant(), true)?;
-        let row = own_statement!(
-            handle,
-            fetch_optional(sqlx::query_with(sqlx::AssertSqlSafe(sql), args))
-        );
-        decode_optional(row.as_ref())
+    pub fn fetch_optional<H: TenantHandle>(
+        self,
+        handle: &mut H,
+    ) -> BoxFuture<'_, Result<Option<E>, Error>> {
+        Box::pin(async move {
+            let (sql, args) =
+                self.limit(1)
+                    .build(&E::sql().select_prefix, handle.bound_tenant(), true)?;
+            let row = own_statement!(
+                handle,
+                fetch_optional(sqlx::query_with(sqlx::AssertSqlSafe(sql), args))
+            );
+            decode_optional(row.as_ref())
+        })
     }
 
     /// How many rows match.
-    pub async fn count<H: TenantHandle>(self, handle: &mut H) -> Result<i64, Error> {
-        let (sql, args) = self.build(E::SQL.count_prefix, handle.bound_tenant(), false)?;
-        let row = own_statement!(
-            handle,
-            fetch_one(sqlx::query_with(sqlx::AssertSqlSafe(sql), args))
+    pub fn count<H: TenantHandle>(self, handle: &mut H) -> BoxFuture<'_, Result<i64, Error>> {
+        Box::pin(async move {
+            let (sql, args) = self.build(&E::sql().count_prefix, handle.bound_tenant(), false)?;
+            let row = own_statement!(
+                handle,
+                fetch_one(sqlx::query_with(sqlx::AssertSqlSafe(sql), args))
+            );
+            let n: i64 = sqlx::Row::try_get(&row, 0)?;
+            Ok(n)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_entity_statements() {
+        let s = EntitySql::build("projects", &["id", "title"], "id", None, &["id"]);
+        assert_eq!(
+            s.find,
+            r#"SELECT "id", "title" FROM "projects" WHERE "id" = $1"#
         );
-        let n: i64 = sqlx::Row::try_get(&row, 0)?;
-        Ok(n)
+        assert_eq!(
+            s.list,
+            r#"SELECT "id", "title" FROM "projects" ORDER BY "id" LIMIT $1 OFFSET $2"#
+        );
+        assert_eq!(
+            s.insert,
+            r#"INSERT INTO "projects" ("title") VALUES ($1) RETURNING "id", "title""#
+        );
+        assert_eq!(s.insert_binds, [Bind::Column(1)]);
+        assert_eq!(
+            s.update,
+            r#"UPDATE "projects" SET "title" = $1 WHERE "id" = $2 RETURNING "id", "title""#
+        );
+        assert_eq!(s.update_binds, [Bind::Column(1), Bind::Column(0)]);
+        assert_eq!(s.delete, r#"DELETE FROM "projects" WHERE "id" = $1"#);
+        assert_eq!(s.count, r#"SELECT count(*) FROM "projects""#);
+    }
+
+    #[test]
+    fn row_entity_statements_carry_the_tenant_filter() {
+        let s = EntitySql::build(
+            "app.items",
+            &["id", "tenant_id", "label"],
+            "id",
+            Some("tenant_id"),
+            &[],
+        );
+        assert_eq!(
+            s.find,
+            r#"SELECT "id", "tenant_id", "label" FROM "app"."items" WHERE "id" = $1 AND "tenant_id" = $2"#
+        );
+        assert_eq!(
+            s.list,
+            r#"SELECT "id", "tenant_id", "label" FROM "app"."items" WHERE "tenant_id" = $1 ORDER BY "id" LIMIT $2 OFFSET $3"#
+        );
+        assert_eq!(
+            s.count,
+            r#"SELECT count(*) FROM "app"."items" WHERE "tenant_id" = $1"#
+        );
+        assert_eq!(
+            s.insert,
+            r#"INSERT INTO "app"."items" ("id", "tenant_id", "label") VALUES ($1, $2, $3) RETURNING "id", "tenant_id", "label""#
+        );
+        assert_eq!(
+            s.insert_binds,
+            [Bind::Column(0), Bind::Tenant, Bind::Column(2)]
+        );
+        assert_eq!(
+            s.update,
+            r#"UPDATE "app"."items" SET "label" = $1 WHERE "id" = $2 AND "tenant_id" = $3 RETURNING "id", "tenant_id", "label""#
+        );
+        assert_eq!(
+            s.update_binds,
+            [Bind::Column(2), Bind::Column(0), Bind::Tenant]
+        );
+        assert_eq!(
+            s.delete,
+            r#"DELETE FROM "app"."items" WHERE "id" = $1 AND "tenant_id" = $2"#
+        );
+    }
+
+    #[test]
+    fn an_entity_of_generated_columns_inserts_defaults() {
+        let s = EntitySql::build("stamps", &["id", "at"], "id", None, &["id", "at"]);
+        assert_eq!(
+            s.insert,
+            r#"INSERT INTO "stamps" DEFAULT VALUES RETURNING "id", "at""#
+        );
+        assert!(s.insert_binds.is_empty());
+        assert_eq!(
+            s.update,
+            r#"UPDATE "stamps" SET "id" = "id" WHERE "id" = $1 RETURNING "id", "at""#
+        );
     }
 }

@@ -125,6 +125,7 @@ pub mod __private {
         fn finish<S: TxSlot>(self, slot: S) -> impl Future<Output = Self> + Send;
     }
 
+    #[diagnostic::do_not_recommend]
     impl<T: Send, E: From<Error> + Send> TxOutcome for Result<T, E> {
         async fn finish<S: TxSlot>(self, slot: S) -> Self {
             let Some(tx) = slot.into_tx() else {
@@ -145,20 +146,103 @@ pub mod __private {
         }
     }
 
-    /// Adds one bind argument.
-    pub fn add_argument<'q, T>(args: &mut PgArguments, value: T) -> Result<(), Error>
+    /// Commits or rolls back a transaction handler's transaction as its output says.
+    /// The future's type does not name the bound, so a wrong return type is one error.
+    pub fn finish_tx<'a, O, S>(out: O, slot: S) -> futures::future::BoxFuture<'a, O>
     where
-        T: sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+        O: TxOutcome + Send + 'a,
+        S: TxSlot + 'a,
     {
-        sqlx::Arguments::add(args, value)
-            .map_err(|e| Error::Validation(format!("cannot encode a value: {e}")))
+        Box::pin(out.finish(slot))
+    }
+
+    /// A type a `TenantEntity` field can have: one that sqlx decodes and encodes for
+    /// PostgreSQL. Every use of a field's type in the derive's code goes through this
+    /// one bound, spanned at the field's type, so a wrong type is one error there.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be stored in a PostgreSQL column",
+        label = "this field's type has no PostgreSQL mapping in sqlx",
+        note = "a `TenantEntity` field needs a type sqlx decodes and encodes for PostgreSQL (`i64`, `String`, `bool`, `Option<T>`, `chrono::DateTime<Utc>`, `uuid::Uuid`, ...) or one with `#[derive(sqlx::Type)]`",
+        note = "a field that is not stored in the table can be marked `#[tenant(skip)]`"
+    )]
+    pub trait Column:
+        for<'r> sqlx::Decode<'r, sqlx::Postgres>
+        + for<'q> sqlx::Encode<'q, sqlx::Postgres>
+        + sqlx::Type<sqlx::Postgres>
+        + Send
+        + Sync
+    {
+    }
+    // Errors name `Column` (and its message), not the sqlx traits behind it.
+    #[diagnostic::do_not_recommend]
+    impl<T> Column for T where
+        T: for<'r> sqlx::Decode<'r, sqlx::Postgres>
+            + for<'q> sqlx::Encode<'q, sqlx::Postgres>
+            + sqlx::Type<sqlx::Postgres>
+            + Send
+            + Sync
+    {
+    }
+
+    /// The one check of a field's type, spanned at the field: the derive's decoding
+    /// and encoding go through [`ColumnProbe`], which compiles for any type, so a type
+    /// that is not a [`Column`] is one error here instead of one per use.
+    pub fn assert_column<T: Column>() {}
+
+    /// Decodes or encodes a field of type `T` (see [`assert_column`]).
+    pub struct ColumnProbe<T>(std::marker::PhantomData<fn() -> T>);
+
+    impl<T> ColumnProbe<T> {
+        /// A probe for `T`.
+        #[allow(clippy::new_without_default)]
+        pub fn new() -> Self {
+            Self(std::marker::PhantomData)
+        }
+    }
+
+    /// The real decoding and encoding, for `T: Column` (chosen by auto-ref).
+    pub trait ViaColumn<T> {
+        fn decode(&self, row: &PgRow, name: &str) -> Result<T, sqlx::Error>;
+        fn bind(&self, args: &mut PgArguments, value: &T) -> Result<(), Error>;
+    }
+
+    impl<T: Column> ViaColumn<T> for &ColumnProbe<T> {
+        fn decode(&self, row: &PgRow, name: &str) -> Result<T, sqlx::Error> {
+            sqlx::Row::try_get(row, name)
+        }
+        fn bind(&self, args: &mut PgArguments, value: &T) -> Result<(), Error> {
+            sqlx::Arguments::add(args, value)
+                .map_err(|e| Error::Internal(format!("cannot encode a value: {e}")))
+        }
+    }
+
+    /// The fallback for a type that is not a `Column`: never runs, because
+    /// [`assert_column`] fails the build first; it only keeps that one error alone.
+    pub trait ViaFallback<T> {
+        fn decode(&self, row: &PgRow, name: &str) -> Result<T, sqlx::Error>;
+        fn bind(&self, args: &mut PgArguments, value: &T) -> Result<(), Error>;
+    }
+
+    impl<T> ViaFallback<T> for ColumnProbe<T> {
+        fn decode(&self, _: &PgRow, name: &str) -> Result<T, sqlx::Error> {
+            Err(sqlx::Error::ColumnNotFound(name.to_owned()))
+        }
+        fn bind(&self, _: &mut PgArguments, _: &T) -> Result<(), Error> {
+            Err(Error::Internal("not a column type".to_owned()))
+        }
+    }
+
+    /// An index [`TenantEntity::bind_column`](crate::TenantEntity::bind_column) does
+    /// not know: tenantry's own mistake.
+    pub fn no_column(entity: &str, index: usize) -> Error {
+        Error::Internal(format!("`{entity}` has no column number {index}"))
     }
 
     /// A tenant record for examples.
     pub fn example_tenant(id: &str) -> Tenant {
         let id = TenantId::parse(id).expect("a valid example id");
         Tenant {
-            schema_name: id.schema_name(),
+            storage: id.schema_name(),
             id,
             name: "Example".to_owned(),
             domain: None,

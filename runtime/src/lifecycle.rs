@@ -251,7 +251,7 @@ impl Lifecycle {
             } else {
                 "schema"
             },
-            tenant.schema_name,
+            tenant.storage,
             serde_json::to_string(&tenant).map_err(|e| Error::Internal(e.to_string()))?
         );
         let mut body = header.into_bytes();

@@ -631,7 +631,7 @@ impl Shared {
         match tenant.strategy {
             Strategy::Database => Login {
                 server: tenant.server.clone(),
-                database: Some(tenant.schema_name.clone()),
+                database: Some(tenant.storage.clone()),
                 user: None,
             },
             Strategy::Row => Login {

@@ -485,7 +485,7 @@ fn tenant_from_row(row: &PgRow) -> Result<Tenant, Error> {
         status: TenantStatus::from_db(&status).ok_or_else(|| {
             Error::Registry(format!("unknown tenant status `{status}` in the registry"))
         })?,
-        schema_name: stored_name("schema or database name", row.try_get("schema_name")?)?,
+        storage: stored_name("schema or database name", row.try_get("schema_name")?)?,
         server: stored_server(row.try_get("server")?)?,
         incarnation: row.try_get("incarnation")?,
         schema_version: row.try_get("schema_version")?,

@@ -202,7 +202,7 @@ pub enum Strategy {
     Schema,
     /// A database per tenant, named `<database prefix><id with - as _>` (prefix
     /// `tenant_` by default, see `TenantManagerBuilder::database_prefix`; the name is
-    /// kept in [`Tenant::schema_name`]), on the server the tenant is placed on, created
+    /// kept in [`Tenant::storage`]), on the server the tenant is placed on, created
     /// from a template database.
     Database,
     /// Shared tables with a `tenant_id` column, protected by row-level security: the
@@ -261,8 +261,13 @@ pub struct Tenant {
     pub strategy: Strategy,
     /// The lifecycle status.
     pub status: TenantStatus,
-    /// The tenant's schema (schema strategy), or its database (database strategy).
-    pub schema_name: String,
+    /// Where the tenant's data lives: its schema (schema strategy) or its database on
+    /// [`Tenant::server`] (database strategy); row tenants keep their id's schema name
+    /// here, unused. Prefer [`Tenant::schema`] and [`Tenant::database`], which say
+    /// which it is. Serialized as `schema_name`, its name in the registry and in earlier
+    /// versions.
+    #[serde(rename = "schema_name")]
+    pub storage: String,
     /// The named server the tenant lives on (`default` unless placed elsewhere).
     pub server: String,
     /// Which life of this id the record is: a number the registry gives every tenant
@@ -276,6 +281,24 @@ pub struct Tenant {
     pub created_at: DateTime<Utc>,
     /// When the tenant last changed.
     pub updated_at: DateTime<Utc>,
+}
+
+impl Tenant {
+    /// The tenant's own schema, for a schema tenant.
+    ///
+    /// ```
+    /// # let tenant = tenantry::__private::example_tenant("acme");
+    /// assert_eq!(tenant.schema(), Some("tenant_acme"));
+    /// assert_eq!(tenant.database(), None);
+    /// ```
+    pub fn schema(&self) -> Option<&str> {
+        (self.strategy == Strategy::Schema).then_some(self.storage.as_str())
+    }
+
+    /// The tenant's own database (on [`Tenant::server`]), for a database tenant.
+    pub fn database(&self) -> Option<&str> {
+        (self.strategy == Strategy::Database).then_some(self.storage.as_str())
+    }
 }
 
 /// What it takes to create a tenant.

@@ -65,7 +65,7 @@ async fn database_tenants_on_two_servers() {
     assert_eq!(there.server, "east");
     create(&manager, "schemaful").await;
     create_with(&manager, "rowful", Strategy::Row).await;
-    assert_eq!(here.schema_name, here_db);
+    assert_eq!(here.storage, here_db);
     assert_eq!(databases(&home, &p).await, [here_db]);
     assert_eq!(
         databases(&east_options, &p).await,

@@ -369,11 +369,7 @@ async fn run_soak(manager: TenantManager, pool_size: u32, mix: Mix, with_churn: 
                     .await
                     .unwrap();
                 let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect_with(
-                    &pool
-                        .connect_options()
-                        .as_ref()
-                        .clone()
-                        .database(&t.schema_name),
+                    &pool.connect_options().as_ref().clone().database(&t.storage),
                 )
                 .await
                 .unwrap();
@@ -487,7 +483,7 @@ async fn check_churned(manager: &TenantManager) {
                 );
                 sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                     "SELECT name FROM {}.projects",
-                    t.schema_name
+                    t.storage
                 )))
                 .fetch_all(pool)
                 .await

@@ -92,7 +92,7 @@ async fn manager_lifecycle() {
         .await
         .unwrap();
     assert_eq!(created.status, TenantStatus::Active);
-    assert_eq!(created.schema_name, "tenant_acme");
+    assert_eq!(created.storage, "tenant_acme");
     assert!(schema_exists(&pool, "tenant_acme").await);
     let got = manager.find_tenant(&id).await.unwrap().unwrap();
     assert_eq!(got.name, "Example Tenant");

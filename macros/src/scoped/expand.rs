@@ -57,7 +57,7 @@ pub fn expand(scoped: Scoped) -> TokenStream {
         },
         Kind::Tx => {
             let finish = quote_spanned! {output_span=>
-                #krate::__private::TxOutcome::finish(__tenantry_out, #ident).await
+                #krate::__private::finish_tx(__tenantry_out, #ident).await
             };
             quote! {
                 async move {

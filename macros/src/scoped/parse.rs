@@ -211,7 +211,7 @@ pub fn parse_handler(cx: &Ctxt, options: Options, func: ItemFn) -> Option<Scoped
         }
         cx.error_spanned_by(
             &sig.ident,
-            "`#[tenant_scoped]` needs a tenant-bound handle: add an argument `db: tenantry::TenantDb` or `tx: tenantry::TenantTx`",
+            "`#[tenant_scoped]` needs a tenant-bound handle: add an argument `db: tenantry::TenantDb` or `tx: tenantry::TenantTx` (written with that name: an alias or a renamed import of them is not recognised)",
         );
         return None;
     };

@@ -183,7 +183,7 @@ async fn drop(server: &PgConnectOptions, db: &str) -> Result<(), Error> {
 /// versions applied.
 pub(super) async fn migrate(s: &Strategies, tenant: &Tenant) -> Result<Vec<i64>, Error> {
     let server = s.servers.get(&tenant.server)?;
-    let db = &tenant.schema_name;
+    let db = &tenant.storage;
     let mut conn = connect(&server.clone().database(db)).await?;
     sqlx::raw_sql(LOCAL_RECORDS).execute(&mut conn).await?;
     let target = format!("database `{db}`");
@@ -269,7 +269,7 @@ pub(super) async fn provision(
 /// Drops the tenant's database on its server.
 pub(super) async fn remove(s: &Strategies, tenant: &Tenant) -> Result<(), Error> {
     let server = s.servers.get(&tenant.server)?;
-    drop(server, &tenant.schema_name).await
+    drop(server, &tenant.storage).await
 }
 
 /// The tenant's database, from `pg_dump` (on the registry's server only).
@@ -277,10 +277,10 @@ pub(super) fn export(tenant: &Tenant, url: &str) -> Result<Vec<u8>, Error> {
     if tenant.server != DEFAULT_SERVER {
         return Err(Error::Unprocessable(format!(
             "tenant `{}` lives in database `{}` on server `{}`; run pg_dump against that server",
-            tenant.id, tenant.schema_name, tenant.server
+            tenant.id, tenant.storage, tenant.server
         )));
     }
-    let url = crate::pgbin::url_with_database(url, &tenant.schema_name);
+    let url = crate::pgbin::url_with_database(url, &tenant.storage);
     crate::pgbin::pg_dump(&url, &[])
 }
 
@@ -306,7 +306,7 @@ pub(super) async fn doctor(
         .filter(|t| t.strategy == Strategy::Database && t.server == DEFAULT_SERVER)
         .collect();
     for db in &databases {
-        if !here.iter().any(|t| &t.schema_name == db) {
+        if !here.iter().any(|t| &t.storage == db) {
             findings.push(Finding {
                 kind: "orphan-database",
                 subject: db.clone(),
@@ -315,11 +315,11 @@ pub(super) async fn doctor(
         }
     }
     for t in &here {
-        if !databases.contains(&t.schema_name) {
+        if !databases.contains(&t.storage) {
             findings.push(Finding {
                 kind: "missing-database",
                 subject: t.id.to_string(),
-                detail: format!("database {} does not exist", t.schema_name),
+                detail: format!("database {} does not exist", t.storage),
             });
         }
     }

@@ -163,7 +163,7 @@ pub(super) async fn migrate(s: &Strategies, tenant: &Tenant) -> Result<Vec<i64>,
 
 /// The tenant's schema, from `pg_dump --schema`.
 pub(super) fn export(tenant: &Tenant, url: &str) -> Result<Vec<u8>, Error> {
-    crate::pgbin::pg_dump(url, &["--schema", &tenant.schema_name])
+    crate::pgbin::pg_dump(url, &["--schema", &tenant.storage])
 }
 
 /// Tenant schemas no tenant owns (`orphan-schema`), and schema tenants without their
@@ -180,7 +180,7 @@ pub(super) async fn doctor(
     .fetch_all(s.repo.pool())
     .await?;
     for schema in &schemas {
-        if !tenants.iter().any(|t| &t.schema_name == schema) {
+        if !tenants.iter().any(|t| &t.storage == schema) {
             findings.push(Finding {
                 kind: "orphan-schema",
                 subject: schema.clone(),
@@ -189,11 +189,11 @@ pub(super) async fn doctor(
         }
     }
     for t in tenants.iter().filter(|t| t.strategy == Strategy::Schema) {
-        if !schemas.contains(&t.schema_name) {
+        if !schemas.contains(&t.storage) {
             findings.push(Finding {
                 kind: "missing-schema",
                 subject: t.id.to_string(),
-                detail: format!("schema {} does not exist", t.schema_name),
+                detail: format!("schema {} does not exist", t.storage),
             });
         }
     }
