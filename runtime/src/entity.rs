@@ -9,9 +9,11 @@ use std::marker::PhantomData;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{Arguments, Encode, PgConnection, Postgres, Type};
 
+use crate::column::{Assign, Cond, Order};
 use crate::db::{TenantDb, TenantTx};
 use crate::error::Error;
 use crate::naming::quote_ident;
+use crate::page::{Page, PageRequest};
 use crate::tenant::Tenant;
 
 mod sealed {
@@ -170,6 +172,8 @@ pub struct EntitySql {
     delete: String,
     select_prefix: String,
     count_prefix: String,
+    /// ` RETURNING <every column>`.
+    returning: String,
     insert_binds: Vec<Bind>,
     update_binds: Vec<Bind>,
 }
@@ -281,21 +285,23 @@ impl EntitySql {
             delete: format!("DELETE FROM {t} WHERE {}", keyed(1)),
             select_prefix,
             count_prefix,
+            returning: format!(" RETURNING {cols}"),
             insert_binds,
             update_binds,
         }
     }
 
-    /// The arguments `binds` take from `value` and `tenant`, in placeholder order.
-    fn arguments<E: TenantEntity>(
-        value: &E,
+    /// The arguments `binds` take from a value (`column(index, args)` adds column
+    /// `index`) and `tenant`, in placeholder order.
+    fn arguments(
+        column: impl Fn(usize, &mut PgArguments) -> Result<(), Error>,
         tenant: &Tenant,
         binds: &[Bind],
     ) -> Result<PgArguments, Error> {
         let mut args = PgArguments::default();
         for bind in binds {
             match *bind {
-                Bind::Column(i) => value.bind_column(i, &mut args)?,
+                Bind::Column(i) => column(i, &mut args)?,
                 Bind::Tenant => add(&mut args, tenant.id.as_str())?,
             }
         }
@@ -415,7 +421,11 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
     {
         Box::pin(async move {
             let sql = Self::sql();
-            let args = EntitySql::arguments(self, handle.bound_tenant(), &sql.insert_binds)?;
+            let args = EntitySql::arguments(
+                |i, args| self.bind_column(i, args),
+                handle.bound_tenant(),
+                &sql.insert_binds,
+            )?;
             let row = own_statement!(
                 handle,
                 fetch_one(sqlx::query_with(sql.insert.as_str(), args))
@@ -435,10 +445,55 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
     {
         Box::pin(async move {
             let sql = Self::sql();
-            let args = EntitySql::arguments(self, handle.bound_tenant(), &sql.update_binds)?;
+            let args = EntitySql::arguments(
+                |i, args| self.bind_column(i, args),
+                handle.bound_tenant(),
+                &sql.update_binds,
+            )?;
             let row = own_statement!(
                 handle,
                 fetch_optional(sqlx::query_with(sql.update.as_str(), args))
+            );
+            decode_optional(row.as_ref())
+        })
+    }
+
+    /// Sets the given columns of the row with this primary key (each named and typed by
+    /// a [`Col`](crate::Col): `Project::NAME.set("zeus")`); returns the stored row, or
+    /// `None` if the tenant has no row with this key. With no assignment it reads
+    /// the row back unchanged.
+    fn update_columns<'a, H: TenantHandle>(
+        handle: &'a mut H,
+        id: &'a Self::Id,
+        assignments: Vec<Assign<Self>>,
+    ) -> BoxFuture<'a, Result<Option<Self>, Error>> {
+        Box::pin(async move {
+            let sql = Self::sql();
+            let mut args = PgArguments::default();
+            let mut set = Vec::new();
+            for (n, assign) in assignments.into_iter().enumerate() {
+                (assign.value)(&mut args)?;
+                set.push(format!("{} = ${}", quote_ident(assign.column), n + 1));
+            }
+            let key = quote_ident(Self::PRIMARY_KEY);
+            let n = set.len() + 1;
+            if set.is_empty() {
+                set.push(format!("{key} = {key}"));
+            }
+            add(&mut args, id)?;
+            let mut statement = format!(
+                "UPDATE {} SET {} WHERE {key} = ${n}",
+                quoted_table(Self::TABLE),
+                set.join(", ")
+            );
+            if let Some(tenant_column) = Self::TENANT_COLUMN {
+                add(&mut args, handle.bound_tenant().id.as_str())?;
+                statement.push_str(&format!(" AND {} = ${}", quote_ident(tenant_column), n + 1));
+            }
+            statement.push_str(&sql.returning);
+            let row = own_statement!(
+                handle,
+                fetch_optional(sqlx::query_with(sqlx::AssertSqlSafe(statement), args))
             );
             decode_optional(row.as_ref())
         })
@@ -462,6 +517,60 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
     /// Starts a filtered query; the tenant filter is added for you.
     fn select() -> Select<Self> {
         Select::new()
+    }
+}
+
+/// The insertable part of an entity: its columns but the ones the database fills
+/// (`generated`) and the tenant column (filled by tenantry). `#[tenant(new)]` on a
+/// `#[derive(TenantEntity)]` struct generates one, named `New<Model>`, with the same
+/// fields, visibility and serde attributes, deriving `Debug`, `Clone`, `Serialize`
+/// and `Deserialize`: what a create endpoint takes as its JSON body.
+///
+/// ```no_run
+/// use tenantry::{Error, NewEntity, TenantEntity, TenantTx, extract::Json, tenant_scoped};
+///
+/// #[derive(serde::Serialize, serde::Deserialize, TenantEntity)]
+/// #[tenant(table = "projects", new)]
+/// struct Project {
+///     #[tenant(id, generated)]
+///     id: i64,
+///     name: String,
+/// }
+///
+/// // A client sends `{"name":"apollo"}`; the response has the generated id.
+/// #[tenant_scoped(transaction)]
+/// async fn add(mut tx: TenantTx, Json(new): Json<NewProject>) -> Result<Json<Project>, Error> {
+///     Ok(Json(new.insert(&mut tx).await?))
+/// }
+/// # let _: axum::routing::MethodRouter = axum::routing::post(add);
+/// ```
+pub trait NewEntity: Sized + Send + Sync + 'static {
+    /// The entity this inserts.
+    type Entity: TenantEntity;
+
+    /// Adds the value of the entity's column `index` (of its `COLUMNS`) to `args`.
+    #[doc(hidden)]
+    fn bind_column(&self, index: usize, args: &mut PgArguments) -> Result<(), Error>;
+
+    /// Inserts a row with these values (the tenant column filled from the handle, the
+    /// generated columns left to the database) and returns it as stored.
+    fn insert<'a, H: TenantHandle>(
+        &'a self,
+        handle: &'a mut H,
+    ) -> BoxFuture<'a, Result<Self::Entity, Error>> {
+        Box::pin(async move {
+            let sql = Self::Entity::sql();
+            let args = EntitySql::arguments(
+                |i, args| self.bind_column(i, args),
+                handle.bound_tenant(),
+                &sql.insert_binds,
+            )?;
+            let row = own_statement!(
+                handle,
+                fetch_one(sqlx::query_with(sql.insert.as_str(), args))
+            );
+            Self::Entity::from_row(&row).map_err(Error::from)
+        })
     }
 }
 
@@ -619,6 +728,22 @@ impl<E: TenantEntity> Select<E> {
         self
     }
 
+    /// Adds a typed condition (`Project::NAME.eq("apollo")`, see [`Col`](crate::Col)),
+    /// the value bound as a parameter.
+    pub fn filter_by(mut self, cond: Cond<E>) -> Self {
+        if let Err(e) = (cond.value)(&mut self.args) {
+            self.error.get_or_insert(e);
+        }
+        self.conditions.push((cond.column, cond.op));
+        self
+    }
+
+    /// Orders by a typed column (`Project::ID.desc()`).
+    pub fn order(mut self, order: Order<E>) -> Self {
+        self.order = Some((order.column, order.descending));
+        self
+    }
+
     /// Orders by `column`, descending if `descending`.
     pub fn order_by(mut self, column: &str, descending: bool) -> Self {
         if let Some(column) = self.column(column) {
@@ -697,6 +822,44 @@ impl<E: TenantEntity> Select<E> {
                 fetch_all(sqlx::query_with(sqlx::AssertSqlSafe(sql), args))
             );
             decode_all(&rows)
+        })
+    }
+
+    /// One page of the matching rows in primary-key order, after the request's
+    /// cursor (see [`Page`](crate::Page)): `WHERE <key> > $after ORDER BY <key>
+    /// LIMIT n`. A cursor that is not a key is a 400; an ordering set with
+    /// [`Self::order`] or [`Self::order_by`] is replaced by the key's.
+    pub fn page<'a, H: TenantHandle>(
+        self,
+        handle: &'a mut H,
+        request: &PageRequest,
+    ) -> BoxFuture<'a, Result<Page<E>, Error>>
+    where
+        E::Id: std::fmt::Display + std::str::FromStr,
+    {
+        let request = request.clone();
+        Box::pin(async move {
+            let mut select = self;
+            if let Some(after) = &request.after {
+                let key: E::Id = after.parse().map_err(|_| {
+                    Error::Validation(format!(
+                        "`after` `{}` is not a cursor of this list",
+                        after.chars().take(64).collect::<String>().escape_debug()
+                    ))
+                })?;
+                select = select.filter(E::PRIMARY_KEY, Op::Gt, key);
+            }
+            select.order = Some((E::PRIMARY_KEY, false));
+            select.offset = None;
+            select.limit = Some(request.limit + 1);
+            let mut items = select.fetch_all(&mut *handle).await?;
+            let next = if items.len() as i64 > request.limit {
+                items.truncate(request.limit as usize);
+                items.last().map(|last| last.id().to_string())
+            } else {
+                None
+            };
+            Ok(Page::new(items, next, &request))
         })
     }
 

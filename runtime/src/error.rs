@@ -72,6 +72,16 @@ pub enum Error {
     /// The registry holds something tenantry cannot read.
     #[error("registry: {0}")]
     Registry(String),
+    /// An extractor refused the request (a malformed JSON body, path or query): the
+    /// extractor's status (400, 413, 415, 422, ...) and its message. See
+    /// [`crate::extract`].
+    #[error("{detail}")]
+    Rejected {
+        /// The status the extractor chose.
+        status: StatusCode,
+        /// What was wrong with the request.
+        detail: String,
+    },
     /// A mistake on the server's side that the client cannot fix: a query built by
     /// code naming a column the entity does not have, a value that cannot be encoded,
     /// a tool (`pg_dump`) that failed. A 500; the detail goes to the log, not the client.
@@ -156,6 +166,7 @@ impl Error {
             | Error::TenantBusy(_)
             | Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Rejected { status, .. } => *status,
             Error::Database(e) if is_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
             Error::PoolExhausted { .. } | Error::TenantChanged(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -199,6 +210,7 @@ impl Error {
             Error::InvalidTransition { .. } => ("invalid-transition", "Invalid tenant transition"),
             Error::Validation(_) => ("validation", "Invalid request"),
             Error::Unprocessable(_) => ("unprocessable", "Unprocessable content"),
+            Error::Rejected { .. } => ("invalid-request", "Invalid request"),
             Error::PoolExhausted { .. } => ("database-busy", "Database busy"),
             Error::TenantChanged(_) => ("tenant-changed", "Tenant changed"),
             Error::TenantBusy(_) => ("tenant-busy", "Tenant busy"),

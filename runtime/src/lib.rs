@@ -4,6 +4,7 @@
 // The floor: the tenant model, errors and names. Then the registry, the migration
 // source, the strategies, the lifecycle; the connection side (pool, handles,
 // entities); the manager; the web layer. No module imports one above it.
+mod column;
 mod context;
 mod db;
 mod entity;
@@ -13,6 +14,7 @@ mod manager;
 mod metrics;
 mod middleware;
 mod naming;
+mod page;
 mod pgbin;
 mod pool;
 mod repository;
@@ -21,19 +23,22 @@ mod servers;
 mod tenant;
 
 pub mod admin;
+pub mod extract;
 pub mod migrate;
 pub mod strategy;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use column::{Assign, Col, ColumnType, ColumnValue, Cond, Order};
 pub use context::TenantContext;
 pub use db::{TenantDb, TenantTx};
-pub use entity::{Op, Select, TenantEntity, TenantHandle};
+pub use entity::{NewEntity, Op, Select, TenantEntity, TenantHandle};
 pub use error::{Error, PROBLEM_JSON, Problem, Result};
 pub use manager::{TenantManager, TenantManagerBuilder};
 pub use metrics::TenantMetrics;
 pub use middleware::{CurrentTenant, TenantLayer, TenantMiddleware, TenantPolicy};
 pub use migrate::TenantMigrations;
+pub use page::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, Page, PageRequest};
 pub use pool::{Binding, PoolConfig, PoolStats};
 pub use resolve::{
     Candidate, DEFAULT_TENANT_HEADER, HeaderResolver, HostResolver, PathPrefixResolver,
@@ -58,6 +63,8 @@ pub mod __private {
     use std::sync::Arc;
 
     pub use crate::entity::EntitySql;
+    pub use futures::future::BoxFuture;
+    pub use serde;
     pub use sqlx;
     pub use sqlx::postgres::{PgArguments, PgRow};
 
@@ -156,33 +163,7 @@ pub mod __private {
         Box::pin(out.finish(slot))
     }
 
-    /// A type a `TenantEntity` field can have: one that sqlx decodes and encodes for
-    /// PostgreSQL. Every use of a field's type in the derive's code goes through this
-    /// one bound, spanned at the field's type, so a wrong type is one error there.
-    #[diagnostic::on_unimplemented(
-        message = "`{Self}` cannot be stored in a PostgreSQL column",
-        label = "this field's type has no PostgreSQL mapping in sqlx",
-        note = "a `TenantEntity` field needs a type sqlx decodes and encodes for PostgreSQL (`i64`, `String`, `bool`, `Option<T>`, `chrono::DateTime<Utc>`, `uuid::Uuid`, ...) or one with `#[derive(sqlx::Type)]`",
-        note = "a field that is not stored in the table can be marked `#[tenant(skip)]`"
-    )]
-    pub trait Column:
-        for<'r> sqlx::Decode<'r, sqlx::Postgres>
-        + for<'q> sqlx::Encode<'q, sqlx::Postgres>
-        + sqlx::Type<sqlx::Postgres>
-        + Send
-        + Sync
-    {
-    }
-    // Errors name `Column` (and its message), not the sqlx traits behind it.
-    #[diagnostic::do_not_recommend]
-    impl<T> Column for T where
-        T: for<'r> sqlx::Decode<'r, sqlx::Postgres>
-            + for<'q> sqlx::Encode<'q, sqlx::Postgres>
-            + sqlx::Type<sqlx::Postgres>
-            + Send
-            + Sync
-    {
-    }
+    pub use crate::column::ColumnType as Column;
 
     /// The one check of a field's type, spanned at the field: the derive's decoding
     /// and encoding go through [`ColumnProbe`], which compiles for any type, so a type

@@ -780,3 +780,26 @@ async fn a_second_registry_never_rebuilds_another_registrys_template() {
     .unwrap();
     assert_eq!(tables, 2);
 }
+
+/// `{:?}` of a builder (in a startup log, a panic message) shows where the servers
+/// are, never their passwords (sqlx's own `Debug` of connect options prints them).
+#[tokio::test]
+async fn debug_output_carries_no_password() {
+    let options = sqlx::postgres::PgConnectOptions::new()
+        .host("db.example")
+        .username("app")
+        .password("hunter2-secret")
+        .database("app");
+    let pool = sqlx::PgPool::connect_lazy_with(options.clone());
+    let builder = tenantry::TenantManager::builder(pool)
+        .tenant_connections(options.clone())
+        .server("eu", options)
+        .pool_config(PoolConfig {
+            row_password: Some("row-secret".to_owned()),
+            ..PoolConfig::default()
+        });
+    let shown = format!("{builder:?}");
+    assert!(shown.contains("app@db.example:5432/app"), "{shown}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(!shown.contains("row-secret"), "{shown}");
+}

@@ -295,8 +295,8 @@ async fn entity_operations_in_schema_tenants() {
 }
 
 /// A model of a table shared by all tenants, separated by its tenant column.
-#[derive(Debug, Clone, PartialEq, TenantEntity)]
-#[tenant(table = "shared.items")]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, TenantEntity)]
+#[tenant(table = "shared.items", new)]
 struct Item {
     id: i64,
     #[tenant(tenant_column)]
@@ -413,5 +413,127 @@ async fn tenant_column_is_filled_and_filtered_by_every_statement() {
             ("globex".into(), "globex's".into()),
             ("globex".into(), "globex's 2".into())
         ]
+    );
+}
+
+/// `New<Model>` inserts with the tenant column filled from the handle; typed columns
+/// filter, order, update and page, always within the handle's tenant.
+#[tokio::test]
+async fn new_entities_typed_columns_and_pages_stay_in_the_tenant() {
+    let (_db, pool) = database().await;
+    sqlx::raw_sql(
+        "CREATE SCHEMA shared;
+         CREATE TABLE shared.items (id bigint, tenant_id text NOT NULL, label text NOT NULL, PRIMARY KEY (tenant_id, id));",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let manager = TenantManager::builder(pool.clone())
+        .pool_config(PoolConfig {
+            shared_schema: Some("shared".into()),
+            ..PoolConfig::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    for id in ["acme", "globex"] {
+        manager
+            .create_tenant(NewTenant::new(id.parse().unwrap(), id))
+            .await
+            .unwrap();
+    }
+    let acme = manager
+        .resolve_tenant(&"acme".parse().unwrap())
+        .await
+        .unwrap();
+    let globex = manager
+        .resolve_tenant(&"globex".parse().unwrap())
+        .await
+        .unwrap();
+    let mut a = manager.tenant_db(acme).await.unwrap();
+    let mut g = manager.tenant_db(globex).await.unwrap();
+
+    // A client's body has no tenant column at all: `{"id":..,"label":..}`.
+    let body: NewItem = serde_json::from_str(r#"{"id":1,"label":"acme one"}"#).unwrap();
+    let stored = body.insert(&mut a).await.unwrap();
+    assert_eq!(stored.tenant_id.as_str(), "acme");
+    assert!(
+        serde_json::from_str::<NewItem>(r#"{"id":1,"label":"x","tenant_id":"globex"}"#)
+            .map(|n| !format!("{n:?}").contains("globex"))
+            .unwrap_or(true),
+        "a tenant id in the body never reaches the insert"
+    );
+    for (id, label) in [(1, "globex one"), (2, "globex two"), (3, "globex three")] {
+        NewItem {
+            id,
+            label: label.into(),
+        }
+        .insert(&mut g)
+        .await
+        .unwrap();
+    }
+
+    // Typed filters and ordering.
+    let mine = Item::select()
+        .filter_by(Item::LABEL.like("globex%"))
+        .count(&mut a)
+        .await
+        .unwrap();
+    assert_eq!(mine, 0, "acme's filter sees none of globex's rows");
+    let ids: Vec<i64> = Item::select()
+        .order(Item::ID.desc())
+        .fetch_all(&mut g)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(ids, [3, 2, 1]);
+    let two = Item::select()
+        .filter_by(Item::ID.ge(2))
+        .filter_by(Item::LABEL.ne("globex three"))
+        .fetch_all(&mut g)
+        .await
+        .unwrap();
+    assert_eq!(two.len(), 1);
+    assert_eq!(two[0].label, "globex two");
+
+    // Typed updates of single columns, within the tenant only.
+    assert!(
+        Item::update_columns(&mut a, &2, vec![Item::LABEL.set("hijacked")])
+            .await
+            .unwrap()
+            .is_none(),
+        "acme cannot update globex's row 2"
+    );
+    let renamed = Item::update_columns(&mut g, &2, vec![Item::LABEL.set("renamed")])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(renamed.label, "renamed");
+    assert_eq!(renamed.tenant_id.as_str(), "globex");
+    assert_eq!(
+        Item::find(&mut a, &1).await.unwrap().unwrap().label,
+        "acme one"
+    );
+
+    // Keyset pages over the tenant's rows.
+    let request = tenantry::PageRequest::new("/items", None, 2);
+    let first = Item::select().page(&mut g, &request).await.unwrap();
+    assert_eq!(first.items.iter().map(|i| i.id).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(first.next.as_deref(), Some("2"));
+    assert_eq!(
+        first.next_link(),
+        Some("</items?after=2&limit=2>; rel=\"next\"")
+    );
+    let rest = tenantry::PageRequest::new("/items", first.next.clone(), 2);
+    let second = Item::select().page(&mut g, &rest).await.unwrap();
+    assert_eq!(second.items.iter().map(|i| i.id).collect::<Vec<_>>(), [3]);
+    assert!(second.next.is_none());
+    let acme_page = Item::select().page(&mut a, &request).await.unwrap();
+    assert_eq!(
+        acme_page.items.len(),
+        1,
+        "acme's pages hold only acme's rows"
     );
 }

@@ -22,18 +22,18 @@
 //! host. A real service would verify a signed token (a JWT) instead of a fixed list;
 //! the policy check is the same.
 
-use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::Router;
+use axum::extract::{Request, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
+use tenantry::extract::{Json, Path};
 use tenantry::{
     CurrentTenant, Error, HostResolver, NewTenant, PoolConfig, Problem, Tenant, TenantDb,
     TenantEntity, TenantId, TenantLayer, TenantManager, TenantMetrics, TenantMigrations, TenantTx,
@@ -359,56 +359,9 @@ async fn require_admin(State(state): State<AppState>, req: Request, next: Next) 
     next.run(req).await
 }
 
-/// `Json<T>` whose rejections are problem details.
-pub struct ApiJson<T>(pub T);
-
-impl<T, S> FromRequest<S> for ApiJson<T>
-where
-    Json<T>: FromRequest<S, Rejection = JsonRejection>,
-    S: Send + Sync,
-{
-    type Rejection = Response;
-    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(client_problem(rejection.status(), rejection.body_text())),
-        }
-    }
-}
-
-/// `Path<T>` whose rejections are problem details.
-pub struct ApiPath<T>(pub T);
-
-impl<T, S> FromRequestParts<S> for ApiPath<T>
-where
-    Path<T>: FromRequestParts<S, Rejection = PathRejection>,
-    S: Send + Sync,
-{
-    type Rejection = Response;
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Response> {
-        match Path::<T>::from_request_parts(parts, state).await {
-            Ok(Path(value)) => Ok(ApiPath(value)),
-            Err(rejection) => Err(client_problem(rejection.status(), rejection.body_text())),
-        }
-    }
-}
-
-fn client_problem(status: StatusCode, detail: String) -> Response {
-    Problem {
-        type_: "https://tenantry.dev/problems/invalid-request".to_owned(),
-        title: "Invalid request".to_owned(),
-        status: status.as_u16(),
-        detail,
-    }
-    .into_response()
-}
-
 async fn create_tenant(
     State(state): State<AppState>,
-    ApiJson(new): ApiJson<NewTenant>,
+    Json(new): Json<NewTenant>,
 ) -> Result<impl IntoResponse, Error> {
     let tenant = state.manager.create_tenant(new).await?;
     Ok((StatusCode::CREATED, Json(tenant)))
@@ -420,7 +373,7 @@ async fn list_tenants(State(state): State<AppState>) -> Result<impl IntoResponse
 
 async fn get_tenant(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<String>,
+    Path(id): Path<String>,
 ) -> Result<impl IntoResponse, Error> {
     let id = TenantId::parse(&id)?;
     match state.manager.find_tenant(&id).await? {
@@ -431,7 +384,7 @@ async fn get_tenant(
 
 async fn suspend_tenant(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<String>,
+    Path(id): Path<String>,
 ) -> Result<Json<Tenant>, Error> {
     Ok(Json(
         state.manager.suspend_tenant(&TenantId::parse(&id)?).await?,
@@ -440,7 +393,7 @@ async fn suspend_tenant(
 
 async fn resume_tenant(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<String>,
+    Path(id): Path<String>,
 ) -> Result<Json<Tenant>, Error> {
     Ok(Json(
         state.manager.resume_tenant(&TenantId::parse(&id)?).await?,
@@ -450,7 +403,7 @@ async fn resume_tenant(
 /// Deletes a suspended tenant (409 if it is not suspended).
 async fn delete_tenant(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<String>,
+    Path(id): Path<String>,
 ) -> Result<StatusCode, Error> {
     state.manager.delete_tenant(&TenantId::parse(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -461,22 +414,16 @@ async fn current_tenant(tenant: Option<CurrentTenant>) -> impl IntoResponse {
     Json(json!({ "tenant": tenant.map(|CurrentTenant(t)| t) }))
 }
 
-/// A project of the current tenant.
+/// A project of the current tenant. `#[tenant(new)]` generates [`NewProject`], the
+/// body of `POST /api/v1/projects` (`{"name":"..."}`, unknown fields refused).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TenantEntity)]
-#[tenant(table = "projects")]
+#[tenant(table = "projects", new)]
+#[serde(deny_unknown_fields)]
 pub struct Project {
     /// Its id, unique within the tenant.
     #[tenant(id, generated)]
     pub id: i64,
     /// Its name.
-    pub name: String,
-}
-
-/// The body of `POST /api/v1/projects`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewProject {
-    /// 1 to 200 characters.
     pub name: String,
 }
 
@@ -494,15 +441,10 @@ fn check_name(name: &str) -> Result<(), Error> {
 #[tenant_scoped(transaction)]
 async fn create_project(
     mut tx: TenantTx,
-    ApiJson(new): ApiJson<NewProject>,
+    Json(new): Json<NewProject>,
 ) -> Result<(StatusCode, Json<Project>), Error> {
     check_name(&new.name)?;
-    let project = Project {
-        id: 0,
-        name: new.name,
-    }
-    .insert(&mut tx)
-    .await?;
+    let project = new.insert(&mut tx).await?;
     Ok((StatusCode::CREATED, Json(project)))
 }
 
@@ -616,7 +558,7 @@ async fn list_projects(mut db: TenantDb, uri: axum::http::Uri) -> Result<Respons
 }
 
 #[tenant_scoped]
-async fn get_project(mut db: TenantDb, ApiPath(id): ApiPath<i64>) -> Result<Json<Project>, Error> {
+async fn get_project(mut db: TenantDb, Path(id): Path<i64>) -> Result<Json<Project>, Error> {
     Project::find(&mut db, &id)
         .await?
         .map(Json)
@@ -624,7 +566,7 @@ async fn get_project(mut db: TenantDb, ApiPath(id): ApiPath<i64>) -> Result<Json
 }
 
 #[tenant_scoped]
-async fn delete_project(mut db: TenantDb, ApiPath(id): ApiPath<i64>) -> Result<StatusCode, Error> {
+async fn delete_project(mut db: TenantDb, Path(id): Path<i64>) -> Result<StatusCode, Error> {
     if Project::delete(&mut db, &id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -682,7 +624,7 @@ pub struct NewData {
 #[tenant_scoped]
 async fn add_data(
     mut db: TenantDb,
-    ApiJson(new): ApiJson<NewData>,
+    Json(new): Json<NewData>,
 ) -> Result<(StatusCode, Json<DataRow>), Error> {
     if new.value.len() > MAX_VALUE_BYTES {
         return Err(Error::Unprocessable(format!(

@@ -10,7 +10,12 @@ use crate::ctxt::Ctxt;
 
 pub struct Entity {
     pub ident: Ident,
+    pub vis: syn::Visibility,
     pub generics: syn::Generics,
+    /// `#[tenant(new)]`: generate `New<Model>`.
+    pub new: Option<Span>,
+    /// The struct's `#[serde(...)]` attributes, copied to `New<Model>`.
+    pub serde: Vec<syn::Attribute>,
     pub table: String,
     pub krate: Option<syn::Path>,
     pub fields: Vec<Field>,
@@ -18,6 +23,9 @@ pub struct Entity {
 
 pub struct Field {
     pub member: Ident,
+    pub vis: syn::Visibility,
+    /// The field's `#[serde(...)]` attributes, copied to `New<Model>`.
+    pub serde: Vec<syn::Attribute>,
     pub ty: Type,
     pub column: String,
     pub id: bool,
@@ -132,6 +140,7 @@ fn is_tenant_column_type(ty: &Type) -> bool {
 pub fn parse(cx: &Ctxt, input: &DeriveInput) -> Option<Entity> {
     let mut table: Option<String> = None;
     let mut krate: Option<syn::Path> = None;
+    let mut new: Option<Span> = None;
     for meta in tenant_metas(cx, &input.attrs) {
         let name = meta
             .path()
@@ -155,6 +164,24 @@ pub fn parse(cx: &Ctxt, input: &DeriveInput) -> Option<Entity> {
                     }
                 }
             }
+            "new" => {
+                if new.is_some() {
+                    cx.error_spanned_by(&meta, "duplicate `#[tenant(new)]` option");
+                }
+                match &meta {
+                    Meta::Path(p) => new = Some(p.span()),
+                    other => cx.error_spanned_by(
+                        other,
+                        "`#[tenant(new)]` takes no value: write `new`",
+                    ),
+                }
+                if !input.generics.params.is_empty() {
+                    cx.error_spanned_by(
+                        &meta,
+                        "`#[tenant(new)]` is not supported on a generic entity: write the input struct by hand and implement `tenantry::NewEntity` for it",
+                    );
+                }
+            }
             "crate" => {
                 if krate.is_some() {
                     cx.error_spanned_by(&meta, "duplicate `#[tenant(crate)]` option");
@@ -169,7 +196,7 @@ pub fn parse(cx: &Ctxt, input: &DeriveInput) -> Option<Entity> {
             _ => cx.error_spanned_by(
                 meta.path(),
                 format!(
-                    "unknown `#[tenant(...)]` option `{}` on a struct: expected `table = \"...\"` or `crate = \"...\"`",
+                    "unknown `#[tenant(...)]` option `{}` on a struct: expected `table = \"...\"`, `new` or `crate = \"...\"`",
                     quote::ToTokens::to_token_stream(meta.path()).to_string().replace(' ', "")
                 ),
             ),
@@ -210,6 +237,13 @@ pub fn parse(cx: &Ctxt, input: &DeriveInput) -> Option<Entity> {
         let mut field = Field {
             column: member.to_string().trim_start_matches("r#").to_owned(),
             member,
+            vis: f.vis.clone(),
+            serde: f
+                .attrs
+                .iter()
+                .filter(|a| a.path().is_ident("serde"))
+                .cloned()
+                .collect(),
             ty: f.ty.clone(),
             id: false,
             tenant: false,
@@ -336,6 +370,14 @@ pub fn parse(cx: &Ctxt, input: &DeriveInput) -> Option<Entity> {
     Some(Entity {
         table: table.unwrap_or_else(|| default_table(&input.ident)),
         ident: input.ident.clone(),
+        vis: input.vis.clone(),
+        new,
+        serde: input
+            .attrs
+            .iter()
+            .filter(|a| a.path().is_ident("serde"))
+            .cloned()
+            .collect(),
         generics: input.generics.clone(),
         krate,
         fields,

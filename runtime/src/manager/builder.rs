@@ -18,7 +18,6 @@ use crate::repository::TenantRepository;
 use crate::servers::{DEFAULT_SERVER, Servers};
 
 /// Builds a [`TenantManager`].
-#[derive(Debug)]
 pub struct TenantManagerBuilder {
     pool: PgPool,
     control_schema: String,
@@ -30,6 +29,33 @@ pub struct TenantManagerBuilder {
     servers: Vec<(String, sqlx::postgres::PgConnectOptions)>,
     database_prefix: Option<String>,
     tenant_connections: Option<sqlx::postgres::PgConnectOptions>,
+}
+
+impl std::fmt::Debug for TenantManagerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::servers::Redacted;
+        // Connect options are shown without their passwords.
+        f.debug_struct("TenantManagerBuilder")
+            .field("control_schema", &self.control_schema)
+            .field("pool_config", &self.pool_config)
+            .field("cache_ttl", &self.cache_ttl)
+            .field("listen", &self.listen)
+            .field("from_template", &self.from_template)
+            .field(
+                "servers",
+                &self
+                    .servers
+                    .iter()
+                    .map(|(n, o)| (n, Redacted(o)))
+                    .collect::<Vec<_>>(),
+            )
+            .field("database_prefix", &self.database_prefix)
+            .field(
+                "tenant_connections",
+                &self.tenant_connections.as_ref().map(Redacted),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl TenantManagerBuilder {

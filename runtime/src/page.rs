@@ -1,0 +1,138 @@
+//! Keyset (cursor) pagination over any entity, in one line:
+//!
+//! ```no_run
+//! use tenantry::{Error, Page, PageRequest, TenantDb, TenantEntity, tenant_scoped};
+//!
+//! #[derive(serde::Serialize, TenantEntity)]
+//! #[tenant(table = "projects")]
+//! struct Project {
+//!     #[tenant(id, generated)]
+//!     id: i64,
+//!     name: String,
+//! }
+//!
+//! /// `GET /projects?limit=50` answers the first 50 projects by id and, when there
+//! /// are more, `Link: </projects?after=50&limit=50>; rel="next"`.
+//! #[tenant_scoped]
+//! async fn projects(mut db: TenantDb, page: PageRequest) -> Result<Page<Project>, Error> {
+//!     Project::select().page(&mut db, &page).await
+//! }
+//! # let _: axum::routing::MethodRouter = axum::routing::get(projects);
+//! ```
+//!
+//! Pages follow the primary key (`WHERE id > $after ORDER BY id LIMIT n`), so a page
+//! costs the same however deep it is, and rows inserted or deleted meanwhile neither
+//! repeat nor vanish from the pages not yet read. The cursor is the last row's key.
+
+use axum::extract::FromRequestParts;
+use axum::response::{IntoResponse, Response};
+use http::request::Parts;
+use http::{HeaderValue, header};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// Rows per page when the request does not say.
+pub const DEFAULT_PAGE_LIMIT: i64 = 50;
+
+/// The most rows a page holds; a larger `limit` is clamped to it (old clients keep
+/// working).
+pub const MAX_PAGE_LIMIT: i64 = 500;
+
+#[derive(Deserialize)]
+struct PageQuery {
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+/// Where a page starts and how long it is: `?after=<cursor>&limit=<n>` (both
+/// optional), and the request's path for the next page's link. An axum extractor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    /// The key of the last row of the previous page.
+    pub after: Option<String>,
+    /// Rows on this page: 1 to [`MAX_PAGE_LIMIT`], [`DEFAULT_PAGE_LIMIT`] by default.
+    pub limit: i64,
+    path: String,
+}
+
+impl PageRequest {
+    /// A request for the page after `after`, of `limit` rows (clamped to
+    /// [`MAX_PAGE_LIMIT`]), whose next link points at `path`.
+    ///
+    /// ```
+    /// let first = tenantry::PageRequest::new("/projects", None, 1_000);
+    /// assert_eq!(first.limit, tenantry::MAX_PAGE_LIMIT);
+    /// ```
+    pub fn new(path: impl Into<String>, after: Option<String>, limit: i64) -> Self {
+        Self {
+            after,
+            limit: limit.clamp(1, MAX_PAGE_LIMIT),
+            path: path.into(),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PageRequest {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let crate::extract::Query(q) =
+            crate::extract::Query::<PageQuery>::from_request_parts(parts, state).await?;
+        let limit = q.limit.unwrap_or(DEFAULT_PAGE_LIMIT);
+        if limit < 1 {
+            return Err(Error::Validation(
+                "`limit` must be a positive number of rows".to_owned(),
+            ));
+        }
+        Ok(Self::new(parts.uri.path(), q.after, limit))
+    }
+}
+
+/// One page of rows, and the link to the next one: as a response, a JSON array
+/// with `Link: <path?after=..&limit=..>; rel="next"` when there are more rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<E> {
+    /// The rows of this page, in key order.
+    pub items: Vec<E>,
+    /// The cursor of the next page (the last row's key), if there are more rows.
+    pub next: Option<String>,
+    next_link: Option<String>,
+}
+
+impl<E> Page<E> {
+    pub(crate) fn new(items: Vec<E>, next: Option<String>, request: &PageRequest) -> Self {
+        let next_link = next.as_ref().map(|after| {
+            let query = serde_urlencoded::to_string([
+                ("after", after.as_str()),
+                ("limit", &request.limit.to_string()),
+            ])
+            .unwrap_or_default();
+            format!("<{}?{query}>; rel=\"next\"", request.path)
+        });
+        Self {
+            items,
+            next,
+            next_link,
+        }
+    }
+
+    /// The `Link` header value of the next page, if there is one.
+    pub fn next_link(&self) -> Option<&str> {
+        self.next_link.as_deref()
+    }
+}
+
+impl<E: Serialize> IntoResponse for Page<E> {
+    fn into_response(self) -> Response {
+        let link = self
+            .next_link
+            .as_deref()
+            .and_then(|l| HeaderValue::from_str(l).ok());
+        let mut response = axum::Json(self.items).into_response();
+        if let Some(link) = link {
+            response.headers_mut().insert(header::LINK, link);
+        }
+        response
+    }
+}
