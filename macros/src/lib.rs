@@ -9,6 +9,7 @@ mod path;
 mod scoped;
 #[cfg(test)]
 mod snapshots;
+mod test;
 
 use proc_macro::TokenStream;
 
@@ -25,4 +26,11 @@ pub fn derive_tenant_entity(input: TokenStream) -> TokenStream {
         Ok(input) => entity::derive(input).into(),
         Err(e) => e.into_compile_error().into(),
     }
+}
+
+/// An async test with a throwaway database, a manager and tenants. See
+/// `tenantry::test`.
+#[proc_macro_attribute]
+pub fn test(attr: TokenStream, item: TokenStream) -> TokenStream {
+    test::test(attr.into(), item.into()).into()
 }

@@ -56,6 +56,10 @@ pub use tenantry_macros::tenant_scoped;
 #[doc = include_str!("../docs/derive_tenant_entity.md")]
 pub use tenantry_macros::TenantEntity;
 
+#[cfg(all(feature = "macros", feature = "testing"))]
+#[doc = include_str!("../docs/test.md")]
+pub use tenantry_macros::test;
+
 /// Items generated code and doc examples use. Not public API.
 #[doc(hidden)]
 pub mod __private {

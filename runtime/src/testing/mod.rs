@@ -14,6 +14,10 @@
 //! [`FlakyProxy`] sits between an app and the server and can cut the connection, to
 //! prove what happens when the database is unreachable.
 
+mod tenants;
+
+pub use tenants::{TestTenants, TestTenantsOptions, assert_isolated, run};
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
