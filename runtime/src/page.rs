@@ -1,28 +1,4 @@
-//! Keyset (cursor) pagination over any entity, in one line:
-//!
-//! ```no_run
-//! use tenantry::{Error, Page, PageRequest, TenantDb, TenantEntity, tenant_scoped};
-//!
-//! #[derive(serde::Serialize, TenantEntity)]
-//! #[tenant(table = "projects")]
-//! struct Project {
-//!     #[tenant(id, generated)]
-//!     id: i64,
-//!     name: String,
-//! }
-//!
-//! /// `GET /projects?limit=50` answers the first 50 projects by id and, when there
-//! /// are more, `Link: </projects?after=50&limit=50>; rel="next"`.
-//! #[tenant_scoped]
-//! async fn projects(mut db: TenantDb, page: PageRequest) -> Result<Page<Project>, Error> {
-//!     Project::select().page(&mut db, &page).await
-//! }
-//! # let _: axum::routing::MethodRouter = axum::routing::get(projects);
-//! ```
-//!
-//! Pages follow the primary key (`WHERE id > $after ORDER BY id LIMIT n`), so a page
-//! costs the same however deep it is, and rows inserted or deleted meanwhile neither
-//! repeat nor vanish from the pages not yet read. The cursor is the last row's key.
+//! Keyset (cursor) pagination (see [`Page`]).
 
 use axum::extract::FromRequestParts;
 use axum::response::{IntoResponse, Response};
@@ -91,6 +67,32 @@ impl<S: Send + Sync> FromRequestParts<S> for PageRequest {
 
 /// One page of rows, and the link to the next one: as a response, a JSON array
 /// with `Link: <path?after=..&limit=..>; rel="next"` when there are more rows.
+///
+/// Keyset (cursor) pagination over any entity, in one line:
+///
+/// ```no_run
+/// use tenantry::{Error, Page, PageRequest, TenantDb, TenantEntity, tenant_scoped};
+///
+/// #[derive(serde::Serialize, TenantEntity)]
+/// #[tenant(table = "projects")]
+/// struct Project {
+///     #[tenant(id, generated)]
+///     id: i64,
+///     name: String,
+/// }
+///
+/// /// `GET /projects?limit=50` answers the first 50 projects by id and, when there
+/// /// are more, `Link: </projects?after=50&limit=50>; rel="next"`.
+/// #[tenant_scoped]
+/// async fn projects(mut db: TenantDb, page: PageRequest) -> Result<Page<Project>, Error> {
+///     Project::select().page(&mut db, &page).await
+/// }
+/// # let _: axum::routing::MethodRouter = axum::routing::get(projects);
+/// ```
+///
+/// Pages follow the primary key (`WHERE id > $after ORDER BY id LIMIT n`), so a page
+/// costs the same however deep it is, and rows inserted or deleted meanwhile neither
+/// repeat nor vanish from the pages not yet read. The cursor is the last row's key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page<E> {
     /// The rows of this page, in key order.

@@ -16,6 +16,18 @@ use crate::pool::PoolConfig;
 use crate::tenant::{NewTenant, Strategy, Tenant};
 
 /// What [`TestTenants::setup`] makes.
+///
+/// ```
+/// use tenantry::{Strategy, testing::TestTenantsOptions};
+///
+/// let two_row_tenants = TestTenantsOptions {
+///     strategies: vec![Strategy::Row],
+///     per_strategy: 2,
+///     ..TestTenantsOptions::default()
+/// };
+/// assert_eq!(TestTenantsOptions::default().strategies.len(), 3);
+/// # let _ = two_row_tenants;
+/// ```
 #[derive(Debug, Clone)]
 pub struct TestTenantsOptions {
     /// The strategies of the tenants (default: all three).
@@ -299,6 +311,7 @@ pub async fn assert_isolated(
 
 /// Runs an async test body with [`TestTenants`] on a runtime of its own: what
 /// `#[tenantry::test]` expands to. Setup failures panic with their cause.
+#[doc(hidden)]
 pub fn run<F, Fut>(options: TestTenantsOptions, body: F) -> Fut::Output
 where
     F: FnOnce(TestTenants) -> Fut,
