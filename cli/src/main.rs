@@ -32,6 +32,11 @@ struct Cli {
     /// The prefix of `database` tenants' database names.
     #[arg(long, default_value = "tenant_", global = true)]
     database_prefix: String,
+    /// The role row tenants act as (`SET ROLE`): one without `BYPASSRLS` that owns no
+    /// shared table, so their row-level security applies (what the app configures as
+    /// `PoolConfig::row_role`).
+    #[arg(long, env = "TENANTRY_ROW_ROLE", global = true)]
+    row_role: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,6 +50,31 @@ enum Command {
     Migrate(MigrateArgs),
     /// Look for orphan schemas, missing schemas, drifted tenants and tables without RLS.
     Doctor(DoctorArgs),
+    /// Run a SQL file in every active tenant (or some), each in its own transaction
+    /// under the tenant's binding (row tenants under their row-level security).
+    Exec(ExecArgs),
+}
+
+#[derive(Args, Debug)]
+struct ExecArgs {
+    /// The SQL file: a query (rows are reported) or a script (rows changed are).
+    #[arg(long)]
+    sql: PathBuf,
+    /// Only these tenants (comma-separated ids).
+    #[arg(long, value_delimiter = ',', value_parser = parse_id)]
+    tenants: Vec<TenantId>,
+    /// Only tenants of this strategy.
+    #[arg(long, value_enum, conflicts_with = "tenants")]
+    strategy: Option<StrategyArg>,
+    /// Tenants worked on at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: u16,
+    /// Seconds one tenant may take; past it, its transaction is rolled back.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    timeout: u64,
+    /// Print one JSON array: `tenant`, `status` (`ok` or `error`), and `rows`/`affected` or `error`.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -120,6 +150,16 @@ enum StrategyArg {
     Row,
     /// A database per tenant, created from a template database.
     Database,
+}
+
+impl StrategyArg {
+    fn strategy(self) -> Strategy {
+        match self {
+            StrategyArg::Schema => Strategy::Schema,
+            StrategyArg::Row => Strategy::Row,
+            StrategyArg::Database => Strategy::Database,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -246,6 +286,10 @@ async fn manager(cli: &Cli, migrations: Option<&PathBuf>) -> Result<TenantManage
         None => TenantMigrations::empty(),
     };
     Ok(TenantManager::builder(pool)
+        .pool_config(tenantry::PoolConfig {
+            row_role: cli.row_role.clone(),
+            ..tenantry::PoolConfig::default()
+        })
         .control_schema(cli.control_schema.clone())
         .database_prefix(cli.database_prefix.clone())
         .migrations(migrations)
@@ -289,6 +333,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             None => migrate(&cli, args).await,
         },
         Command::Doctor(args) => doctor(&cli, args).await,
+        Command::Exec(args) => exec(&cli, args).await,
     }
 }
 
@@ -302,11 +347,7 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
             migrations,
         } => {
             let manager = manager(cli, migrations.as_ref()).await?;
-            let strategy = match strategy {
-                StrategyArg::Schema => Strategy::Schema,
-                StrategyArg::Row => Strategy::Row,
-                StrategyArg::Database => Strategy::Database,
-            };
+            let strategy = strategy.strategy();
             let new = NewTenant {
                 id: id.clone(),
                 name: name.clone(),
@@ -505,4 +546,122 @@ async fn doctor(cli: &Cli, args: &DoctorArgs) -> Result<u8, Failure> {
         println!("{} problems found", findings.len());
     }
     Ok(if findings.is_empty() { 0 } else { 1 })
+}
+
+#[derive(Serialize)]
+struct ExecReport {
+    tenant: String,
+    status: &'static str,
+    #[serde(flatten)]
+    output: Option<tenantry::admin::ScriptOutput>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+async fn exec(cli: &Cli, args: &ExecArgs) -> Result<u8, Failure> {
+    let sql = std::fs::read_to_string(&args.sql)
+        .map_err(|e| format!("cannot read {}: {e}", args.sql.display()))?;
+    if sql.trim().is_empty() {
+        return Err(usage(format!("{} holds no SQL", args.sql.display())));
+    }
+    let manager = manager(cli, None).await?;
+    // Row tenants see only their rows through row-level security, which a superuser
+    // or a BYPASSRLS role skips: without a row role, such a login must not run SQL
+    // as a row tenant.
+    let row_selected = match (&args.tenants[..], args.strategy) {
+        ([], None) => true,
+        ([], Some(strategy)) => strategy.strategy() == Strategy::Row,
+        (ids, _) => {
+            let tenants = manager.list_tenants().await?;
+            ids.iter().any(|id| {
+                tenants
+                    .iter()
+                    .any(|t| &t.id == id && t.strategy == Strategy::Row)
+            })
+        }
+    };
+    if row_selected && cli.row_role.is_none() {
+        let bypasses: bool = sqlx::query_scalar(
+            "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user",
+        )
+        .fetch_one(manager.admin().registry_pool())
+        .await?;
+        let has_row_tenants = manager
+            .list_tenants()
+            .await?
+            .iter()
+            .any(|t| t.strategy == Strategy::Row);
+        if bypasses && has_row_tenants {
+            return Err(usage(
+                "the login bypasses row-level security (a superuser or BYPASSRLS role), so SQL \
+                 run as a row tenant would see every tenant's rows: pass --row-role ROLE (the \
+                 role the app's row tenants act as), or select other tenants",
+            ));
+        }
+    }
+    let selection = match (&args.tenants[..], args.strategy) {
+        ([], None) => tenantry::Selection::All,
+        ([], Some(strategy)) => tenantry::Selection::Strategy(strategy.strategy()),
+        (ids, _) => tenantry::Selection::Ids(ids.to_vec()),
+    };
+    let options = tenantry::FanOut {
+        selection,
+        concurrency: args.concurrency as usize,
+        timeout: Duration::from_secs(args.timeout),
+    };
+    let sql = std::sync::Arc::new(sql);
+    let outcomes = manager
+        .fan_out(options, move |_tenant, mut tx| {
+            let sql = sql.clone();
+            async move {
+                let out = tenantry::admin::run_script(&mut tx, &sql).await?;
+                Ok((out, tx))
+            }
+        })
+        .await?;
+    let mut reports: Vec<ExecReport> = futures::StreamExt::collect::<Vec<_>>(outcomes)
+        .await
+        .into_iter()
+        .map(|o| match o.result {
+            Ok(output) => ExecReport {
+                tenant: o.tenant.to_string(),
+                status: "ok",
+                output: Some(output),
+                error: None,
+            },
+            Err(e) => ExecReport {
+                tenant: o.tenant.to_string(),
+                status: "error",
+                output: None,
+                error: Some(e.to_string()),
+            },
+        })
+        .collect();
+    reports.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+    let failed = reports.iter().filter(|r| r.status == "error").count();
+    if args.json {
+        print_json(&reports)?;
+    } else {
+        for r in &reports {
+            match (&r.output, &r.error) {
+                (Some(out), _) => match &out.rows {
+                    Some(rows) => {
+                        println!("{}: {} rows", r.tenant, rows.len());
+                        for row in rows {
+                            println!("  {row}");
+                        }
+                    }
+                    None => println!("{}: ok, {} rows changed", r.tenant, out.affected),
+                },
+                (None, Some(e)) => println!("{}: error: {e}", r.tenant),
+                (None, None) => {}
+            }
+        }
+        println!(
+            "{} tenants: {} ok, {failed} failed",
+            reports.len(),
+            reports.len() - failed
+        );
+    }
+    Ok(if failed == 0 { 0 } else { 1 })
 }

@@ -611,3 +611,191 @@ async fn tampered_registry_names_are_refused() {
             .unwrap();
     assert!(public);
 }
+
+#[tokio::test]
+async fn exec_runs_sql_in_each_tenant_under_its_binding() {
+    let db = db().await;
+    let url = Some(db.url());
+    let migrations = saas_migrations();
+    for id in ["acme", "globex"] {
+        let r = tenantry(
+            url,
+            &[
+                "tenants",
+                "create",
+                id,
+                "--name",
+                id,
+                "--migrations",
+                &migrations,
+            ],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    // Row tenants over a shared table under row-level security, acting as a role
+    // that does not bypass it.
+    let role = format!("exec_app_{}", db.name().rsplit('_').next().unwrap());
+    {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(db.url())
+            .await
+            .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE notes (tenant_id text NOT NULL DEFAULT current_setting('tenantry.tenant_id', true), body text NOT NULL);
+             CREATE ROLE {role} NOLOGIN NOBYPASSRLS;
+             GRANT SELECT, INSERT, UPDATE, DELETE ON notes TO {role};"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        tenantry::strategy::install_rls(&mut conn, "public.notes", "tenant_id")
+            .await
+            .unwrap();
+    }
+    for id in ["r-one", "r-two"] {
+        let r = tenantry(
+            url,
+            &["tenants", "create", id, "--name", id, "--strategy", "row"],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, sql: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, sql).unwrap();
+        path.display().to_string()
+    };
+
+    // A change with RETURNING in every schema tenant, reported as rows.
+    let insert = file(
+        "insert.sql",
+        "INSERT INTO projects (name) VALUES ('from exec') RETURNING name;",
+    );
+    let r = tenantry(
+        url,
+        &["exec", "--sql", &insert, "--strategy", "schema", "--json"],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report.as_array().unwrap().len(), 2, "{report}");
+    for entry in report.as_array().unwrap() {
+        assert_eq!(entry["status"], "ok", "{entry}");
+        assert_eq!(
+            entry["rows"],
+            serde_json::json!([{"name": "from exec"}]),
+            "{entry}"
+        );
+    }
+
+    // A script (several statements) runs as one transaction per tenant.
+    let script = file(
+        "script.sql",
+        "CREATE TABLE audit (n int); INSERT INTO audit VALUES (1), (2);",
+    );
+    let r = tenantry(url, &["exec", "--sql", &script, "--tenants", "acme"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("acme: ok"), "{}", r.stdout);
+
+    // One unknown tenant fails alone; the others run; the exit status says so.
+    let count = file("count.sql", "SELECT count(*) AS n FROM projects");
+    let r = tenantry(
+        url,
+        &["exec", "--sql", &count, "--tenants", "acme,ghost", "--json"],
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report[0]["tenant"], "acme");
+    assert_eq!(report[0]["rows"], serde_json::json!([{"n": 1}]));
+    assert_eq!(report[1]["tenant"], "ghost");
+    assert_eq!(report[1]["status"], "error");
+    assert!(
+        report[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist")
+    );
+
+    // A failing statement rolls that tenant's transaction back.
+    let broken = file(
+        "broken.sql",
+        "INSERT INTO projects (name) VALUES ('half'); SELECT 1/0;",
+    );
+    let r = tenantry(url, &["exec", "--sql", &broken, "--tenants", "globex"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let r = tenantry(
+        url,
+        &["exec", "--sql", &count, "--tenants", "globex", "--json"],
+    );
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        report[0]["rows"],
+        serde_json::json!([{"n": 1}]),
+        "nothing of the failed run stayed"
+    );
+
+    // Row tenants: refused while the login bypasses row-level security...
+    let write = file("write.sql", "INSERT INTO notes (body) VALUES ('mine')");
+    let r = tenantry(url, &["exec", "--sql", &write, "--strategy", "row"]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("--row-role"), "{}", r.stderr);
+    // ...and under their binding with the row role: each writes and sees only its own.
+    let r = tenantry(
+        url,
+        &[
+            "exec",
+            "--sql",
+            &write,
+            "--strategy",
+            "row",
+            "--row-role",
+            &role,
+        ],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let read = file("read.sql", "SELECT tenant_id FROM notes");
+    let r = tenantry(
+        url,
+        &[
+            "exec",
+            "--sql",
+            &read,
+            "--strategy",
+            "row",
+            "--row-role",
+            &role,
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    for entry in report.as_array().unwrap() {
+        let tenant = entry["tenant"].as_str().unwrap();
+        assert_eq!(
+            entry["rows"],
+            serde_json::json!([{"tenant_id": tenant}]),
+            "{entry}"
+        );
+    }
+
+    // Bad input: no file, an empty file, a bad id.
+    let r = tenantry(url, &["exec", "--sql", "/nonexistent.sql"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("cannot read"), "{}", r.stderr);
+    let empty = file("empty.sql", "  \n");
+    assert_eq!(tenantry(url, &["exec", "--sql", &empty]).code, 2);
+    assert_eq!(
+        tenantry(url, &["exec", "--sql", &count, "--tenants", "Bad!"]).code,
+        2
+    );
+    // The role is the server's, not the database's: remove it once the database is gone.
+    drop(dir);
+    drop(db);
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(
+        &tenantry::testing::server_url().unwrap(),
+    )
+    .await
+    .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}

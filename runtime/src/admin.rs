@@ -144,3 +144,72 @@ impl<'a> Admin<'a> {
             .ok_or_else(|| Error::TenantNotFound(id.clone()))
     }
 }
+
+/// What [`run_script`] did in one tenant.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ScriptOutput {
+    /// The rows the script returned (a query, or a change with `RETURNING`), each
+    /// as a JSON object; `None` for a script that returns no rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows: Option<Vec<serde_json::Value>>,
+    /// Rows changed (for a script without result rows).
+    pub affected: u64,
+}
+
+/// Runs an operator's SQL script in a tenant's transaction (what `tenantry exec`
+/// runs per tenant): a single query, or a change with `RETURNING`, answers its rows as
+/// JSON objects; anything else (DDL, several statements) runs as a script and answers
+/// how many rows it changed. The SQL is the operator's own, trusted like `psql` input.
+///
+/// ```no_run
+/// # async fn f(mut tx: tenantry::TenantTx) -> Result<(), tenantry::Error> {
+/// let out = tenantry::admin::run_script(&mut tx, "SELECT id, name FROM projects").await?;
+/// for row in out.rows.unwrap_or_default() {
+///     println!("{row}");
+/// }
+/// tx.commit().await?;
+/// # Ok(()) }
+/// ```
+pub async fn run_script(tx: &mut crate::TenantTx, sql: &str) -> Result<ScriptOutput, Error> {
+    let body = sql.trim().trim_end_matches(';').trim_end();
+    // As rows first, behind a savepoint: a script that cannot be a CTE (DDL, several
+    // statements, a change without RETURNING) fails at parse time, runs nowhere, and
+    // is run as a script instead.
+    sqlx::raw_sql("SAVEPOINT tenantry_exec")
+        .execute(&mut *tx)
+        .await?;
+    let wrapped = format!("WITH t AS ({body}\n) SELECT to_jsonb(t)::text FROM t");
+    match sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(wrapped))
+        .fetch_all(&mut *tx)
+        .await
+    {
+        Ok(rows) => {
+            let rows = rows
+                .iter()
+                .map(|r| serde_json::from_str(r).unwrap_or(serde_json::Value::String(r.clone())))
+                .collect::<Vec<_>>();
+            sqlx::raw_sql("RELEASE SAVEPOINT tenantry_exec")
+                .execute(&mut *tx)
+                .await?;
+            Ok(ScriptOutput {
+                affected: rows.len() as u64,
+                rows: Some(rows),
+            })
+        }
+        Err(sqlx::Error::Database(e))
+            if matches!(e.code().as_deref(), Some("42601") | Some("0A000")) =>
+        {
+            sqlx::raw_sql("ROLLBACK TO SAVEPOINT tenantry_exec")
+                .execute(&mut *tx)
+                .await?;
+            let done = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&mut *tx)
+                .await?;
+            Ok(ScriptOutput {
+                rows: None,
+                affected: done.rows_affected(),
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -118,26 +118,42 @@ type Binder = Box<dyn FnOnce(&mut PgArguments) -> Result<(), Error> + Send>;
 /// # struct Project { id: i64, name: String }
 /// let _ = Project::select().filter_by(Project::TITLE.eq("x")); // no such column
 /// ```
-pub struct Col<E, T> {
+///
+/// The primary key, the tenant column and generated columns are [`ReadOnly`]: they
+/// filter and order, but have no [`Col::set`] (`update_columns` cannot move a row to
+/// another tenant or rewrite its key).
+pub struct Col<E, T, W = Writable> {
     name: &'static str,
-    _types: PhantomData<fn() -> (E, T)>,
+    _types: PhantomData<Marker<E, T, W>>,
 }
 
-impl<E, T> Clone for Col<E, T> {
+/// The types a column carries, without owning them (`Col` is `Copy`, `Send`, `Sync`).
+type Marker<E, T, W> = fn() -> (E, T, W);
+
+/// Marks a column [`Col::set`] can write.
+#[derive(Debug, Clone, Copy)]
+pub struct Writable;
+
+/// Marks a column that only filters and orders: the key, the tenant column, generated
+/// columns.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadOnly;
+
+impl<E, T, W> Clone for Col<E, T, W> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<E, T> Copy for Col<E, T> {}
+impl<E, T, W> Copy for Col<E, T, W> {}
 
-impl<E, T> std::fmt::Debug for Col<E, T> {
+impl<E, T, W> std::fmt::Debug for Col<E, T, W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Col({})", self.name)
     }
 }
 
-impl<E, T> Col<E, T> {
+impl<E, T, W> Col<E, T, W> {
     /// The column named `name` (the derive makes these; the name must be one of the
     /// entity's [`COLUMNS`](crate::TenantEntity::COLUMNS)).
     #[doc(hidden)]
@@ -179,7 +195,7 @@ impl<E, T> Col<E, T> {
     }
 }
 
-impl<E, T: ColumnType + 'static> Col<E, T> {
+impl<E, T: ColumnType + 'static, W> Col<E, T, W> {
     fn compare(self, op: Op, value: T) -> Cond<E> {
         Cond {
             column: self.name,
@@ -228,7 +244,9 @@ impl<E, T: ColumnType + 'static> Col<E, T> {
     pub fn ilike(self, pattern: impl ColumnValue<T>) -> Cond<E> {
         self.compare(Op::ILike, pattern.into_value())
     }
+}
 
+impl<E, T: ColumnType + 'static> Col<E, T, Writable> {
     /// `column = value` in an update ([`TenantEntity::update_columns`](crate::TenantEntity::update_columns)).
     pub fn set(self, value: impl ColumnValue<T>) -> Assign<E> {
         Assign {

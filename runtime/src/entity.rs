@@ -471,6 +471,21 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
             let sql = Self::sql();
             let mut args = PgArguments::default();
             let mut set = Vec::new();
+            for assign in &assignments {
+                let writable = Self::COLUMNS.contains(&assign.column)
+                    && assign.column != Self::PRIMARY_KEY
+                    && Some(assign.column) != Self::TENANT_COLUMN
+                    && !Self::GENERATED.contains(&assign.column);
+                if !writable {
+                    // Only the derive makes columns, and it makes these read-only.
+                    return Err(Error::Internal(format!(
+                        "`{}`: column `{}` cannot be set (the key, the tenant column and \
+                         generated columns are read-only)",
+                        Self::TABLE,
+                        assign.column
+                    )));
+                }
+            }
             for (n, assign) in assignments.into_iter().enumerate() {
                 (assign.value)(&mut args)?;
                 set.push(format!("{} = ${}", quote_ident(assign.column), n + 1));
@@ -731,6 +746,9 @@ impl<E: TenantEntity> Select<E> {
     /// Adds a typed condition (`Project::NAME.eq("apollo")`, see [`Col`](crate::Col)),
     /// the value bound as a parameter.
     pub fn filter_by(mut self, cond: Cond<E>) -> Self {
+        if self.column(cond.column).is_none() {
+            return self;
+        }
         if let Err(e) = (cond.value)(&mut self.args) {
             self.error.get_or_insert(e);
         }
@@ -740,7 +758,9 @@ impl<E: TenantEntity> Select<E> {
 
     /// Orders by a typed column (`Project::ID.desc()`).
     pub fn order(mut self, order: Order<E>) -> Self {
-        self.order = Some((order.column, order.descending));
+        if let Some(column) = self.column(order.column) {
+            self.order = Some((column, order.descending));
+        }
         self
     }
 
@@ -837,7 +857,9 @@ impl<E: TenantEntity> Select<E> {
     where
         E::Id: std::fmt::Display + std::str::FromStr,
     {
-        let request = request.clone();
+        let mut request = request.clone();
+        // The field is public: keep whatever it holds within the page bounds.
+        request.limit = request.limit.clamp(1, crate::page::MAX_PAGE_LIMIT);
         Box::pin(async move {
             let mut select = self;
             if let Some(after) = &request.after {

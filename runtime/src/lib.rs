@@ -29,12 +29,12 @@ pub mod strategy;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use column::{Assign, Col, ColumnType, ColumnValue, Cond, Order};
+pub use column::{Assign, Col, ColumnType, ColumnValue, Cond, Order, ReadOnly, Writable};
 pub use context::TenantContext;
 pub use db::{TenantDb, TenantTx};
 pub use entity::{NewEntity, Op, Select, TenantEntity, TenantHandle};
 pub use error::{Error, PROBLEM_JSON, Problem, Result};
-pub use manager::{TenantManager, TenantManagerBuilder};
+pub use manager::{FanOut, Selection, TenantManager, TenantManagerBuilder, TenantOutcome};
 pub use metrics::TenantMetrics;
 pub use middleware::{CurrentTenant, TenantLayer, TenantMiddleware, TenantPolicy};
 pub use migrate::TenantMigrations;

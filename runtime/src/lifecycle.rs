@@ -197,9 +197,11 @@ impl Lifecycle {
         Ok(tenant)
     }
 
-    /// Deletes a suspended tenant: drops its schema and leaves a `deleted` tombstone in
-    /// the registry, in one transaction. Deletion is two-phase on purpose: suspend
-    /// first, so no request is served while the data goes away.
+    /// Deletes a suspended tenant: removes its data (drops its schema, or deletes its
+    /// rows, in the same transaction as the `deleted` tombstone; drops its database on
+    /// its server just before that transaction commits) and leaves the tombstone in
+    /// the registry. Deletion is two-phase on purpose: suspend first, so no request
+    /// is served while the data goes away.
     pub async fn delete(&self, id: &TenantId) -> Result<Tenant, Error> {
         let mut tx = self.repository().pool().begin().await?;
         let current = self.locked(&mut tx, id).await?;

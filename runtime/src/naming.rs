@@ -86,6 +86,11 @@ impl Names {
     pub fn new(control_schema: &str, database_prefix: &str) -> Result<Self, Error> {
         check_identifier("control schema", control_schema, 63)?;
         check_identifier("database prefix", database_prefix, MAX_DATABASE_PREFIX)?;
+        if !database_prefix.starts_with(|c: char| c.is_ascii_lowercase()) {
+            return Err(Error::Validation(format!(
+                "database prefix `{database_prefix}` must start with a lowercase letter"
+            )));
+        }
         Ok(Self {
             control_schema: control_schema.to_owned(),
             database_prefix: database_prefix.to_owned(),
@@ -148,5 +153,6 @@ mod tests {
         }
         assert!(Names::new("tenantry", &"p".repeat(17)).is_err());
         assert!(Names::new("Tenantry", "tenant_").is_err());
+        assert!(Names::new("tenantry", "_t").is_err());
     }
 }

@@ -29,7 +29,10 @@ pub struct PageRequest {
     pub after: Option<String>,
     /// Rows on this page: 1 to [`MAX_PAGE_LIMIT`], [`DEFAULT_PAGE_LIMIT`] by default.
     pub limit: i64,
+    /// The path the request came to (before any `Router::nest` stripped a prefix).
     path: String,
+    /// The request's other query parameters (filters), kept in the next link.
+    keep: Vec<(String, String)>,
 }
 
 impl PageRequest {
@@ -45,6 +48,7 @@ impl PageRequest {
             after,
             limit: limit.clamp(1, MAX_PAGE_LIMIT),
             path: path.into(),
+            keep: Vec::new(),
         }
     }
 }
@@ -61,7 +65,21 @@ impl<S: Send + Sync> FromRequestParts<S> for PageRequest {
                 "`limit` must be a positive number of rows".to_owned(),
             ));
         }
-        Ok(Self::new(parts.uri.path(), q.after, limit))
+        // The link must lead where this request came: the URI before nesting stripped
+        // a prefix (`/t/acme/projects`, not `/projects`), with its other parameters.
+        let original = parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map_or_else(|| parts.uri.clone(), |o| o.0.clone());
+        let keep: Vec<(String, String)> =
+            serde_urlencoded::from_str::<Vec<(String, String)>>(original.query().unwrap_or(""))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(k, _)| k != "after" && k != "limit")
+                .collect();
+        let mut request = Self::new(original.path(), q.after, limit);
+        request.keep = keep;
+        Ok(request)
     }
 }
 
@@ -105,11 +123,15 @@ pub struct Page<E> {
 impl<E> Page<E> {
     pub(crate) fn new(items: Vec<E>, next: Option<String>, request: &PageRequest) -> Self {
         let next_link = next.as_ref().map(|after| {
-            let query = serde_urlencoded::to_string([
-                ("after", after.as_str()),
-                ("limit", &request.limit.to_string()),
-            ])
-            .unwrap_or_default();
+            let limit = request.limit.to_string();
+            let mut pairs: Vec<(&str, &str)> = request
+                .keep
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            pairs.push(("after", after.as_str()));
+            pairs.push(("limit", &limit));
+            let query = serde_urlencoded::to_string(pairs).unwrap_or_default();
             format!("<{}?{query}>; rel=\"next\"", request.path)
         });
         Self {

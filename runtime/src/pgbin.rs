@@ -99,8 +99,9 @@ pub fn libpq_url(url: &str) -> String {
 }
 
 /// Runs `pg_dump` against `url` (a libpq URL) with `args`, without owners or
-/// privileges, and returns what it wrote.
-pub(crate) fn pg_dump(url: &str, args: &[&str]) -> Result<Vec<u8>, crate::error::Error> {
+/// privileges, and returns what it wrote. Asynchronous (the runtime's threads are
+/// not blocked), and the process is killed if the caller goes away.
+pub(crate) async fn pg_dump(url: &str, args: &[&str]) -> Result<Vec<u8>, crate::error::Error> {
     let internal = crate::error::Error::Internal;
     let bindir = bindir_of("pg_dump").ok_or_else(|| {
         internal(
@@ -109,12 +110,14 @@ pub(crate) fn pg_dump(url: &str, args: &[&str]) -> Result<Vec<u8>, crate::error:
                 .to_owned(),
         )
     })?;
-    let dump = Command::new(bindir.join("pg_dump"))
+    let dump = tokio::process::Command::new(bindir.join("pg_dump"))
         .arg("--dbname")
         .arg(libpq_url(url))
         .args(["--no-owner", "--no-privileges"])
         .args(args)
+        .kill_on_drop(true)
         .output()
+        .await
         .map_err(|e| internal(format!("cannot run pg_dump: {e}")))?;
     if !dump.status.success() {
         return Err(internal(format!(

@@ -62,3 +62,85 @@ async fn the_isolation_check_catches_a_leak(t: TestTenants) {
     // A query that names another tenant's rows, as a leak would.
     let _ = assert_isolated(&mut handles, "SELECT 'schema-2'::text").await;
 }
+
+/// Fan-out: every tenant's work under its own binding, bounded, with a timeout that
+/// rolls the slow tenant back and leaves the others alone.
+#[tenantry::test(
+    tenants = 2,
+    migrations = "fixtures/notes/migrations",
+    shared = "fixtures/notes/shared.sql"
+)]
+async fn fan_out_runs_each_tenant_under_its_binding(t: TestTenants) {
+    use futures::StreamExt;
+    use std::time::Duration;
+    use tenantry::{FanOut, Selection};
+
+    let outcomes = t
+        .manager()
+        .fan_out(FanOut::default(), |tenant, mut tx| async move {
+            sqlx::query("INSERT INTO notes (owner) VALUES ($1)")
+                .bind(tenant.id.as_str())
+                .execute(&mut tx)
+                .await?;
+            let owners: Vec<String> = sqlx::query_scalar("SELECT owner FROM notes")
+                .fetch_all(&mut tx)
+                .await?;
+            Ok((owners, tx))
+        })
+        .await
+        .unwrap();
+    let outcomes: Vec<_> = outcomes.collect().await;
+    assert_eq!(outcomes.len(), 6, "two tenants of each strategy");
+    for o in &outcomes {
+        let owners = o.result.as_ref().expect("every tenant succeeds");
+        assert_eq!(owners, &[o.tenant.to_string()], "only its own note");
+    }
+
+    // One slow tenant: rolled back at its timeout; the other commits.
+    let options = FanOut {
+        selection: Selection::Ids(vec![
+            "schema-1".parse().unwrap(),
+            "schema-2".parse().unwrap(),
+        ]),
+        concurrency: 2,
+        timeout: Duration::from_millis(300),
+    };
+    let outcomes: Vec<_> = t
+        .manager()
+        .fan_out(options, |tenant, mut tx| async move {
+            sqlx::query("INSERT INTO notes (owner) VALUES ('late')")
+                .execute(&mut tx)
+                .await?;
+            if tenant.id.as_str() == "schema-1" {
+                sqlx::query("SELECT pg_sleep(5)").execute(&mut tx).await?;
+            }
+            Ok(((), tx))
+        })
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    let slow = outcomes
+        .iter()
+        .find(|o| o.tenant.as_str() == "schema-1")
+        .unwrap();
+    assert!(slow.result.is_err(), "the slow tenant timed out");
+    let fast = outcomes
+        .iter()
+        .find(|o| o.tenant.as_str() == "schema-2")
+        .unwrap();
+    assert!(fast.result.is_ok());
+    for (id, expected) in [("schema-1", 0), ("schema-2", 1)] {
+        let tenant = t
+            .manager()
+            .resolve_tenant(&id.parse().unwrap())
+            .await
+            .unwrap();
+        let mut db = t.db(&tenant).await.unwrap();
+        let late: i64 = sqlx::query_scalar("SELECT count(*) FROM notes WHERE owner = 'late'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        assert_eq!(late, expected, "{id}");
+    }
+}

@@ -127,6 +127,28 @@ async fn the_quickstart_takes_a_name_and_pages_per_tenant() {
     let bad_limit = send(&app, Method::GET, "/projects?limit=x", &acme, None).await;
     bad_limit.assert_problem(400);
 
+    // Under a prefix (`Router::nest`) and with other parameters, the next link keeps
+    // both: it leads where the request came.
+    let nested = axum::Router::new().nest("/api", app.clone());
+    let r = send(
+        &nested,
+        Method::GET,
+        "/api/projects?limit=1&sort=x",
+        &acme,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let link = r
+        .headers
+        .get("link")
+        .expect("a next link")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(link.starts_with("</api/projects?sort=x&after="), "{link}");
+    assert!(link.ends_with("&limit=1>; rel=\"next\""), "{link}");
+
     // Another tenant sees none of it.
     let other = send(
         &app,

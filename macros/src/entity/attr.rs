@@ -14,8 +14,9 @@ pub struct Entity {
     pub generics: syn::Generics,
     /// `#[tenant(new)]`: generate `New<Model>`.
     pub new: Option<Span>,
-    /// The struct's `#[serde(...)]` attributes, copied to `New<Model>`.
-    pub serde: Vec<syn::Attribute>,
+    /// The struct's `#[serde(...)]` options that suit `New<Model>` too (`rename_all`,
+    /// `deny_unknown_fields`), copied to it.
+    pub serde: Vec<Meta>,
     pub table: String,
     pub krate: Option<syn::Path>,
     pub fields: Vec<Field>,
@@ -178,7 +179,7 @@ pub fn parse(cx: &Ctxt, input: &DeriveInput) -> Option<Entity> {
                 if !input.generics.params.is_empty() {
                     cx.error_spanned_by(
                         &meta,
-                        "`#[tenant(new)]` is not supported on a generic entity: write the input struct by hand and implement `tenantry::NewEntity` for it",
+                        "`#[tenant(new)]` is not supported on a generic entity: take the full model as the input and insert it with `TenantEntity::insert`",
                     );
                 }
             }
@@ -376,7 +377,14 @@ pub fn parse(cx: &Ctxt, input: &DeriveInput) -> Option<Entity> {
             .attrs
             .iter()
             .filter(|a| a.path().is_ident("serde"))
-            .cloned()
+            .filter_map(|a| {
+                a.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)
+                    .ok()
+            })
+            .flatten()
+            // Options about the shape of the fields carry over; `from`, `default`,
+            // `remote`, ... are about the model's own type and would not compile.
+            .filter(|m| m.path().is_ident("rename_all") || m.path().is_ident("deny_unknown_fields"))
             .collect(),
         generics: input.generics.clone(),
         krate,

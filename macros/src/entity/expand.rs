@@ -152,10 +152,22 @@ fn column_consts(e: &Entity, krate: &TokenStream) -> TokenStream {
             f.member.span(),
         );
         let (vis, ty, column) = (&f.vis, &f.ty, &f.column);
-        let doc = format!("The column `{column}`, typed, for filters, ordering and updates.");
+        // The key, the tenant column and generated columns filter and order only.
+        let read_only = f.id || f.tenant || f.generated;
+        let (doc, col_ty) = if read_only {
+            (
+                format!("The column `{column}`, typed, for filters and ordering (read-only)."),
+                quote!(#krate::Col<Self, #ty, #krate::ReadOnly>),
+            )
+        } else {
+            (
+                format!("The column `{column}`, typed, for filters, ordering and updates."),
+                quote!(#krate::Col<Self, #ty>),
+            )
+        };
         quote! {
             #[doc = #doc]
-            #vis const #name: #krate::Col<Self, #ty> = #krate::Col::new(#column);
+            #vis const #name: #col_ty = #krate::Col::new(#column);
         }
     });
     quote! {
@@ -195,12 +207,17 @@ fn new_struct(e: &Entity, krate: &TokenStream) -> TokenStream {
         quote_spanned!(ty_span(f)=> #i => (&&#p::ColumnProbe::<#ty>::new()).bind(__tenantry_args, &self.#m))
     });
     let table = &e.table;
-    let serde = &e.serde;
+    let serde = if e.serde.is_empty() {
+        TokenStream::new()
+    } else {
+        let options = &e.serde;
+        quote!(#[serde(#(#options),*)])
+    };
     quote! {
         #[doc = #doc]
         #[derive(Debug, Clone, #p::serde::Serialize, #p::serde::Deserialize)]
         #[serde(crate = #serde_crate)]
-        #(#serde)*
+        #serde
         #vis struct #new_ident {
             #(#fields,)*
         }

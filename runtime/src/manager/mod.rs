@@ -2,6 +2,7 @@
 
 mod builder;
 mod changes;
+mod fanout;
 mod runner;
 
 use std::collections::HashMap;
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 pub use builder::TenantManagerBuilder;
+pub use fanout::{FanOut, Selection, TenantOutcome};
 
 use crate::context::TenantContext;
 use crate::db::{Source, TenantDb, TenantTx};

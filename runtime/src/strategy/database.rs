@@ -29,8 +29,6 @@ async fn connect(options: &PgConnectOptions) -> Result<PgConnection, Error> {
     Ok(PgConnection::connect_with(options).await?)
 }
 
-/// Makes sure server `server_name` has a template database matching `migrations`
-/// (rebuilt when the source changes); returns its name.
 /// Makes sure server `server_name` has a template database matching the migrations
 /// (rebuilt when the source changes); returns its name. Another registry's template
 /// (or any database of that name it did not make) is a conflict, never dropped.
@@ -273,7 +271,7 @@ pub(super) async fn remove(s: &Strategies, tenant: &Tenant) -> Result<(), Error>
 }
 
 /// The tenant's database, from `pg_dump` (on the registry's server only).
-pub(super) fn export(tenant: &Tenant, url: &str) -> Result<Vec<u8>, Error> {
+pub(super) async fn export(tenant: &Tenant, url: &str) -> Result<Vec<u8>, Error> {
     if tenant.server != DEFAULT_SERVER {
         return Err(Error::Unprocessable(format!(
             "tenant `{}` lives in database `{}` on server `{}`; run pg_dump against that server",
@@ -281,7 +279,7 @@ pub(super) fn export(tenant: &Tenant, url: &str) -> Result<Vec<u8>, Error> {
         )));
     }
     let url = crate::pgbin::url_with_database(url, &tenant.storage);
-    crate::pgbin::pg_dump(&url, &[])
+    crate::pgbin::pg_dump(&url, &[]).await
 }
 
 /// Tenant databases on the registry's server that no tenant owns (a provisioning

@@ -101,8 +101,8 @@ impl Strategies {
     /// a libpq URL of the registry's server.
     pub async fn export(&self, tenant: &Tenant, url: &str) -> Result<Vec<u8>, Error> {
         match tenant.strategy {
-            Strategy::Schema => schema::export(tenant, url),
-            Strategy::Database => database::export(tenant, url),
+            Strategy::Schema => schema::export(tenant, url).await,
+            Strategy::Database => database::export(tenant, url).await,
             Strategy::Row => row::export(self, tenant, url).await,
         }
     }

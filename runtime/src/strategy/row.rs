@@ -309,10 +309,7 @@ pub(super) async fn export(s: &Strategies, tenant: &Tenant, url: &str) -> Result
         .await?;
     let tables = shared_tables(&mut tx, s.repo.control_schema()).await?;
     for table in &tables {
-        body.extend(crate::pgbin::pg_dump(
-            url,
-            &["--schema-only", "--table", table],
-        )?);
+        body.extend(crate::pgbin::pg_dump(url, &["--schema-only", "--table", table]).await?);
         body.extend(format!("\nCOPY {table} FROM stdin;\n").into_bytes());
         // `table` is a quoted name from the catalog; the tenant comes from the
         // transaction's setting, not from the statement text.

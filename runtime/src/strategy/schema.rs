@@ -162,8 +162,8 @@ pub(super) async fn migrate(s: &Strategies, tenant: &Tenant) -> Result<Vec<i64>,
 }
 
 /// The tenant's schema, from `pg_dump --schema`.
-pub(super) fn export(tenant: &Tenant, url: &str) -> Result<Vec<u8>, Error> {
-    crate::pgbin::pg_dump(url, &["--schema", &tenant.storage])
+pub(super) async fn export(tenant: &Tenant, url: &str) -> Result<Vec<u8>, Error> {
+    crate::pgbin::pg_dump(url, &["--schema", &tenant.storage]).await
 }
 
 /// Tenant schemas no tenant owns (`orphan-schema`), and schema tenants without their

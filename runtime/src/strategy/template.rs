@@ -47,15 +47,18 @@ pub(super) struct TemplateLock {
 impl TemplateLock {
     /// Waits for the lock of the template recorded as `key`.
     pub async fn acquire(repo: &TenantRepository, key: &str) -> Result<Self, Error> {
-        let mut conn = repo.pool().acquire().await?;
+        // The guard owns the connection before the lock is asked for: if this future
+        // is dropped while it waits, the guard closes the connection, and a lock
+        // granted after that dies with the session instead of riding a pooled one.
+        let mut guard = Self {
+            conn: Some(repo.pool().acquire().await?),
+            key: key.to_owned(),
+        };
         sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
             .bind(lock_name(key))
-            .execute(&mut *conn)
+            .execute(guard.conn())
             .await?;
-        Ok(Self {
-            conn: Some(conn),
-            key: key.to_owned(),
-        })
+        Ok(guard)
     }
 
     /// The connection holding the lock (a registry connection).
@@ -81,15 +84,17 @@ impl TemplateLock {
 
     /// Gives the lock back (and the connection to the pool).
     pub async fn release(mut self) {
-        let Some(mut conn) = self.conn.take() else {
+        let Some(conn) = self.conn.as_mut() else {
             return;
         };
+        // Still in the guard while the unlock runs: cancelled here, the guard closes it.
         let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
             .bind(lock_name(&self.key))
-            .execute(&mut *conn)
+            .execute(&mut **conn)
             .await;
-        if unlocked.is_err() {
-            drop(conn.detach());
+        if unlocked.is_ok() {
+            // Unlocked: the connection may go back to the pool.
+            drop(self.conn.take());
         }
     }
 }
