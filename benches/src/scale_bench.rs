@@ -193,10 +193,10 @@ async fn drive(addr: SocketAddr, traffic: &Traffic, concurrency: usize, secs: f6
     }
 }
 
-/// Tenant connections the server has open now (`application_name = 'tenantry'`).
+/// Tenant connections the server has open now (`application_name` `tenantry` or `tenantry:<tenant>`).
 async fn tenant_connections(pool: &PgPool) -> i64 {
     sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tenantry' AND datname = current_database()",
+        "SELECT count(*) FROM pg_stat_activity WHERE (application_name = 'tenantry' OR application_name LIKE 'tenantry:%') AND datname = current_database()",
     )
     .fetch_one(pool)
     .await
@@ -207,7 +207,7 @@ async fn tenant_connections(pool: &PgPool) -> i64 {
 /// runs on this machine.
 async fn largest_backend_kb(pool: &PgPool) -> Option<u64> {
     let pids: Vec<i32> = sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = 'tenantry' AND datname = current_database()",
+        "SELECT pid FROM pg_stat_activity WHERE (application_name = 'tenantry' OR application_name LIKE 'tenantry:%') AND datname = current_database()",
     )
     .fetch_all(pool)
     .await

@@ -732,7 +732,10 @@ impl Shared {
         if let Some(database) = &login.database {
             options = options.database(database);
         }
-        if options.get_application_name().is_none() {
+        if login.database.is_some() {
+            // A tenant database's connections serve that tenant only: named for it.
+            options = options.application_name(&self.application_name(tenant));
+        } else if options.get_application_name().is_none() {
             // Lets operators tell tenant connections apart in `pg_stat_activity`.
             options = options.application_name(APPLICATION_NAME);
         }
@@ -764,14 +767,23 @@ impl Shared {
     /// How `tenant`'s connections are scoped (see [`crate::strategy`]).
     fn scope(&self, tenant: &Tenant) -> Scope {
         let c = &self.config;
-        crate::strategy::scope(
+        let mut scope = crate::strategy::scope(
             tenant,
             &ScopeConfig {
                 shared_schema: c.shared_schema.as_deref(),
                 row_schema: c.row_schema.as_deref(),
                 row_role: c.row_role.as_deref(),
             },
-        )
+        );
+        scope.application_name = self.application_name(tenant);
+        scope
+    }
+
+    /// `<application name>:<tenant>`: what `pg_stat_activity` shows while a
+    /// connection serves `tenant` (the name alone once it is released and reset).
+    fn application_name(&self, tenant: &Tenant) -> String {
+        let base = self.base.get_application_name().unwrap_or(APPLICATION_NAME);
+        format!("{base}:{}", tenant.id)
     }
 }
 
@@ -919,12 +931,14 @@ impl PooledConn {
             // The whole binding in one round trip; values are bound, never spliced.
             sqlx::query(
                 "SELECT pg_catalog.set_config('search_path', $1, false), \
-                 pg_catalog.set_config($2, $3, false), pg_catalog.set_config('role', $4, false)",
+                 pg_catalog.set_config($2, $3, false), pg_catalog.set_config('role', $4, false), \
+                 pg_catalog.set_config('application_name', $5, false)",
             )
             .bind(&scope.search_path)
             .bind(TENANT_SETTING)
             .bind(&scope.setting)
             .bind(scope.role_setting())
+            .bind(&scope.application_name)
             .execute(&mut conn.raw)
             .await?;
             pool.lock().stats.rebound += 1;

@@ -221,3 +221,25 @@ async fn the_transaction_binding_keeps_tenants_apart_behind_pgbouncer() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(manager.pool_stats().peak_open <= 12);
 }
+
+/// With the transaction binding (what runs behind a pooler) the tenant's name is set per
+/// transaction too.
+#[tokio::test]
+async fn the_transaction_binding_names_the_tenant_for_the_server() {
+    let (_db, manager) = manager(PoolConfig {
+        binding: tenantry::Binding::Transaction,
+        ..PoolConfig::default()
+    })
+    .await;
+    create(&manager, "acme").await;
+    let acme = manager
+        .resolve_tenant(&"acme".parse().unwrap())
+        .await
+        .unwrap();
+    let mut db = manager.tenant_db(acme).await.unwrap();
+    let name: String = sqlx::query_scalar("SELECT current_setting('application_name')")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(name, "tenantry:acme");
+}

@@ -30,7 +30,7 @@ fn sample_connections(
         while !stop.load(Ordering::SeqCst) {
             let n: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM pg_stat_activity
-                 WHERE application_name = 'tenantry'
+                 WHERE (application_name = 'tenantry' OR application_name LIKE 'tenantry:%')
                    AND (datname = current_database() OR starts_with(datname, $1))",
             )
             .bind(&prefix)

@@ -144,3 +144,26 @@ async fn fan_out_runs_each_tenant_under_its_binding(t: TestTenants) {
         assert_eq!(late, expected, "{id}");
     }
 }
+
+/// Attribution: while a connection serves a tenant, `pg_stat_activity` names the
+/// tenant (`tenantry:<id>`), for every strategy; once released and reset, the name
+/// is the pool's own again.
+#[tenantry::test(
+    migrations = "fixtures/notes/migrations",
+    shared = "fixtures/notes/shared.sql"
+)]
+async fn the_server_sees_which_tenant_runs_what(t: TestTenants) {
+    for tenant in t.tenants() {
+        let mut db = t.db(tenant).await.unwrap();
+        let name: String = sqlx::query_scalar("SELECT current_setting('application_name')")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        assert_eq!(
+            name,
+            format!("tenantry:{}", tenant.id),
+            "{:?}",
+            tenant.strategy
+        );
+    }
+}

@@ -223,6 +223,7 @@ pub(super) fn scope() -> Scope {
         setting: String::new(),
         role: None,
         own_database: true,
+        application_name: String::new(),
     }
 }
 

@@ -168,6 +168,10 @@ pub(crate) struct Scope {
     pub role: Option<String>,
     /// The tenant's own database is its scope: nothing to set on a session.
     pub own_database: bool,
+    /// The `application_name` naming the tenant (`tenantry:acme`), so that
+    /// `pg_stat_activity` and the server's logs show whose statement runs; set by
+    /// the pool (empty: left as it is).
+    pub application_name: String,
 }
 
 impl Scope {
@@ -181,15 +185,23 @@ impl Scope {
     /// `SET LOCAL` statements rather than `set_config` calls, because Citus forwards
     /// those to its workers.
     pub fn local_sql(&self) -> String {
+        let name = if self.application_name.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; SET LOCAL application_name TO {}",
+                quote_literal(&self.application_name)
+            )
+        };
         if self.own_database {
             return format!(
-                "BEGIN; SET LOCAL search_path TO {}; SET LOCAL role TO NONE",
+                "BEGIN; SET LOCAL search_path TO {}; SET LOCAL role TO NONE{name}",
                 self.search_path
             );
         }
         let role = self.role.as_deref().map_or("NONE".to_owned(), quote_ident);
         format!(
-            "BEGIN; SET LOCAL search_path TO {}; SET LOCAL {TENANT_SETTING} TO {}; SET LOCAL role TO {role}",
+            "BEGIN; SET LOCAL search_path TO {}; SET LOCAL {TENANT_SETTING} TO {}; SET LOCAL role TO {role}{name}",
             self.search_path,
             quote_literal(&self.setting)
         )

@@ -263,6 +263,7 @@ pub(super) fn scope(tenant: &Tenant, config: &ScopeConfig<'_>) -> Scope {
         setting: tenant.id.as_str().to_owned(),
         role: config.row_role.map(str::to_owned),
         own_database: false,
+        application_name: String::new(),
     }
 }
 

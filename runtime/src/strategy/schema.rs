@@ -28,6 +28,7 @@ pub(super) fn scope(tenant: &Tenant, config: &ScopeConfig<'_>) -> Scope {
         setting: String::new(),
         role: None,
         own_database: false,
+        application_name: String::new(),
     }
 }
 
