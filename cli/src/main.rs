@@ -132,6 +132,30 @@ enum TenantsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Change a tenant's limits; flags not given keep their value, `--reset` clears
+    /// them all (back to the application's defaults).
+    SetLimits {
+        #[arg(value_parser = parse_id)]
+        id: TenantId,
+        /// Requests per second, on average.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Requests allowed at once above the rate.
+        #[arg(long)]
+        burst: Option<u32>,
+        /// Requests in flight at the same time.
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// The longest a statement may run: `500ms`, `5s`, `2m`, `1h` (a bare number is seconds).
+        #[arg(long, value_parser = parse_duration)]
+        statement_timeout: Option<Duration>,
+        /// Clear every limit first.
+        #[arg(long)]
+        reset: bool,
+        /// Print the tenant as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a tenant's schema and data to a file (SQL, from pg_dump).
     Export {
         #[arg(value_parser = parse_id)]
@@ -205,6 +229,24 @@ struct DoctorArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{raw}` is not a duration: write 500ms, 5s, 2m or 1h"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1_000),
+        "m" | "min" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(format!("`{raw}`: the unit must be ms, s, m or h")),
+    }
+    .ok_or_else(|| format!("`{raw}` is too long"))?;
+    Ok(Duration::from_millis(ms))
 }
 
 fn parse_id(raw: &str) -> Result<TenantId, String> {
@@ -315,6 +357,10 @@ fn print_tenant(t: &Tenant) {
         _ => println!("rows:        shared tables, tenant_id = '{}'", t.id),
     }
     println!("server:      {}", t.server);
+    println!(
+        "limits:      {}",
+        serde_json::to_string(&t.limits).unwrap_or_default()
+    );
     println!("created at:  {}", t.created_at);
     println!("updated at:  {}", t.updated_at);
 }
@@ -428,6 +474,43 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
             }
             manager.delete_tenant(id).await?;
             println!("deleted tenant `{id}`");
+        }
+        TenantsCommand::SetLimits {
+            id,
+            rate,
+            burst,
+            concurrency,
+            statement_timeout,
+            reset,
+            json,
+        } => {
+            let manager = manager(cli, None).await?;
+            let tenant = existing(&manager, id).await?;
+            let mut limits = if *reset {
+                tenantry::TenantLimits::default()
+            } else {
+                tenant.limits
+            };
+            limits.rate = rate.or(limits.rate);
+            limits.burst = burst.or(limits.burst);
+            limits.concurrency = concurrency.or(limits.concurrency);
+            if let Some(timeout) = statement_timeout {
+                limits.statement_timeout_ms =
+                    Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+            }
+            if let Err(e) = limits.check() {
+                return Err(usage(e));
+            }
+            let tenant = manager.set_tenant_limits(id, limits).await?;
+            if *json {
+                print_json(&tenant)?;
+            } else {
+                println!(
+                    "tenant `{}` limits: {}",
+                    tenant.id,
+                    serde_json::to_string(&tenant.limits)?
+                );
+            }
         }
         TenantsCommand::Export { id, out } => {
             let manager = manager(cli, None).await?;

@@ -799,3 +799,74 @@ async fn exec_runs_sql_in_each_tenant_under_its_binding() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn set_limits_changes_what_show_reports() {
+    let db = db().await;
+    let url = Some(db.url());
+    assert_eq!(
+        tenantry(url, &["tenants", "create", "acme", "--name", "Acme"]).code,
+        0
+    );
+    let r = tenantry(
+        url,
+        &[
+            "tenants",
+            "set-limits",
+            "acme",
+            "--rate",
+            "5",
+            "--burst",
+            "10",
+            "--statement-timeout",
+            "2s",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = tenantry(
+        url,
+        &[
+            "tenants",
+            "set-limits",
+            "acme",
+            "--concurrency",
+            "3",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let shown: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        shown["limits"],
+        serde_json::json!({"rate": 5.0, "burst": 10, "concurrency": 3, "statement_timeout_ms": 2000}),
+        "flags not given keep their value"
+    );
+    let r = tenantry(url, &["tenants", "show", "acme"]);
+    assert!(r.stdout.contains("\"concurrency\":3"), "{}", r.stdout);
+    let r = tenantry(url, &["tenants", "set-limits", "acme", "--reset", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let shown: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(shown["limits"], serde_json::json!({}));
+    // Bad input: a clear message, exit 2, nothing stored.
+    for bad in [
+        &["tenants", "set-limits", "acme", "--rate=-1"][..],
+        &[
+            "tenants",
+            "set-limits",
+            "acme",
+            "--statement-timeout",
+            "5 parsecs",
+        ],
+        &["tenants", "set-limits", "acme", "--concurrency", "0"],
+    ] {
+        let r = tenantry(url, bad);
+        assert_eq!(r.code, 2, "{bad:?}: {}{}", r.stdout, r.stderr);
+    }
+    assert_eq!(
+        tenantry(url, &["tenants", "set-limits", "ghost", "--rate", "1"]).code,
+        1
+    );
+    let r = tenantry(url, &["tenants", "show", "acme", "--json"]);
+    let shown: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(shown["limits"], serde_json::json!({}));
+}

@@ -72,6 +72,17 @@ pub enum Error {
     /// The registry holds something tenantry cannot read.
     #[error("registry: {0}")]
     Registry(String),
+    /// The tenant is over one of its limits (request rate or concurrency): 429 with
+    /// `Retry-After`. See [`crate::TenantLimitLayer`].
+    #[error("tenant `{tenant}` is over its {limit}; retry in {retry_after} s")]
+    TooManyRequests {
+        /// The tenant.
+        tenant: TenantId,
+        /// Which limit: `request rate` or `concurrency`.
+        limit: &'static str,
+        /// Seconds after which a retry may pass.
+        retry_after: u64,
+    },
     /// An extractor refused the request (a malformed JSON body, path or query): the
     /// extractor's status (400, 413, 415, 422, ...) and its message. See
     /// [`crate::extract`].
@@ -167,6 +178,7 @@ impl Error {
             | Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Rejected { status, .. } => *status,
+            Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Database(e) if is_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
             Error::PoolExhausted { .. } | Error::TenantChanged(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -211,6 +223,7 @@ impl Error {
             Error::Validation(_) => ("validation", "Invalid request"),
             Error::Unprocessable(_) => ("unprocessable", "Unprocessable content"),
             Error::Rejected { .. } => ("invalid-request", "Invalid request"),
+            Error::TooManyRequests { .. } => ("too-many-requests", "Too many requests"),
             Error::PoolExhausted { .. } => ("database-busy", "Database busy"),
             Error::TenantChanged(_) => ("tenant-changed", "Tenant changed"),
             Error::TenantBusy(_) => ("tenant-busy", "Tenant busy"),
@@ -367,6 +380,11 @@ impl IntoResponse for Error {
             tracing::error!(error = %self, "tenantry request failed");
         }
         let mut response = self.to_problem().into_response();
+        if let Error::TooManyRequests { retry_after, .. } = &self
+            && let Ok(value) = HeaderValue::from_str(&retry_after.max(&1).to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
         if response.status() == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

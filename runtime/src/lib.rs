@@ -10,6 +10,7 @@ mod db;
 mod entity;
 mod error;
 mod lifecycle;
+mod limits;
 mod manager;
 mod metrics;
 mod middleware;
@@ -34,6 +35,7 @@ pub use context::TenantContext;
 pub use db::{TenantDb, TenantTx};
 pub use entity::{NewEntity, Op, Select, TenantEntity, TenantHandle};
 pub use error::{Error, PROBLEM_JSON, Problem, Result};
+pub use limits::{LimitedService, TenantLimitLayer};
 pub use manager::{FanOut, Selection, TenantManager, TenantManagerBuilder, TenantOutcome};
 pub use metrics::TenantMetrics;
 pub use middleware::{CurrentTenant, TenantLayer, TenantMiddleware, TenantPolicy};
@@ -45,7 +47,8 @@ pub use resolve::{
     TenantResolver, resolver_fn,
 };
 pub use tenant::{
-    InvalidTenantId, MAX_TENANT_ID_LEN, NewTenant, Strategy, Tenant, TenantId, TenantStatus,
+    InvalidTenantId, MAX_TENANT_ID_LEN, NewTenant, Strategy, Tenant, TenantId, TenantLimits,
+    TenantStatus,
 };
 
 #[cfg(feature = "macros")]
@@ -236,6 +239,7 @@ pub mod __private {
             server: "default".to_owned(),
             incarnation: 1,
             schema_version: None,
+            limits: Default::default(),
             created_at: chrono::DateTime::UNIX_EPOCH,
             updated_at: chrono::DateTime::UNIX_EPOCH,
         }

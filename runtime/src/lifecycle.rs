@@ -7,7 +7,7 @@ use crate::naming::Names;
 use crate::repository::TenantRepository;
 use crate::servers::{DEFAULT_SERVER, Servers};
 use crate::strategy::{Finding, Strategies};
-use crate::tenant::{NewTenant, Strategy, Tenant, TenantId, TenantStatus};
+use crate::tenant::{NewTenant, Strategy, Tenant, TenantId, TenantLimits, TenantStatus};
 
 /// The tenant lifecycle over the registry: create, suspend, resume, delete and
 /// migrate, with the rules each step must respect. Applications use it through
@@ -143,6 +143,23 @@ impl Lifecycle {
             .await?
             .filter(|t| t.status != TenantStatus::Deleted)
             .ok_or_else(|| Error::TenantNotFound(id.clone()))
+    }
+
+    /// Stores the tenant's limits and announces the change (every instance's cache
+    /// and bindings follow within the change notification's delay). Out-of-range
+    /// values are a 422, nothing stored.
+    pub async fn set_limits(&self, id: &TenantId, limits: TenantLimits) -> Result<Tenant, Error> {
+        limits.check().map_err(Error::Unprocessable)?;
+        let mut tx = self.repository().pool().begin().await?;
+        let tenant = self
+            .repository()
+            .set_limits(&mut tx, id, &limits)
+            .await?
+            .ok_or_else(|| Error::TenantNotFound(id.clone()))?;
+        self.repository().notify(&mut tx, id).await?;
+        tx.commit().await?;
+        tracing::info!(tenant = %id, ?limits, "tenant limits changed");
+        Ok(tenant)
     }
 
     /// `active -> suspended`. Suspending a suspended tenant changes nothing.

@@ -307,6 +307,11 @@ where
     }
 }
 
+/// The tenant [`TenantLayer`] resolved for a request, if any (for layers inside it).
+pub(crate) fn request_tenant(extensions: &http::Extensions) -> Option<Arc<Tenant>> {
+    extensions.get::<Scope>().and_then(|s| s.tenant.clone())
+}
+
 fn scope(parts: &Parts) -> Result<&Scope, Error> {
     parts.extensions.get::<Scope>().ok_or_else(|| {
         tracing::error!("a tenantry extractor ran on a route without `TenantLayer`");

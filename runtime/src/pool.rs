@@ -776,6 +776,7 @@ impl Shared {
             },
         );
         scope.application_name = self.application_name(tenant);
+        scope.statement_timeout_ms = tenant.limits.statement_timeout_ms;
         scope
     }
 
@@ -932,16 +933,29 @@ impl PooledConn {
             sqlx::query(
                 "SELECT pg_catalog.set_config('search_path', $1, false), \
                  pg_catalog.set_config($2, $3, false), pg_catalog.set_config('role', $4, false), \
-                 pg_catalog.set_config('application_name', $5, false)",
+                 pg_catalog.set_config('application_name', $5, false), \
+                 pg_catalog.set_config('statement_timeout', coalesce($6, (SELECT reset_val \
+                     FROM pg_catalog.pg_settings WHERE name = 'statement_timeout')), false)",
             )
             .bind(&scope.search_path)
             .bind(TENANT_SETTING)
             .bind(&scope.setting)
             .bind(scope.role_setting())
             .bind(&scope.application_name)
+            .bind(scope.statement_timeout_ms.map(|ms| ms.to_string()))
             .execute(&mut conn.raw)
             .await?;
             pool.lock().stats.rebound += 1;
+        } else if session {
+            // A tenant database's connection is its binding; only the tenant's
+            // statement timeout can change (its limits did).
+            sqlx::query(
+                "SELECT pg_catalog.set_config('statement_timeout', coalesce($1, (SELECT reset_val \
+                     FROM pg_catalog.pg_settings WHERE name = 'statement_timeout')), false)",
+            )
+            .bind(scope.statement_timeout_ms.map(|ms| ms.to_string()))
+            .execute(&mut conn.raw)
+            .await?;
         }
         self.busy = false;
         conn.layout = Some(layout);

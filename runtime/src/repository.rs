@@ -5,7 +5,7 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use crate::error::Error;
 use crate::naming::quote_ident;
-use crate::tenant::{NewTenant, Strategy, Tenant, TenantId, TenantStatus};
+use crate::tenant::{NewTenant, Strategy, Tenant, TenantId, TenantLimits, TenantStatus};
 
 /// Upgrades of the registry, applied in order; the index + 1 is the version.
 /// `{schema}` is replaced by the quoted control schema.
@@ -48,11 +48,15 @@ const REGISTRY_UPGRADES: &[&str] = &[
     ALTER TABLE {schema}.tenants
         ADD COLUMN incarnation bigint NOT NULL DEFAULT nextval('{schema}.incarnations');
     "#,
+    // 4: per-tenant limits (rate, burst, concurrency, statement timeout); `{}` = defaults
+    r#"
+    ALTER TABLE {schema}.tenants ADD COLUMN limits jsonb NOT NULL DEFAULT '{}'::jsonb;
+    "#,
 ];
 
 /// The columns of a tenant record, `{schema}` being the quoted control schema.
 const TENANT_COLUMNS: &str = "id, name, domain, strategy, status, schema_name, server, \
-     incarnation, created_at, updated_at, \
+     incarnation, limits::text AS limits, created_at, updated_at, \
      (SELECT max(m.version) FROM {schema}.tenant_migrations m WHERE m.tenant_id = tenants.id) \
      AS schema_version";
 
@@ -72,6 +76,7 @@ struct Sql {
     insert: String,
     set_status: String,
     select_for_update: String,
+    set_limits: String,
     purge_deleted: String,
     delete_provisioning: String,
     select_by_domain: String,
@@ -103,6 +108,10 @@ impl TenantRepository {
             set_status: format!(
                 "UPDATE {q}.tenants SET status = $2, updated_at = now() WHERE id = $1 \
                  RETURNING {tenant_columns}"
+            ),
+            set_limits: format!(
+                "UPDATE {q}.tenants SET limits = $2::jsonb, updated_at = now() \
+                 WHERE id = $1 AND status <> 'deleted' RETURNING {tenant_columns}"
             ),
             select_for_update: format!(
                 "SELECT {tenant_columns} FROM {q}.tenants WHERE id = $1 FOR UPDATE"
@@ -190,6 +199,24 @@ impl TenantRepository {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Stores `tenant`'s limits, inside the caller's transaction; `None` if there is no
+    /// such tenant (or it is deleted).
+    pub async fn set_limits(
+        &self,
+        conn: &mut PgConnection,
+        id: &TenantId,
+        limits: &TenantLimits,
+    ) -> Result<Option<Tenant>, Error> {
+        let json = serde_json::to_string(limits)
+            .map_err(|e| Error::Internal(format!("cannot write tenant limits: {e}")))?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(self.sql.set_limits.as_str()))
+            .bind(id.as_str())
+            .bind(json)
+            .fetch_optional(conn)
+            .await?;
+        row.as_ref().map(tenant_from_row).transpose()
     }
 
     /// The tenant with this id, deleted ones included.
@@ -470,6 +497,17 @@ fn stored_server(name: String) -> Result<String, Error> {
     }
 }
 
+/// Limits read back from the registry: what tenantry wrote there, in range.
+fn stored_limits(text: String) -> Result<TenantLimits, Error> {
+    let limits: TenantLimits = serde_json::from_str(&text).map_err(|e| {
+        Error::Registry(format!("the registry holds unreadable tenant limits: {e}"))
+    })?;
+    limits
+        .check()
+        .map_err(|e| Error::Registry(format!("the registry holds invalid tenant limits: {e}")))?;
+    Ok(limits)
+}
+
 fn tenant_from_row(row: &PgRow) -> Result<Tenant, Error> {
     let id: String = row.try_get("id")?;
     let strategy: String = row.try_get("strategy")?;
@@ -490,6 +528,7 @@ fn tenant_from_row(row: &PgRow) -> Result<Tenant, Error> {
         incarnation: row.try_get("incarnation")?,
         schema_version: row.try_get("schema_version")?,
         created_at: row.try_get("created_at")?,
+        limits: stored_limits(row.try_get("limits")?)?,
         updated_at: row.try_get("updated_at")?,
     })
 }

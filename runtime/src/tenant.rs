@@ -238,6 +238,81 @@ impl fmt::Display for Strategy {
     }
 }
 
+/// A tenant's limits, kept in the registry and changed at run time
+/// ([`TenantManager::set_tenant_limits`](crate::TenantManager::set_tenant_limits), `tenantry tenants
+/// set-limits`); a field left unset takes the default the application configured.
+///
+/// ```
+/// let limits: tenantry::TenantLimits =
+///     serde_json::from_str(r#"{"rate": 50.0, "burst": 100, "concurrency": 8}"#).unwrap();
+/// assert_eq!(limits.concurrency, Some(8));
+/// assert!(limits.check().is_ok());
+/// assert!(tenantry::TenantLimits { rate: Some(-1.0), ..Default::default() }.check().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLimits {
+    /// Requests per second, on average.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    /// Requests allowed at once above the rate (the bucket's size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// Requests in flight at the same time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// The longest a statement of the tenant may run, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement_timeout_ms: Option<u64>,
+}
+
+// Limits are checked before they are stored or used, and `check` refuses a rate
+// that is not finite: no NaN ever compares.
+impl Eq for TenantLimits {}
+
+impl TenantLimits {
+    /// These limits, with each unset field taken from `defaults`.
+    pub fn or(self, defaults: TenantLimits) -> TenantLimits {
+        TenantLimits {
+            rate: self.rate.or(defaults.rate),
+            burst: self.burst.or(defaults.burst),
+            concurrency: self.concurrency.or(defaults.concurrency),
+            statement_timeout_ms: self.statement_timeout_ms.or(defaults.statement_timeout_ms),
+        }
+    }
+
+    /// Whether every set field is in range: a rate above 0 and at most 1,000,000 per
+    /// second, a burst of 1 to 1,000,000, a concurrency of 1 to 100,000, a statement
+    /// timeout of 1 ms to 24 hours. The message says which field is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(rate) = self.rate
+            && !(rate.is_finite() && rate > 0.0 && rate <= 1e6)
+        {
+            return Err(format!(
+                "`rate` must be above 0 and at most 1000000 per second, not {rate}"
+            ));
+        }
+        if let Some(burst) = self.burst
+            && !(1..=1_000_000).contains(&burst)
+        {
+            return Err(format!("`burst` must be 1 to 1000000, not {burst}"));
+        }
+        if let Some(n) = self.concurrency
+            && !(1..=100_000).contains(&n)
+        {
+            return Err(format!("`concurrency` must be 1 to 100000, not {n}"));
+        }
+        if let Some(ms) = self.statement_timeout_ms
+            && !(1..=86_400_000).contains(&ms)
+        {
+            return Err(format!(
+                "`statement_timeout_ms` must be 1 to 86400000 (24 hours), not {ms}"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What a resolver found in a request: a way of naming a tenant, not yet looked up
 /// (see [`TenantManager::resolve_candidate`](crate::TenantManager::resolve_candidate)).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,6 +352,10 @@ pub struct Tenant {
     /// The newest tenant migration applied to its schema or database (`None` for row
     /// tenants, or before any).
     pub schema_version: Option<i64>,
+    /// Its own limits (request rate, concurrency, statement timeout); unset ones
+    /// take the defaults of the application's
+    /// [`TenantLimitLayer`](crate::TenantLimitLayer).
+    pub limits: TenantLimits,
     /// When the tenant was created.
     pub created_at: DateTime<Utc>,
     /// When the tenant last changed.

@@ -36,8 +36,8 @@ use std::sync::Arc;
 use tenantry::extract::{Json, Path};
 use tenantry::{
     CurrentTenant, Error, HostResolver, NewTenant, PoolConfig, Problem, Tenant, TenantDb,
-    TenantEntity, TenantId, TenantLayer, TenantManager, TenantMetrics, TenantMigrations, TenantTx,
-    tenant_scoped,
+    TenantEntity, TenantId, TenantLayer, TenantLimitLayer, TenantLimits, TenantManager,
+    TenantMetrics, TenantMigrations, TenantTx, tenant_scoped,
 };
 use tower_http::trace::TraceLayer;
 
@@ -132,6 +132,9 @@ pub struct AppState {
     pub user_tokens: Option<Arc<HashMap<String, TenantId>>>,
     /// Per-tenant request metrics.
     pub metrics: TenantMetrics,
+    /// Per-tenant request limits (the tenants' own, from the registry, over these
+    /// defaults: none unless [`AppState::with_tenant_limits`] sets them).
+    pub limits: TenantLimitLayer,
 }
 
 impl AppState {
@@ -143,7 +146,14 @@ impl AppState {
             base_domain: "localhost".to_owned(),
             user_tokens: None,
             metrics: TenantMetrics::new(50),
+            limits: TenantLimitLayer::new(TenantLimits::default()),
         }
+    }
+
+    /// Limits for tenants that set none of their own.
+    pub fn with_tenant_limits(mut self, defaults: TenantLimits) -> Self {
+        self.limits = TenantLimitLayer::new(defaults);
+        self
     }
 
     /// Requires user tokens on tenant routes: `token -> tenant`.
@@ -254,6 +264,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tenant_routes_with(|routes| {
             routes
                 .route_layer(TraceLayer::new_for_http())
+                .route_layer(state.limits.clone())
                 .route_layer(layer.clone())
         }))
         .fallback(route_not_found)
@@ -302,6 +313,10 @@ pub fn admin_routes(state: AppState) -> Router {
         )
         .route("/api/v1/tenants/{id}/suspend", post(suspend_tenant))
         .route("/api/v1/tenants/{id}/resume", post(resume_tenant))
+        .route(
+            "/api/v1/tenants/{id}/limits",
+            axum::routing::put(set_tenant_limits),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .with_state(state)
 }
@@ -388,6 +403,21 @@ async fn suspend_tenant(
 ) -> Result<Json<Tenant>, Error> {
     Ok(Json(
         state.manager.suspend_tenant(&TenantId::parse(&id)?).await?,
+    ))
+}
+
+/// `PUT /api/v1/tenants/{id}/limits` with `{"rate":..,"burst":..,"concurrency":..,
+/// "statement_timeout_ms":..}` (each optional; omitted = the app's default).
+async fn set_tenant_limits(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(limits): Json<TenantLimits>,
+) -> Result<Json<Tenant>, Error> {
+    Ok(Json(
+        state
+            .manager
+            .set_tenant_limits(&TenantId::parse(&id)?, limits)
+            .await?,
     ))
 }
 

@@ -20,7 +20,7 @@ use crate::db::{Source, TenantDb, TenantTx};
 use crate::error::Error;
 use crate::lifecycle::Lifecycle;
 use crate::pool::{PoolStats, TenantPools};
-use crate::tenant::{Candidate, NewTenant, Tenant, TenantId, TenantStatus};
+use crate::tenant::{Candidate, NewTenant, Tenant, TenantId, TenantLimits, TenantStatus};
 
 /// Coordinates tenant operations: the one object an application holds.
 ///
@@ -306,6 +306,20 @@ impl TenantManager {
     /// Every tenant that is not deleted, ordered by id.
     pub async fn list_tenants(&self) -> Result<Vec<Tenant>, Error> {
         self.inner.lifecycle.repository().list().await
+    }
+
+    /// Changes a tenant's limits ([`TenantLimits`]; unset fields take the layer's
+    /// defaults). Every instance applies them within the change notification's delay:
+    /// its [`TenantLimitLayer`](crate::TenantLimitLayer) at the next request, its
+    /// connections' statement timeout at their next binding.
+    pub async fn set_tenant_limits(
+        &self,
+        id: &TenantId,
+        limits: TenantLimits,
+    ) -> Result<Tenant, Error> {
+        let result = self.inner.lifecycle.set_limits(id, limits).await;
+        self.invalidate(id);
+        result
     }
 
     /// Suspends a tenant: its requests get 403 until it is resumed.

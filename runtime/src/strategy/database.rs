@@ -224,6 +224,7 @@ pub(super) fn scope() -> Scope {
         role: None,
         own_database: true,
         application_name: String::new(),
+        statement_timeout_ms: None,
     }
 }
 

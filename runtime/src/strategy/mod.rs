@@ -172,6 +172,8 @@ pub(crate) struct Scope {
     /// `pg_stat_activity` and the server's logs show whose statement runs; set by
     /// the pool (empty: left as it is).
     pub application_name: String,
+    /// The tenant's statement timeout in milliseconds (`None`: the server's default).
+    pub statement_timeout_ms: Option<u64>,
 }
 
 impl Scope {
@@ -185,7 +187,7 @@ impl Scope {
     /// `SET LOCAL` statements rather than `set_config` calls, because Citus forwards
     /// those to its workers.
     pub fn local_sql(&self) -> String {
-        let name = if self.application_name.is_empty() {
+        let mut name = if self.application_name.is_empty() {
             String::new()
         } else {
             format!(
@@ -193,6 +195,9 @@ impl Scope {
                 quote_literal(&self.application_name)
             )
         };
+        if let Some(ms) = self.statement_timeout_ms {
+            name.push_str(&format!("; SET LOCAL statement_timeout TO {ms}"));
+        }
         if self.own_database {
             return format!(
                 "BEGIN; SET LOCAL search_path TO {}; SET LOCAL role TO NONE{name}",

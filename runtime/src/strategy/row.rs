@@ -264,6 +264,7 @@ pub(super) fn scope(tenant: &Tenant, config: &ScopeConfig<'_>) -> Scope {
         role: config.row_role.map(str::to_owned),
         own_database: false,
         application_name: String::new(),
+        statement_timeout_ms: None,
     }
 }
 

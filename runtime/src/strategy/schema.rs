@@ -29,6 +29,7 @@ pub(super) fn scope(tenant: &Tenant, config: &ScopeConfig<'_>) -> Scope {
         role: None,
         own_database: false,
         application_name: String::new(),
+        statement_timeout_ms: None,
     }
 }
 
