@@ -663,6 +663,32 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<u8, Failure> {
             })
         }
     };
+    if let (true, Some(role)) = (row_selected, &cli.row_role) {
+        // The row role must itself be subject to row-level security, and one the
+        // login may act as.
+        let found: Option<(bool, bool)> = sqlx::query_as(
+            "SELECT rolsuper OR rolbypassrls, pg_has_role(current_user, oid, 'MEMBER') \
+             FROM pg_roles WHERE rolname = $1",
+        )
+        .bind(role)
+        .fetch_optional(manager.admin().registry_pool())
+        .await?;
+        match found {
+            None => return Err(usage(format!("--row-role: there is no role `{role}`"))),
+            Some((true, _)) => {
+                return Err(usage(format!(
+                    "--row-role `{role}` bypasses row-level security (a superuser or BYPASSRLS \
+                     role): row tenants would see every tenant's rows"
+                )));
+            }
+            Some((false, false)) => {
+                return Err(usage(format!(
+                    "--row-role `{role}`: the login is not a member of it and cannot act as it"
+                )));
+            }
+            Some((false, true)) => {}
+        }
+    }
     if row_selected && cli.row_role.is_none() {
         let bypasses: bool = sqlx::query_scalar(
             "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user",

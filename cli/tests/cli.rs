@@ -737,6 +737,34 @@ async fn exec_runs_sql_in_each_tenant_under_its_binding() {
     let r = tenantry(url, &["exec", "--sql", &write, "--strategy", "row"]);
     assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
     assert!(r.stderr.contains("--row-role"), "{}", r.stderr);
+    // ...and so is a row role that bypasses it, or one that does not exist...
+    let r = tenantry(
+        url,
+        &[
+            "exec",
+            "--sql",
+            &write,
+            "--strategy",
+            "row",
+            "--row-role",
+            "postgres",
+        ],
+    );
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("bypasses"), "{}", r.stderr);
+    let r = tenantry(
+        url,
+        &[
+            "exec",
+            "--sql",
+            &write,
+            "--strategy",
+            "row",
+            "--row-role",
+            "nobody_here",
+        ],
+    );
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
     // ...and under their binding with the row role: each writes and sees only its own.
     let r = tenantry(
         url,
@@ -775,6 +803,18 @@ async fn exec_runs_sql_in_each_tenant_under_its_binding() {
             "{entry}"
         );
     }
+
+    // A script that commits by itself is reported, not taken as the tenant's one transaction.
+    let commits = file(
+        "commits.sql",
+        "INSERT INTO projects (name) VALUES ('x'); COMMIT;",
+    );
+    let r = tenantry(
+        url,
+        &["exec", "--sql", &commits, "--tenants", "acme", "--json"],
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("ended its transaction"), "{}", r.stdout);
 
     // Bad input: no file, an empty file, a bad id.
     let r = tenantry(url, &["exec", "--sql", "/nonexistent.sql"]);

@@ -196,15 +196,30 @@ pub async fn run_script(tx: &mut crate::TenantTx, sql: &str) -> Result<ScriptOut
                 rows: Some(rows),
             })
         }
+        // Only errors of parse analysis (nothing ran): a syntax error, or a change
+        // without RETURNING, which a CTE cannot hold.
         Err(sqlx::Error::Database(e))
-            if matches!(e.code().as_deref(), Some("42601") | Some("0A000")) =>
+            if e.code().as_deref() == Some("42601")
+                || (e.code().as_deref() == Some("0A000") && e.message().contains("RETURNING")) =>
         {
             sqlx::raw_sql("ROLLBACK TO SAVEPOINT tenantry_exec")
                 .execute(&mut *tx)
                 .await?;
+            let before = binding_state(tx).await?;
             let done = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
                 .execute(&mut *tx)
                 .await?;
+            // A script that ended the transaction (`COMMIT`, `ROLLBACK`) or changed
+            // the role or tenant setting left the tenant's binding: refuse to go on.
+            if binding_state(tx).await? != before {
+                return Err(Error::Validation(
+                    "the script ended its transaction or changed the role or the tenant \
+                     setting: what it did after that was rolled back, what it did before a \
+                     COMMIT may have been kept (run scripts without COMMIT, ROLLBACK, SET \
+                     ROLE or set_config: each tenant's script is one transaction already)"
+                        .to_owned(),
+                ));
+            }
             Ok(ScriptOutput {
                 rows: None,
                 affected: done.rows_affected(),
@@ -212,4 +227,16 @@ pub async fn run_script(tx: &mut crate::TenantTx, sql: &str) -> Result<ScriptOut
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// What a script must leave as it found it: the transaction, the role, the tenant.
+async fn binding_state(
+    tx: &mut crate::TenantTx,
+) -> Result<(chrono::DateTime<chrono::Utc>, String, Option<String>), Error> {
+    Ok(sqlx::query_as(
+        "SELECT pg_catalog.transaction_timestamp(), current_user::text, \
+         pg_catalog.current_setting('tenantry.tenant_id', true)",
+    )
+    .fetch_one(&mut *tx)
+    .await?)
 }

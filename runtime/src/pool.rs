@@ -214,6 +214,8 @@ struct Conn {
     raw: PgConnection,
     login: Login,
     binding: Option<BindingKey>,
+    /// The statement timeout the session was given (`None`: the server's default).
+    timeout: Option<u64>,
     /// The invalidation epoch of the binding's id when it was bound.
     epoch: u64,
     layout: Option<Layout>,
@@ -581,6 +583,7 @@ impl TenantPools {
                     raw,
                     login: login.clone(),
                     binding: None,
+                    timeout: None,
                     epoch: 0,
                     layout: None,
                     tenants: HashSet::new(),
@@ -915,9 +918,13 @@ impl PooledConn {
             self.local_binding = Some(pool.scope(tenant).local_sql());
         }
         let conn = self.conn.as_mut().expect("a connection");
+        // A record read before a limits change may bind with its old timeout: the
+        // next binding with a newer record sees the difference and sets it again.
+        let timeout = tenant.limits.statement_timeout_ms;
         if conn.binding.as_ref() == Some(&self.key)
             && conn.epoch == epoch
             && conn.layout == Some(layout)
+            && (!session || conn.timeout == timeout)
         {
             return Ok(());
         }
@@ -945,6 +952,7 @@ impl PooledConn {
             .bind(scope.statement_timeout_ms.map(|ms| ms.to_string()))
             .execute(&mut conn.raw)
             .await?;
+            conn.timeout = scope.statement_timeout_ms;
             pool.lock().stats.rebound += 1;
         } else if session {
             // A tenant database's connection is its binding; only the tenant's
@@ -956,6 +964,7 @@ impl PooledConn {
             .bind(scope.statement_timeout_ms.map(|ms| ms.to_string()))
             .execute(&mut conn.raw)
             .await?;
+            conn.timeout = scope.statement_timeout_ms;
         }
         self.busy = false;
         conn.layout = Some(layout);
@@ -1080,6 +1089,9 @@ impl Drop for PooledConn {
                     if conn.login.database.is_none() && session {
                         conn.binding = None;
                     }
+                    // `RESET ALL` put the server's statement timeout back: the next
+                    // binding sets the tenant's again.
+                    conn.timeout = None;
                     conn.idle_since = Instant::now();
                     let server = conn.login.server.clone();
                     state.idle.push(conn);

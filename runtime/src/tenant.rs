@@ -281,9 +281,9 @@ impl TenantLimits {
         }
     }
 
-    /// Whether every set field is in range: a rate above 0 and at most 1,000,000 per
-    /// second, a burst of 1 to 1,000,000, a concurrency of 1 to 100,000, a statement
-    /// timeout of 1 ms to 24 hours. The message says which field is wrong.
+    /// Whether every set field is in range: a rate of 0.01 to 1,000,000 per second, a
+    /// burst of 1 to 1,000,000, a concurrency of 1 to 100,000, a statement timeout of
+    /// 100 ms to 24 hours. The message says which field is wrong.
     pub fn check(&self) -> Result<(), String> {
         if let Some(rate) = self.rate
             && !(rate.is_finite() && rate > 0.0 && rate <= 1e6)
@@ -303,10 +303,12 @@ impl TenantLimits {
             return Err(format!("`concurrency` must be 1 to 100000, not {n}"));
         }
         if let Some(ms) = self.statement_timeout_ms
-            && !(1..=86_400_000).contains(&ms)
+            && !(100..=86_400_000).contains(&ms)
         {
+            // Below 100 ms the timeout would also cut tenantry's own binding and
+            // reset statements on the tenant's connections.
             return Err(format!(
-                "`statement_timeout_ms` must be 1 to 86400000 (24 hours), not {ms}"
+                "`statement_timeout_ms` must be 100 to 86400000 (24 hours), not {ms}"
             ));
         }
         Ok(())

@@ -45,8 +45,9 @@ pub struct FanOut {
     pub selection: Selection,
     /// Tenants worked on at the same time (default 4; at least 1).
     pub concurrency: usize,
-    /// How long one tenant's work may take (default 30 s); past it, its transaction
-    /// is rolled back and the tenant is reported as failed.
+    /// How long one tenant's work may take (default 30 s; its statements get it as
+    /// their `statement_timeout` too); past it, its transaction is rolled back and the
+    /// tenant is reported as failed. The commit of work done in time is not cut.
     pub timeout: Duration,
 }
 
@@ -131,14 +132,25 @@ impl TenantManager {
                         }
                     };
                     let id = tenant.id.clone();
-                    let run = async {
-                        let tx = self.tenant_tx(tenant.clone()).await?;
-                        let (value, tx) = work(tenant, tx).await?;
-                        tx.commit().await?;
-                        Ok(value)
-                    };
-                    let result = match tokio::time::timeout(timeout, run).await {
-                        Ok(result) => result,
+                    let deadline = tokio::time::Instant::now() + timeout;
+                    let work_done = tokio::time::timeout_at(deadline, async {
+                        let mut tx = self.tenant_tx(tenant.clone()).await?;
+                        // The server stops the tenant's statements at the deadline too:
+                        // a statement abandoned by the timeout does not run on.
+                        let ms = timeout.as_millis().clamp(1, i32::MAX as u128);
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                            "SET LOCAL statement_timeout TO {ms}"
+                        )))
+                        .execute(&mut tx)
+                        .await?;
+                        work(tenant, tx).await
+                    })
+                    .await;
+                    let result = match work_done {
+                        // Committed outside the deadline: a commit cut short would
+                        // leave its outcome unknown.
+                        Ok(Ok((value, tx))) => tx.commit().await.map(|()| value),
+                        Ok(Err(e)) => Err(e),
                         // Dropping the work dropped its transaction: rolled back.
                         Err(_) => Err(Error::Internal(format!(
                             "tenant `{id}` did not finish within {timeout:?}; its transaction \
