@@ -131,11 +131,28 @@ pub struct Col<E, T, W = Writable> {
 type Marker<E, T, W> = fn() -> (E, T, W);
 
 /// Marks a column [`Col::set`] can write.
+///
+/// ```
+/// # use tenantry::TenantEntity;
+/// # #[derive(TenantEntity)]
+/// # struct Project { #[tenant(id, generated)] id: i64, name: String }
+/// let rename: tenantry::Assign<Project> = Project::NAME.set("zeus"); // `NAME` is Writable
+/// # let _ = rename;
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Writable;
 
 /// Marks a column that only filters and orders: the key, the tenant column, generated
 /// columns.
+///
+/// ```
+/// # use tenantry::TenantEntity;
+/// # #[derive(TenantEntity)]
+/// # struct Project { #[tenant(id, generated)] id: i64, name: String }
+/// let _: tenantry::Col<Project, i64, tenantry::ReadOnly> = Project::ID;
+/// let newest_first = Project::ID.desc(); // orders and filters, but has no `set`
+/// # let _ = newest_first;
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct ReadOnly;
 
@@ -266,6 +283,14 @@ fn binder<T: ColumnType + 'static>(value: T) -> Binder {
 
 /// A typed condition on a column of `E`, for [`Select::filter_by`](crate::Select::filter_by):
 /// `Project::NAME.eq("apollo")` (see [`Col`]).
+///
+/// ```
+/// # use tenantry::TenantEntity;
+/// # #[derive(TenantEntity)]
+/// # struct Project { #[tenant(id, generated)] id: i64, name: String }
+/// let apollos = Project::select().filter_by(Project::NAME.like("apollo%"));
+/// # let _ = apollos;
+/// ```
 pub struct Cond<E> {
     pub(crate) column: &'static str,
     pub(crate) op: Op,
@@ -281,6 +306,14 @@ impl<E> std::fmt::Debug for Cond<E> {
 
 /// An ordering by a column of `E`, for [`Select::order`](crate::Select::order):
 /// `Project::ID.desc()` (see [`Col`]).
+///
+/// ```
+/// # use tenantry::TenantEntity;
+/// # #[derive(TenantEntity)]
+/// # struct Project { #[tenant(id, generated)] id: i64, name: String }
+/// let by_name = Project::select().order(Project::NAME.asc());
+/// # let _ = by_name;
+/// ```
 #[derive(Debug)]
 pub struct Order<E> {
     pub(crate) column: &'static str,
@@ -291,6 +324,15 @@ pub struct Order<E> {
 /// A new value for a column of `E`, for
 /// [`TenantEntity::update_columns`](crate::TenantEntity::update_columns):
 /// `Project::NAME.set("zeus")` (see [`Col`]).
+///
+/// ```no_run
+/// # use tenantry::TenantEntity;
+/// # #[derive(TenantEntity)]
+/// # struct Project { #[tenant(id, generated)] id: i64, name: String }
+/// # async fn f(db: &mut tenantry::TenantDb) -> Result<(), tenantry::Error> {
+/// let renamed = Project::update_columns(db, &7, vec![Project::NAME.set("zeus")]).await?;
+/// # Ok(()) }
+/// ```
 pub struct Assign<E> {
     pub(crate) column: &'static str,
     pub(crate) value: Binder,

@@ -14,6 +14,13 @@ use crate::tenant::{Strategy, Tenant, TenantId, TenantStatus};
 
 /// Which tenants a fan-out visits. Only active tenants are visited: a suspended
 /// tenant's handles are refused (403) like its requests.
+///
+/// ```
+/// use tenantry::{Selection, Strategy};
+/// let some = Selection::Ids(vec!["acme".parse().unwrap(), "globex".parse().unwrap()]);
+/// assert_ne!(some, Selection::Strategy(Strategy::Row));
+/// assert_eq!(Selection::default(), Selection::All);
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Selection {
     /// Every active tenant (the default).
@@ -61,7 +68,8 @@ impl Default for FanOut {
     }
 }
 
-/// One tenant's outcome of a fan-out.
+/// One tenant's outcome of a fan-out (see [`TenantManager::fan_out`] for a loop over
+/// them).
 #[derive(Debug)]
 pub struct TenantOutcome<T> {
     /// The tenant.
