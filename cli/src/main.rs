@@ -156,6 +156,37 @@ enum TenantsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Add a domain to a tenant (requests to that host name are its requests).
+    AddDomain {
+        #[arg(value_parser = parse_id)]
+        id: TenantId,
+        /// A lowercase host name, for example `www.acme.example.com`.
+        domain: String,
+        /// Make it the primary domain.
+        #[arg(long)]
+        primary: bool,
+        /// Print the tenant as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a domain of a tenant (the primary one only as the last).
+    RemoveDomain {
+        #[arg(value_parser = parse_id)]
+        id: TenantId,
+        domain: String,
+        /// Print the tenant as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make one of a tenant's domains its primary one.
+    PrimaryDomain {
+        #[arg(value_parser = parse_id)]
+        id: TenantId,
+        domain: String,
+        /// Print the tenant as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a tenant's schema and data to a file (SQL, from pg_dump).
     Export {
         #[arg(value_parser = parse_id)]
@@ -349,6 +380,9 @@ fn print_tenant(t: &Tenant) {
     println!("id:          {}", t.id);
     println!("name:        {}", t.name);
     println!("domain:      {}", t.domain.as_deref().unwrap_or("-"));
+    if t.domains.len() > 1 {
+        println!("domains:     {}", t.domains.join(", "));
+    }
     println!("status:      {}", t.status);
     println!("strategy:    {}", t.strategy);
     match (t.schema(), t.database()) {
@@ -363,6 +397,23 @@ fn print_tenant(t: &Tenant) {
     );
     println!("created at:  {}", t.created_at);
     println!("updated at:  {}", t.updated_at);
+}
+
+fn print_domains(t: &Tenant, json: bool) -> Result<(), Failure> {
+    if json {
+        return print_json(t);
+    }
+    println!(
+        "tenant `{}` domains: {} (primary: {})",
+        t.id,
+        if t.domains.is_empty() {
+            "-".to_owned()
+        } else {
+            t.domains.join(", ")
+        },
+        t.domain.as_deref().unwrap_or("-")
+    );
+    Ok(())
 }
 
 async fn existing(manager: &TenantManager, id: &TenantId) -> Result<Tenant, Failure> {
@@ -511,6 +562,26 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
                     serde_json::to_string(&tenant.limits)?
                 );
             }
+        }
+        TenantsCommand::AddDomain {
+            id,
+            domain,
+            primary,
+            json,
+        } => {
+            let manager = manager(cli, None).await?;
+            let tenant = manager.add_tenant_domain(id, domain, *primary).await?;
+            print_domains(&tenant, *json)?;
+        }
+        TenantsCommand::RemoveDomain { id, domain, json } => {
+            let manager = manager(cli, None).await?;
+            let tenant = manager.remove_tenant_domain(id, domain).await?;
+            print_domains(&tenant, *json)?;
+        }
+        TenantsCommand::PrimaryDomain { id, domain, json } => {
+            let manager = manager(cli, None).await?;
+            let tenant = manager.set_primary_domain(id, domain).await?;
+            print_domains(&tenant, *json)?;
         }
         TenantsCommand::Export { id, out } => {
             let manager = manager(cli, None).await?;

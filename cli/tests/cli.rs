@@ -910,3 +910,87 @@ async fn set_limits_changes_what_show_reports() {
     let shown: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(shown["limits"], serde_json::json!({}));
 }
+
+#[tokio::test]
+async fn domains_are_added_and_removed_from_the_cli() {
+    let db = db().await;
+    let url = Some(db.url());
+    let r = tenantry(
+        url,
+        &[
+            "tenants",
+            "create",
+            "acme",
+            "--name",
+            "Acme",
+            "--domain",
+            "acme.example.com",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        tenantry(url, &["tenants", "create", "globex", "--name", "Globex"]).code,
+        0
+    );
+    let r = tenantry(
+        url,
+        &[
+            "tenants",
+            "add-domain",
+            "acme",
+            "www.acme.example.com",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let t: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        t["domains"],
+        serde_json::json!(["acme.example.com", "www.acme.example.com"])
+    );
+    assert_eq!(t["domain"], "acme.example.com");
+    // Taken, the primary, a bad name: clear errors, exit 1.
+    let r = tenantry(
+        url,
+        &["tenants", "add-domain", "globex", "www.acme.example.com"],
+    );
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("already used by another tenant"),
+        "{}",
+        r.stderr
+    );
+    let r = tenantry(
+        url,
+        &["tenants", "remove-domain", "acme", "acme.example.com"],
+    );
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("primary"), "{}", r.stderr);
+    assert_eq!(
+        tenantry(url, &["tenants", "add-domain", "acme", "127.0.0.1"]).code,
+        1
+    );
+    let r = tenantry(
+        url,
+        &["tenants", "primary-domain", "acme", "www.acme.example.com"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("primary: www.acme.example.com"),
+        "{}",
+        r.stdout
+    );
+    let r = tenantry(
+        url,
+        &[
+            "tenants",
+            "remove-domain",
+            "acme",
+            "acme.example.com",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let t: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(t["domains"], serde_json::json!(["www.acme.example.com"]));
+}

@@ -234,6 +234,7 @@ pub mod __private {
             id,
             name: "Example".to_owned(),
             domain: None,
+            domains: Vec::new(),
             strategy: Strategy::Schema,
             status: TenantStatus::Active,
             server: "default".to_owned(),

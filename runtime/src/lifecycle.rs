@@ -77,42 +77,7 @@ impl Lifecycle {
             ));
         }
         if let Some(domain) = &new.domain {
-            if domain.contains(':') {
-                return Err(Error::Unprocessable(format!(
-                    "`domain` `{}` has a port or is an IPv6 address; give the bare host name",
-                    domain.escape_debug()
-                )));
-            }
-            let ok = !domain.is_empty()
-                && domain.len() <= 253
-                && domain.split('.').all(|label| {
-                    !label.is_empty()
-                        && label.len() <= 63
-                        && !label.starts_with('-')
-                        && !label.ends_with('-')
-                        && label
-                            .bytes()
-                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                });
-            if !ok {
-                return Err(Error::Validation(format!(
-                    "`domain` `{}` is not a lowercase host name",
-                    domain.escape_debug()
-                )));
-            }
-            // A host name that is an address or this machine would let a tenant claim
-            // every request made by IP or to localhost.
-            let last = domain.rsplit('.').next().unwrap_or_default();
-            if last.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(Error::Unprocessable(format!(
-                    "`domain` `{domain}` is an IP address; give the tenant a host name"
-                )));
-            }
-            if domain == "localhost" || domain.ends_with(".localhost") {
-                return Err(Error::Unprocessable(format!(
-                    "`domain` `{domain}` is a local name; give the tenant a public host name"
-                )));
-            }
+            check_domain(domain)?;
         }
         Ok(())
     }
@@ -159,6 +124,94 @@ impl Lifecycle {
         self.repository().notify(&mut tx, id).await?;
         tx.commit().await?;
         tracing::info!(tenant = %id, ?limits, "tenant limits changed");
+        Ok(tenant)
+    }
+
+    /// Adds `domain` to the tenant's domains (idempotent); with `primary`, or if the
+    /// tenant has no primary domain yet, it becomes the primary one. Another tenant's
+    /// domain is a 409; a name that is not a public host name a 400/422.
+    pub async fn add_domain(
+        &self,
+        id: &TenantId,
+        domain: &str,
+        primary: bool,
+    ) -> Result<Tenant, Error> {
+        let domain = normalize_domain(domain);
+        check_domain(&domain)?;
+        let mut tx = self.repository().pool().begin().await?;
+        let current = self.locked(&mut tx, id).await?;
+        self.repository().add_domain(&mut tx, id, &domain).await?;
+        if primary || current.domain.is_none() {
+            self.repository()
+                .set_primary_domain(&mut tx, id, Some(&domain))
+                .await?;
+        }
+        self.announce(tx, id).await
+    }
+
+    /// Removes `domain` from the tenant's domains. The primary domain goes only as the
+    /// last one (409 otherwise: make another one primary first); a domain the tenant
+    /// does not have is a 404.
+    pub async fn remove_domain(&self, id: &TenantId, domain: &str) -> Result<Tenant, Error> {
+        let domain = normalize_domain(domain);
+        let mut tx = self.repository().pool().begin().await?;
+        let current = self.locked(&mut tx, id).await?;
+        if current.domain.as_deref() == Some(domain.as_str()) {
+            if current.domains.len() > 1 {
+                return Err(Error::Conflict(format!(
+                    "`{domain}` is the primary domain of tenant `{id}`: make another of its \
+                     domains primary first"
+                )));
+            }
+            self.repository()
+                .set_primary_domain(&mut tx, id, None)
+                .await?;
+        }
+        if !self
+            .repository()
+            .remove_domain(&mut tx, id, &domain)
+            .await?
+        {
+            return Err(Error::NotFound(format!(
+                "tenant `{id}` has no domain `{}`",
+                domain.escape_debug()
+            )));
+        }
+        self.announce(tx, id).await
+    }
+
+    /// Makes `domain`, one of the tenant's domains, its primary one (404 otherwise).
+    pub async fn set_primary_domain(&self, id: &TenantId, domain: &str) -> Result<Tenant, Error> {
+        let domain = normalize_domain(domain);
+        let mut tx = self.repository().pool().begin().await?;
+        let current = self.locked(&mut tx, id).await?;
+        if !current.domains.contains(&domain) {
+            return Err(Error::NotFound(format!(
+                "tenant `{id}` has no domain `{}`: add it first",
+                domain.escape_debug()
+            )));
+        }
+        self.repository()
+            .set_primary_domain(&mut tx, id, Some(&domain))
+            .await?;
+        self.announce(tx, id).await
+    }
+
+    /// Announces a change of tenant `id`, commits `tx`, and returns the tenant as
+    /// committed.
+    async fn announce(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        id: &TenantId,
+    ) -> Result<Tenant, Error> {
+        self.repository().notify(&mut tx, id).await?;
+        let tenant = self
+            .repository()
+            .find_for_update(&mut tx, id)
+            .await?
+            .ok_or_else(|| Error::TenantNotFound(id.clone()))?;
+        tx.commit().await?;
+        tracing::info!(tenant = %id, domains = ?tenant.domains, primary = ?tenant.domain, "tenant domains changed");
         Ok(tenant)
     }
 
@@ -230,6 +283,8 @@ impl Lifecycle {
             });
         }
         self.strategies.remove(&mut tx, &current).await?;
+        // Its domains are free again and never lead to the tombstone.
+        self.repository().remove_all_domains(&mut tx, id).await?;
         let tenant = self
             .repository()
             .set_status(Some(&mut tx), id, TenantStatus::Deleted)
@@ -282,4 +337,51 @@ impl Lifecycle {
     pub async fn doctor(&self, tenants: &[Tenant]) -> Result<Vec<Finding>, Error> {
         self.strategies.doctor(tenants).await
     }
+}
+
+/// Whether `domain` may name a tenant: a lowercase host name (no port, not an IP
+/// address, not `localhost`), normalized already (trimmed, no trailing dot).
+pub(crate) fn check_domain(domain: &str) -> Result<(), Error> {
+    if domain.contains(':') {
+        return Err(Error::Unprocessable(format!(
+            "`domain` `{}` has a port or is an IPv6 address; give the bare host name",
+            domain.escape_debug()
+        )));
+    }
+    let ok = !domain.is_empty()
+        && domain.len() <= 253
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+    if !ok {
+        return Err(Error::Validation(format!(
+            "`domain` `{}` is not a lowercase host name",
+            domain.escape_debug()
+        )));
+    }
+    // A host name that is an address or this machine would let a tenant claim
+    // every request made by IP or to localhost.
+    let last = domain.rsplit('.').next().unwrap_or_default();
+    if last.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::Unprocessable(format!(
+            "`domain` `{domain}` is an IP address; give the tenant a host name"
+        )));
+    }
+    if domain == "localhost" || domain.ends_with(".localhost") {
+        return Err(Error::Unprocessable(format!(
+            "`domain` `{domain}` is a local name; give the tenant a public host name"
+        )));
+    }
+    Ok(())
+}
+
+/// `domain` as stored: trimmed, lowercase, without a trailing dot.
+pub(crate) fn normalize_domain(domain: &str) -> String {
+    domain.trim().trim_end_matches('.').to_ascii_lowercase()
 }

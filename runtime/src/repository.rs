@@ -52,11 +52,25 @@ const REGISTRY_UPGRADES: &[&str] = &[
     r#"
     ALTER TABLE {schema}.tenants ADD COLUMN limits jsonb NOT NULL DEFAULT '{}'::jsonb;
     "#,
+    // 5: several domains per tenant; `tenants.domain` stays the primary one
+    r#"
+    CREATE TABLE {schema}.tenant_domains (
+        domain    text PRIMARY KEY,
+        tenant_id text NOT NULL REFERENCES {schema}.tenants (id) ON DELETE CASCADE,
+        added_at  timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX tenant_domains_tenant ON {schema}.tenant_domains (tenant_id);
+    INSERT INTO {schema}.tenant_domains (domain, tenant_id)
+        SELECT domain, id FROM {schema}.tenants
+        WHERE domain IS NOT NULL AND status <> 'deleted';
+    "#,
 ];
 
 /// The columns of a tenant record, `{schema}` being the quoted control schema.
 const TENANT_COLUMNS: &str = "id, name, domain, strategy, status, schema_name, server, \
      incarnation, limits::text AS limits, created_at, updated_at, \
+     coalesce((SELECT array_agg(d.domain ORDER BY d.domain) FROM {schema}.tenant_domains d \
+               WHERE d.tenant_id = tenants.id), '{}') AS domains, \
      (SELECT max(m.version) FROM {schema}.tenant_migrations m WHERE m.tenant_id = tenants.id) \
      AS schema_version";
 
@@ -117,7 +131,8 @@ impl TenantRepository {
                 "SELECT {tenant_columns} FROM {q}.tenants WHERE id = $1 FOR UPDATE"
             ),
             select_by_domain: format!(
-                "SELECT {tenant_columns} FROM {q}.tenants WHERE domain = $1 AND status <> 'deleted'"
+                "SELECT {tenant_columns} FROM {q}.tenants WHERE status <> 'deleted' \
+                 AND id = (SELECT tenant_id FROM {q}.tenant_domains WHERE domain = $1)"
             ),
             delete_provisioning: format!(
                 "DELETE FROM {q}.tenants WHERE id = $1 AND status = 'provisioning'"
@@ -343,7 +358,7 @@ impl TenantRepository {
                     .as_deref()
                     .unwrap_or(crate::servers::DEFAULT_SERVER),
             )
-            .fetch_one(conn)
+            .fetch_one(&mut *conn)
             .await
             .map_err(|e| match unique_violation(&e) {
                 Some(c) if c.contains("domain") => Error::Validation(format!(
@@ -353,7 +368,104 @@ impl TenantRepository {
                 Some(_) => Error::TenantExists(new.id.clone()),
                 None => Error::Database(e),
             })?;
-        tenant_from_row(&row)
+        let tenant = tenant_from_row(&row)?;
+        match &new.domain {
+            Some(domain) => {
+                self.add_domain(conn, &new.id, domain).await?;
+                self.find_for_update(conn, &new.id)
+                    .await?
+                    .ok_or_else(|| Error::Registry("the new tenant row vanished".to_owned()))
+            }
+            None => Ok(tenant),
+        }
+    }
+
+    /// Registers `domain` for tenant `id` (idempotent), inside the caller's
+    /// transaction; another tenant's domain is a conflict.
+    pub async fn add_domain(
+        &self,
+        conn: &mut PgConnection,
+        id: &TenantId,
+        domain: &str,
+    ) -> Result<(), Error> {
+        let q = &self.quoted_schema;
+        let mine: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {q}.tenant_domains (domain, tenant_id) VALUES ($1, $2) \
+             ON CONFLICT (domain) DO UPDATE SET tenant_id = EXCLUDED.tenant_id \
+             WHERE {q}.tenant_domains.tenant_id = EXCLUDED.tenant_id RETURNING tenant_id"
+        )))
+        .bind(domain)
+        .bind(id.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+        match mine {
+            Some(_) => Ok(()),
+            None => Err(Error::Conflict(format!(
+                "domain `{domain}` is already used by another tenant"
+            ))),
+        }
+    }
+
+    /// Unregisters `domain` of tenant `id`, inside the caller's transaction; `false`
+    /// if the tenant did not have it.
+    pub async fn remove_domain(
+        &self,
+        conn: &mut PgConnection,
+        id: &TenantId,
+        domain: &str,
+    ) -> Result<bool, Error> {
+        let q = &self.quoted_schema;
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {q}.tenant_domains WHERE domain = $1 AND tenant_id = $2"
+        )))
+        .bind(domain)
+        .bind(id.as_str())
+        .execute(&mut *conn)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Unregisters every domain of tenant `id` (it is being deleted), and clears its
+    /// primary domain, so the names are free and never lead to its tombstone.
+    pub async fn remove_all_domains(
+        &self,
+        conn: &mut PgConnection,
+        id: &TenantId,
+    ) -> Result<(), Error> {
+        let q = &self.quoted_schema;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {q}.tenant_domains WHERE tenant_id = {id};
+             UPDATE {q}.tenants SET domain = NULL WHERE id = {id};",
+            id = crate::naming::quote_literal(id.as_str())
+        )))
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Sets tenant `id`'s primary domain (one of its domains, or none).
+    pub async fn set_primary_domain(
+        &self,
+        conn: &mut PgConnection,
+        id: &TenantId,
+        domain: Option<&str>,
+    ) -> Result<(), Error> {
+        let q = &self.quoted_schema;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {q}.tenants SET domain = $2, updated_at = now() WHERE id = $1"
+        )))
+        .bind(id.as_str())
+        .bind(domain)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| match unique_violation(&e) {
+            Some(_) => Error::Conflict(format!(
+                "domain `{}` is the primary domain of another tenant",
+                domain.unwrap_or_default()
+            )),
+            None => Error::Database(e),
+        })?;
+        Ok(())
     }
 
     /// Sets a tenant's status, on `conn` (a transaction) or the pool.
@@ -529,6 +641,7 @@ fn tenant_from_row(row: &PgRow) -> Result<Tenant, Error> {
         schema_version: row.try_get("schema_version")?,
         created_at: row.try_get("created_at")?,
         limits: stored_limits(row.try_get("limits")?)?,
+        domains: row.try_get("domains")?,
         updated_at: row.try_get("updated_at")?,
     })
 }

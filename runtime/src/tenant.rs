@@ -332,8 +332,11 @@ pub struct Tenant {
     pub id: TenantId,
     /// A display name.
     pub name: String,
-    /// An optional domain (for example `acme.example.com`).
+    /// The primary domain, if any (for example `acme.example.com`): one of
+    /// [`Tenant::domains`].
     pub domain: Option<String>,
+    /// Every domain that names the tenant (the primary included), sorted.
+    pub domains: Vec<String>,
     /// The isolation strategy.
     pub strategy: Strategy,
     /// The lifecycle status.

@@ -317,6 +317,15 @@ pub fn admin_routes(state: AppState) -> Router {
             "/api/v1/tenants/{id}/limits",
             axum::routing::put(set_tenant_limits),
         )
+        .route("/api/v1/tenants/{id}/domains", post(add_tenant_domain))
+        .route(
+            "/api/v1/tenants/{id}/domains/{domain}",
+            axum::routing::delete(remove_tenant_domain),
+        )
+        .route(
+            "/api/v1/tenants/{id}/domains/{domain}/primary",
+            axum::routing::put(set_primary_domain),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .with_state(state)
 }
@@ -419,6 +428,49 @@ async fn set_tenant_limits(
             .set_tenant_limits(&TenantId::parse(&id)?, limits)
             .await?,
     ))
+}
+
+/// The body of `POST /api/v1/tenants/{id}/domains`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDomain {
+    /// A lowercase host name.
+    pub domain: String,
+    /// Make it the primary domain.
+    #[serde(default)]
+    pub primary: bool,
+}
+
+async fn add_tenant_domain(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(new): Json<NewDomain>,
+) -> Result<Json<Tenant>, Error> {
+    let id = TenantId::parse(&id)?;
+    Ok(Json(
+        state
+            .manager
+            .add_tenant_domain(&id, &new.domain, new.primary)
+            .await?,
+    ))
+}
+
+async fn remove_tenant_domain(
+    State(state): State<AppState>,
+    Path((id, domain)): Path<(String, String)>,
+) -> Result<Json<Tenant>, Error> {
+    let id = TenantId::parse(&id)?;
+    Ok(Json(
+        state.manager.remove_tenant_domain(&id, &domain).await?,
+    ))
+}
+
+async fn set_primary_domain(
+    State(state): State<AppState>,
+    Path((id, domain)): Path<(String, String)>,
+) -> Result<Json<Tenant>, Error> {
+    let id = TenantId::parse(&id)?;
+    Ok(Json(state.manager.set_primary_domain(&id, &domain).await?))
 }
 
 async fn resume_tenant(

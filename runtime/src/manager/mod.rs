@@ -322,6 +322,44 @@ impl TenantManager {
         result
     }
 
+    /// Adds a domain to the tenant (see [`Lifecycle::add_domain`](crate::admin::Lifecycle::add_domain));
+    /// the host resolver of every instance follows (its cache entries of the tenant
+    /// and its cached misses are dropped by the change notification).
+    ///
+    /// ```no_run
+    /// # async fn f(manager: tenantry::TenantManager) -> Result<(), tenantry::Error> {
+    /// let acme = "acme".parse()?;
+    /// manager.add_tenant_domain(&acme, "acme.example.com", true).await?;
+    /// manager.add_tenant_domain(&acme, "www.acme.example.com", false).await?;
+    /// let t = manager.remove_tenant_domain(&acme, "www.acme.example.com").await?;
+    /// assert_eq!(t.domains, ["acme.example.com"]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn add_tenant_domain(
+        &self,
+        id: &TenantId,
+        domain: &str,
+        primary: bool,
+    ) -> Result<Tenant, Error> {
+        let result = self.inner.lifecycle.add_domain(id, domain, primary).await;
+        self.invalidate(id);
+        result
+    }
+
+    /// Removes a domain of the tenant (the primary one only as the last).
+    pub async fn remove_tenant_domain(&self, id: &TenantId, domain: &str) -> Result<Tenant, Error> {
+        let result = self.inner.lifecycle.remove_domain(id, domain).await;
+        self.invalidate(id);
+        result
+    }
+
+    /// Makes one of the tenant's domains its primary one.
+    pub async fn set_primary_domain(&self, id: &TenantId, domain: &str) -> Result<Tenant, Error> {
+        let result = self.inner.lifecycle.set_primary_domain(id, domain).await;
+        self.invalidate(id);
+        result
+    }
+
     /// Suspends a tenant: its requests get 403 until it is resumed.
     pub async fn suspend_tenant(&self, id: &TenantId) -> Result<Tenant, Error> {
         let result = self.inner.lifecycle.suspend(id).await;
