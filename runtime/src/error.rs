@@ -179,7 +179,9 @@ impl Error {
             Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Rejected { status, .. } => *status,
             Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Error::Database(e) if is_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Database(e) if is_unavailable(e) || is_cancelled(e) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::PoolExhausted { .. } | Error::TenantChanged(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -228,6 +230,7 @@ impl Error {
             Error::TenantChanged(_) => ("tenant-changed", "Tenant changed"),
             Error::TenantBusy(_) => ("tenant-busy", "Tenant busy"),
             Error::Conflict(_) => ("conflict", "Conflict"),
+            Error::Database(e) if is_cancelled(e) => ("statement-timeout", "Statement cancelled"),
             Error::Database(_) if status == StatusCode::SERVICE_UNAVAILABLE => {
                 ("database-unavailable", "Database unavailable")
             }
@@ -241,6 +244,11 @@ impl Error {
                 }
                 StatusCode::SERVICE_UNAVAILABLE if matches!(self, Error::TenantChanged(_)) => {
                     "the tenant changed while the request was in flight; retry".to_owned()
+                }
+                StatusCode::SERVICE_UNAVAILABLE if matches!(self, Error::Database(e) if is_cancelled(e)) => {
+                    "a statement ran longer than the tenant's statement timeout (or was \
+                     cancelled by an operator); retry later"
+                        .to_owned()
                 }
                 StatusCode::SERVICE_UNAVAILABLE => {
                     "the database cannot be reached; retry later".to_owned()
@@ -327,6 +335,12 @@ fn data_fault(e: &sqlx::Error) -> Option<DataFault> {
         },
         _ => return None,
     })
+}
+
+/// A statement the server cancelled: the tenant's statement timeout, or an operator's
+/// `pg_cancel_backend` (SQLSTATE 57014).
+fn is_cancelled(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("57014"))
 }
 
 fn is_unavailable(e: &sqlx::Error) -> bool {

@@ -190,6 +190,19 @@ async fn the_statement_timeout_is_the_tenants() {
             Err(sqlx::Error::Database(e)) if cancelled => {
                 assert_eq!(e.code().as_deref(), Some("57014"), "{e}");
                 assert!(started.elapsed() < Duration::from_millis(450));
+                // As a response: 503 with Retry-After, a problem saying what happened.
+                let error = tenantry::Error::from(sqlx::Error::Database(e));
+                assert_eq!(error.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+                let problem = error.to_problem();
+                assert_eq!(
+                    problem.type_,
+                    "https://tenantry.dev/problems/statement-timeout"
+                );
+                assert!(
+                    problem.detail.contains("statement timeout"),
+                    "{}",
+                    problem.detail
+                );
             }
             Ok(_) if !cancelled => {}
             other => panic!("{id}: {other:?}"),
