@@ -935,35 +935,54 @@ impl PooledConn {
             conn.raw.clear_cached_statements().await?;
         }
         let scope = pool.scope(tenant);
+        // The statement timeout is touched only when it changes: set for a tenant that
+        // has one, put back to the session's default after one that had (reading the
+        // default scans every setting, so only then).
+        let timeout = match (scope.statement_timeout_ms, conn.timeout) {
+            (Some(ms), _) => Timeout::Set(ms.to_string()),
+            (None, Some(_)) => Timeout::Restore,
+            (None, None) => Timeout::Keep,
+        };
         if session && !scope.own_database {
             // The whole binding in one round trip; values are bound, never spliced.
-            sqlx::query(
-                "SELECT pg_catalog.set_config('search_path', $1, false), \
+            const BINDING: &str = "SELECT pg_catalog.set_config('search_path', $1, false), \
                  pg_catalog.set_config($2, $3, false), pg_catalog.set_config('role', $4, false), \
-                 pg_catalog.set_config('application_name', $5, false), \
-                 pg_catalog.set_config('statement_timeout', coalesce($6, (SELECT reset_val \
-                     FROM pg_catalog.pg_settings WHERE name = 'statement_timeout')), false)",
-            )
-            .bind(&scope.search_path)
-            .bind(TENANT_SETTING)
-            .bind(&scope.setting)
-            .bind(scope.role_setting())
-            .bind(&scope.application_name)
-            .bind(scope.statement_timeout_ms.map(|ms| ms.to_string()))
-            .execute(&mut conn.raw)
-            .await?;
+                 pg_catalog.set_config('application_name', $5, false)";
+            let sql = match &timeout {
+                Timeout::Keep => BINDING.to_owned(),
+                Timeout::Set(_) => {
+                    format!("{BINDING}, pg_catalog.set_config('statement_timeout', $6, false)")
+                }
+                Timeout::Restore => format!("{BINDING}, {RESTORE_TIMEOUT}"),
+            };
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&scope.search_path)
+                .bind(TENANT_SETTING)
+                .bind(&scope.setting)
+                .bind(scope.role_setting())
+                .bind(&scope.application_name);
+            if let Timeout::Set(ms) = &timeout {
+                query = query.bind(ms);
+            }
+            query.execute(&mut conn.raw).await?;
             conn.timeout = scope.statement_timeout_ms;
             pool.lock().stats.rebound += 1;
-        } else if session {
+        } else if session && !matches!(timeout, Timeout::Keep) {
             // A tenant database's connection is its binding; only the tenant's
             // statement timeout can change (its limits did).
-            sqlx::query(
-                "SELECT pg_catalog.set_config('statement_timeout', coalesce($1, (SELECT reset_val \
-                     FROM pg_catalog.pg_settings WHERE name = 'statement_timeout')), false)",
-            )
-            .bind(scope.statement_timeout_ms.map(|ms| ms.to_string()))
-            .execute(&mut conn.raw)
-            .await?;
+            match &timeout {
+                Timeout::Set(ms) => {
+                    sqlx::query("SELECT pg_catalog.set_config('statement_timeout', $1, false)")
+                        .bind(ms)
+                        .execute(&mut conn.raw)
+                        .await?;
+                }
+                _ => {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SELECT {RESTORE_TIMEOUT}")))
+                        .execute(&mut conn.raw)
+                        .await?;
+                }
+            }
             conn.timeout = scope.statement_timeout_ms;
         }
         self.busy = false;
@@ -1156,6 +1175,20 @@ async fn reset(conn: &mut PgConnection, session: bool) -> Result<(), sqlx::Error
     }
     Ok(())
 }
+
+/// What a binding does to the session's statement timeout.
+enum Timeout {
+    /// Leave it (the tenant has none, and none was set before).
+    Keep,
+    /// Set it to this many milliseconds.
+    Set(String),
+    /// Put the session's default back (a previous tenant had one).
+    Restore,
+}
+
+/// Puts the session's default statement timeout back.
+const RESTORE_TIMEOUT: &str = "pg_catalog.set_config('statement_timeout', \
+     (SELECT reset_val FROM pg_catalog.pg_settings WHERE name = 'statement_timeout'), false)";
 
 /// A flag a handler's statement sets when it may have changed the session.
 #[derive(Clone, Default)]
