@@ -722,17 +722,15 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<u8, Failure> {
     // Row tenants see only their rows through row-level security, which a superuser
     // or a BYPASSRLS role skips: without a row role, such a login must not run SQL
     // as a row tenant.
+    let tenants = manager.list_tenants().await?;
     let row_selected = match (&args.tenants[..], args.strategy) {
         ([], None) => true,
         ([], Some(strategy)) => strategy.strategy() == Strategy::Row,
-        (ids, _) => {
-            let tenants = manager.list_tenants().await?;
-            ids.iter().any(|id| {
-                tenants
-                    .iter()
-                    .any(|t| &t.id == id && t.strategy == Strategy::Row)
-            })
-        }
+        (ids, _) => ids.iter().any(|id| {
+            tenants
+                .iter()
+                .any(|t| &t.id == id && t.strategy == Strategy::Row)
+        }),
     };
     if let (true, Some(role)) = (row_selected, &cli.row_role) {
         // The row role must itself be subject to row-level security, and one the
@@ -766,11 +764,7 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<u8, Failure> {
         )
         .fetch_one(manager.admin().registry_pool())
         .await?;
-        let has_row_tenants = manager
-            .list_tenants()
-            .await?
-            .iter()
-            .any(|t| t.strategy == Strategy::Row);
+        let has_row_tenants = tenants.iter().any(|t| t.strategy == Strategy::Row);
         if bypasses && has_row_tenants {
             return Err(usage(
                 "the login bypasses row-level security (a superuser or BYPASSRLS role), so SQL \

@@ -419,19 +419,7 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
     where
         Self: Sync,
     {
-        Box::pin(async move {
-            let sql = Self::sql();
-            let args = EntitySql::arguments(
-                |i, args| self.bind_column(i, args),
-                handle.bound_tenant(),
-                &sql.insert_binds,
-            )?;
-            let row = own_statement!(
-                handle,
-                fetch_one(sqlx::query_with(sql.insert.as_str(), args))
-            );
-            Self::from_row(&row).map_err(Error::from)
-        })
+        Box::pin(insert_row(handle, |i, args| self.bind_column(i, args)))
     }
 
     /// Writes every non-key column of this value; returns the stored row, or `None`
@@ -573,20 +561,24 @@ pub trait NewEntity: Sized + Send + Sync + 'static {
         &'a self,
         handle: &'a mut H,
     ) -> BoxFuture<'a, Result<Self::Entity, Error>> {
-        Box::pin(async move {
-            let sql = Self::Entity::sql();
-            let args = EntitySql::arguments(
-                |i, args| self.bind_column(i, args),
-                handle.bound_tenant(),
-                &sql.insert_binds,
-            )?;
-            let row = own_statement!(
-                handle,
-                fetch_one(sqlx::query_with(sql.insert.as_str(), args))
-            );
-            Self::Entity::from_row(&row).map_err(Error::from)
-        })
+        Box::pin(insert_row(handle, |i, args| self.bind_column(i, args)))
     }
+}
+
+/// Inserts a row of `E`, each column's value added by `column(index, args)` (the
+/// tenant column filled from the handle, generated columns left to the database),
+/// and returns it as stored: the insert of an entity and of its `New<Model>`.
+async fn insert_row<E: TenantEntity, H: TenantHandle>(
+    handle: &mut H,
+    column: impl Fn(usize, &mut PgArguments) -> Result<(), Error>,
+) -> Result<E, Error> {
+    let sql = E::sql();
+    let args = EntitySql::arguments(column, handle.bound_tenant(), &sql.insert_binds)?;
+    let row = own_statement!(
+        handle,
+        fetch_one(sqlx::query_with(sql.insert.as_str(), args))
+    );
+    E::from_row(&row).map_err(Error::from)
 }
 
 /// Decodes a row that may be missing.

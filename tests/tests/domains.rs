@@ -9,12 +9,7 @@ use std::time::{Duration, Instant};
 use axum::http::Method;
 use common::*;
 use serde_json::json;
-use tenantry::{PoolConfig, TenantManager};
-
-fn admin_header() -> (&'static str, &'static str) {
-    let (name, value) = admin();
-    (name, Box::leak(value.into_boxed_str()))
-}
+use tenantry::PoolConfig;
 
 async fn tenant_of_host(app: &axum::Router, host: &str) -> serde_json::Value {
     let r = send(
@@ -186,13 +181,7 @@ async fn another_instance_follows_within_a_second() {
     a.add_tenant_domain(&"acme".parse().unwrap(), "acme.example.com", true)
         .await
         .unwrap();
-    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
-    let b = TenantManager::builder(pool)
-        .database_prefix(database_prefix(&db))
-        .cache_ttl(Duration::from_secs(3600))
-        .build()
-        .await
-        .unwrap();
+    let b = second_instance(&db).await;
     assert!(
         b.find_tenant_by_domain("acme.example.com")
             .await

@@ -10,12 +10,7 @@ use axum::http::Method;
 use axum::routing::get;
 use common::*;
 use serde_json::json;
-use tenantry::{PoolConfig, TenantLayer, TenantLimitLayer, TenantLimits, TenantManager};
-
-fn admin_ref() -> (&'static str, &'static str) {
-    let (name, value) = admin();
-    (name, Box::leak(value.into_boxed_str()))
-}
+use tenantry::{PoolConfig, TenantLayer, TenantLimitLayer, TenantLimits};
 
 #[tokio::test]
 async fn a_tenant_over_its_rate_gets_429_and_the_others_do_not_notice() {
@@ -30,7 +25,7 @@ async fn a_tenant_over_its_rate_gets_429_and_the_others_do_not_notice() {
         &app,
         Method::PUT,
         "/api/v1/tenants/acme/limits",
-        &[admin_ref()],
+        &[admin_header()],
         Some(json!({"rate": 2.0, "burst": 2})),
     )
     .await;
@@ -72,7 +67,7 @@ async fn a_tenant_over_its_rate_gets_429_and_the_others_do_not_notice() {
         &app,
         Method::PUT,
         "/api/v1/tenants/acme/limits",
-        &[admin_ref()],
+        &[admin_header()],
         Some(json!({})),
     )
     .await;
@@ -90,7 +85,7 @@ async fn a_tenant_over_its_rate_gets_429_and_the_others_do_not_notice() {
             &app,
             Method::PUT,
             "/api/v1/tenants/acme/limits",
-            &[admin_ref()],
+            &[admin_header()],
             Some(bad.clone()),
         )
         .await;
@@ -100,7 +95,7 @@ async fn a_tenant_over_its_rate_gets_429_and_the_others_do_not_notice() {
         &app,
         Method::PUT,
         "/api/v1/tenants/ghost/limits",
-        &[admin_ref()],
+        &[admin_header()],
         Some(json!({})),
     )
     .await;
@@ -228,13 +223,7 @@ async fn the_statement_timeout_is_the_tenants() {
 async fn a_change_reaches_another_instance_within_a_second() {
     let (db, a) = manager(PoolConfig::default()).await;
     create(&a, "acme").await;
-    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
-    let b = TenantManager::builder(pool)
-        .database_prefix(database_prefix(&db))
-        .cache_ttl(Duration::from_secs(3600))
-        .build()
-        .await
-        .unwrap();
+    let b = second_instance(&db).await;
     let id = "acme".parse().unwrap();
     assert_eq!(
         b.resolve_tenant(&id).await.unwrap().limits,

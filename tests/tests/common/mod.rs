@@ -149,6 +149,26 @@ pub async fn send(
     }
 }
 
+/// The admin header as a `send` header pair (its value leaked: tests are short).
+#[allow(dead_code)]
+pub fn admin_header() -> (&'static str, &'static str) {
+    let (name, value) = admin();
+    (name, Box::leak(value.into_boxed_str()))
+}
+
+/// A second app instance on `db` that would answer from its cache for an hour: what
+/// it learns of a change, it learns through the change notifications.
+#[allow(dead_code)]
+pub async fn second_instance(db: &TestDatabase) -> TenantManager {
+    let pool = PgPool::connect(db.url()).await.expect("connect");
+    TenantManager::builder(pool)
+        .database_prefix(database_prefix(db))
+        .cache_ttl(std::time::Duration::from_secs(3600))
+        .build()
+        .await
+        .expect("build the second instance")
+}
+
 pub fn admin() -> (&'static str, String) {
     ("authorization", format!("Bearer {ADMIN_TOKEN}"))
 }
