@@ -53,6 +53,9 @@ enum Command {
     /// Run a SQL file in every active tenant (or some), each in its own transaction
     /// under the tenant's binding (row tenants under their row-level security).
     Exec(ExecArgs),
+    /// The named PostgreSQL servers database tenants can live on.
+    #[command(subcommand)]
+    Servers(ServersCommand),
 }
 
 #[derive(Args, Debug)]
@@ -96,6 +99,9 @@ enum TenantsCommand {
         /// The tenant migrations directory (sqlx format) to provision with.
         #[arg(long)]
         migrations: Option<PathBuf>,
+        /// Print the tenant as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// List tenants.
     List {
@@ -115,11 +121,17 @@ enum TenantsCommand {
     Suspend {
         #[arg(value_parser = parse_id)]
         id: TenantId,
+        /// Print the tenant as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Resume a suspended tenant.
     Resume {
         #[arg(value_parser = parse_id)]
         id: TenantId,
+        /// Print the tenant as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Delete a suspended tenant and its data.
     Delete {
@@ -131,6 +143,9 @@ enum TenantsCommand {
         /// Suspend the tenant first if it is active.
         #[arg(long)]
         force: bool,
+        /// Print the tombstone as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Change a tenant's limits; flags not given keep their value, `--reset` clears
     /// them all (back to the application's defaults).
@@ -187,13 +202,102 @@ enum TenantsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Write a tenant's schema and data to a file (SQL, from pg_dump).
+    /// Write a tenant's data to a file: a tenantry export (`tenants import` reads it
+    /// back, under any strategy and id), or SQL from pg_dump (`--format sql`).
     Export {
         #[arg(value_parser = parse_id)]
         id: TenantId,
         /// The file to write.
         #[arg(long)]
         out: PathBuf,
+        /// `tenantry` (importable, any strategy or server) or `sql` (pg_dump, for psql).
+        #[arg(long, value_enum, default_value_t = ExportFormat::Tenantry)]
+        format: ExportFormat,
+        /// Print a summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a tenant from an export, all or nothing (a failed import leaves no
+    /// tenant, schema, database or rows).
+    Import {
+        /// The export file (`tenantry tenants export ID --out FILE`).
+        file: PathBuf,
+        /// The new tenant's id (default: the exported one).
+        #[arg(long = "as", value_parser = parse_id)]
+        as_id: Option<TenantId>,
+        /// Its strategy (default: the exported one).
+        #[arg(long, value_enum)]
+        strategy: Option<StrategyArg>,
+        /// Its server (database tenants; see `tenantry servers`).
+        #[arg(long)]
+        server: Option<String>,
+        /// The tenant migrations directory the export's version comes from.
+        #[arg(long)]
+        migrations: Option<PathBuf>,
+        /// Print the tenant as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a tenant to another strategy or server, online: reads go on, writes get
+    /// 503 with Retry-After only while the data is copied and the registry switched.
+    #[command(group(clap::ArgGroup::new("target").required(true).multiple(false)))]
+    Move {
+        #[arg(value_parser = parse_id)]
+        id: TenantId,
+        /// The strategy to move to.
+        #[arg(long, value_enum, group = "target")]
+        to_strategy: Option<StrategyArg>,
+        /// The named server to move a database tenant to (see `tenantry servers`).
+        #[arg(long, group = "target")]
+        to_server: Option<String>,
+        /// The Citus worker to move the tenant to (HOST:PORT; Citus registries only).
+        #[arg(long, group = "target")]
+        to_node: Option<String>,
+        /// How long the old place keeps refusing writes after the switch, for every
+        /// instance to hear of it, before it is dropped.
+        #[arg(long, value_parser = parse_duration, default_value = "2s")]
+        grace: Duration,
+        /// The tenant migrations directory (the new place gets these versions).
+        #[arg(long)]
+        migrations: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ExportFormat {
+    /// A tenantry export: manifest and COPY data, importable under any strategy.
+    Tenantry,
+    /// SQL from pg_dump (needs pg_dump; the registry's server only).
+    Sql,
+}
+
+#[derive(Subcommand, Debug)]
+enum ServersCommand {
+    /// List the named servers (the registry's, and this CLI's `default`).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep a server in the registry, for every instance and this CLI. The URL names a
+    /// maintenance database (e.g. postgres://app@db2.internal/postgres) and no password
+    /// (the server's auth, ~/.pgpass or PGPASSWORD provide it).
+    Add {
+        name: String,
+        url: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a server (refused while tenants live on it).
+    Remove {
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -399,6 +503,61 @@ fn print_tenant(t: &Tenant) {
     println!("updated at:  {}", t.updated_at);
 }
 
+fn print_status(t: &Tenant, json: bool) -> Result<(), Failure> {
+    if json {
+        return print_json(t);
+    }
+    println!("tenant `{}` is {}", t.id, t.status);
+    Ok(())
+}
+
+/// A spinner on a terminal (not with `--json`, not when stderr is redirected).
+fn progress_spinner(json: bool, message: &str) -> Option<ProgressBar> {
+    if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return None;
+    }
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_message(message.to_owned());
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    Some(spinner)
+}
+
+async fn servers(cli: &Cli, cmd: &ServersCommand) -> Result<u8, Failure> {
+    let manager = manager(cli, None).await?;
+    let admin = manager.admin();
+    let json = match cmd {
+        ServersCommand::List { json } => *json,
+        ServersCommand::Add { name, url, json } => {
+            admin.add_server(name, url).await?;
+            if !json {
+                println!("server `{name}` kept in the registry");
+            }
+            *json
+        }
+        ServersCommand::Remove { name, json } => {
+            admin.remove_server(name).await?;
+            if !json {
+                println!("server `{name}` removed from the registry");
+            }
+            *json
+        }
+    };
+    let registered = admin.registry().servers().await?;
+    if json {
+        let list: Vec<_> = registered
+            .iter()
+            .map(|(name, url)| serde_json::json!({ "name": name, "url": url }))
+            .collect();
+        print_json(&list)?;
+    } else if matches!(cmd, ServersCommand::List { .. }) {
+        println!("default  (the registry's own server)");
+        for (name, url) in &registered {
+            println!("{name}  {url}");
+        }
+    }
+    Ok(0)
+}
+
 fn print_domains(t: &Tenant, json: bool) -> Result<(), Failure> {
     if json {
         return print_json(t);
@@ -431,6 +590,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         },
         Command::Doctor(args) => doctor(&cli, args).await,
         Command::Exec(args) => exec(&cli, args).await,
+        Command::Servers(cmd) => servers(&cli, cmd).await,
     }
 }
 
@@ -442,6 +602,7 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
             domain,
             strategy,
             migrations,
+            json,
         } => {
             let manager = manager(cli, migrations.as_ref()).await?;
             let strategy = strategy.strategy();
@@ -453,6 +614,9 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
                 server: None,
             };
             let tenant = manager.create_tenant(new).await?;
+            if *json {
+                return print_json(&tenant).map(|()| 0);
+            }
             if migrations.is_none() {
                 eprintln!("note: no --migrations given; the tenant's schema is empty");
             }
@@ -496,17 +660,22 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
                 print_tenant(&tenant);
             }
         }
-        TenantsCommand::Suspend { id } => {
+        TenantsCommand::Suspend { id, json } => {
             let manager = manager(cli, None).await?;
             let t = manager.suspend_tenant(id).await?;
-            println!("tenant `{}` is {}", t.id, t.status);
+            print_status(&t, *json)?;
         }
-        TenantsCommand::Resume { id } => {
+        TenantsCommand::Resume { id, json } => {
             let manager = manager(cli, None).await?;
             let t = manager.resume_tenant(id).await?;
-            println!("tenant `{}` is {}", t.id, t.status);
+            print_status(&t, *json)?;
         }
-        TenantsCommand::Delete { id, yes, force } => {
+        TenantsCommand::Delete {
+            id,
+            yes,
+            force,
+            json,
+        } => {
             if !yes {
                 return Err(usage(format!(
                     "deleting tenant `{id}` drops all of its data: confirm with --yes"
@@ -523,8 +692,12 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
                 }
                 manager.suspend_tenant(id).await?;
             }
-            manager.delete_tenant(id).await?;
-            println!("deleted tenant `{id}`");
+            let tombstone = manager.delete_tenant(id).await?;
+            if *json {
+                print_json(&tombstone)?;
+            } else {
+                println!("deleted tenant `{id}`");
+            }
         }
         TenantsCommand::SetLimits {
             id,
@@ -583,13 +756,110 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
             let tenant = manager.set_primary_domain(id, domain).await?;
             print_domains(&tenant, *json)?;
         }
-        TenantsCommand::Export { id, out } => {
+        TenantsCommand::Export {
+            id,
+            out,
+            format,
+            json,
+        } => {
             let manager = manager(cli, None).await?;
-            let url = cli.database_url.as_deref().unwrap_or_default();
-            let body = manager.admin().export(id, url).await?;
-            std::fs::write(out, body)
+            let body = match format {
+                ExportFormat::Tenantry => manager.admin().export(id).await?,
+                ExportFormat::Sql => {
+                    let url = cli.database_url.as_deref().unwrap_or_default();
+                    manager.admin().export_sql(id, url).await?
+                }
+            };
+            std::fs::write(out, &body)
                 .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
-            println!("exported tenant `{id}` to {}", out.display());
+            if *json {
+                print_json(&serde_json::json!({
+                    "tenant": id,
+                    "file": out,
+                    "format": if *format == ExportFormat::Sql { "sql" } else { "tenantry" },
+                    "bytes": body.len(),
+                }))?;
+            } else {
+                println!("exported tenant `{id}` to {}", out.display());
+            }
+        }
+        TenantsCommand::Import {
+            file,
+            as_id,
+            strategy,
+            server,
+            migrations,
+            json,
+        } => {
+            let body =
+                std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let manager = manager(cli, migrations.as_ref()).await?;
+            let options = tenantry::admin::ImportOptions {
+                id: as_id.clone(),
+                strategy: strategy.map(StrategyArg::strategy),
+                server: server.clone(),
+            };
+            let tenant = manager.admin().import(&body, options).await?;
+            if *json {
+                print_json(&tenant)?;
+            } else {
+                println!(
+                    "imported tenant `{}` ({} strategy) from {}",
+                    tenant.id,
+                    tenant.strategy,
+                    file.display()
+                );
+            }
+        }
+        TenantsCommand::Move {
+            id,
+            to_strategy,
+            to_server,
+            to_node,
+            grace,
+            migrations,
+            json,
+        } => {
+            if to_node.is_some() {
+                return Err(format!(
+                    "--to-node moves tenants between Citus workers, and the registry's server \
+                     is not a Citus coordinator; use --to-strategy or --to-server (tenant `{id}` \
+                     was left where it is)"
+                )
+                .into());
+            }
+            let to = match (to_strategy, to_server) {
+                (Some(s), _) => tenantry::admin::MoveTo::Strategy(s.strategy()),
+                (_, Some(server)) => tenantry::admin::MoveTo::Server(server.clone()),
+                _ => return Err(usage("give one of --to-strategy, --to-server, --to-node")),
+            };
+            let manager = manager(cli, migrations.as_ref()).await?;
+            let spinner = progress_spinner(*json, &format!("moving tenant `{id}`"));
+            let report = manager.admin().move_tenant(id, to, *grace).await;
+            if let Some(spinner) = spinner {
+                spinner.finish_and_clear();
+            }
+            let report = report?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "moved tenant `{id}` from {} on `{}` to {} on `{}`: {} rows in {} tables, \
+                     writes paused {} ms{}",
+                    report.from_strategy,
+                    report.from_server,
+                    report.tenant.strategy,
+                    report.tenant.server,
+                    report.rows,
+                    report.tables,
+                    report.write_pause_ms,
+                    if report.old_place_dropped {
+                        ""
+                    } else {
+                        "; the old place could not be dropped (see `tenantry doctor`)"
+                    }
+                );
+            }
         }
     }
     Ok(0)

@@ -361,6 +361,8 @@ async fn export_and_doctor() {
             "tenants",
             "export",
             "acme",
+            "--format",
+            "sql",
             "--out",
             out.path().to_str().unwrap(),
         ],
@@ -409,6 +411,8 @@ async fn export_and_doctor() {
             "tenants",
             "export",
             "dbco",
+            "--format",
+            "sql",
             "--out",
             out.path().to_str().unwrap(),
         ],
@@ -466,6 +470,8 @@ async fn export_and_doctor() {
             "tenants",
             "export",
             "rowco",
+            "--format",
+            "sql",
             "--out",
             out.path().to_str().unwrap(),
         ],
@@ -993,4 +999,217 @@ async fn domains_are_added_and_removed_from_the_cli() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let t: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(t["domains"], serde_json::json!(["www.acme.example.com"]));
+}
+
+#[tokio::test]
+async fn import_move_and_servers_with_json_and_clear_errors() {
+    let db = db().await;
+    let url = Some(db.url());
+    let migrations = saas_migrations();
+    let create = tenantry(
+        url,
+        &[
+            "tenants",
+            "create",
+            "acme",
+            "--name",
+            "Acme",
+            "--migrations",
+            &migrations,
+            "--json",
+        ],
+    );
+    assert_eq!(create.code, 0, "{}", create.stderr);
+    let created: serde_json::Value = serde_json::from_str(&create.stdout).unwrap();
+    assert_eq!(created["id"], "acme");
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    sqlx::query("INSERT INTO tenant_acme.projects (name) VALUES ('carried'), ('over')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("acme.tenantry");
+    let file = file.to_str().unwrap();
+    let r = tenantry(url, &["tenants", "export", "acme", "--out", file, "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let summary: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(summary["format"], "tenantry");
+
+    // Shared tables for row tenants, as an application makes them.
+    for table in ["projects", "data"] {
+        let column = if table == "projects" { "name" } else { "value" };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE SCHEMA IF NOT EXISTS shared;
+             CREATE TABLE shared.{table} (
+                 id bigserial, tenant_id text NOT NULL, {column} text NOT NULL,
+                 created_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (tenant_id, id));
+             {}",
+            tenantry::strategy::rls_sql(&format!("shared.{table}"), "tenant_id").unwrap()
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    // Imported under a new id as a row tenant: the rows come along.
+    let r = tenantry(
+        url,
+        &[
+            "tenants",
+            "import",
+            file,
+            "--as",
+            "acme-rows",
+            "--strategy",
+            "row",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let imported: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(imported["id"], "acme-rows");
+    assert_eq!(imported["strategy"], "row");
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM shared.projects WHERE tenant_id = 'acme-rows' ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(names, ["carried", "over"]);
+
+    // Moved back to a schema of its own, reported as JSON.
+    let r = tenantry(
+        url,
+        &[
+            "tenants",
+            "move",
+            "acme-rows",
+            "--to-strategy",
+            "schema",
+            "--grace",
+            "0s",
+            "--migrations",
+            &migrations,
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["tenant"]["strategy"], "schema");
+    assert_eq!(report["from_strategy"], "row");
+    assert_eq!(report["rows"], 2);
+    assert!(report["write_pause_ms"].is_u64());
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM tenant_acme_rows.projects ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(names, ["carried", "over"]);
+
+    // Named servers: kept in the registry, no passwords.
+    let r = tenantry(
+        url,
+        &[
+            "servers",
+            "add",
+            "eu",
+            "postgres://app@db-eu.internal/postgres",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let listed: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(listed[0]["name"], "eu");
+    let r = tenantry(url, &["servers", "list"]);
+    assert!(r.stdout.contains("db-eu.internal"), "{}", r.stdout);
+
+    // Bad input: a message and a non-zero exit, nothing changed.
+    let missing = dir.path().join("missing").display().to_string();
+    let garbage = dir.path().join("garbage.sql");
+    std::fs::write(&garbage, "DROP TABLE tenantry.tenants;").unwrap();
+    let garbage = garbage.to_str().unwrap();
+    for (args, code, needle) in [
+        (
+            vec!["tenants", "import", missing.as_str()],
+            1,
+            "cannot read",
+        ),
+        (
+            vec!["tenants", "import", garbage],
+            1,
+            "not a tenantry export",
+        ),
+        (vec!["tenants", "import", file], 1, "migration source"),
+        (
+            vec!["tenants", "import", file, "--migrations", &migrations],
+            1,
+            "already exists",
+        ),
+        (
+            vec!["tenants", "import", file, "--as", "Bad Id"],
+            2,
+            "invalid",
+        ),
+        (vec!["tenants", "move", "acme"], 2, "required"),
+        (
+            vec![
+                "tenants",
+                "move",
+                "acme",
+                "--to-strategy",
+                "row",
+                "--to-server",
+                "eu",
+            ],
+            2,
+            "cannot be used with",
+        ),
+        (
+            vec!["tenants", "move", "ghost", "--to-strategy", "row"],
+            1,
+            "does not exist",
+        ),
+        (
+            vec!["tenants", "move", "acme", "--to-server", "eu"],
+            1,
+            "only database tenants",
+        ),
+        (
+            vec!["tenants", "move", "acme", "--to-node", "10.0.0.5:5432"],
+            1,
+            "Citus",
+        ),
+        (
+            vec![
+                "servers",
+                "add",
+                "eu2",
+                "postgres://app:hunter2@db/postgres",
+            ],
+            1,
+            "password",
+        ),
+        (
+            vec!["servers", "add", "default", "postgres://db/postgres"],
+            1,
+            "not `default`",
+        ),
+        (
+            vec!["servers", "add", "x", "mysql://db/x"],
+            1,
+            "postgres://",
+        ),
+        (vec!["servers", "remove", "nowhere"], 1, "no server"),
+    ] {
+        let r = tenantry(url, &args);
+        assert_eq!(r.code, code, "{args:?}: {} {}", r.stdout, r.stderr);
+        assert!(r.stderr.contains(needle), "{args:?}: {}", r.stderr);
+    }
+    let stored: Vec<String> = sqlx::query_scalar("SELECT url FROM tenantry.servers")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, ["postgres://app@db-eu.internal/postgres"]);
+    let r = tenantry(url, &["servers", "remove", "eu", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.trim(), "[]");
 }

@@ -9,19 +9,23 @@
 //! for finding in admin.doctor(false).await? {
 //!     eprintln!("{} {}: {}", finding.kind, finding.subject, finding.detail);
 //! }
-//! let sql = admin.export(&"acme".parse()?, "postgres://localhost/app").await?;
+//! let export = admin.export(&"acme".parse()?).await?;
+//! admin.import(&export, tenantry::admin::ImportOptions {
+//!     id: Some("acme-copy".parse()?),
+//!     ..Default::default()
+//! }).await?;
 //! # Ok(()) }
 //! ```
 
 use sqlx::PgPool;
 
-pub use crate::lifecycle::Lifecycle;
+pub use crate::lifecycle::{ImportOptions, Lifecycle, MoveTo};
 pub use crate::naming::{TENANT_PREFIX, quote_ident, quote_literal};
 pub use crate::pgbin::{bindir_of, libpq_url, server_bindir, url_with_database};
 pub use crate::pool::{APPLICATION_NAME, TenantPools};
 pub use crate::repository::TenantRepository;
 pub use crate::servers::{DEFAULT_SERVER, Servers};
-pub use crate::strategy::Finding;
+pub use crate::strategy::{Finding, MoveReport};
 
 use crate::error::Error;
 use crate::manager::TenantManager;
@@ -75,8 +79,66 @@ impl<'a> Admin<'a> {
     /// database (database strategy, on the registry's server), or the shared tables'
     /// definitions and its rows in them (row strategy). `url` is a URL of the
     /// registry's server that `pg_dump` can use.
-    pub async fn export(&self, id: &TenantId, url: &str) -> Result<Vec<u8>, Error> {
-        self.lifecycle().export(id, url).await
+    pub async fn export_sql(&self, id: &TenantId, url: &str) -> Result<Vec<u8>, Error> {
+        self.lifecycle().export_sql(id, url).await
+    }
+
+    /// The tenant's data as a tenantry export (see [`Lifecycle::export`]), which
+    /// [`Admin::import`] reads back.
+    pub async fn export(&self, id: &TenantId) -> Result<Vec<u8>, Error> {
+        self.lifecycle().export(id).await
+    }
+
+    /// Creates a tenant from an export, all or nothing (see [`Lifecycle::import`]),
+    /// and drops every cached record of its id.
+    pub async fn import(&self, export: &[u8], options: ImportOptions) -> Result<Tenant, Error> {
+        let tenant = self.lifecycle().import(export, options).await?;
+        self.manager.invalidate(&tenant.id);
+        Ok(tenant)
+    }
+
+    /// Moves a tenant to another strategy or server, online (see
+    /// [`Lifecycle::move_tenant`]).
+    pub async fn move_tenant(
+        &self,
+        id: &TenantId,
+        to: MoveTo,
+        grace: std::time::Duration,
+    ) -> Result<MoveReport, Error> {
+        let report = self.lifecycle().move_tenant(id, to, grace).await?;
+        self.manager.invalidate(id);
+        Ok(report)
+    }
+
+    /// The named servers: the application's and the registry's, by name.
+    pub fn servers(&self) -> &'a Servers {
+        self.pools().servers()
+    }
+
+    /// Keeps server `name` in the registry, reachable at `url`, for every instance
+    /// and the CLI. The URL carries no password (refused: use the server's auth, a
+    /// passfile, `PGPASSWORD`, or the application's own server settings); it must
+    /// parse and name a maintenance database (for example `postgres`).
+    pub async fn add_server(&self, name: &str, url: &str) -> Result<(), Error> {
+        check_server_name(name)?;
+        check_server_url(url)?;
+        self.registry().put_server(name, url).await?;
+        self.servers()
+            .set_registered(&self.registry().servers().await?);
+        Ok(())
+    }
+
+    /// Forgets server `name` (409 while tenants live on it, 404 if unknown).
+    pub async fn remove_server(&self, name: &str) -> Result<(), Error> {
+        if !self.registry().remove_server(name).await? {
+            return Err(Error::NotFound(format!(
+                "no server `{}` is kept in the registry",
+                name.escape_debug()
+            )));
+        }
+        self.servers()
+            .set_registered(&self.registry().servers().await?);
+        Ok(())
     }
 
     /// Where every tenant with a schema or database of its own stands against the
@@ -239,4 +301,43 @@ async fn binding_state(
     )
     .fetch_one(&mut *tx)
     .await?)
+}
+
+/// A server name: lowercase letters, digits, `_` and `-`, at most 40, not `default`.
+fn check_server_name(name: &str) -> Result<(), Error> {
+    let ok = name.len() <= 40
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if !ok || name == crate::servers::DEFAULT_SERVER {
+        return Err(Error::Validation(format!(
+            "server name `{}` must be 1 to 40 lowercase letters, digits, `_` or `-`, starting \
+             with a letter, and not `default` (the registry's own server)",
+            name.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
+/// A server URL: a `postgres://` URL that parses, without a password.
+fn check_server_url(url: &str) -> Result<(), Error> {
+    let parsed = url::Url::parse(url)
+        .map_err(|e| Error::Validation(format!("server URL does not parse: {e}")))?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(Error::Validation(
+            "server URL must start with postgres:// or postgresql://".to_owned(),
+        ));
+    }
+    if parsed.password().is_some() || parsed.query_pairs().any(|(k, _)| k == "password") {
+        return Err(Error::Validation(
+            "server URL carries a password; the registry keeps none: leave it out and let \
+             the server's auth, a passfile (~/.pgpass) or PGPASSWORD provide it, or configure \
+             the server in the application (TenantManagerBuilder::server)"
+                .to_owned(),
+        ));
+    }
+    url.parse::<sqlx::postgres::PgConnectOptions>()
+        .map_err(|e| Error::Validation(format!("server URL: {e}")))?;
+    Ok(())
 }

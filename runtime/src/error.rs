@@ -179,7 +179,7 @@ impl Error {
             Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Rejected { status, .. } => *status,
             Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Error::Database(e) if is_unavailable(e) || is_cancelled(e) => {
+            Error::Database(e) if is_unavailable(e) || is_cancelled(e) || is_read_only(e) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Error::PoolExhausted { .. } | Error::TenantChanged(_) => {
@@ -231,6 +231,7 @@ impl Error {
             Error::TenantBusy(_) => ("tenant-busy", "Tenant busy"),
             Error::Conflict(_) => ("conflict", "Conflict"),
             Error::Database(e) if is_cancelled(e) => ("statement-timeout", "Statement cancelled"),
+            Error::Database(e) if is_read_only(e) => ("writes-paused", "Writes paused"),
             Error::Database(_) if status == StatusCode::SERVICE_UNAVAILABLE => {
                 ("database-unavailable", "Database unavailable")
             }
@@ -248,6 +249,11 @@ impl Error {
                 StatusCode::SERVICE_UNAVAILABLE if matches!(self, Error::Database(e) if is_cancelled(e)) => {
                     "a statement ran longer than the tenant's statement timeout (or was \
                      cancelled by an operator); retry later"
+                        .to_owned()
+                }
+                StatusCode::SERVICE_UNAVAILABLE if matches!(self, Error::Database(e) if is_read_only(e)) => {
+                    "writes are paused for a moment (the tenant is being moved, or the server \
+                     is read-only); nothing was written: retry shortly"
                         .to_owned()
                 }
                 StatusCode::SERVICE_UNAVAILABLE => {
@@ -341,6 +347,12 @@ fn data_fault(e: &sqlx::Error) -> Option<DataFault> {
 /// `pg_cancel_backend` (SQLSTATE 57014).
 fn is_cancelled(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("57014"))
+}
+
+/// A write refused because writes are paused: the fence of a tenant being moved, or
+/// a read-only server (SQLSTATE 25006). Nothing was written; a retry can pass.
+fn is_read_only(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("25006"))
 }
 
 fn is_unavailable(e: &sqlx::Error) -> bool {

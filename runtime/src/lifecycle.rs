@@ -6,7 +6,8 @@ use crate::migrate::TenantMigrations;
 use crate::naming::Names;
 use crate::repository::TenantRepository;
 use crate::servers::{DEFAULT_SERVER, Servers};
-use crate::strategy::{Finding, Strategies};
+use crate::strategy::data::Snapshot;
+use crate::strategy::{Finding, MoveReport, Strategies};
 use crate::tenant::{NewTenant, Strategy, Tenant, TenantId, TenantLimits, TenantStatus};
 
 /// The tenant lifecycle over the registry: create, suspend, resume, delete and
@@ -95,7 +96,7 @@ impl Lifecycle {
                 "only `database` tenants can be placed on another server than `{DEFAULT_SERVER}`"
             )));
         }
-        let tenant = self.strategies.provision(new, server).await?;
+        let tenant = self.strategies.provision(new, server, None).await?;
         tracing::info!(tenant = %tenant.id, strategy = %tenant.strategy, "tenant created");
         Ok(tenant)
     }
@@ -307,15 +308,40 @@ impl Lifecycle {
         }
     }
 
-    /// The tenant's schema and data as SQL (from `pg_dump`), read through `url`, a
-    /// libpq URL of the registry's server.
-    pub async fn export(&self, id: &TenantId, url: &str) -> Result<Vec<u8>, Error> {
-        let tenant = self
-            .repository()
+    /// The tenant `id`, not deleted.
+    async fn live(&self, id: &TenantId) -> Result<Tenant, Error> {
+        self.repository()
             .find(id)
             .await?
             .filter(|t| t.status != TenantStatus::Deleted)
-            .ok_or_else(|| Error::TenantNotFound(id.clone()))?;
+            .ok_or_else(|| Error::TenantNotFound(id.clone()))
+    }
+
+    /// The tenant's data as a tenantry export: a manifest (its record, migration
+    /// versions, tables with row counts and checksums, sequence positions) and one
+    /// `COPY` block per table, read from one snapshot, whatever its strategy or
+    /// server. [`Lifecycle::import`] reads it back, under any strategy and id.
+    pub async fn export(&self, id: &TenantId) -> Result<Vec<u8>, Error> {
+        let tenant = self.live(id).await?;
+        let snapshot = self.strategies.snapshot(&tenant).await?;
+        let manifest = &snapshot.manifest;
+        let header = format!(
+            "tenantry export of tenant `{}` ({} strategy): {} tables, {} rows, taken {}\n\
+             import: tenantry tenants import FILE [--as NEW_ID] [--strategy S] [--server NAME]",
+            tenant.id,
+            tenant.strategy,
+            manifest.tables.len(),
+            manifest.tables.iter().map(|t| t.rows).sum::<i64>(),
+            chrono::Utc::now().to_rfc3339(),
+        );
+        snapshot.to_bytes(&header)
+    }
+
+    /// The tenant's schema and data as SQL (from `pg_dump`), read through `url`, a
+    /// libpq URL of the registry's server: for people and `psql`, not for
+    /// [`Lifecycle::import`].
+    pub async fn export_sql(&self, id: &TenantId, url: &str) -> Result<Vec<u8>, Error> {
+        let tenant = self.live(id).await?;
         let header = format!(
             "-- tenantry export of tenant `{}` (strategy {}, {} {})\n-- registry record: {}\n\n",
             tenant.id,
@@ -333,10 +359,156 @@ impl Lifecycle {
         Ok(body)
     }
 
+    /// Creates a tenant from an [export](Lifecycle::export), all or nothing: under
+    /// the exported id or `options.id`, with the exported strategy or
+    /// `options.strategy` (a row tenant's export becomes a schema tenant and back),
+    /// on `options.server` (database tenants). The tenant is provisioned as
+    /// [`Lifecycle::create`] does, the data loaded and every table's row count and
+    /// checksum verified before it turns active; any failure leaves no tenant,
+    /// schema, database or rows. Its name and limits come along; its domains do not
+    /// (the exported tenant may still hold them).
+    ///
+    /// A schema or database tenant's export must be at the version of this
+    /// migration source (422 otherwise: import with the source it was made with,
+    /// then migrate).
+    pub async fn import(&self, export: &[u8], options: ImportOptions) -> Result<Tenant, Error> {
+        let snapshot = Snapshot::parse(export)?;
+        let exported = &snapshot.manifest.tenant;
+        let strategy = options.strategy.unwrap_or(exported.strategy);
+        if exported.strategy != Strategy::Row && strategy != Strategy::Row {
+            let mut applied = Vec::new();
+            for m in &snapshot.manifest.migrations {
+                applied.push((m.version, unhex(&m.checksum)?));
+            }
+            self.strategies.check_version("the export", &applied)?;
+        }
+        exported
+            .limits
+            .check()
+            .map_err(|e| Error::Unprocessable(format!("the export's limits: {e}")))?;
+        let new = NewTenant {
+            id: options.id.unwrap_or_else(|| exported.id.clone()),
+            name: exported.name.clone(),
+            domain: None,
+            strategy,
+            server: options.server,
+        }
+        .normalized();
+        Self::validate(&new)?;
+        let server = new.server.as_deref().unwrap_or(DEFAULT_SERVER);
+        if new.strategy != Strategy::Database && server != DEFAULT_SERVER {
+            return Err(Error::Validation(format!(
+                "only `database` tenants can be placed on another server than `{DEFAULT_SERVER}`"
+            )));
+        }
+        let mut tenant = self
+            .strategies
+            .provision(&new, server, Some(&snapshot))
+            .await?;
+        if exported.limits != TenantLimits::default() {
+            tenant = self.set_limits(&tenant.id, exported.limits).await?;
+        }
+        tracing::info!(tenant = %tenant.id, from = %exported.id, strategy = %tenant.strategy, "tenant imported");
+        Ok(tenant)
+    }
+
+    /// Moves a tenant to another strategy (`MoveTo::Strategy`) or, a database
+    /// tenant, to another server (`MoveTo::Server`), online: its data is copied
+    /// behind a write fence (writes get a 503 with `Retry-After`, reads go on),
+    /// verified table by table, the registry switched and announced in one
+    /// transaction, and after `grace` (for every instance to hear of it) the old
+    /// place is dropped. Ids, rows and sequences stay. A failure before the switch
+    /// leaves the tenant where it was, serving. Returns what was moved and how long
+    /// writes paused.
+    pub async fn move_tenant(
+        &self,
+        id: &TenantId,
+        to: MoveTo,
+        grace: std::time::Duration,
+    ) -> Result<MoveReport, Error> {
+        let tenant = self.live(id).await?;
+        if tenant.status == TenantStatus::Provisioning {
+            return Err(Error::InvalidTransition {
+                id: id.clone(),
+                status: tenant.status,
+                message: "a tenant is moved once it is provisioned",
+            });
+        }
+        let (strategy, server) = match to {
+            MoveTo::Strategy(Strategy::Database) if tenant.strategy == Strategy::Database => {
+                (Strategy::Database, tenant.server.clone())
+            }
+            MoveTo::Strategy(strategy) => (strategy, DEFAULT_SERVER.to_owned()),
+            MoveTo::Server(server) => {
+                if tenant.strategy != Strategy::Database {
+                    return Err(Error::Unprocessable(format!(
+                        "tenant `{id}` is a {} tenant; only database tenants live on named \
+                         servers: move it with `--to-strategy database` first",
+                        tenant.strategy
+                    )));
+                }
+                self.strategies.servers.get(&server)?;
+                (Strategy::Database, server)
+            }
+        };
+        if strategy == tenant.strategy && server == tenant.server {
+            return Err(Error::Unprocessable(format!(
+                "tenant `{id}` is a {strategy} tenant on server `{server}` already"
+            )));
+        }
+        let report = self
+            .strategies
+            .relocate(&tenant, strategy, &server, grace)
+            .await?;
+        tracing::info!(tenant = %id, from = %tenant.strategy, to = %strategy, server, write_pause_ms = report.write_pause_ms, rows = report.rows, "tenant moved");
+        Ok(report)
+    }
+
     /// What each strategy finds wrong among `tenants` and on the registry's server.
     pub async fn doctor(&self, tenants: &[Tenant]) -> Result<Vec<Finding>, Error> {
         self.strategies.doctor(tenants).await
     }
+}
+
+/// Where [`Lifecycle::move_tenant`] takes a tenant: exactly one target per move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MoveTo {
+    /// Another strategy (a database tenant moved this way stays on its server;
+    /// others land on the registry's server).
+    Strategy(Strategy),
+    /// Another named server (database tenants).
+    Server(String),
+}
+
+/// How [`Lifecycle::import`] creates the tenant; every field defaults to the export's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportOptions {
+    /// The new tenant's id (default: the exported one).
+    pub id: Option<TenantId>,
+    /// Its strategy (default: the exported one).
+    pub strategy: Option<Strategy>,
+    /// Its server (database tenants; default `default`).
+    pub server: Option<String>,
+}
+
+fn unhex(text: &str) -> Result<Vec<u8>, Error> {
+    let bad = || {
+        Error::Unprocessable(format!(
+            "the export holds a checksum that is not hex: `{}`",
+            text.escape_debug()
+        ))
+    };
+    if text.len() % 2 != 0 {
+        return Err(bad());
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(bad)
+        })
+        .collect()
 }
 
 /// Whether `domain` may name a tenant: a lowercase host name (no port, not an IP

@@ -302,7 +302,7 @@ struct Shared {
     budget: u32,
     state: Mutex<State>,
     /// Signalled when a connection of the server (by name) is released or closed.
-    released: HashMap<String, Notify>,
+    released: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 /// The tenant connections of every server, within each server's budget. Cheap to
@@ -358,10 +358,7 @@ impl TenantPools {
                 config,
                 budget,
                 state: Mutex::new(State::default()),
-                released: servers
-                    .names()
-                    .map(|name| (name.to_owned(), Notify::new()))
-                    .collect(),
+                released: Mutex::new(HashMap::new()),
                 servers,
             }),
         };
@@ -521,14 +518,9 @@ impl TenantPools {
         let login = shared.login_of(tenant);
         let key = BindingKey::of(tenant);
         let deadline = Instant::now() + shared.config.acquire_timeout;
-        let Some(released_signal) = shared.released.get(&login.server) else {
-            return Err(shared.servers.get(&login.server).err().unwrap_or_else(|| {
-                Error::Registry(format!(
-                    "no connection signal for server `{}`",
-                    login.server
-                ))
-            }));
-        };
+        // A server added to the registry after start is known the moment it is.
+        shared.servers.get(&login.server)?;
+        let released_signal = shared.released(&login.server);
         let plan = loop {
             let released = released_signal.notified();
             tokio::pin!(released);
@@ -602,18 +594,24 @@ impl TenantPools {
 impl Shared {
     /// Wakes one request waiting for a connection of `server`.
     fn notify(&self, server: &str) {
-        if let Some(n) = self.released.get(server) {
-            n.notify_one();
-        }
+        self.released(server).notify_one();
+    }
+
+    /// The signal of `server`'s released connections.
+    fn released(&self, server: &str) -> Arc<Notify> {
+        self.released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(server.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Wakes waiters after a connection came back: one, or all of the server's when
     /// per-tenant caps may keep the one woken from using it.
     fn notify_released(&self, server: &str) {
         if self.config.max_connections_per_tenant.is_some() {
-            if let Some(n) = self.released.get(server) {
-                n.notify_waiters();
-            }
+            self.released(server).notify_waiters();
         } else {
             self.notify(server);
         }
@@ -621,7 +619,14 @@ impl Shared {
 
     /// Wakes every waiting request.
     fn notify_all(&self) {
-        for n in self.released.values() {
+        let all: Vec<Arc<Notify>> = self
+            .released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for n in all {
             n.notify_waiters();
         }
     }
@@ -730,7 +735,7 @@ impl Shared {
         let mut options = if login.server == DEFAULT_SERVER {
             self.base.clone()
         } else {
-            self.servers.get(&login.server)?.clone()
+            self.servers.get(&login.server)?
         };
         if let Some(database) = &login.database {
             options = options.database(database);

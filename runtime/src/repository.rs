@@ -64,7 +64,26 @@ const REGISTRY_UPGRADES: &[&str] = &[
         SELECT domain, id FROM {schema}.tenants
         WHERE domain IS NOT NULL AND status <> 'deleted';
     "#,
+    // 6: named servers, kept where every instance and the CLI see them (connection
+    // settings only: a password comes from the server's auth, a passfile or the app),
+    // and the write fence of tenant moves
+    r#"
+    CREATE TABLE {schema}.servers (
+        name     text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_-]{0,39}$' AND name <> 'default'),
+        url      text NOT NULL,
+        added_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE FUNCTION {schema}.write_fence() RETURNS trigger LANGUAGE plpgsql AS $fence$
+    BEGIN
+        RAISE EXCEPTION 'tenant % is being moved: writes are paused, retry shortly',
+            TG_ARGV[0] USING ERRCODE = 'read_only_sql_transaction';
+    END
+    $fence$;
+    "#,
 ];
+
+/// The payload of the change notification that says the named servers changed.
+pub(crate) const SERVERS_CHANGED: &str = ":servers";
 
 /// The columns of a tenant record, `{schema}` being the quoted control schema.
 const TENANT_COLUMNS: &str = "id, name, domain, strategy, status, schema_name, server, \
@@ -378,6 +397,112 @@ impl TenantRepository {
             }
             None => Ok(tenant),
         }
+    }
+
+    /// Points tenant `id` at its new place (strategy, schema or database, server),
+    /// inside the caller's transaction; its incarnation stays.
+    pub async fn relocate(
+        &self,
+        conn: &mut PgConnection,
+        id: &TenantId,
+        strategy: Strategy,
+        storage: &str,
+        server: &str,
+    ) -> Result<Tenant, Error> {
+        let q = &self.quoted_schema;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {q}.tenants SET strategy = $2, schema_name = $3, server = $4, \
+             updated_at = now() WHERE id = $1"
+        )))
+        .bind(id.as_str())
+        .bind(strategy.as_str())
+        .bind(storage)
+        .bind(server)
+        .execute(&mut *conn)
+        .await?;
+        if strategy == Strategy::Row {
+            // Row tenants share tables that the application migrates.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {q}.tenant_migrations WHERE tenant_id = $1"
+            )))
+            .bind(id.as_str())
+            .execute(&mut *conn)
+            .await?;
+        }
+        self.find_for_update(conn, id)
+            .await?
+            .ok_or_else(|| Error::TenantNotFound(id.clone()))
+    }
+
+    /// The named servers kept in the registry: `(name, url)`, by name.
+    pub async fn servers(&self) -> Result<Vec<(String, String)>, Error> {
+        let q = &self.quoted_schema;
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT name, url FROM {q}.servers ORDER BY name"
+        )))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Keeps server `name` at `url` (a URL without a password), replacing an earlier
+    /// one of that name, and announces it to every instance.
+    pub async fn put_server(&self, name: &str, url: &str) -> Result<(), Error> {
+        let q = &self.quoted_schema;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {q}.servers (name, url) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET url = EXCLUDED.url, added_at = now()"
+        )))
+        .bind(name)
+        .bind(url)
+        .execute(&mut *tx)
+        .await?;
+        self.notify_servers(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets server `name`; a server tenants still live on is a conflict.
+    pub async fn remove_server(&self, name: &str) -> Result<bool, Error> {
+        let q = &self.quoted_schema;
+        let mut tx = self.pool.begin().await?;
+        let users: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {q}.tenants WHERE server = $1 AND status <> 'deleted'"
+        )))
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?;
+        if users > 0 {
+            return Err(Error::Conflict(format!(
+                "{users} tenant(s) live on server `{name}`; move them first"
+            )));
+        }
+        let removed = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {q}.servers WHERE name = $1"
+        )))
+        .bind(name)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        self.notify_servers(&mut tx).await?;
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    /// Tells every instance that the named servers changed.
+    async fn notify_servers(&self, conn: &mut PgConnection) -> Result<(), Error> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(self.channel())
+            .bind(SERVERS_CHANGED)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The quoted fence function of moves, in the control schema.
+    pub(crate) fn fence_function(&self) -> String {
+        format!("{}.write_fence", self.quoted_schema)
     }
 
     /// Registers `domain` for tenant `id` (idempotent), inside the caller's

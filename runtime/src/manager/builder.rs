@@ -178,6 +178,7 @@ impl TenantManagerBuilder {
         for (name, options) in self.servers {
             servers.add(name, options);
         }
+        servers.set_registered(&repo.servers().await?);
         let channel = repo.channel();
         let (shutdown, stopped) = watch::channel(());
         let manager = TenantManager {

@@ -61,6 +61,14 @@ pub(super) async fn listen_for_changes(
         };
         let Some(inner) = inner.upgrade() else { return };
         match next {
+            Ok(Some(notification))
+                if notification.payload() == crate::repository::SERVERS_CHANGED =>
+            {
+                match inner.lifecycle.repository().servers().await {
+                    Ok(servers) => inner.pools.servers().set_registered(&servers),
+                    Err(error) => tracing::warn!(%error, "could not reload the named servers"),
+                }
+            }
             Ok(Some(notification)) => match TenantId::parse(notification.payload()) {
                 Ok(id) => inner.invalidate(&id),
                 Err(_) => inner.invalidate_all(),
@@ -68,6 +76,9 @@ pub(super) async fn listen_for_changes(
             Ok(None) => {
                 tracing::warn!("tenant change listener reconnecting; cache cleared");
                 inner.invalidate_all();
+                if let Ok(servers) = inner.lifecycle.repository().servers().await {
+                    inner.pools.servers().set_registered(&servers);
+                }
             }
             Err(error) => {
                 tracing::warn!(%error, "tenant change listener failed; retrying");

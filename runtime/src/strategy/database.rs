@@ -11,6 +11,7 @@
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 
+use super::data::{self, Place, Snapshot};
 use super::template::TemplateLock;
 use super::{Finding, Scope, Strategies};
 use crate::error::Error;
@@ -32,7 +33,7 @@ async fn connect(options: &PgConnectOptions) -> Result<PgConnection, Error> {
 /// Makes sure server `server_name` has a template database matching the migrations
 /// (rebuilt when the source changes); returns its name. Another registry's template
 /// (or any database of that name it did not make) is a conflict, never dropped.
-async fn template(
+pub(super) async fn template(
     s: &Strategies,
     server_name: &str,
     server: &PgConnectOptions,
@@ -134,7 +135,11 @@ async fn build_template(
 
 /// `CREATE DATABASE db TEMPLATE template` on the server. Copies from one template
 /// are serialised on the server (a copy needs the template to itself).
-async fn create(server: &PgConnectOptions, db: &str, template: &str) -> Result<(), Error> {
+pub(super) async fn create(
+    server: &PgConnectOptions,
+    db: &str,
+    template: &str,
+) -> Result<(), Error> {
     let mut admin = connect(server).await?;
     sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
         .bind(format!("tenantry.createdb:{template}"))
@@ -164,7 +169,7 @@ async fn create(server: &PgConnectOptions, db: &str, template: &str) -> Result<(
 }
 
 /// `DROP DATABASE db WITH (FORCE)` on the server.
-async fn drop(server: &PgConnectOptions, db: &str) -> Result<(), Error> {
+pub(super) async fn drop(server: &PgConnectOptions, db: &str) -> Result<(), Error> {
     let mut admin = connect(server).await?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -235,8 +240,9 @@ pub(super) async fn provision(
     s: &Strategies,
     new: &NewTenant,
     server_name: &str,
+    fill: Option<&Snapshot>,
 ) -> Result<Tenant, Error> {
-    let server = s.servers.get(server_name)?.clone();
+    let server = s.servers.get(server_name)?;
     let template = template(s, server_name, &server).await?;
     let db = s.names.database(&new.id);
     let mut tx = s.repo.pool().begin().await?;
@@ -251,6 +257,9 @@ pub(super) async fn provision(
     let finished = async {
         create(&server, &db, &template).await?;
         created = true;
+        if let Some(fill) = fill {
+            load(&server, &db, &new.id, fill).await?;
+        }
         let mut tx = s.repo.pool().begin().await?;
         let record = Record::Registry(&s.repo, &new.id);
         s.migrations.record_all(&mut tx, &record).await?;
@@ -266,10 +275,25 @@ pub(super) async fn provision(
     finished
 }
 
+/// Loads and verifies `fill` in database `db`, in one transaction there.
+pub(super) async fn load(
+    server: &PgConnectOptions,
+    db: &str,
+    id: &crate::tenant::TenantId,
+    fill: &Snapshot,
+) -> Result<(), Error> {
+    let mut conn = connect(&server.clone().database(db)).await?;
+    let mut tx = conn.begin().await?;
+    data::write(&mut tx, Place::Database, id, fill).await?;
+    tx.commit().await?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
 /// Drops the tenant's database on its server.
 pub(super) async fn remove(s: &Strategies, tenant: &Tenant) -> Result<(), Error> {
     let server = s.servers.get(&tenant.server)?;
-    drop(server, &tenant.storage).await
+    drop(&server, &tenant.storage).await
 }
 
 /// The tenant's database, from `pg_dump` (on the registry's server only).

@@ -19,7 +19,9 @@
 //! [`TenantId::schema_name`]: crate::TenantId::schema_name
 
 mod clone;
+pub(crate) mod data;
 mod database;
+mod relocate;
 mod row;
 mod schema;
 mod template;
@@ -28,6 +30,7 @@ use serde::Serialize;
 use sqlx::PgConnection;
 
 pub use crate::naming::{quote_ident, quote_literal};
+pub use relocate::MoveReport;
 pub use row::{
     RLS_POLICIES, TENANT_COLUMN, TENANT_SETTING, install_rls, rls_sql, shared_keys_without_tenant,
     shared_tables, tables_missing_rls,
@@ -69,11 +72,18 @@ impl Strategies {
 
     /// Provisions `new` (checked by the lifecycle already) and returns it `active`.
     /// All or nothing: a failure leaves no registry row, schema, database or rows.
-    pub async fn provision(&self, new: &NewTenant, server: &str) -> Result<Tenant, Error> {
+    /// With `fill`, the tenant starts with that data (loaded and verified before it
+    /// is active).
+    pub async fn provision(
+        &self,
+        new: &NewTenant,
+        server: &str,
+        fill: Option<&data::Snapshot>,
+    ) -> Result<Tenant, Error> {
         match new.strategy {
-            Strategy::Schema => schema::provision(self, new).await,
-            Strategy::Database => database::provision(self, new, server).await,
-            Strategy::Row => row::provision(self, new).await,
+            Strategy::Schema => schema::provision(self, new, fill).await,
+            Strategy::Database => database::provision(self, new, server, fill).await,
+            Strategy::Row => row::provision(self, new, fill).await,
         }
     }
 

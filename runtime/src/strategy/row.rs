@@ -7,6 +7,7 @@
 
 use sqlx::PgConnection;
 
+use super::data::{self, Place, Snapshot};
 use super::{Finding, Scope, ScopeConfig, Strategies};
 use crate::error::Error;
 use crate::naming::{is_identifier, quote_ident, quote_literal, tenant_schema_pattern};
@@ -145,7 +146,7 @@ pub async fn shared_keys_without_tenant(
 
 /// `FROM .. WHERE ..` of the tables with a `tenant_id` (`$2`) column outside tenant
 /// schemas, the control schema (`$1`) and its template, and the system schemas.
-fn shared_tables_sql() -> String {
+pub(super) fn shared_tables_sql() -> String {
     format!(
         "
          FROM pg_class c
@@ -271,23 +272,43 @@ pub(super) fn scope(tenant: &Tenant, config: &ScopeConfig<'_>) -> Scope {
 /// A row tenant is a registry row: its data lives in shared tables. Rows of its id
 /// that nobody deleted (written by hand, or by another app under the same id) would
 /// become the new tenant's, so their presence is a conflict.
-pub(super) async fn provision(s: &Strategies, new: &NewTenant) -> Result<Tenant, Error> {
+pub(super) async fn provision(
+    s: &Strategies,
+    new: &NewTenant,
+    fill: Option<&Snapshot>,
+) -> Result<Tenant, Error> {
     let repo = &s.repo;
     let mut tx = repo.pool().begin().await?;
     repo.purge_deleted(&mut tx, &new.id).await?;
-    if let Some(table) = table_with_rows_of(&mut tx, repo.control_schema(), &new.id).await? {
-        return Err(Error::Conflict(format!(
-            "`{table}` already holds rows with tenant_id `{}` that were not made for this \
-             tenant; they were left untouched",
-            new.id
-        )));
-    }
     let tenant = repo
         .insert(&mut tx, new, TenantStatus::Active, &new.id.schema_name())
         .await?;
+    build(s, &mut tx, &new.id, fill).await?;
     repo.notify(&mut tx, &new.id).await?;
     tx.commit().await?;
     Ok(tenant)
+}
+
+/// Makes room for row tenant `id` in the shared tables inside the caller's
+/// transaction: rows of its id that are there already are a conflict (left
+/// untouched); `fill`'s data is loaded and verified.
+pub(super) async fn build(
+    s: &Strategies,
+    tx: &mut PgConnection,
+    id: &TenantId,
+    fill: Option<&Snapshot>,
+) -> Result<(), Error> {
+    let control = s.repo.control_schema();
+    if let Some(table) = table_with_rows_of(tx, control, id).await? {
+        return Err(Error::Conflict(format!(
+            "`{table}` already holds rows with tenant_id `{id}` that were not made for this \
+             tenant; they were left untouched"
+        )));
+    }
+    if let Some(fill) = fill {
+        data::write(tx, Place::Rows { control }, id, fill).await?;
+    }
+    Ok(())
 }
 
 /// Deletes the tenant's rows, inside the caller's transaction.

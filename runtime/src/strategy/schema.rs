@@ -6,13 +6,15 @@ use std::sync::Arc;
 
 use sqlx::PgConnection;
 
-use super::clone::{self, SchemaTemplate};
+use super::clone;
+pub(super) use super::clone::SchemaTemplate;
+use super::data::{self, Place, Snapshot};
 use super::template::TemplateLock;
 use super::{Finding, Scope, ScopeConfig, Strategies};
 use crate::error::Error;
 use crate::migrate::Record;
 use crate::naming::{quote_ident, tenant_schema_pattern};
-use crate::tenant::{NewTenant, Strategy, Tenant, TenantStatus};
+use crate::tenant::{NewTenant, Strategy, Tenant, TenantId, TenantStatus};
 
 /// The tenant's schema, then the shared schema if one is configured, then `pg_temp`.
 /// `public` and `$user` are never included unless configured as the shared schema
@@ -37,35 +39,62 @@ pub(super) fn scope(tenant: &Tenant, config: &ScopeConfig<'_>) -> Scope {
 /// is left behind, and the id can be used again once the cause is fixed. The schema
 /// is cloned from the template unless that is turned off or not possible, in which
 /// case the migrations are replayed.
-pub(super) async fn provision(s: &Strategies, new: &NewTenant) -> Result<Tenant, Error> {
-    let template = if s.from_template && !s.migrations.versions().is_empty() {
-        Some(template(s).await?)
-    } else {
-        None
-    };
+pub(super) async fn provision(
+    s: &Strategies,
+    new: &NewTenant,
+    fill: Option<&Snapshot>,
+) -> Result<Tenant, Error> {
+    let template = template_for(s).await?;
     let schema = s.names.schema(&new.id);
     let mut tx = s.repo.pool().begin().await?;
     s.repo.purge_deleted(&mut tx, &new.id).await?;
     s.repo
         .insert(&mut tx, new, TenantStatus::Provisioning, &schema)
         .await?;
-    create_schema(&mut tx, &schema).await?;
-    let cloned = match &template {
-        Some(t) => clone::clone_into(&mut tx, t, &schema).await?,
+    build(s, &mut tx, &schema, template.as_deref(), &new.id, fill).await?;
+    s.activate(tx, new).await
+}
+
+/// The template to clone new schemas from, unless cloning is off or there are no
+/// migrations.
+pub(super) async fn template_for(s: &Strategies) -> Result<Option<Arc<SchemaTemplate>>, Error> {
+    if s.from_template && !s.migrations.versions().is_empty() {
+        Ok(Some(template(s).await?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Creates schema `schema` for tenant `id` inside the caller's transaction: cloned
+/// from `template` (or every migration replayed), the migrations recorded for the
+/// tenant in the registry, and `fill`'s data loaded and verified.
+pub(super) async fn build(
+    s: &Strategies,
+    tx: &mut PgConnection,
+    schema: &str,
+    template: Option<&SchemaTemplate>,
+    id: &TenantId,
+    fill: Option<&Snapshot>,
+) -> Result<(), Error> {
+    create_schema(tx, schema).await?;
+    let cloned = match template {
+        Some(t) => clone::clone_into(tx, t, schema).await?,
         None => false,
     };
-    let record = Record::Registry(&s.repo, &new.id);
+    let record = Record::Registry(&s.repo, id);
     if cloned {
-        s.migrations.record_all(&mut tx, &record).await?;
+        s.migrations.record_all(tx, &record).await?;
     } else {
-        set_local_search_path(&mut tx, &schema).await?;
-        let pending = s.migrations.pending(&mut tx, &s.repo, &new.id).await?;
-        let target = format!("tenant `{}`", new.id);
+        set_local_search_path(tx, schema).await?;
+        let target = format!("tenant `{id}`");
         s.migrations
-            .apply(&mut tx, &target, &pending, &record)
+            .apply(tx, &target, &s.migrations.versions(), &record)
             .await?;
     }
-    s.activate(tx, new).await
+    if let Some(fill) = fill {
+        data::write(tx, Place::Schema(schema), id, fill).await?;
+    }
+    Ok(())
 }
 
 /// The template schema for the current migrations: checked (or built) once per

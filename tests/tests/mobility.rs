@@ -1,0 +1,573 @@
+//! Tenant mobility: exports that import under any id and strategy (all or nothing),
+//! and online moves between strategies behind a write fence, with the soak running.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::Request;
+use common::*;
+use http_body_util::BodyExt;
+use sqlx::Row;
+use tenantry::admin::{ImportOptions, MoveTo};
+use tenantry::{Error, PoolConfig, Strategy, TenantId, TenantManager};
+use tower::ServiceExt;
+
+fn id(s: &str) -> TenantId {
+    s.parse().unwrap()
+}
+
+/// Inserts projects named `names` as tenant `tenant`, through its binding.
+async fn add_projects(m: &TenantManager, tenant: &str, names: &[&str]) {
+    let t = m.resolve_tenant(&id(tenant)).await.unwrap();
+    let mut db = m.tenant_db(t).await.unwrap();
+    for name in names {
+        sqlx::query("INSERT INTO projects (name) VALUES ($1)")
+            .bind(name)
+            .execute(&mut db)
+            .await
+            .unwrap();
+    }
+}
+
+/// `(id, name)` of the tenant's projects and `(id, value)` of its data, through its
+/// binding.
+async fn contents(m: &TenantManager, tenant: &str) -> (Vec<(i64, String)>, Vec<(i64, String)>) {
+    let t = m.resolve_tenant(&id(tenant)).await.unwrap();
+    let mut db = m.tenant_db(t).await.unwrap();
+    let projects = sqlx::query_as("SELECT id, name FROM projects ORDER BY id")
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+    let data = sqlx::query_as("SELECT id, value FROM data ORDER BY id")
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+    (projects, data)
+}
+
+/// The id the tenant's next project gets (consumes it).
+async fn next_project_id(m: &TenantManager, tenant: &str) -> i64 {
+    let t = m.resolve_tenant(&id(tenant)).await.unwrap();
+    let mut db = m.tenant_db(t).await.unwrap();
+    sqlx::query_scalar("INSERT INTO projects (name) VALUES ('next') RETURNING id")
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+}
+
+async fn schema_exists(pool: &sqlx::PgPool, name: &str) -> bool {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+        .bind(name)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn database_exists(pool: &sqlx::PgPool, name: &str) -> bool {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Rows of `tenant` in the shared tables, read past row-level security.
+async fn shared_rows(pool: &sqlx::PgPool, tenant: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM shared.projects WHERE tenant_id = $1)
+              + (SELECT count(*) FROM shared.data WHERE tenant_id = $1)",
+    )
+    .bind(tenant)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_export_imports_under_a_new_id_with_its_rows_sequences_and_version() {
+    let (db, m) = manager(PoolConfig::default()).await;
+    let admin = m.admin();
+    let pool = admin.registry_pool().clone();
+    create(&m, "acme").await;
+    add_projects(
+        &m,
+        "acme",
+        &["alpha", "beta", "tab\there", "back\\slash", "doomed"],
+    )
+    .await;
+    // A deleted row: the sequence is past the highest id.
+    sqlx::query("DELETE FROM tenant_acme.projects WHERE name = 'doomed'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO tenant_acme.data (value) VALUES ('ünïcode ✓'), (E'line\\nbreak')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let original = contents(&m, "acme").await;
+    let export = admin.export(&id("acme")).await.unwrap();
+    let text = String::from_utf8_lossy(&export);
+    assert!(
+        text.starts_with("-- tenantry export of tenant `acme`"),
+        "{text}"
+    );
+    assert!(!text.contains("tenant_acme"), "the export names no schema");
+
+    // Under a new id, schema strategy: the same rows, version and sequence position.
+    let copy = admin
+        .import(
+            &export,
+            ImportOptions {
+                id: Some(id("acme-copy")),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(copy.strategy, Strategy::Schema);
+    assert_eq!(copy.name, "Tenant acme");
+    let acme = admin.existing(&id("acme")).await.unwrap();
+    assert_eq!(copy.schema_version, acme.schema_version);
+    assert_eq!(contents(&m, "acme-copy").await, original);
+    // As a database tenant too.
+    let in_db = admin
+        .import(
+            &export,
+            ImportOptions {
+                id: Some(id("acme-db")),
+                strategy: Some(Strategy::Database),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(in_db.strategy, Strategy::Database);
+    assert_eq!(contents(&m, "acme-db").await, original);
+    let next = next_project_id(&m, "acme").await;
+    assert_eq!(next, 6, "ids 1-5 were handed out");
+    assert_eq!(next_project_id(&m, "acme-copy").await, next);
+    assert_eq!(next_project_id(&m, "acme-db").await, next);
+
+    // A database tenant's export imports back as a schema tenant.
+    let from_db = admin.export(&id("acme-db")).await.unwrap();
+    admin
+        .import(
+            &from_db,
+            ImportOptions {
+                id: Some(id("acme-again")),
+                strategy: Some(Strategy::Schema),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let again = contents(&m, "acme-again").await;
+    assert_eq!(again.1, original.1);
+    assert_eq!(again.0.len(), original.0.len() + 1, "with acme-db's `next`");
+
+    // The same id again: 409, the existing tenant untouched.
+    let twice = admin
+        .import(
+            &export,
+            ImportOptions {
+                id: Some(id("acme-copy")),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(twice, Error::TenantExists(_)), "{twice}");
+    assert_eq!(contents(&m, "acme-copy").await.1, original.1);
+    drop(db);
+}
+
+#[tokio::test]
+async fn a_row_tenants_export_becomes_a_schema_tenant_and_back() {
+    let (_db, m) = manager(PoolConfig::default()).await;
+    let admin = m.admin();
+    let pool = admin.registry_pool().clone();
+    create_with(&m, "rowy", Strategy::Row).await;
+    create_with(&m, "neighbour", Strategy::Row).await;
+    add_projects(&m, "rowy", &["r1", "r2", "r3"]).await;
+    add_projects(&m, "neighbour", &["n1"]).await;
+    let original = contents(&m, "rowy").await;
+    assert_eq!(original.0.len(), 3);
+
+    let export = admin.export(&id("rowy")).await.unwrap();
+    assert!(!String::from_utf8_lossy(&export).contains("\tneighbour"));
+    let schema = admin
+        .import(
+            &export,
+            ImportOptions {
+                id: Some(id("rowy-schema")),
+                strategy: Some(Strategy::Schema),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(schema.strategy, Strategy::Schema);
+    assert_eq!(contents(&m, "rowy-schema").await, original);
+    // Its own sequence continues past the shared one's position: no id is reused.
+    assert!(next_project_id(&m, "rowy-schema").await > original.0.last().unwrap().0);
+
+    let back = admin.export(&id("rowy-schema")).await.unwrap();
+    let row = admin
+        .import(
+            &back,
+            ImportOptions {
+                id: Some(id("rowy-back")),
+                strategy: Some(Strategy::Row),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.strategy, Strategy::Row);
+    let (projects, data) = contents(&m, "rowy-back").await;
+    assert_eq!(data, original.1);
+    assert_eq!(
+        projects.len(),
+        original.0.len() + 1,
+        "with rowy-schema's `next`"
+    );
+    assert_eq!(&projects[..3], &original.0[..]);
+    // Each row tenant still sees only its own rows.
+    assert_eq!(contents(&m, "rowy").await, original);
+    assert_eq!(contents(&m, "neighbour").await.0.len(), 1);
+    assert_eq!(shared_rows(&pool, "rowy-back").await, 4);
+}
+
+#[tokio::test]
+async fn a_failed_import_leaves_no_tenant_schema_database_or_rows() {
+    let (db, m) = manager(PoolConfig::default()).await;
+    let admin = m.admin();
+    let pool = admin.registry_pool().clone();
+    create(&m, "src").await;
+    add_projects(&m, "src", &["fine", "spoiled"]).await;
+    let export = admin.export(&id("src")).await.unwrap();
+    // A name the CHECK constraint refuses (1 to 200 characters).
+    let text = String::from_utf8(export.clone()).unwrap();
+    let spoiled = text.replace("\tspoiled\t", "\t\t").into_bytes();
+    let prefix = database_prefix(&db);
+    for strategy in [Strategy::Schema, Strategy::Row, Strategy::Database] {
+        let e = admin
+            .import(
+                &spoiled,
+                ImportOptions {
+                    id: Some(id("bad")),
+                    strategy: Some(strategy),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.status().as_u16(), 422, "{strategy}: {e}");
+        assert!(e.to_string().contains("projects"), "{e}");
+        assert!(
+            admin.find(&id("bad")).await.unwrap().is_none(),
+            "{strategy}"
+        );
+        assert!(!schema_exists(&pool, "tenant_bad").await, "{strategy}");
+        assert!(
+            !database_exists(&pool, &format!("{prefix}bad")).await,
+            "{strategy}"
+        );
+        assert_eq!(shared_rows(&pool, "bad").await, 0, "{strategy}");
+    }
+    // Not an export at all, a truncated one, one that smuggles a tenant_id column.
+    let truncated = &export[..export.len() - 10];
+    let smuggled = text
+        .replacen(
+            "\"columns\":[\"id\"",
+            "\"columns\":[\"tenant_id\",\"id\"",
+            1,
+        )
+        .into_bytes();
+    for (input, needle) in [
+        (&b"DROP TABLE x;"[..], "not a tenantry export"),
+        (truncated, "has no end"),
+        (&smuggled[..], "tenant_id"),
+    ] {
+        let e = admin
+            .import(
+                input,
+                ImportOptions {
+                    id: Some(id("bad")),
+                    strategy: Some(Strategy::Row),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.status().as_u16(), 422, "{e}");
+        assert!(e.to_string().contains(needle), "{needle}: {e}");
+        assert!(admin.find(&id("bad")).await.unwrap().is_none());
+        assert_eq!(shared_rows(&pool, "bad").await, 0);
+    }
+    // An export at another migration version: refused, with what to do.
+    let other = text.replace("\"version\":1,\"checksum\"", "\"version\":9,\"checksum\"");
+    let e = admin
+        .import(
+            other.as_bytes(),
+            ImportOptions {
+                id: Some(id("bad")),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status().as_u16(), 422, "{e}");
+    assert!(e.to_string().contains("migration source"), "{e}");
+}
+
+#[tokio::test]
+async fn moves_between_strategies_keep_ids_rows_and_sequences_and_drop_the_old_place() {
+    let (db, m) = manager(PoolConfig::default()).await;
+    let admin = m.admin();
+    let pool = admin.registry_pool().clone();
+    create(&m, "mover").await;
+    create_with(&m, "bystander", Strategy::Row).await;
+    add_projects(&m, "mover", &["m1", "m2", "m3"]).await;
+    add_projects(&m, "bystander", &["b1"]).await;
+    let mut expected = contents(&m, "mover").await;
+    let prefix = database_prefix(&db);
+    let grace = Duration::from_millis(200);
+
+    let report = admin
+        .move_tenant(&id("mover"), MoveTo::Strategy(Strategy::Row), grace)
+        .await
+        .unwrap();
+    assert_eq!(report.tenant.strategy, Strategy::Row);
+    assert_eq!(report.from_strategy, Strategy::Schema);
+    assert_eq!(report.rows, 3);
+    assert!(report.old_place_dropped);
+    assert!(!schema_exists(&pool, "tenant_mover").await);
+    assert_eq!(contents(&m, "mover").await, expected);
+    assert_eq!(
+        report.tenant.schema_version, None,
+        "row tenants have no migrations"
+    );
+    let n = next_project_id(&m, "mover").await;
+    assert!(n > 3, "{n}");
+    expected.0.push((n, "next".into()));
+
+    let report = admin
+        .move_tenant(&id("mover"), MoveTo::Strategy(Strategy::Database), grace)
+        .await
+        .unwrap();
+    assert_eq!(report.tenant.strategy, Strategy::Database);
+    assert_eq!(
+        shared_rows(&pool, "mover").await,
+        0,
+        "its shared rows are gone"
+    );
+    assert!(database_exists(&pool, &format!("{prefix}mover")).await);
+    assert_eq!(contents(&m, "mover").await, expected);
+    assert_eq!(report.tenant.schema_version, Some(2));
+
+    let report = admin
+        .move_tenant(&id("mover"), MoveTo::Strategy(Strategy::Schema), grace)
+        .await
+        .unwrap();
+    assert_eq!(report.tenant.strategy, Strategy::Schema);
+    assert!(!database_exists(&pool, &format!("{prefix}mover")).await);
+    assert_eq!(contents(&m, "mover").await, expected);
+    assert!(next_project_id(&m, "mover").await > n);
+    // The bystander saw none of it.
+    assert_eq!(contents(&m, "bystander").await.0.len(), 1);
+    // Moving where it is, or by server as a schema tenant: 422, nothing changes.
+    for to in [
+        MoveTo::Strategy(Strategy::Schema),
+        MoveTo::Server("default".into()),
+    ] {
+        let e = admin
+            .move_tenant(&id("mover"), to, grace)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status().as_u16(), 422, "{e}");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_move_leaves_the_tenant_where_it_was_serving() {
+    let (_db, m) = manager(PoolConfig::default()).await;
+    let admin = m.admin();
+    let pool = admin.registry_pool().clone();
+    create_with(&m, "stay", Strategy::Row).await;
+    add_projects(&m, "stay", &["s1"]).await;
+    // Someone else's schema has the name the tenant's would get.
+    sqlx::raw_sql("CREATE SCHEMA tenant_stay; CREATE TABLE tenant_stay.keep (x int)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let e = admin
+        .move_tenant(
+            &id("stay"),
+            MoveTo::Strategy(Strategy::Schema),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status().as_u16(), 409, "{e}");
+    let t = admin.existing(&id("stay")).await.unwrap();
+    assert_eq!(t.strategy, Strategy::Row);
+    // Still serving, writes included: the fence is lifted.
+    add_projects(&m, "stay", &["s2"]).await;
+    assert_eq!(contents(&m, "stay").await.0.len(), 2);
+    // The other schema is untouched.
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM tenant_stay.keep")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, 0);
+    let triggers: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tenantry_fence%'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(triggers, 0, "no fence is left behind");
+}
+
+/// What the clients saw during the soak.
+#[derive(Default)]
+struct Ledger {
+    acknowledged: BTreeMap<String, BTreeSet<String>>,
+    paused: usize,
+    ok: usize,
+    unexpected: Vec<String>,
+    foreign: Vec<String>,
+}
+
+/// The soak while one tenant moves schema -> row -> database -> schema: every
+/// acknowledged write is in its tenant's final place, no tenant reads another's
+/// rows, and the only 5xx is the documented 503 with `Retry-After`.
+#[tokio::test]
+async fn the_soak_runs_while_a_tenant_moves_between_strategies() {
+    let (_db, m) = manager(PoolConfig::default()).await;
+    let tenants = [
+        ("mover", Strategy::Schema),
+        ("plain", Strategy::Schema),
+        ("rowmate", Strategy::Row),
+        ("rowpal", Strategy::Row),
+    ];
+    for (t, strategy) in tenants {
+        create_with(&m, t, strategy).await;
+    }
+    let app = saas_app(&m);
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..6)
+        .map(|w| {
+            let app = app.clone();
+            let ledger = ledger.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut n = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let (tenant, _) = tenants[(w + n) % tenants.len()];
+                    let write = !n.is_multiple_of(3);
+                    let marker = format!("{tenant}:{w}:{n}");
+                    let request = if write {
+                        Request::post("/api/v1/projects")
+                            .header("x-tenant-id", tenant)
+                            .header("content-type", "application/json")
+                            .body(Body::from(
+                                serde_json::json!({ "name": marker }).to_string(),
+                            ))
+                    } else {
+                        Request::get("/api/v1/projects")
+                            .header("x-tenant-id", tenant)
+                            .body(Body::empty())
+                    }
+                    .unwrap();
+                    let response = app.clone().oneshot(request).await.unwrap();
+                    let status = response.status().as_u16();
+                    let retry_after = response.headers().contains_key("retry-after");
+                    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+                    let mut l = ledger.lock().unwrap();
+                    match (write, status) {
+                        (true, 201) => {
+                            l.ok += 1;
+                            l.acknowledged
+                                .entry(tenant.to_owned())
+                                .or_default()
+                                .insert(marker);
+                        }
+                        (false, 200) => {
+                            l.ok += 1;
+                            let items: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                            for item in items.as_array().unwrap() {
+                                let name = item["name"].as_str().unwrap();
+                                if !name.starts_with(&format!("{tenant}:")) {
+                                    l.foreign.push(format!("{tenant} read {name}"));
+                                }
+                            }
+                        }
+                        (_, 503) if retry_after => l.paused += 1,
+                        (_, s) => l.unexpected.push(format!(
+                            "{tenant} write={write} -> {s}: {}",
+                            String::from_utf8_lossy(&bytes)
+                        )),
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let admin = m.admin();
+    for to in [Strategy::Row, Strategy::Database, Strategy::Schema] {
+        let report = admin
+            .move_tenant(
+                &id("mover"),
+                MoveTo::Strategy(to),
+                Duration::from_millis(300),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("move to {to}: {e}"));
+        assert_eq!(report.tenant.strategy, to);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let l = std::mem::take(&mut *ledger.lock().unwrap());
+    assert!(l.unexpected.is_empty(), "{:#?}", l.unexpected);
+    assert!(l.foreign.is_empty(), "{:#?}", l.foreign);
+    assert!(l.ok > 100, "the soak made {} requests", l.ok);
+    assert!(
+        l.paused > 0,
+        "no write met the fence: the moves were not under load"
+    );
+    for (tenant, _) in tenants {
+        let t = m.resolve_tenant(&id(tenant)).await.unwrap();
+        let mut db = m.tenant_db(t).await.unwrap();
+        let names: BTreeSet<String> = sqlx::query("SELECT name FROM projects")
+            .fetch_all(&mut db)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>(0))
+            .collect();
+        let acked = l.acknowledged.get(tenant).cloned().unwrap_or_default();
+        let lost: Vec<_> = acked.difference(&names).collect();
+        assert!(
+            lost.is_empty(),
+            "{tenant} lost acknowledged writes: {lost:?}"
+        );
+        assert!(
+            names.iter().all(|n| n.starts_with(&format!("{tenant}:"))),
+            "{tenant} holds another tenant's rows"
+        );
+    }
+    eprintln!(
+        "soak during moves: {} requests ok, {} answered 503 while writes paused",
+        l.ok, l.paused
+    );
+}
