@@ -170,9 +170,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     stop.store(true, Ordering::Relaxed);
     writer.await?;
     let copy = median(copies);
-    println!(
-        "\nbaseline: a plain COPY out and in of the {rows} projects: {copy:.0} ms (median)"
-    );
+    println!("\nbaseline: a plain COPY out and in of the {rows} projects: {copy:.0} ms (median)");
     for to in [Strategy::Row, Strategy::Database, Strategy::Schema] {
         let p = median(pauses.iter().filter(|x| x.0 == to).map(|x| x.1).collect());
         let g = median(pauses.iter().filter(|x| x.0 == to).map(|x| x.2).collect());

@@ -1,23 +1,43 @@
 //! Moving a tenant's data: snapshots of any place (exports), and moves from one
 //! strategy or server to another behind a write fence.
 //!
-//! A move: fence the old place (writes there fail with SQLSTATE 25006, a 503 with
-//! `Retry-After`; reads go on), read it, build the new place with that data and
-//! verify every table's rows and checksum there, switch the registry row and
-//! announce it in one transaction, wait a grace period for every instance to hear
-//! it, then drop the old place (whose fence still refuses the writes of an instance
-//! that has not heard yet). A failure before the switch removes what the attempt
-//! built and lifts the fence: the tenant is where it was, serving.
+//! A move: capture the keys of the rows written to the old place (triggers), copy it
+//! while it serves into the new place, then fence the old place (writes there fail
+//! with SQLSTATE 25006, a 503 with `Retry-After`; reads go on), copy again only the
+//! rows whose keys were captured, verify every table's row count and checksum
+//! against the old place, switch the registry row and announce it in one
+//! transaction, wait a grace period for every instance to hear it, then drop the old
+//! place (whose fence still refuses the writes of an instance that has not heard
+//! yet). A failure before the switch removes what the attempt made and lifts its
+//! fence: the tenant is where it was, serving.
 
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sqlx::{Connection, PgConnection};
 
-use super::data::{self, ExportedTenant, Place, Snapshot};
+use super::data::{self, Capture, ExportedTenant, Place, Snapshot};
 use super::{Strategies, database, row, schema};
 use crate::error::Error;
 use crate::tenant::{Strategy, Tenant, TenantStatus};
+
+/// A move attempt's change capture, and what it has made on the old place so far
+/// (what its cleanup removes).
+#[derive(Debug)]
+struct Attempt {
+    capture: Capture,
+    captured: bool,
+    fenced: bool,
+}
+
+/// What [`Strategies::copy_and_switch`] did.
+struct Switched {
+    tenant: Tenant,
+    tables: usize,
+    rows: i64,
+    recopied: u64,
+    pause: Duration,
+}
 
 /// What a move did, and how long writes were paused.
 #[derive(Debug, Clone, Serialize)]
@@ -30,8 +50,10 @@ pub struct MoveReport {
     pub from_server: String,
     /// Tables copied.
     pub tables: usize,
-    /// Rows copied (and verified).
+    /// Rows copied while the tenant kept serving (and verified).
     pub rows: i64,
+    /// Rows written during that copy, copied again with writes paused.
+    pub rows_caught_up: u64,
     /// From the fence to the switch: how long the tenant's writes were refused (503).
     pub write_pause_ms: u64,
     /// The whole move, the grace period and dropping the old place included.
@@ -110,43 +132,67 @@ impl Strategies {
         )))
     }
 
+    /// The capture of `tenant`'s move, next to its old place.
+    fn capture_of(&self, tenant: &Tenant) -> Capture {
+        let schema = match tenant.strategy {
+            Strategy::Database => "public".to_owned(),
+            _ => crate::naming::quote_ident(self.repo.control_schema()),
+        };
+        Capture::new(&schema, &tenant.id, tenant.strategy == Strategy::Row)
+    }
+
+    /// A connection to the database of `tenant`'s place.
+    async fn connect_source(&self, tenant: &Tenant) -> Result<PgConnection, Error> {
+        match tenant.strategy {
+            Strategy::Database => self.connect_database(tenant).await,
+            _ => Ok(PgConnection::connect_with(&self.repo.pool().connect_options()).await?),
+        }
+    }
+
+    /// Runs the DDL `make` writes for the tables of `tenant`'s place (quoted names,
+    /// then names and keys), in one transaction there.
+    async fn on_source(
+        &self,
+        tenant: &Tenant,
+        make: impl FnOnce(&[String], &[(String, Vec<String>)]) -> String,
+    ) -> Result<(), Error> {
+        let mut conn = self.connect_source(tenant).await?;
+        let mut tx = conn.begin().await?;
+        let place = self.place_of(tenant.strategy, &tenant.storage);
+        let (tables, names) = data::capture_targets(&mut tx, place).await?;
+        run_fence(&mut tx, make(&tables, &names), tenant).await?;
+        tx.commit().await?;
+        let _ = conn.close().await;
+        Ok(())
+    }
+
     /// Raises (`up`) or lifts the write fence on the tenant's place.
     async fn fence(&self, tenant: &Tenant, up: bool) -> Result<(), Error> {
-        match tenant.strategy {
-            Strategy::Database => {
-                let mut conn = self.connect_database(tenant).await?;
-                let mut tx = conn.begin().await?;
-                let function = "public.tenantry_write_fence";
-                if up {
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(data::fence_function_sql(function)))
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                let tables = data::table_names(&mut tx, Place::Database).await?;
-                let mut sql = data::fence_sql(&tables, function, &tenant.id, false, up);
-                if !up {
-                    sql.push_str(&format!("DROP FUNCTION IF EXISTS {function}();"));
-                }
-                run_fence(&mut tx, sql, tenant).await?;
-                tx.commit().await?;
-                let _ = conn.close().await;
+        let rows = tenant.strategy == Strategy::Row;
+        let function = match tenant.strategy {
+            Strategy::Database => "public.tenantry_write_fence".to_owned(),
+            _ => self.repo.fence_function(),
+        };
+        let own_function = tenant.strategy == Strategy::Database;
+        self.on_source(tenant, |tables, _| {
+            let mut sql = String::new();
+            if up && own_function {
+                sql.push_str(&data::fence_function_sql(&function));
+                sql.push(';');
             }
-            strategy => {
-                let mut tx = self.repo.pool().begin().await?;
-                let place = self.place_of(strategy, &tenant.storage);
-                let tables = data::table_names(&mut tx, place).await?;
-                let sql = data::fence_sql(
-                    &tables,
-                    &self.repo.fence_function(),
-                    &tenant.id,
-                    strategy == Strategy::Row,
-                    up,
-                );
-                run_fence(&mut tx, sql, tenant).await?;
-                tx.commit().await?;
+            sql.push_str(&data::fence_sql(tables, &function, &tenant.id, rows, up));
+            if !up && own_function {
+                sql.push_str(&format!("DROP FUNCTION IF EXISTS {function}();"));
             }
-        }
-        Ok(())
+            sql
+        })
+        .await
+    }
+
+    /// Starts (`up`) or stops and removes the capture of the tenant's writes.
+    async fn capture(&self, tenant: &Tenant, capture: &Capture, up: bool) -> Result<(), Error> {
+        self.on_source(tenant, |tables, names| capture.sql(tables, names, up))
+            .await
     }
 
     /// Moves `tenant` to `strategy` on server `server` (see the module docs).
@@ -158,57 +204,66 @@ impl Strategies {
         grace: Duration,
     ) -> Result<MoveReport, Error> {
         let started = Instant::now();
-        if strategy != Strategy::Row {
+        if strategy != Strategy::Row && tenant.strategy != Strategy::Row {
             // The new place gets this source's migrations: the old one must have them.
-            if tenant.strategy != Strategy::Row {
-                let mut conn = self.repo.pool().acquire().await?;
-                let applied = self.repo.applied_migrations(&mut conn, &tenant.id).await?;
-                self.check_version(&format!("tenant `{}`", tenant.id), &applied)?;
-            }
+            let mut conn = self.repo.pool().acquire().await?;
+            let applied = self.repo.applied_migrations(&mut conn, &tenant.id).await?;
+            self.check_version(&format!("tenant `{}`", tenant.id), &applied)?;
         }
-        // Prepared before the fence: the pause covers the copy and the switch only.
         let template = match strategy {
-            Strategy::Schema => Some(schema::template_for(self).await?),
+            Strategy::Schema => schema::template_for(self).await?,
             _ => None,
         };
-        let db_template = match strategy {
+        // A database target is created first; a failed move drops it.
+        let new_db = match strategy {
             Strategy::Database => {
                 let options = self.servers.get(server)?;
-                Some(database::template(self, server, &options).await?)
+                let template = database::template(self, server, &options).await?;
+                let db = self.names.database(&tenant.id);
+                database::create(&options, &db, &template).await?;
+                Some((options, db))
             }
             _ => None,
         };
-        self.fence(tenant, true).await?;
-        let fenced = Instant::now();
-        let moved = async {
-            let snapshot = self.snapshot(tenant).await?;
-            let rows = snapshot.manifest.tables.iter().map(|t| t.rows).sum();
-            let tables = snapshot.manifest.tables.len();
-            let moved = match strategy {
-                Strategy::Database => {
-                    self.to_database(tenant, server, db_template.as_deref(), &snapshot)
-                        .await?
-                }
-                _ => {
-                    let template = template.flatten();
-                    self.on_registry(tenant, strategy, template.as_deref(), &snapshot)
-                        .await?
-                }
-            };
-            Ok::<_, Error>((moved, tables, rows))
+        let mut made = Attempt {
+            capture: self.capture_of(tenant),
+            captured: false,
+            fenced: false,
+        };
+        let moved = self
+            .copy_and_switch(
+                tenant,
+                strategy,
+                server,
+                template.as_deref(),
+                new_db.as_ref(),
+                &mut made,
+            )
+            .await;
+        // The capture has done its work either way. Only what this attempt made is
+        // removed: a capture or fence that was there already is another move's.
+        if made.captured
+            && let Err(e) = self.capture(tenant, &made.capture, false).await
+        {
+            tracing::warn!(tenant = %tenant.id, error = %e, "could not remove a move's change capture");
         }
-        .await;
-        let (moved, tables, rows) = match moved {
+        let moved = match moved {
             Ok(done) => done,
             Err(e) => {
-                if let Err(lift) = self.fence(tenant, false).await {
-                    tracing::error!(tenant = %tenant.id, error = %lift, "a failed move could not lift its write fence; writes stay refused until `tenantry tenants move` is run again or the triggers are dropped");
+                if made.fenced
+                    && let Err(lift) = self.fence(tenant, false).await
+                {
+                    tracing::error!(tenant = %tenant.id, error = %lift, "a failed move could not lift its write fence; writes stay refused until the triggers are dropped");
+                }
+                if let Some((options, db)) = &new_db
+                    && let Err(e) = database::drop(options, db).await
+                {
+                    tracing::error!(tenant = %tenant.id, error = %e, "could not drop the database of a failed move; `tenantry doctor` lists it");
                 }
                 return Err(e);
             }
         };
-        let write_pause = fenced.elapsed();
-        tracing::info!(tenant = %tenant.id, from = %tenant.strategy, to = %strategy, server, ?write_pause, "tenant moved; dropping its old place after the grace period");
+        tracing::info!(tenant = %tenant.id, from = %tenant.strategy, to = %strategy, server, write_pause_ms = moved.pause.as_millis() as u64, recopied = moved.recopied, "tenant switched; dropping its old place after the grace period");
         tokio::time::sleep(grace).await;
         let dropped = match self.drop_old(tenant).await {
             Ok(()) => true,
@@ -218,92 +273,118 @@ impl Strategies {
             }
         };
         Ok(MoveReport {
-            tenant: moved,
+            tenant: moved.tenant,
             from_strategy: tenant.strategy,
             from_server: tenant.server.clone(),
-            tables,
-            rows,
-            write_pause_ms: write_pause.as_millis() as u64,
+            tables: moved.tables,
+            rows: moved.rows,
+            rows_caught_up: moved.recopied,
+            write_pause_ms: moved.pause.as_millis() as u64,
             total_ms: started.elapsed().as_millis() as u64,
             old_place_dropped: dropped,
         })
     }
 
-    /// Builds the new place on the registry's database (a schema, or rows in the
-    /// shared tables) and switches the registry, in one transaction.
-    async fn on_registry(
+    /// Capture on, copy online, fence, catch up and verify, switch.
+    async fn copy_and_switch(
         &self,
         tenant: &Tenant,
         strategy: Strategy,
+        server: &str,
         template: Option<&schema::SchemaTemplate>,
-        snapshot: &Snapshot,
-    ) -> Result<Tenant, Error> {
-        let mut tx = self.repo.pool().begin().await?;
-        self.unchanged(&mut tx, tenant).await?;
-        let storage = self.names.schema(&tenant.id);
+        new_db: Option<&(sqlx::postgres::PgConnectOptions, String)>,
+        made: &mut Attempt,
+    ) -> Result<Switched, Error> {
+        self.capture(tenant, &made.capture, true).await?;
+        made.captured = true;
+        let snapshot = self.snapshot(tenant).await?;
+        let rows = snapshot.manifest.tables.iter().map(|t| t.rows).sum();
+        let tables = snapshot.manifest.tables.len();
+        let id = &tenant.id;
+        // The new place with the online copy, not committed (registry targets) or
+        // not yet in the registry (a database).
+        let mut target_conn = match new_db {
+            Some((options, db)) => {
+                database::load(options, db, id, &snapshot).await?;
+                PgConnection::connect_with(&options.clone().database(db)).await?
+            }
+            None => PgConnection::connect_with(&self.repo.pool().connect_options()).await?,
+        };
+        let mut target = target_conn.begin().await?;
+        let storage = self.names.schema(id);
         match strategy {
             Strategy::Schema => {
-                schema::build(
-                    self,
-                    &mut tx,
-                    &storage,
-                    template,
-                    &tenant.id,
-                    Some(snapshot),
-                )
-                .await?
+                schema::build(self, &mut target, &storage, template, id, Some(&snapshot)).await?
             }
-            _ => row::build(self, &mut tx, &tenant.id, Some(snapshot)).await?,
+            Strategy::Row => row::build(self, &mut target, id, Some(&snapshot)).await?,
+            Strategy::Database => {}
         }
-        let moved = self
-            .repo
-            .relocate(
-                &mut tx,
-                &tenant.id,
-                strategy,
-                &storage,
-                crate::servers::DEFAULT_SERVER,
-            )
+        let target_place = match strategy {
+            Strategy::Schema => Place::Schema(&storage),
+            Strategy::Database => Place::Database,
+            Strategy::Row => Place::Rows {
+                control: self.repo.control_schema(),
+            },
+        };
+        self.fence(tenant, true).await?;
+        made.fenced = true;
+        let fenced = Instant::now();
+        let mut source_conn = self.connect_source(tenant).await?;
+        let mut source = source_conn
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .await?;
-        self.repo.notify(&mut tx, &tenant.id).await?;
-        tx.commit().await?;
-        Ok(moved)
-    }
-
-    /// Creates the tenant's database on `server` with the data, then switches the
-    /// registry; a failure drops the database this attempt created.
-    async fn to_database(
-        &self,
-        tenant: &Tenant,
-        server: &str,
-        template: Option<&str>,
-        snapshot: &Snapshot,
-    ) -> Result<Tenant, Error> {
-        let options = self.servers.get(server)?;
-        let db = self.names.database(&tenant.id);
-        let template = template.ok_or_else(|| Error::Internal("no template database".into()))?;
-        database::create(&options, &db, template).await?;
-        let switched = async {
-            database::load(&options, &db, &tenant.id, snapshot).await?;
-            let mut tx = self.repo.pool().begin().await?;
-            self.unchanged(&mut tx, tenant).await?;
-            let record = crate::migrate::Record::Registry(&self.repo, &tenant.id);
-            self.migrations.record_all(&mut tx, &record).await?;
-            let moved = self
-                .repo
-                .relocate(&mut tx, &tenant.id, Strategy::Database, &db, server)
-                .await?;
-            self.repo.notify(&mut tx, &tenant.id).await?;
-            tx.commit().await?;
-            Ok(moved)
-        }
-        .await;
-        if switched.is_err()
-            && let Err(e) = database::drop(&options, &db).await
-        {
-            tracing::error!(tenant = %tenant.id, error = %e, "could not drop the database of a failed move; `tenantry doctor` lists it");
-        }
-        switched
+        let source_place = self.place_of(tenant.strategy, &tenant.storage);
+        let recopied = data::catch_up(
+            &mut source,
+            source_place,
+            &made.capture,
+            &mut target,
+            target_place,
+            id,
+        )
+        .await?;
+        source.rollback().await?;
+        let _ = source_conn.close().await;
+        let moved = match new_db {
+            None => {
+                self.unchanged(&mut target, tenant).await?;
+                let moved = self
+                    .repo
+                    .relocate(
+                        &mut target,
+                        id,
+                        strategy,
+                        &storage,
+                        crate::servers::DEFAULT_SERVER,
+                    )
+                    .await?;
+                self.repo.notify(&mut target, id).await?;
+                target.commit().await?;
+                moved
+            }
+            Some((_, db)) => {
+                target.commit().await?;
+                let mut tx = self.repo.pool().begin().await?;
+                self.unchanged(&mut tx, tenant).await?;
+                let record = crate::migrate::Record::Registry(&self.repo, id);
+                self.migrations.record_all(&mut tx, &record).await?;
+                let moved = self
+                    .repo
+                    .relocate(&mut tx, id, Strategy::Database, db, server)
+                    .await?;
+                self.repo.notify(&mut tx, id).await?;
+                tx.commit().await?;
+                moved
+            }
+        };
+        let _ = target_conn.close().await;
+        Ok(Switched {
+            tenant: moved,
+            tables,
+            rows,
+            recopied,
+            pause: fenced.elapsed(),
+        })
     }
 
     /// Locks the tenant's registry row and checks that it is still the one being
@@ -360,7 +441,10 @@ async fn run_fence(tx: &mut PgConnection, sql: String, tenant: &Tenant) -> Resul
         .await
     {
         Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42710") => {
+        // A trigger, table or function of that name: another move's.
+        Err(sqlx::Error::Database(e))
+            if matches!(e.code().as_deref(), Some("42710" | "42P07" | "42723")) =>
+        {
             Err(Error::Conflict(format!(
                 "tenant `{}` is being moved already (its write fence is up)",
                 tenant.id
