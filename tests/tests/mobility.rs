@@ -698,3 +698,45 @@ async fn writes_during_the_copy_are_caught_up_inserts_updates_and_deletes() {
         refused.load(std::sync::atomic::Ordering::Relaxed)
     );
 }
+
+/// Another app instance that caches the tenant for an hour follows a move through the
+/// change notifications: its next write lands in the new place.
+#[tokio::test]
+async fn another_instance_follows_a_move_through_the_notifications() {
+    let (db, m) = manager(PoolConfig::default()).await;
+    let other = TenantManager::builder(sqlx::PgPool::connect(db.url()).await.unwrap())
+        .migrations(saas::tenant_migrations())
+        .database_prefix(database_prefix(&db))
+        .pool_config(saas::pool_config())
+        .cache_ttl(Duration::from_secs(3600))
+        .build()
+        .await
+        .unwrap();
+    create(&m, "wanderer").await;
+    add_projects(&other, "wanderer", &["before"]).await;
+    for to in [Strategy::Row, Strategy::Database, Strategy::Schema] {
+        m.admin()
+            .move_tenant(
+                &id("wanderer"),
+                MoveTo::Strategy(to),
+                Duration::from_millis(500),
+            )
+            .await
+            .unwrap();
+        add_projects(&other, "wanderer", &[&format!("after {to}")]).await;
+        let seen: Vec<String> = contents(&m, "wanderer")
+            .await
+            .0
+            .into_iter()
+            .map(|(_, name)| name)
+            .collect();
+        assert_eq!(seen.last().unwrap(), &format!("after {to}"), "{seen:?}");
+        assert_eq!(
+            seen.len(),
+            2 + [Strategy::Row, Strategy::Database, Strategy::Schema]
+                .iter()
+                .position(|s| *s == to)
+                .unwrap()
+        );
+    }
+}
