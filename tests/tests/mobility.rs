@@ -431,6 +431,38 @@ async fn a_failed_move_leaves_the_tenant_where_it_was_serving() {
             .await
             .unwrap();
     assert_eq!(triggers, 0, "no fence is left behind");
+    let findings = admin.doctor(false).await.unwrap();
+    assert!(!findings.iter().any(|f| f.kind == "move-leftover"), "{findings:?}");
+
+    // A fence whose move died: the tenant's writes get the 503 (nothing written, the
+    // other tenants unaffected), and doctor names it.
+    create_with(&m, "other", Strategy::Row).await;
+    sqlx::raw_sql(
+        "CREATE TRIGGER tenantry_fence_stay BEFORE INSERT OR UPDATE ON shared.projects
+         FOR EACH ROW WHEN (NEW.tenant_id = 'stay') EXECUTE FUNCTION tenantry.write_fence('stay')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let t = m.resolve_tenant(&id("stay")).await.unwrap();
+    let mut db = m.tenant_db(t).await.unwrap();
+    let refused: Error = sqlx::query("INSERT INTO projects (name) VALUES ('s3')")
+        .execute(&mut db)
+        .await
+        .unwrap_err()
+        .into();
+    assert_eq!(refused.status().as_u16(), 503, "{refused}");
+    assert!(refused.to_problem().type_.ends_with("/writes-paused"));
+    drop(db);
+    add_projects(&m, "other", &["o1"]).await;
+    assert_eq!(contents(&m, "stay").await.0.len(), 2);
+    let findings = admin.doctor(false).await.unwrap();
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.kind == "move-leftover" && f.subject.contains("tenantry_fence_stay")),
+        "{findings:?}"
+    );
 }
 
 /// What the clients saw during the soak.

@@ -123,6 +123,7 @@ impl Strategies {
         schema::doctor(self, tenants, &mut findings).await?;
         database::doctor(self, tenants, &mut findings).await?;
         row::doctor(self, &mut findings).await?;
+        relocate::doctor(self, &mut findings).await?;
         Ok(findings)
     }
 

@@ -433,6 +433,38 @@ impl Strategies {
     }
 }
 
+/// Fences and captures of moves on the registry's database (`move-leftover`): there
+/// while a move runs; after one whose process died, the tenant's writes get 503
+/// until they are dropped.
+pub(super) async fn doctor(
+    s: &Strategies,
+    findings: &mut Vec<super::Finding>,
+) -> Result<(), Error> {
+    let left: Vec<(String, String)> = sqlx::query_as(
+        "SELECT t.tgname::text, format('%I.%I', n.nspname, c.relname)
+         FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE starts_with(t.tgname::text, 'tenantry_fence_')
+            OR starts_with(t.tgname::text, 'tenantry_capture_')
+         ORDER BY 2, 1",
+    )
+    .fetch_all(s.repo.pool())
+    .await?;
+    for (trigger, table) in left {
+        findings.push(super::Finding {
+            kind: "move-leftover",
+            subject: format!("{table} {trigger}"),
+            detail: format!(
+                "a tenant move's fence or change capture; unless a move is running, its \
+                 process died and the tenant's writes get 503 until it is dropped: \
+                 DROP TRIGGER {} ON {table}",
+                crate::naming::quote_ident(&trigger)
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Runs fence DDL; a fence that exists already means another move of the tenant is
 /// under way.
 async fn run_fence(tx: &mut PgConnection, sql: String, tenant: &Tenant) -> Result<(), Error> {
