@@ -253,6 +253,10 @@ enum TenantsCommand {
         /// The Citus worker to move the tenant to (HOST:PORT; Citus registries only).
         #[arg(long, group = "target")]
         to_node: Option<String>,
+        /// Lift the write fence and change capture of a move whose process died
+        /// (`tenantry doctor` reports them as move-leftover).
+        #[arg(long, group = "target")]
+        recover: bool,
         /// How long the old place keeps refusing writes after the switch, for every
         /// instance to hear of it, before it is dropped.
         #[arg(long, value_parser = parse_duration, default_value = "2s")]
@@ -816,10 +820,23 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
             to_strategy,
             to_server,
             to_node,
+            recover,
             grace,
             migrations,
             json,
         } => {
+            if *recover {
+                let manager = manager(cli, migrations.as_ref()).await?;
+                let found = manager.admin().recover_move(id).await?;
+                if *json {
+                    print_json(&serde_json::json!({ "tenant": id, "recovered": found }))?;
+                } else if found {
+                    println!("lifted the fence and capture of an interrupted move of `{id}`");
+                } else {
+                    println!("tenant `{id}` had nothing left of a move");
+                }
+                return Ok(0);
+            }
             if to_node.is_some() {
                 return Err(format!(
                     "--to-node moves tenants between Citus workers, and the registry's server \

@@ -110,6 +110,14 @@ impl<'a> Admin<'a> {
         Ok(report)
     }
 
+    /// Lifts what a move whose process died left behind (see
+    /// [`Lifecycle::recover_move`]).
+    pub async fn recover_move(&self, id: &TenantId) -> Result<bool, Error> {
+        let found = self.lifecycle().recover_move(id).await?;
+        self.manager.invalidate(id);
+        Ok(found)
+    }
+
     /// The named servers: the application's and the registry's, by name.
     pub fn servers(&self) -> &'a Servers {
         self.pools().servers()

@@ -365,8 +365,11 @@ impl Lifecycle {
     /// on `options.server` (database tenants). The tenant is provisioned as
     /// [`Lifecycle::create`] does, the data loaded and every table's row count and
     /// checksum verified before it turns active; any failure leaves no tenant,
-    /// schema, database or rows. Its name and limits come along; its domains do not
-    /// (the exported tenant may still hold them).
+    /// schema, database or rows. Its name comes along; its limits (the file may come
+    /// from anyone) and domains (the exported tenant may still hold them) do not: set
+    /// them after. Into a row tenant, the sequences every row tenant shares move past
+    /// the ids loaded, never to a position the file only states, and by at most 1%
+    /// of what is left of them (422 beyond: no file can use them up).
     ///
     /// A schema or database tenant's export must be at the version of this
     /// migration source (422 otherwise: import with the source it was made with,
@@ -382,10 +385,6 @@ impl Lifecycle {
             }
             self.strategies.check_version("the export", &applied)?;
         }
-        exported
-            .limits
-            .check()
-            .map_err(|e| Error::Unprocessable(format!("the export's limits: {e}")))?;
         let new = NewTenant {
             id: options.id.unwrap_or_else(|| exported.id.clone()),
             name: exported.name.clone(),
@@ -401,15 +400,23 @@ impl Lifecycle {
                 "only `database` tenants can be placed on another server than `{DEFAULT_SERVER}`"
             )));
         }
-        let mut tenant = self
+        let tenant = self
             .strategies
             .provision(&new, server, Some(&snapshot))
             .await?;
-        if exported.limits != TenantLimits::default() {
-            tenant = self.set_limits(&tenant.id, exported.limits).await?;
-        }
         tracing::info!(tenant = %tenant.id, from = %exported.id, strategy = %tenant.strategy, "tenant imported");
         Ok(tenant)
+    }
+
+    /// Lifts the write fence and change capture a move left behind when its process
+    /// died (the tenant's writes get 503 until then; `tenantry doctor` reports them as
+    /// `move-leftover`). Refused (409) while a move of the tenant runs. Returns
+    /// whether anything was left.
+    pub async fn recover_move(&self, id: &TenantId) -> Result<bool, Error> {
+        let tenant = self.live(id).await?;
+        let found = self.strategies.recover_move(&tenant).await?;
+        tracing::info!(tenant = %id, found, "recovered from an interrupted move");
+        Ok(found)
     }
 
     /// Moves a tenant to another strategy (`MoveTo::Strategy`) or, a database

@@ -449,6 +449,33 @@ impl TenantRepository {
     pub async fn put_server(&self, name: &str, url: &str) -> Result<(), Error> {
         let q = &self.quoted_schema;
         let mut tx = self.pool.begin().await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "LOCK TABLE {q}.servers IN SHARE ROW EXCLUSIVE MODE"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        let before: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT url FROM {q}.servers WHERE name = $1"
+        )))
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if before.as_deref().is_some_and(|b| b != url) {
+            let users: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM {q}.tenants WHERE server = $1 AND status <> 'deleted'"
+            )))
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+            if users > 0 {
+                // Their databases are on the old address: another server's database of
+                // the same name must never be served, or dropped, as theirs.
+                return Err(Error::Conflict(format!(
+                    "{users} tenant(s) live on server `{name}`; its address cannot change \
+                     under them: add the new server under another name and move them"
+                )));
+            }
+        }
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO {q}.servers (name, url) VALUES ($1, $2) \
              ON CONFLICT (name) DO UPDATE SET url = EXCLUDED.url, added_at = now()"
@@ -466,6 +493,11 @@ impl TenantRepository {
     pub async fn remove_server(&self, name: &str) -> Result<bool, Error> {
         let q = &self.quoted_schema;
         let mut tx = self.pool.begin().await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "LOCK TABLE {q}.servers IN SHARE ROW EXCLUSIVE MODE"
+        )))
+        .execute(&mut *tx)
+        .await?;
         let users: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) FROM {q}.tenants WHERE server = $1 AND status <> 'deleted'"
         )))

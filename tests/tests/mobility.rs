@@ -432,7 +432,10 @@ async fn a_failed_move_leaves_the_tenant_where_it_was_serving() {
             .unwrap();
     assert_eq!(triggers, 0, "no fence is left behind");
     let findings = admin.doctor(false).await.unwrap();
-    assert!(!findings.iter().any(|f| f.kind == "move-leftover"), "{findings:?}");
+    assert!(
+        !findings.iter().any(|f| f.kind == "move-leftover"),
+        "{findings:?}"
+    );
 
     // A fence whose move died: the tenant's writes get the 503 (nothing written, the
     // other tenants unaffected), and doctor names it.
@@ -771,4 +774,176 @@ async fn another_instance_follows_a_move_through_the_notifications() {
                 .unwrap()
         );
     }
+}
+
+/// A server kept in the registry (no password in its URL): a database tenant moves to
+/// it and back with its rows; its address cannot change under the tenant.
+#[tokio::test]
+async fn a_database_tenant_moves_to_a_server_kept_in_the_registry() {
+    let east = tenantry::testing::TestServer::start().expect("a second throwaway server");
+    let (db, m) = manager(PoolConfig::default()).await;
+    let admin = m.admin();
+    admin.add_server("east", east.url()).await.unwrap();
+    let refused = admin
+        .add_server("west", "postgres://app:secret@db.internal/postgres")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().as_u16(), 400, "{refused}");
+    create_with(&m, "nomad", Strategy::Database).await;
+    add_projects(&m, "nomad", &["n1", "n2"]).await;
+    let before = contents(&m, "nomad").await;
+    let report = admin
+        .move_tenant(&id("nomad"), MoveTo::Server("east".into()), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(report.tenant.server, "east");
+    assert_eq!(report.tenant.strategy, Strategy::Database);
+    assert_eq!(contents(&m, "nomad").await, before);
+    let east_pool = sqlx::PgPool::connect(east.url()).await.unwrap();
+    let name = format!("{}nomad", database_prefix(&db));
+    assert!(database_exists(&east_pool, &name).await);
+    assert!(!database_exists(admin.registry_pool(), &name).await);
+    // Its address cannot change while the tenant lives there; removing it neither.
+    let moved_address = admin
+        .add_server("east", "postgres://postgres@10.9.9.9/postgres")
+        .await
+        .unwrap_err();
+    assert_eq!(moved_address.status().as_u16(), 409, "{moved_address}");
+    assert_eq!(
+        admin
+            .remove_server("east")
+            .await
+            .unwrap_err()
+            .status()
+            .as_u16(),
+        409
+    );
+    add_projects(&m, "nomad", &["n3"]).await;
+    admin
+        .move_tenant(
+            &id("nomad"),
+            MoveTo::Server("default".into()),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    assert_eq!(contents(&m, "nomad").await.0.len(), 3);
+    assert!(!database_exists(&east_pool, &name).await);
+    admin.remove_server("east").await.unwrap();
+}
+
+/// One move per tenant at a time; a fence and capture left by a move whose process
+/// died are lifted by `recover_move`, after which the tenant writes again.
+#[tokio::test]
+async fn one_move_at_a_time_and_recovery_from_an_interrupted_one() {
+    let (_db, m) = manager(PoolConfig::default()).await;
+    create(&m, "solo").await;
+    add_projects(&m, "solo", &["s1"]).await;
+    let first = {
+        let m = m.clone();
+        tokio::spawn(async move {
+            m.admin()
+                .move_tenant(
+                    &id("solo"),
+                    MoveTo::Strategy(Strategy::Row),
+                    Duration::from_secs(2),
+                )
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let second = m
+        .admin()
+        .move_tenant(
+            &id("solo"),
+            MoveTo::Strategy(Strategy::Database),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(second.status().as_u16(), 409, "{second}");
+    assert!(second.to_string().contains("being moved"), "{second}");
+    assert_eq!(first.await.unwrap().unwrap().tenant.strategy, Strategy::Row);
+    assert_eq!(contents(&m, "solo").await.0.len(), 1);
+    assert!(
+        !m.admin().recover_move(&id("solo")).await.unwrap(),
+        "nothing left"
+    );
+
+    // A move that died after its fence: writes get 503 until recover_move.
+    let pool = m.admin().registry_pool().clone();
+    sqlx::raw_sql(
+        "CREATE TRIGGER tenantry_fence_solo BEFORE INSERT OR UPDATE ON shared.projects
+         FOR EACH ROW WHEN (NEW.tenant_id = 'solo') EXECUTE FUNCTION tenantry.write_fence('solo')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let t = m.resolve_tenant(&id("solo")).await.unwrap();
+    let mut db = m.tenant_db(t).await.unwrap();
+    let refused: Error = sqlx::query("INSERT INTO projects (name) VALUES ('s2')")
+        .execute(&mut db)
+        .await
+        .unwrap_err()
+        .into();
+    assert_eq!(refused.status().as_u16(), 503);
+    drop(db);
+    assert!(m.admin().recover_move(&id("solo")).await.unwrap());
+    add_projects(&m, "solo", &["s2"]).await;
+    assert_eq!(contents(&m, "solo").await.0.len(), 2);
+    let findings = m.admin().doctor(false).await.unwrap();
+    assert!(
+        !findings.iter().any(|f| f.kind == "move-leftover"),
+        "{findings:?}"
+    );
+}
+
+/// A file cannot push the sequences every row tenant shares: ids past them are a
+/// 422 for a row import (nothing left); a checksum that lies is a 422 too.
+#[tokio::test]
+async fn an_import_cannot_move_the_shared_sequences_or_lie_about_its_rows() {
+    let (_db, m) = manager(PoolConfig::default()).await;
+    let admin = m.admin();
+    let pool = admin.registry_pool().clone();
+    create(&m, "src").await;
+    add_projects(&m, "src", &["one"]).await;
+    let text = String::from_utf8(admin.export(&id("src")).await.unwrap()).unwrap();
+    // bigserial: 1% of what is left is ~9.2e16.
+    let huge = text.replace("\n1\tone\t", "\n9000000000000000000\tone\t");
+    assert_ne!(huge, text);
+    let e = admin
+        .import(
+            huge.as_bytes(),
+            ImportOptions {
+                id: Some(id("greedy")),
+                strategy: Some(Strategy::Row),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status().as_u16(), 422, "{e}");
+    assert!(e.to_string().contains("every row tenant shares"), "{e}");
+    assert!(e.to_string().contains("at most 1%"), "{e}");
+    assert!(admin.find(&id("greedy")).await.unwrap().is_none());
+    assert_eq!(shared_rows(&pool, "greedy").await, 0);
+    let position: i64 = sqlx::query_scalar("SELECT last_value FROM shared.projects_id_seq")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(position < 1000, "{position}");
+    // The same file into a schema tenant: its rows no longer match the manifest.
+    let e = admin
+        .import(
+            huge.as_bytes(),
+            ImportOptions {
+                id: Some(id("greedy")),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status().as_u16(), 422, "{e}");
+    assert!(e.to_string().contains("does not match its manifest"), "{e}");
+    assert!(!schema_exists(&pool, "tenant_greedy").await);
 }

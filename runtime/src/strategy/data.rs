@@ -113,6 +113,8 @@ pub(crate) struct Snapshot {
     pub manifest: Manifest,
     /// `COPY` text per table, in the manifest's order.
     pub data: Vec<Vec<u8>>,
+    /// Read from this registry's own places (not from a file someone handed in).
+    pub trusted: bool,
 }
 
 /// A table of a place, from the catalog.
@@ -171,7 +173,7 @@ async fn tables(conn: &mut PgConnection, place: Place<'_>) -> Result<Vec<Table>,
                 "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
                    AND c.relname <> '_tenantry_migrations'
-                   AND NOT starts_with(c.relname::text, 'tenantry_moving_')",
+                   AND c.relname <> '_tenantry_move_changes'",
             )
             .fetch_all(&mut *conn)
             .await?
@@ -345,7 +347,11 @@ pub(crate) async fn read(
         });
         data.push(text);
     }
-    Ok(Snapshot { manifest, data })
+    Ok(Snapshot {
+        manifest,
+        data,
+        trusted: true,
+    })
 }
 
 /// The rows of `query` as `COPY` text.
@@ -387,12 +393,17 @@ async fn positions(conn: &mut PgConnection, table: &Table) -> Result<Vec<Sequenc
 /// table of the snapshot must exist in `place` with every one of its columns; tables
 /// of `place` the snapshot does not have stay empty. Sequences are moved to at least
 /// the exported position (a sequence shared by row tenants only ever forward).
+///
+/// A snapshot read from this registry's own places is trusted (a move); an import's
+/// file is not: it never moves a sequence shared by row tenants, and a checksum that does
+/// not match is the file's fault (422).
 pub(crate) async fn write(
     conn: &mut PgConnection,
     place: Place<'_>,
     tenant: &TenantId,
     snapshot: &Snapshot,
 ) -> Result<(), Error> {
+    let trusted = snapshot.trusted;
     prepare(conn, place, tenant).await?;
     let targets = tables(conn, place).await?;
     let by_name: BTreeMap<&str, &Table> = targets.iter().map(|t| (t.name.as_str(), t)).collect();
@@ -401,6 +412,10 @@ pub(crate) async fn write(
         match by_name.get(table.name.as_str()) {
             None => problems.push(format!("table `{}` does not exist here", table.name)),
             Some(target) => {
+                let distinct: BTreeSet<&String> = table.columns.iter().collect();
+                if distinct.len() != table.columns.len() {
+                    problems.push(format!("table `{}` lists a column twice", table.name));
+                }
                 for column in &table.columns {
                     if column == TENANT_COLUMN {
                         problems.push(format!(
@@ -441,7 +456,7 @@ pub(crate) async fn write(
             .await
             .map_err(|e| in_table(e, &table.name))?;
     }
-    advance_all(conn, &targets, &snapshot.manifest.sequences, place).await?;
+    advance_all(conn, &targets, &snapshot.manifest.sequences, place, trusted).await?;
     for target in &targets {
         let Some(&i) = index.get(target.name.as_str()) else {
             continue;
@@ -449,11 +464,16 @@ pub(crate) async fn write(
         let table = &snapshot.manifest.tables[i];
         let (rows, sum) = checksum(conn, target, &table.columns, place).await?;
         if rows != table.rows || sum != table.checksum {
-            return Err(Error::Internal(format!(
+            let why = format!(
                 "verification failed for table `{}`: {} rows with checksum {} expected, {} \
                  rows with checksum {} found after loading; nothing was kept",
                 table.name, table.rows, table.checksum, rows, sum
-            )));
+            );
+            return Err(if trusted {
+                Error::Internal(why)
+            } else {
+                Error::Unprocessable(format!("the export does not match its manifest: {why}"))
+            });
         }
     }
     Ok(())
@@ -465,17 +485,23 @@ async fn advance_all(
     targets: &[Table],
     positions: &[SequencePosition],
     place: Place<'_>,
+    trusted: bool,
 ) -> Result<(), Error> {
     for target in targets {
         for (column, sequence) in &target.sequences {
             let exported = positions
                 .iter()
                 .find(|p| p.table == target.name && &p.column == column);
-            advance(conn, target, column, sequence, exported, place).await?;
+            advance(conn, target, column, sequence, exported, place, trusted)
+                .await
+                .map_err(|e| in_table(e, &target.name))?;
         }
     }
     Ok(())
 }
+
+/// The capture table of a move out of a tenant database (left out of its tables).
+const CAPTURE_TABLE_IN_DATABASE: &str = "public._tenantry_move_changes";
 
 /// Where a move records the keys written while it copies: a table and a trigger
 /// function of the move's own, in `schema` of the old place's database.
@@ -495,6 +521,15 @@ impl Capture {
     /// The capture of `tenant`'s move, in `schema` (quoted).
     pub fn new(schema: &str, tenant: &TenantId, rows: bool) -> Self {
         let tag = tenant.as_str().replace('-', "_");
+        if schema == "public" {
+            // A tenant database's: names of tenantry's own there, like its migrations'.
+            return Self {
+                table: CAPTURE_TABLE_IN_DATABASE.to_owned(),
+                function: "public._tenantry_move_capture".to_owned(),
+                trigger: format!("tenantry_capture_{tag}"),
+                rows_of: None,
+            };
+        }
         Self {
             table: format!(
                 "{schema}.{}",
@@ -703,7 +738,7 @@ pub(crate) async fn catch_up(
             .await
             .map_err(|e| in_table(e, &s.name))?;
     }
-    advance_all(to, &targets, &positions_now, target).await?;
+    advance_all(to, &targets, &positions_now, target, true).await?;
     for s in &sources {
         let t = targets
             .iter()
@@ -811,6 +846,7 @@ async fn advance(
     sequence: &str,
     exported: Option<&SequencePosition>,
     place: Place<'_>,
+    trusted: bool,
 ) -> Result<(), Error> {
     let max: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT max(v)::bigint FROM ({}) r(v)",
@@ -825,18 +861,48 @@ async fn advance(
     .await?;
     let (last, called): (i64, bool) = (current.try_get(0)?, current.try_get(1)?);
     // The highest value handed out so far at the target, and the one wanted.
-    let handed = if called { last } else { last - 1 };
+    let handed = if called { last } else { last.saturating_sub(1) };
     let mut wanted = max.unwrap_or(i64::MIN);
+    let shared = matches!(place, Place::Rows { .. });
+    if shared && !trusted {
+        // Every row tenant draws ids from it: it moves past the ids loaded (else this
+        // tenant's next rows would collide with them), never to a position the file
+        // merely states, and by at most 1% of what is left of it per import, so that
+        // no file can use it up.
+        if wanted <= handed {
+            return Ok(());
+        }
+        let most: i64 =
+            sqlx::query_scalar("SELECT seqmax FROM pg_sequence WHERE seqrelid = $1::regclass")
+                .bind(sequence)
+                .fetch_one(&mut *conn)
+                .await?;
+        let allowed = handed.saturating_add(most.saturating_sub(handed) / 100);
+        if wanted > allowed {
+            return Err(Error::Unprocessable(format!(
+                "the data's `{column}` values go up to {wanted}, far past the sequence \
+                 {sequence} that every row tenant shares (at {handed}); an import moves it \
+                 by at most 1% of what is left of it: advance it first if that is intended \
+                 (SELECT setval('{sequence}', {wanted}))"
+            )));
+        }
+        sqlx::query("SELECT setval($1::regclass, $2, true)")
+            .bind(sequence)
+            .bind(wanted)
+            .execute(&mut *conn)
+            .await?;
+        return Ok(());
+    }
     if let Some(p) = exported {
         wanted = wanted.max(if p.is_called {
             p.last_value
         } else {
-            p.last_value - 1
+            p.last_value.saturating_sub(1)
         });
     }
     if wanted > handed {
         match exported {
-            Some(p) if !p.is_called && p.last_value - 1 == wanted => {
+            Some(p) if !p.is_called && p.last_value.saturating_sub(1) == wanted => {
                 sqlx::query("SELECT setval($1::regclass, $2, false)")
                     .bind(sequence)
                     .bind(p.last_value)
@@ -942,7 +1008,11 @@ impl Snapshot {
             data.push(rest[..stop].to_vec());
             rest = &rest[stop + 3..];
         }
-        Ok(Self { manifest, data })
+        Ok(Self {
+            manifest,
+            data,
+            trusted: false,
+        })
     }
 }
 
@@ -1057,6 +1127,7 @@ mod tests {
                 sequences: vec![],
             },
             data: vec![Vec::new(), b"1\ta \\\\.\n2\t\\\\.\n".to_vec()],
+            trusted: false,
         }
     }
 

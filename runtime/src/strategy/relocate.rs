@@ -21,6 +21,34 @@ use super::{Strategies, database, row, schema};
 use crate::error::Error;
 use crate::tenant::{Strategy, Tenant, TenantStatus};
 
+/// One move per tenant at a time, across processes: a session advisory lock on a
+/// connection of its own (if the process dies, the session ends and the lock goes).
+struct MoveLock {
+    conn: PgConnection,
+}
+
+impl MoveLock {
+    async fn acquire(s: &Strategies, id: &crate::tenant::TenantId) -> Result<Self, Error> {
+        let mut conn = PgConnection::connect_with(&s.repo.pool().connect_options()).await?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+            .bind(format!("tenantry.move:{}:{id}", s.repo.control_schema()))
+            .fetch_one(&mut conn)
+            .await?;
+        if !got {
+            let _ = conn.close().await;
+            return Err(Error::Conflict(format!(
+                "tenant `{id}` is being moved already; wait for that move to end"
+            )));
+        }
+        Ok(Self { conn })
+    }
+
+    /// Ends the session, and with it the lock.
+    async fn release(self) {
+        let _ = self.conn.close().await;
+    }
+}
+
 /// A move attempt's change capture, and what it has made on the old place so far
 /// (what its cleanup removes).
 #[derive(Debug)]
@@ -204,6 +232,83 @@ impl Strategies {
         grace: Duration,
     ) -> Result<MoveReport, Error> {
         let started = Instant::now();
+        let lock = MoveLock::acquire(self, &tenant.id).await?;
+        let moved = self
+            .relocate_locked(tenant, strategy, server, grace, started)
+            .await;
+        lock.release().await;
+        moved
+    }
+
+    /// Lifts the fence and change capture a move left at the tenant's place when its
+    /// process died (refused while a move of the tenant runs), and, for a tenant
+    /// that is no longer a row tenant, its fence and capture on the shared tables.
+    /// Rows a move out of the row strategy left there stay (nothing proves they are
+    /// only that move's: `tenantry doctor`'s findings and the operator decide).
+    /// Returns whether anything was found.
+    pub async fn recover_move(&self, tenant: &Tenant) -> Result<bool, Error> {
+        let lock = MoveLock::acquire(self, &tenant.id).await?;
+        let recovered = async {
+            let before = self.leftovers(tenant).await?;
+            self.capture(tenant, &self.capture_of(tenant), false)
+                .await?;
+            self.fence(tenant, false).await?;
+            if tenant.strategy != Strategy::Row {
+                let mut tx = self.repo.pool().begin().await?;
+                let place = self.place_of(Strategy::Row, &tenant.storage);
+                let (tables, names) = data::capture_targets(&mut tx, place).await?;
+                let capture = Capture::new(
+                    &crate::naming::quote_ident(self.repo.control_schema()),
+                    &tenant.id,
+                    true,
+                );
+                let mut sql = capture.sql(&tables, &names, false);
+                sql.push_str(&data::fence_sql(
+                    &tables,
+                    &self.repo.fence_function(),
+                    &tenant.id,
+                    true,
+                    false,
+                ));
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+            Ok::<_, Error>(before > 0)
+        }
+        .await;
+        lock.release().await;
+        recovered
+    }
+
+    /// How many fence and capture triggers of `tenant` are on the registry's
+    /// database, or in its own database.
+    async fn leftovers(&self, tenant: &Tenant) -> Result<i64, Error> {
+        let tag = tenant.id.as_str().replace('-', "_");
+        let mut conn = self.connect_source(tenant).await?;
+        let here: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_trigger WHERE tgname::text IN ($1, $2, $3, $4, $5)",
+        )
+        .bind(format!("tenantry_fence_{tag}"))
+        .bind(format!("tenantry_fence_{tag}_old"))
+        .bind(format!("tenantry_fence_{tag}_truncate"))
+        .bind(format!("tenantry_capture_{tag}"))
+        .bind(format!("tenantry_capture_{tag}_truncate"))
+        .fetch_one(&mut conn)
+        .await?;
+        let _ = conn.close().await;
+        Ok(here)
+    }
+
+    async fn relocate_locked(
+        &self,
+        tenant: &Tenant,
+        strategy: Strategy,
+        server: &str,
+        grace: Duration,
+        started: Instant,
+    ) -> Result<MoveReport, Error> {
         if strategy != Strategy::Row && tenant.strategy != Strategy::Row {
             // The new place gets this source's migrations: the old one must have them.
             let mut conn = self.repo.pool().acquire().await?;
