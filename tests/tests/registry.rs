@@ -32,7 +32,7 @@ async fn registry_setup_is_idempotent_and_safe_under_concurrent_start() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(versions, 5, "each of the five upgrades recorded once");
+    assert_eq!(versions, 6, "each of the six upgrades recorded once");
     // And once more, later.
     TenantManager::builder(pool.clone()).build().await.unwrap();
     let columns: Vec<String> = sqlx::query_scalar(
