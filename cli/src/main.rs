@@ -658,10 +658,19 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
         TenantsCommand::Show { id, json } => {
             let manager = manager(cli, None).await?;
             let tenant = existing(&manager, id).await?;
+            // On Citus, the worker holding it (Citus's metadata is the truth).
+            let node = manager.admin().node_of(&tenant).await?;
             if *json {
-                print_json(&tenant)?;
+                let mut value = serde_json::to_value(&tenant)?;
+                if let (Some(node), Some(fields)) = (&node, value.as_object_mut()) {
+                    fields.insert("node".to_owned(), node.clone().into());
+                }
+                print_json(&value)?;
             } else {
                 print_tenant(&tenant);
+                if let Some(node) = node {
+                    println!("node:        {node} (Citus worker)");
+                }
             }
         }
         TenantsCommand::Suspend { id, json } => {
@@ -837,17 +846,10 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
                 }
                 return Ok(0);
             }
-            if to_node.is_some() {
-                return Err(format!(
-                    "--to-node moves tenants between Citus workers, and the registry's server \
-                     is not a Citus coordinator; use --to-strategy or --to-server (tenant `{id}` \
-                     was left where it is)"
-                )
-                .into());
-            }
-            let to = match (to_strategy, to_server) {
-                (Some(s), _) => tenantry::admin::MoveTo::Strategy(s.strategy()),
-                (_, Some(server)) => tenantry::admin::MoveTo::Server(server.clone()),
+            let to = match (to_strategy, to_server, to_node) {
+                (Some(s), _, _) => tenantry::admin::MoveTo::Strategy(s.strategy()),
+                (_, Some(server), _) => tenantry::admin::MoveTo::Server(server.clone()),
+                (_, _, Some(node)) => tenantry::admin::MoveTo::Node(node.clone()),
                 _ => return Err(usage("give one of --to-strategy, --to-server, --to-node")),
             };
             let manager = manager(cli, migrations.as_ref()).await?;
@@ -859,6 +861,8 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
             let report = report?;
             if *json {
                 print_json(&report)?;
+            } else if let Some(node) = &report.node {
+                println!("moved tenant `{id}` to Citus worker {node}");
             } else {
                 println!(
                     "moved tenant `{id}` from {} on `{}` to {} on `{}`: {} rows in {} tables, \

@@ -19,6 +19,7 @@
 
 use sqlx::PgPool;
 
+pub use crate::citus::Citus;
 pub use crate::lifecycle::{ImportOptions, Lifecycle, MoveTo};
 pub use crate::naming::{TENANT_PREFIX, quote_ident, quote_literal};
 pub use crate::pgbin::{bindir_of, libpq_url, server_bindir, url_with_database};
@@ -116,6 +117,22 @@ impl<'a> Admin<'a> {
         let found = self.lifecycle().recover_move(id).await?;
         self.manager.invalidate(id);
         Ok(found)
+    }
+
+    /// Citus on the registry's server (its coordinator), if any: its version and
+    /// active workers, as found at start.
+    pub fn citus(&self) -> Option<&'a crate::citus::Citus> {
+        self.manager.citus()
+    }
+
+    /// The Citus worker (`host:port`) holding the tenant's data, read from Citus's
+    /// metadata now (Citus's rebalancer may move tenants too); `None` off Citus and
+    /// for database tenants.
+    pub async fn node_of(&self, tenant: &Tenant) -> Result<Option<String>, Error> {
+        if self.citus().is_none() {
+            return Ok(None);
+        }
+        crate::citus::node_of(self.registry_pool(), tenant).await
     }
 
     /// The named servers: the application's and the registry's, by name.

@@ -179,6 +179,17 @@ pub struct EntitySql {
 }
 
 impl EntitySql {
+    /// The statements that read or delete, by name (`find`, `list`, `count`,
+    /// `delete`), for tools that show their plans (on Citus: one router task each).
+    pub fn reads(&self) -> [(&'static str, &str); 4] {
+        [
+            ("find", &self.find),
+            ("list", &self.list),
+            ("count", &self.count),
+            ("delete", &self.delete),
+        ]
+    }
+
     /// The statements of `E`.
     pub fn of<E: TenantEntity>() -> Self {
         Self::build(

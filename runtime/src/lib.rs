@@ -4,6 +4,7 @@
 // The floor: the tenant model, errors and names. Then the registry, the migration
 // source, the strategies, the lifecycle; the connection side (pool, handles,
 // entities); the manager; the web layer. No module imports one above it.
+mod citus;
 mod column;
 mod context;
 mod db;

@@ -47,6 +47,25 @@ impl Lifecycle {
         self.strategies.names.database(id)
     }
 
+    /// The registry is a Citus coordinator (see [`crate::citus`]).
+    pub fn on_citus(mut self, yes: bool) -> Self {
+        self.strategies.citus = yes;
+        self
+    }
+
+    /// Refuses what a Citus coordinator cannot hold: a database tenant on it.
+    fn check_citus(&self, strategy: Strategy, server: &str) -> Result<(), Error> {
+        if self.strategies.citus && strategy == Strategy::Database && server == DEFAULT_SERVER {
+            return Err(Error::Unprocessable(
+                "the registry's server is a Citus coordinator, where a tenant database would \
+                 not be part of the cluster: place database tenants on a named server \
+                 (`--server NAME`), or use the schema or row strategy, which Citus distributes"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether new tenants are cloned from the template schema (the default) or get
     /// every migration replayed.
     pub fn provision_from_template(mut self, yes: bool) -> Self {
@@ -96,6 +115,7 @@ impl Lifecycle {
                 "only `database` tenants can be placed on another server than `{DEFAULT_SERVER}`"
             )));
         }
+        self.check_citus(new.strategy, server)?;
         let tenant = self.strategies.provision(new, server, None).await?;
         tracing::info!(tenant = %tenant.id, strategy = %tenant.strategy, "tenant created");
         Ok(tenant)
@@ -400,6 +420,7 @@ impl Lifecycle {
                 "only `database` tenants can be placed on another server than `{DEFAULT_SERVER}`"
             )));
         }
+        self.check_citus(new.strategy, server)?;
         let tenant = self
             .strategies
             .provision(&new, server, Some(&snapshot))
@@ -441,11 +462,45 @@ impl Lifecycle {
                 message: "a tenant is moved once it is provisioned",
             });
         }
+        if let MoveTo::Node(node) = &to {
+            if !self.strategies.citus {
+                return Err(Error::Unprocessable(format!(
+                    "--to-node moves tenants between Citus workers, and the registry's server \
+                     is not a Citus coordinator; tenant `{id}` was left where it is"
+                )));
+            }
+            let started = std::time::Instant::now();
+            let node = crate::citus::move_to_node(self.repository().pool(), &tenant, node).await?;
+            tracing::info!(tenant = %id, node, "tenant moved to another Citus worker");
+            let mut tx = self.repository().pool().begin().await?;
+            self.repository().notify(&mut tx, id).await?;
+            tx.commit().await?;
+            return Ok(MoveReport {
+                tenant: tenant.clone(),
+                from_strategy: tenant.strategy,
+                from_server: tenant.server.clone(),
+                tables: 0,
+                rows: 0,
+                rows_caught_up: 0,
+                write_pause_ms: 0,
+                total_ms: started.elapsed().as_millis() as u64,
+                old_place_dropped: true,
+                node: Some(node),
+            });
+        }
+        if self.strategies.citus {
+            return Err(Error::Unprocessable(
+                "on a Citus coordinator tenants move between workers (`--to-node HOST:PORT`); \
+                 moves between strategies or servers are not supported there yet"
+                    .to_owned(),
+            ));
+        }
         let (strategy, server) = match to {
             MoveTo::Strategy(Strategy::Database) if tenant.strategy == Strategy::Database => {
                 (Strategy::Database, tenant.server.clone())
             }
             MoveTo::Strategy(strategy) => (strategy, DEFAULT_SERVER.to_owned()),
+            MoveTo::Node(_) => unreachable!("handled above"),
             MoveTo::Server(server) => {
                 if tenant.strategy != Strategy::Database {
                     return Err(Error::Unprocessable(format!(
@@ -485,6 +540,8 @@ pub enum MoveTo {
     Strategy(Strategy),
     /// Another named server (database tenants).
     Server(String),
+    /// Another Citus worker, `host:port` (a Citus coordinator's schema and row tenants).
+    Node(String),
 }
 
 /// How [`Lifecycle::import`] creates the tenant; every field defaults to the export's.

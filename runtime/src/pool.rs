@@ -36,6 +36,7 @@
 //! [`PoolConfig::max_lifetime`], which bounds that memory.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -303,6 +304,9 @@ struct Shared {
     state: Mutex<State>,
     /// Signalled when a connection of the server (by name) is released or closed.
     released: Mutex<HashMap<String, Arc<Notify>>>,
+    /// The default server is a Citus coordinator: row tenants are bound per
+    /// transaction, with `SET LOCAL`s the coordinator forwards to the workers.
+    citus: AtomicBool,
 }
 
 /// The tenant connections of every server, within each server's budget. Cheap to
@@ -359,6 +363,7 @@ impl TenantPools {
                 budget,
                 state: Mutex::new(State::default()),
                 released: Mutex::new(HashMap::new()),
+                citus: AtomicBool::new(false),
                 servers,
             }),
         };
@@ -382,6 +387,14 @@ impl TenantPools {
                 retire(&shared, expired);
             }
         });
+    }
+
+    /// Marks the default server as a Citus coordinator (see [`crate::citus`]): row
+    /// tenants are then bound per transaction whatever [`PoolConfig::binding`] says.
+    pub(crate) fn set_citus(&self, on: bool) {
+        self.shared
+            .citus
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The configuration.
@@ -785,7 +798,14 @@ impl Shared {
         );
         scope.application_name = self.application_name(tenant);
         scope.statement_timeout_ms = tenant.limits.statement_timeout_ms;
+        scope.citus = self.citus.load(std::sync::atomic::Ordering::Relaxed);
         scope
+    }
+
+    /// Whether `tenant` must be bound per transaction whatever the configuration:
+    /// a row tenant on a Citus coordinator (session settings do not reach the workers).
+    fn local_only(&self, tenant: &Tenant) -> bool {
+        tenant.strategy == Strategy::Row && self.citus.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `<application name>:<tenant>`: what `pg_stat_activity` shows while a
@@ -918,7 +938,7 @@ impl PooledConn {
             strategy: tenant.strategy,
             version: tenant.schema_version,
         };
-        let session = pool.config.binding == Binding::Session;
+        let session = pool.config.binding == Binding::Session && !pool.local_only(tenant);
         if !session {
             self.local_binding = Some(pool.scope(tenant).local_sql());
         }

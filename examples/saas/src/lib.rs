@@ -63,6 +63,26 @@ pub async fn prepare_database(pool: &sqlx::PgPool) -> Result<(), Error> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('saas.prepare_database'))")
         .execute(&mut *tx)
         .await?;
+    let citus: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
+            .fetch_one(&mut *tx)
+            .await?;
+    if citus {
+        // On a Citus coordinator the role must exist on the workers too (a plain
+        // CREATE ROLE is propagated), and log in there: the coordinator connects to
+        // the workers as the role a row tenant's transaction runs as.
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'saas_row_tenant')",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let role = if exists {
+            "ALTER ROLE saas_row_tenant LOGIN NOBYPASSRLS"
+        } else {
+            "CREATE ROLE saas_row_tenant LOGIN NOBYPASSRLS"
+        };
+        sqlx::raw_sql(role).execute(&mut *tx).await?;
+    }
     sqlx::raw_sql(
         "DO $$ BEGIN
              -- Only when missing: an app user without CREATEROLE may use an existing one.
@@ -87,13 +107,24 @@ pub async fn prepare_database(pool: &sqlx::PgPool) -> Result<(), Error> {
              value      text NOT NULL,
              created_at timestamptz NOT NULL DEFAULT now(),
              PRIMARY KEY (tenant_id, id)
-         );
-         GRANT USAGE ON SCHEMA shared TO saas_row_tenant;
-         GRANT SELECT, INSERT, UPDATE, DELETE ON shared.projects, shared.data TO saas_row_tenant;
-         GRANT USAGE ON ALL SEQUENCES IN SCHEMA shared TO saas_row_tenant;",
+         );",
     )
     .execute(&mut *tx)
     .await?;
+    if citus {
+        // Distributed by tenant_id, co-located: a tenant's rows live on one worker.
+        for table in ["shared.projects", "shared.data"] {
+            tenantry::strategy::distribute_rows(&mut tx, table).await?;
+        }
+    }
+    // One statement at a time: Citus forwards a GRANT to the workers as its text.
+    for grant in [
+        "GRANT USAGE ON SCHEMA shared TO saas_row_tenant",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON shared.projects, shared.data TO saas_row_tenant",
+        "GRANT USAGE ON ALL SEQUENCES IN SCHEMA shared TO saas_row_tenant",
+    ] {
+        sqlx::raw_sql(grant).execute(&mut *tx).await?;
+    }
     // Lets a non-superuser app user switch to the role (a superuser may anyway). A
     // refusal is caught inside the statement: ignoring the error from outside would
     // leave this transaction aborted.
@@ -400,10 +431,16 @@ async fn get_tenant(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, Error> {
     let id = TenantId::parse(&id)?;
-    match state.manager.find_tenant(&id).await? {
-        Some(tenant) => Ok(Json(tenant)),
-        None => Err(Error::TenantNotFound(id)),
+    let Some(tenant) = state.manager.find_tenant(&id).await? else {
+        return Err(Error::TenantNotFound(id));
+    };
+    // On Citus, the worker holding the tenant, from Citus's own metadata.
+    let node = state.manager.admin().node_of(&tenant).await?;
+    let mut body = serde_json::to_value(&*tenant).map_err(|e| Error::Internal(e.to_string()))?;
+    if let (Some(node), Some(fields)) = (node, body.as_object_mut()) {
+        fields.insert("node".to_owned(), node.into());
     }
+    Ok(Json(body))
 }
 
 async fn suspend_tenant(

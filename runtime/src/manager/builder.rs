@@ -179,12 +179,23 @@ impl TenantManagerBuilder {
             servers.add(name, options);
         }
         servers.set_registered(&repo.servers().await?);
+        let citus = crate::citus::detect(&self.pool).await?;
+        if let Some(c) = &citus {
+            tracing::info!(
+                version = %c.version,
+                workers = ?c.workers,
+                "the registry's server is a Citus coordinator: schema tenants become distributed \
+                 schemas, row tenants are bound per transaction (SET LOCAL, forwarded to the \
+                 workers), database tenants live on named servers"
+            );
+        }
         let channel = repo.channel();
         let (shutdown, stopped) = watch::channel(());
         let manager = TenantManager {
             inner: Arc::new(Inner {
                 lifecycle: lifecycle
                     .provision_from_template(self.from_template)
+                    .on_citus(citus.is_some())
                     .with_servers(servers.clone()),
                 pools: TenantPools::with_servers(tenant_base, servers, self.pool_config, budget),
                 cache: RwLock::new(HashMap::new()),
@@ -193,9 +204,11 @@ impl TenantManagerBuilder {
                 registry_lookups: AtomicU64::new(0),
                 known: RwLock::new(None),
                 refreshing: tokio::sync::Mutex::new(()),
+                citus: citus.clone(),
                 _shutdown: shutdown,
             }),
         };
+        manager.inner.pools.set_citus(citus.is_some());
         if self.listen {
             let mut listener = PgListener::connect_with(&self.pool).await?;
             listener.listen(&channel).await?;

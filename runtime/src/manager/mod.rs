@@ -63,6 +63,8 @@ struct Inner {
     known: RwLock<Option<(std::collections::HashSet<TenantId>, Instant)>>,
     /// One re-read of the known ids at a time; the others wait for it.
     refreshing: tokio::sync::Mutex<()>,
+    /// Citus on the registry's server (its coordinator), if any.
+    citus: Option<crate::citus::Citus>,
     /// Dropped with the manager, which stops the change listener.
     _shutdown: watch::Sender<()>,
 }
@@ -92,6 +94,10 @@ impl std::fmt::Debug for TenantManager {
 impl TenantManager {
     pub(crate) fn lifecycle(&self) -> &Lifecycle {
         &self.inner.lifecycle
+    }
+
+    pub(crate) fn citus(&self) -> Option<&crate::citus::Citus> {
+        self.inner.citus.as_ref()
     }
 
     pub(crate) fn pools(&self) -> &TenantPools {

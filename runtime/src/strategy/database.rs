@@ -230,6 +230,7 @@ pub(super) fn scope() -> Scope {
         own_database: true,
         application_name: String::new(),
         statement_timeout_ms: None,
+        citus: false,
     }
 }
 

@@ -29,6 +29,7 @@ mod template;
 use serde::Serialize;
 use sqlx::PgConnection;
 
+pub use crate::citus::distribute_rows;
 pub use crate::naming::{quote_ident, quote_literal};
 pub use relocate::MoveReport;
 pub use row::{
@@ -53,6 +54,8 @@ pub(crate) struct Strategies {
     pub names: Names,
     /// Clone new schema tenants from the template schema (else replay migrations).
     pub from_template: bool,
+    /// The registry is a Citus coordinator: schema tenants become distributed schemas.
+    pub citus: bool,
     templates: template::Templates,
 }
 
@@ -66,6 +69,7 @@ impl Strategies {
             servers: Servers::default(),
             names,
             from_template: true,
+            citus: false,
             templates: Default::default(),
         }
     }
@@ -185,6 +189,8 @@ pub(crate) struct Scope {
     pub application_name: String,
     /// The tenant's statement timeout in milliseconds (`None`: the server's default).
     pub statement_timeout_ms: Option<u64>,
+    /// On a Citus coordinator: the `SET LOCAL`s are forwarded to the workers.
+    pub citus: bool,
 }
 
 impl Scope {
@@ -209,15 +215,20 @@ impl Scope {
         if let Some(ms) = self.statement_timeout_ms {
             name.push_str(&format!("; SET LOCAL statement_timeout TO {ms}"));
         }
+        let begin = if self.citus {
+            "BEGIN; SET LOCAL citus.propagate_set_commands TO 'local'"
+        } else {
+            "BEGIN"
+        };
         if self.own_database {
             return format!(
-                "BEGIN; SET LOCAL search_path TO {}; SET LOCAL role TO NONE{name}",
+                "{begin}; SET LOCAL search_path TO {}; SET LOCAL role TO NONE{name}",
                 self.search_path
             );
         }
         let role = self.role.as_deref().map_or("NONE".to_owned(), quote_ident);
         format!(
-            "BEGIN; SET LOCAL search_path TO {}; SET LOCAL {TENANT_SETTING} TO {}; SET LOCAL role TO {role}{name}",
+            "{begin}; SET LOCAL search_path TO {}; SET LOCAL {TENANT_SETTING} TO {}; SET LOCAL role TO {role}{name}",
             self.search_path,
             quote_literal(&self.setting)
         )

@@ -88,6 +88,9 @@ pub struct MoveReport {
     pub total_ms: u64,
     /// Whether the old place was dropped (else `tenantry doctor` lists it).
     pub old_place_dropped: bool,
+    /// The Citus worker now holding the tenant (moves with `--to-node`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl Strategies {
@@ -387,6 +390,7 @@ impl Strategies {
             write_pause_ms: moved.pause.as_millis() as u64,
             total_ms: started.elapsed().as_millis() as u64,
             old_place_dropped: dropped,
+            node: None,
         })
     }
 

@@ -42,6 +42,12 @@ pub const RLS_POLICIES: [&str; 4] = [
 /// assert!(tenantry::strategy::rls_sql("items; DROP TABLE x", "tenant_id").is_err());
 /// ```
 pub fn rls_sql(table: &str, tenant_column: &str) -> Result<String, Error> {
+    Ok(policies_sql(table, tenant_column, true)?.join(";\n") + ";")
+}
+
+/// [`rls_sql`], with the setting read in the policies themselves (`subquery` false:
+/// what Citus accepts for distributed tables) or once per statement (`true`).
+fn policies_sql(table: &str, tenant_column: &str, subquery: bool) -> Result<Vec<String>, Error> {
     let parts: Vec<&str> = table.split('.').collect();
     let plain = |name: &str| is_identifier(name, 63);
     if parts.len() > 2 || !parts.iter().all(|p| plain(p)) || !plain(tenant_column) {
@@ -57,33 +63,45 @@ pub fn rls_sql(table: &str, tenant_column: &str) -> Result<String, Error> {
         .collect::<Vec<_>>()
         .join(".");
     let c = quote_ident(tenant_column);
-    let cond = format!("{c} = (SELECT current_setting('{TENANT_SETTING}', true))");
+    let cond = if subquery {
+        format!("{c} = (SELECT current_setting('{TENANT_SETTING}', true))")
+    } else {
+        format!("{c} = current_setting('{TENANT_SETTING}', true)")
+    };
     let [select, insert, update, delete] = RLS_POLICIES;
     // `DROP POLICY IF EXISTS` would report every missing policy as a notice.
-    Ok(format!(
-        "SET LOCAL client_min_messages = warning;
-         ALTER TABLE {t} ENABLE ROW LEVEL SECURITY;
-         ALTER TABLE {t} FORCE ROW LEVEL SECURITY;
-         DROP POLICY IF EXISTS {select} ON {t};
-         DROP POLICY IF EXISTS {insert} ON {t};
-         DROP POLICY IF EXISTS {update} ON {t};
-         DROP POLICY IF EXISTS {delete} ON {t};
-         CREATE POLICY {select} ON {t} FOR SELECT USING ({cond});
-         CREATE POLICY {insert} ON {t} FOR INSERT WITH CHECK ({cond});
-         CREATE POLICY {update} ON {t} FOR UPDATE USING ({cond}) WITH CHECK ({cond});
-         CREATE POLICY {delete} ON {t} FOR DELETE USING ({cond});"
-    ))
+    Ok(vec![
+        "SET LOCAL client_min_messages = warning".to_owned(),
+        format!("ALTER TABLE {t} ENABLE ROW LEVEL SECURITY"),
+        format!("ALTER TABLE {t} FORCE ROW LEVEL SECURITY"),
+        format!("DROP POLICY IF EXISTS {select} ON {t}"),
+        format!("DROP POLICY IF EXISTS {insert} ON {t}"),
+        format!("DROP POLICY IF EXISTS {update} ON {t}"),
+        format!("DROP POLICY IF EXISTS {delete} ON {t}"),
+        format!("CREATE POLICY {select} ON {t} FOR SELECT USING ({cond})"),
+        format!("CREATE POLICY {insert} ON {t} FOR INSERT WITH CHECK ({cond})"),
+        format!("CREATE POLICY {update} ON {t} FOR UPDATE USING ({cond}) WITH CHECK ({cond})"),
+        format!("CREATE POLICY {delete} ON {t} FOR DELETE USING ({cond})"),
+    ])
 }
 
-/// Runs [`rls_sql`] for `table` on `conn` (a migration helper).
+/// Runs [`rls_sql`] for `table` on `conn` (a migration helper). On a Citus
+/// coordinator the policies read the setting without a subquery (Citus refuses
+/// subqueries in policies of distributed tables); distribute the table first
+/// ([`crate::strategy::distribute_rows`]).
 pub async fn install_rls(
     conn: &mut PgConnection,
     table: &str,
     tenant_column: &str,
 ) -> Result<(), Error> {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(rls_sql(table, tenant_column)?))
-        .execute(conn)
-        .await?;
+    let citus = crate::citus::installed(conn).await?;
+    // One statement at a time: Citus forwards DDL on a distributed table to the
+    // workers as the statement's text.
+    for statement in policies_sql(table, tenant_column, !citus)? {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 
@@ -266,6 +284,7 @@ pub(super) fn scope(tenant: &Tenant, config: &ScopeConfig<'_>) -> Scope {
         own_database: false,
         application_name: String::new(),
         statement_timeout_ms: None,
+        citus: false,
     }
 }
 

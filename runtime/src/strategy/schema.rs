@@ -32,6 +32,7 @@ pub(super) fn scope(tenant: &Tenant, config: &ScopeConfig<'_>) -> Scope {
         own_database: false,
         application_name: String::new(),
         statement_timeout_ms: None,
+        citus: false,
     }
 }
 
@@ -90,6 +91,10 @@ pub(super) async fn build(
         s.migrations
             .apply(tx, &target, &s.migrations.versions(), &record)
             .await?;
+    }
+    if s.citus {
+        // On a Citus coordinator: placed on a worker, in this same transaction.
+        crate::citus::distribute_schema(tx, schema).await?;
     }
     if let Some(fill) = fill {
         data::write(tx, Place::Schema(schema), id, fill).await?;

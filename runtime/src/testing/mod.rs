@@ -14,7 +14,10 @@
 //! [`FlakyProxy`] sits between an app and the server and can cut the connection, to
 //! prove what happens when the database is unreachable.
 
+mod citus;
 mod tenants;
+
+pub use citus::{TestCluster, citus_installed};
 
 pub use tenants::{TestTenants, TestTenantsOptions, assert_isolated, run};
 
@@ -61,7 +64,23 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a new server from the installed binaries (even with `DATABASE_URL` set).
     pub fn start() -> Result<Self, TestDbError> {
-        start_server()
+        start_server(&[])
+    }
+
+    /// Starts a new server with extra settings (`name=value`, each passed as `-c`),
+    /// for example `shared_preload_libraries=citus`.
+    pub fn start_with(settings: &[&str]) -> Result<Self, TestDbError> {
+        start_server(settings)
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_default()
     }
 
     /// The URL of its `postgres` database, as the superuser `postgres`.
@@ -159,7 +178,7 @@ pub fn server_url() -> Result<String, TestDbError> {
     {
         return Ok(url);
     }
-    match SERVER.get_or_init(|| start_server().map_err(|e| e.to_string())) {
+    match SERVER.get_or_init(|| start_server(&[]).map_err(|e| e.to_string())) {
         Ok(server) => Ok(server.url.clone()),
         Err(e) => Err(TestDbError::Start(e.clone())),
     }
@@ -203,7 +222,7 @@ fn unprivileged(
     Ok(Some((user.uid.as_raw(), user.gid.as_raw())))
 }
 
-fn start_server() -> Result<TestServer, TestDbError> {
+fn start_server(settings: &[&str]) -> Result<TestServer, TestDbError> {
     let bindir = find_bindir().ok_or(TestDbError::NoBinaries)?;
     let err = |what: &str, e: &dyn std::fmt::Display| TestDbError::Start(format!("{what}: {e}"));
     let dir = tempfile::Builder::new()
@@ -257,7 +276,7 @@ fn start_server() -> Result<TestServer, TestDbError> {
     let script = r#"
         "$1/postgres" -D "$2/data" -p "$3" -k "$2" -c listen_addresses=127.0.0.1 \
             -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-            -c max_connections=400 -c shared_buffers=64MB >"$2/server.log" 2>&1 &
+            -c max_connections=400 -c shared_buffers=64MB $4 >"$2/server.log" 2>&1 &
         pid=$!
         echo started
         read -r _ignored
@@ -272,6 +291,13 @@ fn start_server() -> Result<TestServer, TestDbError> {
         .arg(&bindir)
         .arg(&dir)
         .arg(port.to_string())
+        .arg(
+            settings
+                .iter()
+                .map(|s| format!("-c {s}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

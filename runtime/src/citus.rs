@@ -1,0 +1,274 @@
+//! Tenants on a Citus cluster, the registry on its coordinator.
+//!
+//! - **Detection** at start ([`detect`]): the `citus` extension on the registry's
+//!   server, and its workers. The manager says so in its log.
+//! - **Schema tenants** become distributed schemas (schema-based sharding): the schema
+//!   is built on the coordinator as usual (cloned from the template, which stays a
+//!   plain local schema, as does the control schema), then `citus_schema_distribute`
+//!   places it on a worker, in the same transaction as its registry row.
+//! - **Row tenants**' shared tables are distributed by `tenant_id` (by the
+//!   application's migrations: [`distribute_rows`]); their policies use no subquery
+//!   (Citus refuses subqueries in policies of distributed tables), and their
+//!   connections are bound per transaction with `SET LOCAL`, which the coordinator
+//!   forwards to the workers (`citus.propagate_set_commands = 'local'`); a session
+//!   `SET` is not forwarded, and a row tenant bound that way would read nothing.
+//! - **Database tenants** cannot live on the coordinator (a database created there is
+//!   not part of the cluster): they are refused there (422) and live on named servers.
+//! - **Placement** is Citus's: [`node_of`] reads it from Citus's metadata, and
+//!   [`move_to_node`] moves a schema tenant (`citus_schema_move`) or a row tenant's
+//!   rows (its own shard, isolated with `isolate_tenant_to_new_shard`, then
+//!   `citus_move_shard_placement`), online.
+
+use sqlx::{PgConnection, PgPool, Row};
+
+use crate::error::Error;
+use crate::naming::quote_ident;
+use crate::tenant::{Strategy, Tenant};
+
+/// What [`detect`] found on the registry's server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Citus {
+    /// The extension's version.
+    pub version: String,
+    /// The active worker nodes, `host:port`.
+    pub workers: Vec<String>,
+}
+
+/// Citus on the registry's server, if it is installed there (`CREATE EXTENSION
+/// citus`) and the server is the cluster's coordinator.
+pub async fn detect(pool: &PgPool) -> Result<Option<Citus>, Error> {
+    let version: Option<String> =
+        sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'citus'")
+            .fetch_optional(pool)
+            .await?;
+    let Some(version) = version else {
+        return Ok(None);
+    };
+    let workers: Vec<String> = sqlx::query_scalar(
+        "SELECT node_name || ':' || node_port FROM citus_get_active_worker_nodes() ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(Some(Citus { version, workers }))
+}
+
+/// Whether `conn`'s server has the `citus` extension.
+pub(crate) async fn installed(conn: &mut PgConnection) -> Result<bool, Error> {
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+/// Makes the schema `schema` (built in the caller's transaction) a distributed schema:
+/// Citus places it, with its tables and rows, on a worker. Within the caller's
+/// transaction: rolled back with it.
+pub(crate) async fn distribute_schema(conn: &mut PgConnection, schema: &str) -> Result<(), Error> {
+    sqlx::query("SELECT citus_schema_distribute($1::regnamespace)")
+        .bind(quote_ident(schema))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Distributes a shared table of row tenants by `tenant_id`, co-located with the
+/// other shared tables; a table distributed already is left as it is. For the
+/// application's migrations on a Citus coordinator (before [`crate::strategy::install_rls`]).
+///
+/// ```no_run
+/// # async fn f(conn: &mut sqlx::PgConnection) -> Result<(), tenantry::Error> {
+/// tenantry::strategy::distribute_rows(conn, "shared.projects").await?;
+/// tenantry::strategy::install_rls(conn, "shared.projects", "tenant_id").await?;
+/// # Ok(()) }
+/// ```
+pub async fn distribute_rows(conn: &mut PgConnection, table: &str) -> Result<(), Error> {
+    let done: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = $1::regclass)",
+    )
+    .bind(table)
+    .fetch_one(&mut *conn)
+    .await?;
+    if !done {
+        sqlx::query(
+            "SELECT create_distributed_table($1::regclass, 'tenant_id', colocate_with => 'default')",
+        )
+        .bind(table)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The node (`host:port`) holding the tenant's data, from Citus's metadata: its
+/// schema's shards, or the shard of its id in the first distributed shared table.
+pub async fn node_of(pool: &PgPool, tenant: &Tenant) -> Result<Option<String>, Error> {
+    let node = match tenant.strategy {
+        Strategy::Schema => {
+            sqlx::query_scalar(
+                "SELECT s.nodename || ':' || s.nodeport FROM citus_shards s
+                 JOIN pg_class c ON c.oid = s.table_name
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 ORDER BY s.shardid LIMIT 1",
+            )
+            .bind(&tenant.storage)
+            .fetch_optional(pool)
+            .await?
+        }
+        Strategy::Row => {
+            let Some(table) = first_distributed(pool).await? else {
+                return Ok(None);
+            };
+            sqlx::query_scalar(
+                "SELECT nodename || ':' || nodeport FROM citus_shards
+                 WHERE shardid = get_shard_id_for_distribution_column($1::regclass, $2)",
+            )
+            .bind(&table)
+            .bind(tenant.id.as_str())
+            .fetch_optional(pool)
+            .await?
+        }
+        Strategy::Database => None,
+    };
+    Ok(node)
+}
+
+/// The first table distributed by `tenant_id` (the shared tables are co-located: one
+/// shard of it holds the tenant's rows, its co-located shards the rest).
+async fn first_distributed(pool: &PgPool) -> Result<Option<String>, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT p.logicalrelid::regclass::text FROM pg_dist_partition p
+         JOIN pg_attribute a ON a.attrelid = p.logicalrelid
+          AND a.attnum = (SELECT k.attnum FROM pg_attribute k
+                          WHERE k.attrelid = p.logicalrelid AND k.attname = 'tenant_id')
+         WHERE p.partmethod = 'h' AND column_to_column_name(p.logicalrelid, p.partkey) = 'tenant_id'
+         ORDER BY p.logicalrelid::regclass::text LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Moves the tenant's data to the worker `host:port`, online: the tenant serves
+/// throughout; its writes wait (they are not refused) while Citus copies its shards
+/// (`shard_transfer_mode => 'block_writes'`: logical replication, Citus's other mode,
+/// lost acknowledged writes and hung in tests on this project's machines). A schema tenant:
+/// `citus_schema_move`. A row tenant: its rows get shards of their own
+/// (`isolate_tenant_to_new_shard`, cascading to the co-located tables), which then
+/// move. A database tenant, or a node that is not an active worker: 422.
+pub async fn move_to_node(pool: &PgPool, tenant: &Tenant, node: &str) -> Result<String, Error> {
+    let (host, port) = node
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<i32>().ok()?)))
+        .ok_or_else(|| {
+            Error::Validation(format!(
+                "`{}` is not HOST:PORT of a Citus worker",
+                node.escape_debug()
+            ))
+        })?;
+    let active: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM citus_get_active_worker_nodes()
+                        WHERE node_name = $1 AND node_port = $2)",
+    )
+    .bind(&host)
+    .bind(port)
+    .fetch_one(pool)
+    .await?;
+    if !active {
+        return Err(Error::Unprocessable(format!(
+            "`{node}` is not an active worker of this Citus cluster"
+        )));
+    }
+    let now = node_of(pool, tenant).await?;
+    if now.as_deref() == Some(node) {
+        return Err(Error::Unprocessable(format!(
+            "tenant `{}` is on `{node}` already",
+            tenant.id
+        )));
+    }
+    match tenant.strategy {
+        Strategy::Schema => {
+            sqlx::query(
+                "SELECT citus_schema_move($1::regnamespace, $2, $3, shard_transfer_mode => 'block_writes')",
+            )
+                .bind(quote_ident(&tenant.storage))
+                .bind(&host)
+                .bind(port)
+                .execute(pool)
+                .await?;
+        }
+        Strategy::Row => {
+            let table = first_distributed(pool).await?.ok_or_else(|| {
+                Error::Unprocessable("no shared table is distributed by tenant_id".to_owned())
+            })?;
+            let mut conn = pool.acquire().await?;
+            let shard: i64 =
+                sqlx::query_scalar("SELECT get_shard_id_for_distribution_column($1::regclass, $2)")
+                    .bind(&table)
+                    .bind(tenant.id.as_str())
+                    .fetch_one(&mut *conn)
+                    .await?;
+            // A shard of its own, unless it has one already (its hash range is one value).
+            let alone: bool = sqlx::query_scalar(
+                "SELECT shardminvalue = shardmaxvalue FROM pg_dist_shard WHERE shardid = $1",
+            )
+            .bind(shard)
+            .fetch_one(&mut *conn)
+            .await?;
+            let shard = if alone {
+                shard
+            } else {
+                sqlx::query_scalar(
+                    "SELECT isolate_tenant_to_new_shard($1::regclass, $2, 'CASCADE', \
+                     shard_transfer_mode => 'block_writes')",
+                )
+                .bind(&table)
+                .bind(tenant.id.as_str())
+                .fetch_one(&mut *conn)
+                .await?
+            };
+            let from = sqlx::query(
+                "SELECT nodename, nodeport FROM citus_shards WHERE shardid = $1 LIMIT 1",
+            )
+            .bind(shard)
+            .fetch_one(&mut *conn)
+            .await?;
+            let (from_host, from_port): (String, i32) =
+                (from.try_get("nodename")?, from.try_get("nodeport")?);
+            sqlx::query(
+                "SELECT citus_move_shard_placement($1, $2, $3, $4, $5, \
+                 shard_transfer_mode => 'block_writes')",
+            )
+            .bind(shard)
+            .bind(&from_host)
+            .bind(from_port)
+            .bind(&host)
+            .bind(port)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Strategy::Database => {
+            return Err(Error::Unprocessable(format!(
+                "tenant `{}` is a database tenant: it lives on a named server, not on a \
+                 Citus worker (move it with --to-server)",
+                tenant.id
+            )));
+        }
+    }
+    Ok(node_of(pool, tenant)
+        .await?
+        .unwrap_or_else(|| node.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_node_is_host_and_port() {
+        let parse = |n: &str| {
+            n.rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_owned(), p.parse::<i32>().ok()?)))
+        };
+        assert_eq!(parse("10.0.0.5:5432"), Some(("10.0.0.5".into(), 5432)));
+        assert_eq!(parse("nohost"), None);
+        assert_eq!(parse("h:notaport"), None);
+    }
+}

@@ -1,0 +1,316 @@
+//! tenantry on a Citus cluster: a coordinator (the registry) and two workers, started
+//! from the installed binaries. Where Citus is not installed these tests say so loudly
+//! and pass, unless `TENANTRY_REQUIRE_CITUS` is set (`.ci/run` sets it after installing
+//! Citus), in which case they fail.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::Request;
+use http_body_util::BodyExt;
+use sqlx::PgPool;
+use tenantry::admin::MoveTo;
+use tenantry::testing::{TestCluster, citus_installed};
+use tenantry::{NewTenant, Strategy, TenantEntity, TenantId, TenantManager};
+use tower::ServiceExt;
+
+async fn cluster() -> Option<TestCluster> {
+    if !citus_installed() {
+        let message = "Citus is not installed: these tests need it; run \
+             ../shared/scripts/install-citus.sh (builds Citus 13.2.2 into PostgreSQL 15, \
+             about 4 minutes)";
+        if std::env::var_os("TENANTRY_REQUIRE_CITUS").is_some() {
+            panic!("{message}");
+        }
+        eprintln!("\n*** SKIPPED: {message} ***\n");
+        return None;
+    }
+    Some(TestCluster::start().await.expect("a Citus cluster"))
+}
+
+/// The quick start's manager on the cluster's coordinator: nothing set for Citus.
+async fn manager(cluster: &TestCluster) -> (PgPool, TenantManager) {
+    let pool = PgPool::connect(cluster.url()).await.unwrap();
+    saas::prepare_database(&pool).await.unwrap();
+    let manager = TenantManager::builder(pool.clone())
+        .migrations(saas::tenant_migrations())
+        .pool_config(saas::pool_config())
+        .build()
+        .await
+        .unwrap();
+    (pool, manager)
+}
+
+fn id(s: &str) -> TenantId {
+    s.parse().unwrap()
+}
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    tenant: &str,
+    body: Option<String>,
+) -> (u16, serde_json::Value) {
+    let mut request = Request::builder()
+        .method(method)
+        .uri("/api/v1/projects")
+        .header("x-tenant-id", tenant);
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    let response = app
+        .clone()
+        .oneshot(
+            request
+                .body(body.map(Body::from).unwrap_or_else(Body::empty))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+async fn names(app: &axum::Router, tenant: &str) -> BTreeSet<String> {
+    let (status, json) = call(app, "GET", tenant, None).await;
+    assert_eq!(status, 200, "{json}");
+    json.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn schema_and_row_tenants_spread_over_both_workers_and_stay_isolated() {
+    let Some(cluster) = cluster().await else {
+        return;
+    };
+    let (pool, m) = manager(&cluster).await;
+    let citus = m.admin().citus().expect("Citus detected at start").clone();
+    assert_eq!(citus.workers.len(), 2, "{citus:?}");
+    let mut tenants = Vec::new();
+    for i in 0..4 {
+        tenants.push((format!("s{i}"), Strategy::Schema));
+    }
+    for i in 0..12 {
+        tenants.push((format!("r{i}"), Strategy::Row));
+    }
+    for (t, strategy) in &tenants {
+        m.create_tenant(NewTenant::new(id(t), t.as_str()).with_strategy(*strategy))
+            .await
+            .unwrap();
+    }
+    // Database tenants cannot live on the coordinator.
+    let refused = m
+        .create_tenant(NewTenant::new(id("db"), "Db").with_strategy(Strategy::Database))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().as_u16(), 422, "{refused}");
+    assert!(refused.to_string().contains("Citus"), "{refused}");
+
+    // Where each tenant is, from Citus's metadata: both workers hold some of each kind.
+    let mut nodes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (t, strategy) in &tenants {
+        let tenant = m.admin().existing(&id(t)).await.unwrap();
+        let node = m.admin().node_of(&tenant).await.unwrap().expect("a node");
+        assert!(citus.workers.contains(&node), "{node} is not a worker");
+        nodes.entry(strategy.to_string()).or_default().insert(node);
+    }
+    assert_eq!(nodes["schema"].len(), 2, "{nodes:?}");
+    assert_eq!(nodes["row"].len(), 2, "{nodes:?}");
+    let distributed: i64 = sqlx::query_scalar("SELECT count(*) FROM citus_schemas")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        distributed, 4,
+        "the four tenant schemas, not the template or control schema"
+    );
+
+    // Through the quick start's routes: every tenant reads its own rows only.
+    let app = saas::router(saas::AppState::new(m.clone(), "token"));
+    for (t, _) in &tenants {
+        for n in 0..2 {
+            let (status, json) = call(
+                &app,
+                "POST",
+                t,
+                Some(serde_json::json!({ "name": format!("{t}:{n}") }).to_string()),
+            )
+            .await;
+            assert_eq!(status, 201, "{t}: {json}");
+        }
+    }
+    for (t, _) in &tenants {
+        let expected: BTreeSet<String> = (0..2).map(|n| format!("{t}:{n}")).collect();
+        assert_eq!(names(&app, t).await, expected, "{t}");
+    }
+}
+
+#[derive(Debug, TenantEntity)]
+#[tenant(table = "projects")]
+struct SharedProject {
+    #[tenant(id, generated)]
+    id: i64,
+    #[tenant(tenant_column)]
+    tenant_id: TenantId,
+    name: String,
+}
+
+/// Every statement an entity with a tenant column generates is routed to one worker:
+/// its plan on the coordinator is a single-task router plan, under the row tenant's
+/// per-transaction binding.
+#[tokio::test]
+async fn row_entities_statements_route_to_one_node() {
+    let Some(cluster) = cluster().await else {
+        return;
+    };
+    let (_pool, m) = manager(&cluster).await;
+    m.create_tenant(NewTenant::new(id("acme"), "Acme").with_strategy(Strategy::Row))
+        .await
+        .unwrap();
+    let tenant = m.resolve_tenant(&id("acme")).await.unwrap();
+    let mut db = m.tenant_db(tenant).await.unwrap();
+    let made = SharedProject {
+        id: 0,
+        tenant_id: id("acme"),
+        name: "routed".into(),
+    }
+    .insert(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(SharedProject::count(&mut db).await.unwrap(), 1);
+    for (name, sql) in SharedProject::sql().reads() {
+        let explain = format!("EXPLAIN (COSTS OFF) {sql}");
+        let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(explain));
+        // find/delete: (id, tenant); list: (tenant, limit, offset); count: (tenant).
+        query = match name {
+            "find" | "delete" => query.bind(made.id).bind("acme"),
+            "list" => query.bind("acme").bind(10_i64).bind(0_i64),
+            _ => query.bind("acme"),
+        };
+        let plan = query.fetch_all(&mut db).await.unwrap().join("\n");
+        assert!(plan.contains("Task Count: 1"), "{name}: {sql}\n{plan}");
+    }
+}
+
+#[tokio::test]
+async fn migrate_all_and_a_move_to_the_other_worker_under_traffic() {
+    let Some(cluster) = cluster().await else {
+        return;
+    };
+    let (pool, m) = manager(&cluster).await;
+    // Tenants made at version 1, then migrated to 2 through the coordinator.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/saas/migrations/tenant/0001_projects.sql"
+        ),
+        dir.path().join("0001_projects.sql"),
+    )
+    .unwrap();
+    let old = TenantManager::builder(pool.clone())
+        .migrations(
+            tenantry::TenantMigrations::from_dir(dir.path())
+                .await
+                .unwrap(),
+        )
+        .pool_config(saas::pool_config())
+        .build()
+        .await
+        .unwrap();
+    for (t, strategy) in [("walker", Strategy::Schema), ("rover", Strategy::Row)] {
+        old.create_tenant(NewTenant::new(id(t), t).with_strategy(strategy))
+            .await
+            .unwrap();
+    }
+    let report = m
+        .migrate_all(&tenantry::migrate::MigrateOptions::default(), |_| {})
+        .await
+        .unwrap();
+    assert!(report.is_success(), "{report:?}");
+    assert_eq!(report.applied(), 1, "{report:?}");
+    let walker = m.admin().existing(&id("walker")).await.unwrap();
+    assert_eq!(walker.schema_version, Some(2));
+    let app = saas::router(saas::AppState::new(m.clone(), "token"));
+    let citus = m.admin().citus().unwrap().clone();
+    for t in ["walker", "rover"] {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (app, stop) = (app.clone(), stop.clone());
+            let t = t.to_owned();
+            tokio::spawn(async move {
+                let mut acked = BTreeSet::new();
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let name = format!("{t}:{n}");
+                    let body = serde_json::json!({ "name": name }).to_string();
+                    match call(&app, "POST", &t, Some(body)).await {
+                        (201, _) => {
+                            acked.insert(name);
+                        }
+                        (503, _) => tokio::time::sleep(Duration::from_millis(5)).await,
+                        (s, json) => panic!("{t}: {s} {json}"),
+                    }
+                }
+                acked
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let tenant = m.admin().existing(&id(t)).await.unwrap();
+        let from = m.admin().node_of(&tenant).await.unwrap().unwrap();
+        let to = citus.workers.iter().find(|w| **w != from).unwrap().clone();
+        let report = m
+            .admin()
+            .move_tenant(&id(t), MoveTo::Node(to.clone()), Duration::ZERO)
+            .await
+            .unwrap_or_else(|e| panic!("move {t} to {to}: {e}"));
+        assert_eq!(report.node.as_deref(), Some(to.as_str()));
+        assert_eq!(m.admin().node_of(&tenant).await.unwrap(), Some(to.clone()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let acked = writer.await.unwrap();
+        assert!(acked.len() > 10, "{t}: {} writes", acked.len());
+        let tenant = m.resolve_tenant(&id(t)).await.unwrap();
+        let mut db = m.tenant_db(tenant).await.unwrap();
+        let stored: BTreeSet<String> = sqlx::query_scalar("SELECT name FROM projects")
+            .fetch_all(&mut db)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+        drop(db);
+        let lost: Vec<_> = acked.difference(&stored).collect();
+        let direct: i64 = if t == "walker" {
+            sqlx::query_scalar("SELECT count(*) FROM tenant_walker.projects")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        } else {
+            0
+        };
+        assert!(
+            lost.is_empty(),
+            "{t} lost {} of {} acknowledged writes ({} stored, {direct} read directly), e.g. {:?}",
+            lost.len(),
+            acked.len(),
+            stored.len(),
+            lost.iter().take(5).collect::<Vec<_>>()
+        );
+        assert!(stored.iter().all(|n| n.starts_with(&format!("{t}:"))));
+        // Moving where it is: 422.
+        let again = m
+            .admin()
+            .move_tenant(&id(t), MoveTo::Node(to), Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert_eq!(again.status().as_u16(), 422, "{again}");
+    }
+}
