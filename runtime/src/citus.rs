@@ -150,8 +150,8 @@ async fn first_distributed(pool: &PgPool) -> Result<Option<String>, Error> {
 
 /// Moves the tenant's data to the worker `host:port`, online: the tenant serves
 /// throughout; its writes wait (they are not refused) while Citus copies its shards
-/// (`shard_transfer_mode => 'block_writes'`: logical replication, Citus's other mode,
-/// lost acknowledged writes and hung in tests on this project's machines). A schema tenant:
+/// (`shard_transfer_mode => 'block_writes'`; Citus's logical-replication mode is not
+/// used yet: see docs/ARCHITECTURE.md, "Citus"). A schema tenant:
 /// `citus_schema_move`. A row tenant: its rows get shards of their own
 /// (`isolate_tenant_to_new_shard`, cascading to the co-located tables), which then
 /// move. A database tenant, or a node that is not an active worker: 422.
