@@ -43,8 +43,10 @@ async fn provision(
 ) -> Result<f64, Box<dyn std::error::Error>> {
     let started = Instant::now();
     for i in 0..n {
-        m.create_tenant(NewTenant::new(format!("{prefix}{i}").parse()?, "T").with_strategy(strategy))
-            .await?;
+        m.create_tenant(
+            NewTenant::new(format!("{prefix}{i}").parse()?, "T").with_strategy(strategy),
+        )
+        .await?;
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
@@ -54,11 +56,19 @@ async fn get(app: &Router, tenant: &str) -> u16 {
         .header("x-tenant-id", tenant)
         .body(Body::empty())
         .expect("a request");
-    app.clone().oneshot(req).await.map_or(0, |r| r.status().as_u16())
+    app.clone()
+        .oneshot(req)
+        .await
+        .map_or(0, |r| r.status().as_u16())
 }
 
 /// Median and p99 of `requests` sequential GETs spread over `tenants`.
-async fn latencies(app: &Router, prefix: &str, tenants: usize, requests: usize) -> (Duration, Duration) {
+async fn latencies(
+    app: &Router,
+    prefix: &str,
+    tenants: usize,
+    requests: usize,
+) -> (Duration, Duration) {
     let mut all = Vec::with_capacity(requests);
     for i in 0..requests {
         let tenant = format!("{prefix}{}", i % tenants);
@@ -87,10 +97,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("  {name:<14} schema {schema:>6.1}/s   row {row:>6.1}/s");
     }
 
-    println!("\nGET /api/v1/projects, {requests} requests over {tenants} tenants, 3 rounds (median of rounds):");
+    println!(
+        "\nGET /api/v1/projects, {requests} requests over {tenants} tenants, 3 rounds (median of rounds):"
+    );
     let apps = [
-        ("single server", saas::router(saas::AppState::new(plain.clone(), "t"))),
-        ("citus", saas::router(saas::AppState::new(on_citus.clone(), "t"))),
+        (
+            "single server",
+            saas::router(saas::AppState::new(plain.clone(), "t")),
+        ),
+        (
+            "citus",
+            saas::router(saas::AppState::new(on_citus.clone(), "t")),
+        ),
     ];
     let mut results = Vec::new();
     for prefix in ["s", "r"] {
@@ -111,8 +129,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     for prefix in ["s", "r"] {
-        let base = results.iter().find(|r| r.0 == prefix && r.1 == "single server").unwrap().2;
-        let citus = results.iter().find(|r| r.0 == prefix && r.1 == "citus").unwrap().2;
+        let base = results
+            .iter()
+            .find(|r| r.0 == prefix && r.1 == "single server")
+            .unwrap()
+            .2;
+        let citus = results
+            .iter()
+            .find(|r| r.0 == prefix && r.1 == "citus")
+            .unwrap()
+            .2;
         println!(
             "  {} tenants: routing through the coordinator costs {:.2}x the single server's p50",
             if prefix == "s" { "schema" } else { "row" },
@@ -121,12 +147,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // A schema tenant of `rows` rows moved to the other worker while a client writes.
-    on_citus.create_tenant(NewTenant::new("big".parse()?, "Big")).await?;
-    let pool = on_citus.admin().registry_pool().clone();
-    sqlx::query("INSERT INTO tenant_big.projects (name) SELECT 'p' || i FROM generate_series(1, $1) i")
-        .bind(rows as i64)
-        .execute(&pool)
+    on_citus
+        .create_tenant(NewTenant::new("big".parse()?, "Big"))
         .await?;
+    let pool = on_citus.admin().registry_pool().clone();
+    sqlx::query(
+        "INSERT INTO tenant_big.projects (name) SELECT 'p' || i FROM generate_series(1, $1) i",
+    )
+    .bind(rows as i64)
+    .execute(&pool)
+    .await?;
     let stop = Arc::new(AtomicBool::new(false));
     let gap = Arc::new(AtomicU64::new(0));
     let acked = Arc::new(AtomicU64::new(0));
@@ -138,7 +168,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let done = async {
                     let t = m.resolve_tenant(&"big".parse()?).await?;
                     let mut db = m.tenant_db(t).await?;
-                    sqlx::query("INSERT INTO projects (name) VALUES ('w')").execute(&mut db).await?;
+                    sqlx::query("INSERT INTO projects (name) VALUES ('w')")
+                        .execute(&mut db)
+                        .await?;
                     Ok::<_, tenantry::Error>(())
                 }
                 .await;
