@@ -362,11 +362,15 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections
-        sqlx::Error::Database(db) => matches!(
-            db.code().as_deref(),
-            Some("57P01" | "57P02" | "57P03" | "53300")
-        ),
+        // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections;
+        // class 08, connection exceptions: a Citus coordinator that cannot reach the
+        // worker holding the tenant says 08006
+        sqlx::Error::Database(db) => {
+            matches!(
+                db.code().as_deref(),
+                Some("57P01" | "57P02" | "57P03" | "53300")
+            ) || db.code().is_some_and(|c| c.starts_with("08"))
+        }
         _ => false,
     }
 }

@@ -314,3 +314,73 @@ async fn migrate_all_and_a_move_to_the_other_worker_under_traffic() {
         assert_eq!(again.status().as_u16(), 422, "{again}");
     }
 }
+
+/// A worker cut off mid-load: its tenants get 503 (never a wrong answer or another
+/// tenant's rows), the other worker's tenants are served, and the cut-off tenants are
+/// served again once it is back.
+#[tokio::test]
+async fn a_worker_stopped_mid_load_gives_503s_and_recovers() {
+    let Some(cluster) = cluster().await else {
+        return;
+    };
+    let (_pool, m) = manager(&cluster).await;
+    let app = saas::router(saas::AppState::new(m.clone(), "token"));
+    let workers = cluster.workers();
+    let mut on: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for i in 0..4 {
+        let t = format!("s{i}");
+        let tenant = m
+            .create_tenant(NewTenant::new(id(&t), t.as_str()))
+            .await
+            .unwrap();
+        let (status, json) = call(
+            &app,
+            "POST",
+            &t,
+            Some(serde_json::json!({ "name": format!("{t}:0") }).to_string()),
+        )
+        .await;
+        assert_eq!(status, 201, "{json}");
+        let node = m.admin().node_of(&tenant).await.unwrap().unwrap();
+        on.entry(node).or_default().push(t);
+    }
+    assert_eq!(on.len(), 2, "{on:?}");
+    let down = &on[&workers[0]];
+    let up = &on[&workers[1]];
+    cluster.stop_worker(0);
+    for round in 0..5 {
+        for t in down {
+            let (status, json) = call(&app, "GET", t, None).await;
+            assert_eq!(
+                status, 503,
+                "round {round}, {t} on the stopped worker: {json}"
+            );
+            let (status, json) = call(
+                &app,
+                "POST",
+                t,
+                Some(serde_json::json!({ "name": format!("{t}:lost") }).to_string()),
+            )
+            .await;
+            assert_eq!(status, 503, "{t}: {json}");
+        }
+        for t in up {
+            let expected: BTreeSet<String> = [format!("{t}:0")].into();
+            assert_eq!(names(&app, t).await, expected, "round {round}, {t}");
+        }
+    }
+    cluster.restart_worker(0);
+    for t in down {
+        let mut served = None;
+        for _ in 0..50 {
+            let (status, _) = call(&app, "GET", t, None).await;
+            if status == 200 {
+                served = Some(names(&app, t).await);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let expected: BTreeSet<String> = [format!("{t}:0")].into();
+        assert_eq!(served, Some(expected), "{t} after the worker came back");
+    }
+}

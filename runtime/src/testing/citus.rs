@@ -4,7 +4,7 @@
 
 use sqlx::{Connection, PgConnection};
 
-use super::{TestDbError, TestServer, find_bindir};
+use super::{FlakyProxy, TestDbError, TestServer, find_bindir};
 
 /// Whether the Citus extension is installed next to the PostgreSQL server binaries.
 /// Where it is not, Citus tests say so and name the command that installs it.
@@ -63,6 +63,9 @@ pub(crate) async fn allow_citus_output_plugin(conn: &mut PgConnection) -> Result
 pub struct TestCluster {
     coordinator: TestServer,
     workers: Vec<TestServer>,
+    /// Each worker is known to the cluster through a proxy of its own, which can cut
+    /// it off (a worker down) and bring it back.
+    proxies: Vec<FlakyProxy>,
 }
 
 const SETTINGS: &[&str] = &[
@@ -103,22 +106,28 @@ impl TestCluster {
             .bind(i32::from(coordinator.port()))
             .execute(&mut conn)
             .await?;
+        let mut proxies = Vec::new();
         for worker in [&w1, &w2] {
+            let proxy = FlakyProxy::start(([127, 0, 0, 1], worker.port()).into())
+                .await
+                .map_err(|e| TestDbError::Start(format!("a proxy for a worker: {e}")))?;
             sqlx::query("SELECT citus_add_node('127.0.0.1', $1)")
-                .bind(i32::from(worker.port()))
+                .bind(i32::from(proxy.addr().port()))
                 .execute(&mut conn)
                 .await?;
+            proxies.push(proxy);
         }
         let _ = conn.close().await;
         eprintln!(
             "tenantry::testing: started a Citus cluster: coordinator {}, workers 127.0.0.1:{} and 127.0.0.1:{}",
             coordinator.url(),
-            w1.port(),
-            w2.port()
+            proxies[0].addr().port(),
+            proxies[1].addr().port()
         );
         Ok(Self {
             coordinator,
             workers: vec![w1, w2],
+            proxies,
         })
     }
 
@@ -127,8 +136,27 @@ impl TestCluster {
         self.coordinator.url()
     }
 
-    /// The workers' ports (on 127.0.0.1).
-    pub fn worker_ports(&self) -> Vec<u16> {
-        self.workers.iter().map(TestServer::port).collect()
+    /// The workers as the cluster knows them, `127.0.0.1:port` (their proxies).
+    pub fn workers(&self) -> Vec<String> {
+        self.proxies
+            .iter()
+            .map(|p| format!("127.0.0.1:{}", p.addr().port()))
+            .collect()
+    }
+
+    /// Cuts worker `i` off (every connection to it, and new ones refused): a worker
+    /// down, as the coordinator sees it.
+    pub fn stop_worker(&self, i: usize) {
+        self.proxies[i].cut();
+    }
+
+    /// Brings worker `i` back.
+    pub fn restart_worker(&self, i: usize) {
+        self.proxies[i].restore();
+    }
+
+    /// The worker servers themselves (`postgres` databases), behind the proxies.
+    pub fn worker_urls(&self) -> Vec<&str> {
+        self.workers.iter().map(TestServer::url).collect()
     }
 }
