@@ -25,7 +25,7 @@ use crate::error::Error;
 use crate::naming::quote_ident;
 use crate::tenant::{Strategy, Tenant};
 
-/// What [`detect`] found on the registry's server.
+/// Citus on the registry's server, as found at start ([`Admin::citus`](crate::admin::Admin::citus)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Citus {
     /// The extension's version.

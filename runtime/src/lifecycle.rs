@@ -47,7 +47,8 @@ impl Lifecycle {
         self.strategies.names.database(id)
     }
 
-    /// The registry is a Citus coordinator (see [`crate::citus`]).
+    /// The registry is a Citus coordinator: schema tenants become distributed schemas,
+    /// database tenants are refused on it (see docs/ARCHITECTURE.md, "Citus").
     pub fn on_citus(mut self, yes: bool) -> Self {
         self.strategies.citus = yes;
         self

@@ -539,3 +539,36 @@ async fn soak_database_tenants_eight_connections() {
 async fn soak_schema_row_and_database_tenants_mixed() {
     soak(6, Mix::Mixed, true).await;
 }
+
+/// The soak on a Citus cluster (coordinator + 2 workers): schema tenants as distributed
+/// schemas, row tenants on tables distributed by tenant_id and bound per transaction,
+/// with churn. Says so loudly and passes where Citus is not installed, unless
+/// `TENANTRY_REQUIRE_CITUS` is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_schema_and_row_tenants_on_citus() {
+    if !tenantry::testing::citus_installed() {
+        let message = "Citus is not installed: run ../shared/scripts/install-citus.sh";
+        assert!(
+            std::env::var_os("TENANTRY_REQUIRE_CITUS").is_none(),
+            "{message}"
+        );
+        eprintln!("\n*** SKIPPED: {message} ***\n");
+        return;
+    }
+    let cluster = tenantry::testing::TestCluster::start().await.unwrap();
+    let pool = sqlx::PgPool::connect(cluster.url()).await.unwrap();
+    saas::prepare_database(&pool).await.unwrap();
+    let manager = TenantManager::builder(pool)
+        .migrations(saas::tenant_migrations())
+        .pool_config(PoolConfig {
+            max_connections: Some(8),
+            // Three servers on two cores, and schemas distributed by the churn: a
+            // request may wait longer for a connection than on one server.
+            acquire_timeout: Duration::from_secs(30),
+            ..saas::pool_config()
+        })
+        .build()
+        .await
+        .unwrap();
+    run_soak(manager, 8, Mix::SchemaAndRow, true).await;
+}
