@@ -104,6 +104,9 @@ struct Ledger {
     foreign_reads: Vec<String>,
 }
 
+/// The Citus soak runs alone; the others share the machine with each other.
+static HEAVY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn tenant_name(i: usize) -> String {
     format!("soak-{i:02}")
 }
@@ -136,6 +139,7 @@ impl Mix {
 /// `churn`, two more tenants are deleted and re-created (switching strategy) all along,
 /// while requests write to them.
 async fn soak(pool_size: u32, mix: Mix, with_churn: bool) {
+    let _alone = HEAVY.read().await;
     let (_db, manager) = manager(PoolConfig {
         max_connections: Some(pool_size),
         ..PoolConfig::default()
@@ -147,6 +151,7 @@ async fn soak(pool_size: u32, mix: Mix, with_churn: bool) {
 /// The soak behind a real PgBouncer in transaction mode with `server_connections`
 /// server connections, in the transaction binding.
 async fn soak_behind_pgbouncer(budget: u32, server_connections: u32, mix: Mix) {
+    let _alone = HEAVY.read().await;
     let (db, pool) = database().await;
     saas::prepare_database(&pool).await.unwrap();
     let bouncer = tenantry::testing::PgBouncer::start(
@@ -555,6 +560,9 @@ async fn soak_schema_and_row_tenants_on_citus() {
         eprintln!("\n*** SKIPPED: {message} ***\n");
         return;
     }
+    // Three more servers on a small machine: the other soaks wait, so that their
+    // requests are not starved past their acquire timeout.
+    let _alone = HEAVY.write().await;
     let cluster = tenantry::testing::TestCluster::start().await.unwrap();
     let pool = sqlx::PgPool::connect(cluster.url()).await.unwrap();
     saas::prepare_database(&pool).await.unwrap();
