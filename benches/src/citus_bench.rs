@@ -16,13 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::Request;
 use tenantry::admin::MoveTo;
 use tenantry::testing::{TestCluster, TestServer};
 use tenantry::{NewTenant, Strategy, TenantManager};
-use tenantry_benches::{arg, median, percentile};
-use tower::ServiceExt;
+use tenantry_benches::{arg, get_projects, median, percentile};
 
 async fn manager(url: &str) -> Result<TenantManager, Box<dyn std::error::Error>> {
     let pool = sqlx::PgPool::connect(url).await?;
@@ -51,17 +48,6 @@ async fn provision(
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn get(app: &Router, tenant: &str) -> u16 {
-    let req = Request::get("/api/v1/projects?limit=10")
-        .header("x-tenant-id", tenant)
-        .body(Body::empty())
-        .expect("a request");
-    app.clone()
-        .oneshot(req)
-        .await
-        .map_or(0, |r| r.status().as_u16())
-}
-
 /// Median and p99 of `requests` sequential GETs spread over `tenants`.
 async fn latencies(
     app: &Router,
@@ -73,7 +59,7 @@ async fn latencies(
     for i in 0..requests {
         let tenant = format!("{prefix}{}", i % tenants);
         let started = Instant::now();
-        assert_eq!(get(app, &tenant).await, 200, "{tenant}");
+        assert_eq!(get_projects(app, &tenant).await, 200, "{tenant}");
         all.push(started.elapsed());
     }
     all.sort();

@@ -27,3 +27,17 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
+
+/// `GET /api/v1/projects?limit=10` of the quick start's router as `tenant`: its
+/// status (0 if the service failed).
+pub async fn get_projects(app: &axum::Router, tenant: &str) -> u16 {
+    use tower::ServiceExt;
+    let req = axum::http::Request::get("/api/v1/projects?limit=10")
+        .header("x-tenant-id", tenant)
+        .body(axum::body::Body::empty())
+        .expect("a request");
+    app.clone()
+        .oneshot(req)
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}

@@ -14,23 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::Request;
 use tenantry::testing::TestDatabase;
 use tenantry::{NewTenant, PoolConfig, TenantLimits, TenantManager};
-use tenantry_benches::{arg, median, percentile};
-use tower::ServiceExt;
-
-async fn get(app: &Router, tenant: &str) -> u16 {
-    let req = Request::get("/api/v1/projects?limit=10")
-        .header("x-tenant-id", tenant)
-        .body(Body::empty())
-        .expect("a request");
-    app.clone()
-        .oneshot(req)
-        .await
-        .map_or(0, |r| r.status().as_u16())
-}
+use tenantry_benches::{arg, get_projects, median, percentile};
 
 struct Round {
     quiet_p50: Duration,
@@ -48,7 +34,7 @@ async fn round(app: &Router, flood: usize, secs: u64) -> Round {
         let (app, stop, ok, limited) = (app.clone(), stop.clone(), ok.clone(), limited.clone());
         flooders.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                match get(&app, "noisy").await {
+                match get_projects(&app, "noisy").await {
                     200 => ok.fetch_add(1, Ordering::Relaxed),
                     429 => {
                         limited.fetch_add(1, Ordering::Relaxed);
@@ -66,7 +52,7 @@ async fn round(app: &Router, flood: usize, secs: u64) -> Round {
     let end = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < end {
         let started = Instant::now();
-        let status = get(app, "quiet").await;
+        let status = get_projects(app, "quiet").await;
         assert_eq!(status, 200, "the quiet tenant is always served");
         latencies.push(started.elapsed());
     }

@@ -449,32 +449,20 @@ impl TenantRepository {
     pub async fn put_server(&self, name: &str, url: &str) -> Result<(), Error> {
         let q = &self.quoted_schema;
         let mut tx = self.pool.begin().await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "LOCK TABLE {q}.servers IN SHARE ROW EXCLUSIVE MODE"
-        )))
-        .execute(&mut *tx)
-        .await?;
+        let users = self.lock_servers(&mut tx, name).await?;
         let before: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT url FROM {q}.servers WHERE name = $1"
         )))
         .bind(name)
         .fetch_optional(&mut *tx)
         .await?;
-        if before.as_deref().is_some_and(|b| b != url) {
-            let users: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT count(*) FROM {q}.tenants WHERE server = $1 AND status <> 'deleted'"
-            )))
-            .bind(name)
-            .fetch_one(&mut *tx)
-            .await?;
-            if users > 0 {
-                // Their databases are on the old address: another server's database of
-                // the same name must never be served, or dropped, as theirs.
-                return Err(Error::Conflict(format!(
-                    "{users} tenant(s) live on server `{name}`; its address cannot change \
-                     under them: add the new server under another name and move them"
-                )));
-            }
+        if users > 0 && before.as_deref().is_some_and(|b| b != url) {
+            // Their databases are on the old address: another server's database of the
+            // same name must never be served, or dropped, as theirs.
+            return Err(Error::Conflict(format!(
+                "{users} tenant(s) live on server `{name}`; its address cannot change \
+                 under them: add the new server under another name and move them"
+            )));
         }
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO {q}.servers (name, url) VALUES ($1, $2) \
@@ -493,17 +481,7 @@ impl TenantRepository {
     pub async fn remove_server(&self, name: &str) -> Result<bool, Error> {
         let q = &self.quoted_schema;
         let mut tx = self.pool.begin().await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "LOCK TABLE {q}.servers IN SHARE ROW EXCLUSIVE MODE"
-        )))
-        .execute(&mut *tx)
-        .await?;
-        let users: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) FROM {q}.tenants WHERE server = $1 AND status <> 'deleted'"
-        )))
-        .bind(name)
-        .fetch_one(&mut *tx)
-        .await?;
+        let users = self.lock_servers(&mut tx, name).await?;
         if users > 0 {
             return Err(Error::Conflict(format!(
                 "{users} tenant(s) live on server `{name}`; move them first"
@@ -520,6 +498,23 @@ impl TenantRepository {
         self.notify_servers(&mut tx).await?;
         tx.commit().await?;
         Ok(removed)
+    }
+
+    /// Locks the named servers against concurrent changes, inside the caller's
+    /// transaction, and counts the tenants (not deleted) that live on server `name`.
+    async fn lock_servers(&self, conn: &mut PgConnection, name: &str) -> Result<i64, Error> {
+        let q = &self.quoted_schema;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "LOCK TABLE {q}.servers IN SHARE ROW EXCLUSIVE MODE"
+        )))
+        .execute(&mut *conn)
+        .await?;
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {q}.tenants WHERE server = $1 AND status <> 'deleted'"
+        )))
+        .bind(name)
+        .fetch_one(&mut *conn)
+        .await?)
     }
 
     /// Tells every instance that the named servers changed.

@@ -517,29 +517,41 @@ pub(crate) struct Capture {
     rows_of: Option<TenantId>,
 }
 
+/// The names a move of `tenant` gives its objects: `tenantry_<kind>_<id>`, `-` as `_`.
+fn move_name(kind: &str, tenant: &TenantId) -> String {
+    format!("tenantry_{kind}_{}", tenant.as_str().replace('-', "_"))
+}
+
+/// Every trigger a move of `tenant` may leave on a table: its fence's (row, old row,
+/// truncate) and its capture's (row, truncate).
+pub(crate) fn move_triggers(tenant: &TenantId) -> [String; 5] {
+    let (fence, capture) = (move_name("fence", tenant), move_name("capture", tenant));
+    [
+        format!("{fence}_old"),
+        format!("{fence}_truncate"),
+        format!("{capture}_truncate"),
+        fence,
+        capture,
+    ]
+}
+
 impl Capture {
     /// The capture of `tenant`'s move, in `schema` (quoted).
     pub fn new(schema: &str, tenant: &TenantId, rows: bool) -> Self {
-        let tag = tenant.as_str().replace('-', "_");
+        let trigger = move_name("capture", tenant);
         if schema == "public" {
             // A tenant database's: names of tenantry's own there, like its migrations'.
             return Self {
                 table: CAPTURE_TABLE_IN_DATABASE.to_owned(),
                 function: "public._tenantry_move_capture".to_owned(),
-                trigger: format!("tenantry_capture_{tag}"),
+                trigger,
                 rows_of: None,
             };
         }
         Self {
-            table: format!(
-                "{schema}.{}",
-                quote_ident(&format!("tenantry_moving_{tag}"))
-            ),
-            function: format!(
-                "{schema}.{}",
-                quote_ident(&format!("tenantry_capture_{tag}"))
-            ),
-            trigger: format!("tenantry_capture_{tag}"),
+            table: format!("{schema}.{}", quote_ident(&move_name("moving", tenant))),
+            function: format!("{schema}.{}", quote_ident(&trigger)),
+            trigger,
             rows_of: rows.then(|| tenant.clone()),
         }
     }
@@ -1036,7 +1048,7 @@ pub(crate) fn fence_sql(
     rows: bool,
     up: bool,
 ) -> String {
-    let base = format!("tenantry_fence_{}", tenant.as_str().replace('-', "_"));
+    let base = move_name("fence", tenant);
     let [row, old, trunc] = [
         quote_ident(&base),
         quote_ident(&format!("{base}_old")),

@@ -288,18 +288,12 @@ impl Strategies {
     /// How many fence and capture triggers of `tenant` are on the registry's
     /// database, or in its own database.
     async fn leftovers(&self, tenant: &Tenant) -> Result<i64, Error> {
-        let tag = tenant.id.as_str().replace('-', "_");
         let mut conn = self.connect_source(tenant).await?;
-        let here: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_trigger WHERE tgname::text IN ($1, $2, $3, $4, $5)",
-        )
-        .bind(format!("tenantry_fence_{tag}"))
-        .bind(format!("tenantry_fence_{tag}_old"))
-        .bind(format!("tenantry_fence_{tag}_truncate"))
-        .bind(format!("tenantry_capture_{tag}"))
-        .bind(format!("tenantry_capture_{tag}_truncate"))
-        .fetch_one(&mut conn)
-        .await?;
+        let here: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_trigger WHERE tgname::text = ANY ($1)")
+                .bind(data::move_triggers(&tenant.id).to_vec())
+                .fetch_one(&mut conn)
+                .await?;
         let _ = conn.close().await;
         Ok(here)
     }
