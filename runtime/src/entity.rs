@@ -14,7 +14,7 @@ use crate::db::{TenantDb, TenantTx};
 use crate::error::Error;
 use crate::naming::quote_ident;
 use crate::page::{Page, PageRequest};
-use crate::tenant::Tenant;
+use crate::tenant::{Strategy, Tenant};
 
 mod sealed {
     /// Proof that a caller is tenantry itself: the handle methods that reach the
@@ -176,6 +176,11 @@ pub struct EntitySql {
     returning: String,
     insert_binds: Vec<Bind>,
     update_binds: Vec<Bind>,
+    /// The column every statement filters on (`= the handle's tenant`), if any.
+    tenant_column: Option<String>,
+    /// The statements for row-strategy tenants, when the entity names a tenant column
+    /// for them only (`#[tenant(row_tenant_column)]`): the same with `tenant_id = $n`.
+    rows: Option<Box<EntitySql>>,
 }
 
 impl EntitySql {
@@ -190,23 +195,55 @@ impl EntitySql {
         ]
     }
 
+    /// The statements used for tenants of `strategy`: for row tenants those with the
+    /// entity's `row_tenant_column` filter, if it has one.
+    pub fn for_strategy(&self, strategy: Strategy) -> &EntitySql {
+        match (&self.rows, strategy) {
+            (Some(rows), Strategy::Row) => rows,
+            _ => self,
+        }
+    }
+
+    /// The statements used for `tenant`.
+    fn for_tenant(&self, tenant: &Tenant) -> &EntitySql {
+        self.for_strategy(tenant.strategy)
+    }
+
     /// The statements of `E`.
     pub fn of<E: TenantEntity>() -> Self {
-        Self::build(
+        let mut sql = Self::build(
             E::TABLE,
             E::COLUMNS,
             E::PRIMARY_KEY,
             E::TENANT_COLUMN,
             E::GENERATED,
-        )
+            false,
+        );
+        if E::TENANT_COLUMN.is_none()
+            && let Some(column) = E::ROW_TENANT_COLUMN
+        {
+            sql.rows = Some(Box::new(Self::build(
+                E::TABLE,
+                E::COLUMNS,
+                E::PRIMARY_KEY,
+                Some(column),
+                E::GENERATED,
+                true,
+            )));
+        }
+        sql
     }
 
+    /// The statements over `columns`; `tenant` is the column they filter on, one of
+    /// `columns` or, when `tenant_outside` (a row-only tenant column), one the
+    /// entity does not read: inserts fill it, filters use it, rows do not return it.
     fn build(
         table: &str,
         columns: &[&str],
         key: &str,
         tenant: Option<&str>,
         generated: &[&str],
+        tenant_outside: bool,
     ) -> Self {
         let t = quoted_table(table);
         let cols = columns
@@ -246,23 +283,24 @@ impl EntitySql {
             .enumerate()
             .filter(|(_, c)| !generated.contains(c))
             .collect();
-        let insert = if inserted.is_empty() {
+        let mut insert_names: Vec<String> = inserted.iter().map(|(_, c)| quote_ident(c)).collect();
+        let mut insert_binds: Vec<Bind> = inserted.iter().copied().map(bind_of).collect();
+        if let (true, Some(tc)) = (tenant_outside, &tc) {
+            insert_names.push(tc.clone());
+            insert_binds.push(Bind::Tenant);
+        }
+        let insert = if insert_names.is_empty() {
             format!("INSERT INTO {t} DEFAULT VALUES RETURNING {cols}")
         } else {
             format!(
                 "INSERT INTO {t} ({}) VALUES ({}) RETURNING {cols}",
-                inserted
-                    .iter()
-                    .map(|(_, c)| quote_ident(c))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                (1..=inserted.len())
+                insert_names.join(", "),
+                (1..=insert_names.len())
                     .map(|n| format!("${n}"))
                     .collect::<Vec<_>>()
                     .join(", ")
             )
         };
-        let insert_binds = inserted.iter().copied().map(bind_of).collect();
         // Update every column but the key, the tenant column and generated ones.
         let set: Vec<(usize, &&str)> = columns
             .iter()
@@ -299,6 +337,8 @@ impl EntitySql {
             returning: format!(" RETURNING {cols}"),
             insert_binds,
             update_binds,
+            tenant_column: tenant.map(str::to_owned),
+            rows: None,
         }
     }
 
@@ -334,7 +374,30 @@ fn quoted_table(table: &str) -> String {
 /// Every operation takes a tenant-bound handle ([`TenantHandle`]). With a tenant
 /// column (`#[tenant(tenant_column)]`) every generated statement also carries
 /// `tenant_column = <the handle's tenant>`, and inserts fill that column; without
-/// one, the entity relies on the handle's scoping (schema per tenant).
+/// one, the entity relies on the handle's scoping (schema per tenant). An entity
+/// that serves schema tenants and row tenants alike names the shared tables'
+/// column with `#[tenant(row_tenant_column)]` (`tenant_id`, or `= "name"`): row
+/// tenants' statements carry the filter, the others' do not.
+///
+/// ```
+/// use tenantry::TenantEntity;
+///
+/// #[derive(TenantEntity)]
+/// #[tenant(table = "projects", row_tenant_column)]
+/// struct Project {
+///     #[tenant(id, generated)]
+///     id: i64,
+///     name: String,
+/// }
+/// // `Project::find` for a schema tenant (in its schema):
+/// //   SELECT "id", "name" FROM "projects" WHERE "id" = $1
+/// // for a row tenant (in the shared tables, under row-level security too):
+/// //   SELECT "id", "name" FROM "projects" WHERE "id" = $1 AND "tenant_id" = $2
+/// # let sql = tenantry::__private::EntitySql::of::<Project>();
+/// # let find = |s| sql.for_strategy(s).reads()[0].1.to_owned();
+/// # assert_eq!(find(tenantry::Strategy::Schema), r#"SELECT "id", "name" FROM "projects" WHERE "id" = $1"#);
+/// # assert_eq!(find(tenantry::Strategy::Row), r#"SELECT "id", "name" FROM "projects" WHERE "id" = $1 AND "tenant_id" = $2"#);
+/// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a tenant entity",
     label = "derive `TenantEntity` for this type",
@@ -352,6 +415,13 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
     const PRIMARY_KEY: &'static str;
     /// The tenant column, if the table is shared between tenants.
     const TENANT_COLUMN: Option<&'static str>;
+    /// The tenant column of row-strategy tenants' shared table, for an entity whose
+    /// schema and database tenants' tables have none (`#[tenant(row_tenant_column)]`):
+    /// for row tenants every statement then carries `<column> = <the handle's
+    /// tenant>` and inserts fill it, on top of row-level security. That filter is
+    /// what lets PostgreSQL use a `(tenant_id, ..)` key and Citus route the
+    /// statement to the one node holding the tenant.
+    const ROW_TENANT_COLUMN: Option<&'static str> = None;
     /// The columns the database fills (`#[tenant(generated)]`): left out of inserts
     /// and updates, read back after them.
     const GENERATED: &'static [&'static str];
@@ -376,10 +446,11 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
         id: &'a Self::Id,
     ) -> BoxFuture<'a, Result<Option<Self>, Error>> {
         Box::pin(async move {
-            let args = keyed_arguments::<Self>(id, handle.bound_tenant())?;
+            let sql = Self::sql().for_tenant(handle.bound_tenant());
+            let args = keyed_arguments(sql, id, handle.bound_tenant())?;
             let row = own_statement!(
                 handle,
-                fetch_optional(sqlx::query_with(Self::sql().find.as_str(), args))
+                fetch_optional(sqlx::query_with(sql.find.as_str(), args))
             );
             decode_optional(row.as_ref())
         })
@@ -397,13 +468,11 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
                     "`limit` and `offset` must not be negative".to_owned(),
                 ));
             }
-            let mut args = tenant_arguments::<Self>(handle.bound_tenant())?;
+            let sql = Self::sql().for_tenant(handle.bound_tenant());
+            let mut args = tenant_arguments(sql, handle.bound_tenant())?;
             add(&mut args, limit)?;
             add(&mut args, offset)?;
-            let rows = own_statement!(
-                handle,
-                fetch_all(sqlx::query_with(Self::sql().list.as_str(), args))
-            );
+            let rows = own_statement!(handle, fetch_all(sqlx::query_with(sql.list.as_str(), args)));
             decode_all(&rows)
         })
     }
@@ -411,10 +480,11 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
     /// How many rows the tenant has.
     fn count<H: TenantHandle>(handle: &mut H) -> BoxFuture<'_, Result<i64, Error>> {
         Box::pin(async move {
-            let args = tenant_arguments::<Self>(handle.bound_tenant())?;
+            let sql = Self::sql().for_tenant(handle.bound_tenant());
+            let args = tenant_arguments(sql, handle.bound_tenant())?;
             let row = own_statement!(
                 handle,
-                fetch_one(sqlx::query_with(Self::sql().count.as_str(), args))
+                fetch_one(sqlx::query_with(sql.count.as_str(), args))
             );
             let n: i64 = sqlx::Row::try_get(&row, 0)?;
             Ok(n)
@@ -443,7 +513,7 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
         Self: Sync,
     {
         Box::pin(async move {
-            let sql = Self::sql();
+            let sql = Self::sql().for_tenant(handle.bound_tenant());
             let args = EntitySql::arguments(
                 |i, args| self.bind_column(i, args),
                 handle.bound_tenant(),
@@ -467,7 +537,7 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
         assignments: Vec<Assign<Self>>,
     ) -> BoxFuture<'a, Result<Option<Self>, Error>> {
         Box::pin(async move {
-            let sql = Self::sql();
+            let sql = Self::sql().for_tenant(handle.bound_tenant());
             let mut args = PgArguments::default();
             let mut set = Vec::new();
             for assign in &assignments {
@@ -500,7 +570,7 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
                 quoted_table(Self::TABLE),
                 set.join(", ")
             );
-            if let Some(tenant_column) = Self::TENANT_COLUMN {
+            if let Some(tenant_column) = &sql.tenant_column {
                 add(&mut args, handle.bound_tenant().id.as_str())?;
                 statement.push_str(&format!(" AND {} = ${}", quote_ident(tenant_column), n + 1));
             }
@@ -519,11 +589,9 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
         id: &'a Self::Id,
     ) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(async move {
-            let args = keyed_arguments::<Self>(id, handle.bound_tenant())?;
-            let done = own_statement!(
-                handle,
-                execute(sqlx::query_with(Self::sql().delete.as_str(), args))
-            );
+            let sql = Self::sql().for_tenant(handle.bound_tenant());
+            let args = keyed_arguments(sql, id, handle.bound_tenant())?;
+            let done = own_statement!(handle, execute(sqlx::query_with(sql.delete.as_str(), args)));
             Ok(done.rows_affected() > 0)
         })
     }
@@ -583,7 +651,7 @@ async fn insert_row<E: TenantEntity, H: TenantHandle>(
     handle: &mut H,
     column: impl Fn(usize, &mut PgArguments) -> Result<(), Error>,
 ) -> Result<E, Error> {
-    let sql = E::sql();
+    let sql = E::sql().for_tenant(handle.bound_tenant());
     let args = EntitySql::arguments(column, handle.bound_tenant(), &sql.insert_binds)?;
     let row = own_statement!(
         handle,
@@ -614,20 +682,24 @@ fn add<'q, T: Encode<'q, Postgres> + Type<Postgres>>(
         .map_err(|e| Error::Internal(format!("cannot encode a value: {e}")))
 }
 
-/// `$1` = the tenant (only when the entity has a tenant column).
-fn tenant_arguments<E: TenantEntity>(tenant: &Tenant) -> Result<PgArguments, Error> {
+/// `$1` = the tenant (only when the statements filter on a tenant column).
+fn tenant_arguments(sql: &EntitySql, tenant: &Tenant) -> Result<PgArguments, Error> {
     let mut args = PgArguments::default();
-    if E::TENANT_COLUMN.is_some() {
+    if sql.tenant_column.is_some() {
         add(&mut args, tenant.id.as_str())?;
     }
     Ok(args)
 }
 
 /// `$1` = the key, then `$2` = the tenant (only with a tenant column).
-fn keyed_arguments<E: TenantEntity>(id: &E::Id, tenant: &Tenant) -> Result<PgArguments, Error> {
+fn keyed_arguments<'q, K: Encode<'q, Postgres> + Type<Postgres>>(
+    sql: &EntitySql,
+    id: K,
+    tenant: &Tenant,
+) -> Result<PgArguments, Error> {
     let mut args = PgArguments::default();
     add(&mut args, id)?;
-    if E::TENANT_COLUMN.is_some() {
+    if sql.tenant_column.is_some() {
         add(&mut args, tenant.id.as_str())?;
     }
     Ok(args)
@@ -787,47 +859,70 @@ impl<E: TenantEntity> Select<E> {
         self
     }
 
-    fn build(
-        mut self,
-        prefix: &str,
-        tenant: &Tenant,
-        paged: bool,
-    ) -> Result<(String, PgArguments), Error> {
-        if let Some(e) = self.error.take() {
-            return Err(e);
-        }
-        let mut sql = String::from(prefix);
+    /// The text of the select [`Self::fetch_all`] sends for tenants of `strategy`
+    /// (`$n` placeholders for the values; the tenant filter last among the
+    /// conditions, where the statements have one): to log it or show its plan.
+    pub fn sql(&self, strategy: Strategy) -> String {
+        self.text(E::sql().for_strategy(strategy), false)
+    }
+
+    /// The text of the statement: `count` or the select, with the conditions, the
+    /// tenant filter of `statements` and (unless `count`) order, limit and offset.
+    fn text(&self, statements: &EntitySql, count: bool) -> String {
+        let mut sql = if count {
+            statements.count_prefix.clone()
+        } else {
+            statements.select_prefix.clone()
+        };
         let mut n = 0;
         let mut clauses = Vec::new();
         for (column, op) in &self.conditions {
             n += 1;
             clauses.push(format!("{} {} ${n}", quote_ident(column), op.sql()));
         }
-        if let Some(tenant_column) = E::TENANT_COLUMN {
+        if let Some(tenant_column) = &statements.tenant_column {
             n += 1;
-            add(&mut self.args, tenant.id.as_str())?;
             clauses.push(format!("{} = ${n}", quote_ident(tenant_column)));
         }
         if !clauses.is_empty() {
             sql.push_str(" WHERE ");
             sql.push_str(&clauses.join(" AND "));
         }
-        if paged {
+        if !count {
             let (column, desc) = self.order.unwrap_or((E::PRIMARY_KEY, false));
             sql.push_str(&format!(
                 " ORDER BY {}{}",
                 quote_ident(column),
                 if desc { " DESC" } else { "" }
             ));
-            if let Some(limit) = self.limit {
+            if self.limit.is_some() {
                 n += 1;
-                add(&mut self.args, limit)?;
                 sql.push_str(&format!(" LIMIT ${n}"));
             }
-            if let Some(offset) = self.offset {
+            if self.offset.is_some() {
                 n += 1;
-                add(&mut self.args, offset)?;
                 sql.push_str(&format!(" OFFSET ${n}"));
+            }
+        }
+        sql
+    }
+
+    /// The statement for `tenant` and its arguments, in the placeholders' order.
+    fn build(mut self, tenant: &Tenant, count: bool) -> Result<(String, PgArguments), Error> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        let statements = E::sql().for_tenant(tenant);
+        let sql = self.text(statements, count);
+        if statements.tenant_column.is_some() {
+            add(&mut self.args, tenant.id.as_str())?;
+        }
+        if !count {
+            if let Some(limit) = self.limit {
+                add(&mut self.args, limit)?;
+            }
+            if let Some(offset) = self.offset {
+                add(&mut self.args, offset)?;
             }
         }
         Ok((sql, self.args))
@@ -839,7 +934,7 @@ impl<E: TenantEntity> Select<E> {
         handle: &mut H,
     ) -> BoxFuture<'_, Result<Vec<E>, Error>> {
         Box::pin(async move {
-            let (sql, args) = self.build(&E::sql().select_prefix, handle.bound_tenant(), true)?;
+            let (sql, args) = self.build(handle.bound_tenant(), false)?;
             let rows = own_statement!(
                 handle,
                 fetch_all(sqlx::query_with(sqlx::AssertSqlSafe(sql), args))
@@ -894,9 +989,7 @@ impl<E: TenantEntity> Select<E> {
         handle: &mut H,
     ) -> BoxFuture<'_, Result<Option<E>, Error>> {
         Box::pin(async move {
-            let (sql, args) =
-                self.limit(1)
-                    .build(&E::sql().select_prefix, handle.bound_tenant(), true)?;
+            let (sql, args) = self.limit(1).build(handle.bound_tenant(), false)?;
             let row = own_statement!(
                 handle,
                 fetch_optional(sqlx::query_with(sqlx::AssertSqlSafe(sql), args))
@@ -908,7 +1001,7 @@ impl<E: TenantEntity> Select<E> {
     /// How many rows match.
     pub fn count<H: TenantHandle>(self, handle: &mut H) -> BoxFuture<'_, Result<i64, Error>> {
         Box::pin(async move {
-            let (sql, args) = self.build(&E::sql().count_prefix, handle.bound_tenant(), false)?;
+            let (sql, args) = self.build(handle.bound_tenant(), true)?;
             let row = own_statement!(
                 handle,
                 fetch_one(sqlx::query_with(sqlx::AssertSqlSafe(sql), args))
@@ -925,7 +1018,7 @@ mod tests {
 
     #[test]
     fn schema_entity_statements() {
-        let s = EntitySql::build("projects", &["id", "title"], "id", None, &["id"]);
+        let s = EntitySql::build("projects", &["id", "title"], "id", None, &["id"], false);
         assert_eq!(
             s.find,
             r#"SELECT "id", "title" FROM "projects" WHERE "id" = $1"#
@@ -956,6 +1049,7 @@ mod tests {
             "id",
             Some("tenant_id"),
             &[],
+            false,
         );
         assert_eq!(
             s.find,
@@ -993,7 +1087,7 @@ mod tests {
 
     #[test]
     fn an_entity_of_generated_columns_inserts_defaults() {
-        let s = EntitySql::build("stamps", &["id", "at"], "id", None, &["id", "at"]);
+        let s = EntitySql::build("stamps", &["id", "at"], "id", None, &["id", "at"], false);
         assert_eq!(
             s.insert,
             r#"INSERT INTO "stamps" DEFAULT VALUES RETURNING "id", "at""#
@@ -1003,5 +1097,43 @@ mod tests {
             s.update,
             r#"UPDATE "stamps" SET "id" = "id" WHERE "id" = $1 RETURNING "id", "at""#
         );
+    }
+
+    #[test]
+    fn a_row_only_tenant_column_is_filled_and_filtered_but_not_read() {
+        let s = EntitySql::build(
+            "projects",
+            &["id", "name"],
+            "id",
+            Some("tenant_id"),
+            &["id"],
+            true,
+        );
+        assert_eq!(
+            s.find,
+            r#"SELECT "id", "name" FROM "projects" WHERE "id" = $1 AND "tenant_id" = $2"#
+        );
+        assert_eq!(
+            s.list,
+            r#"SELECT "id", "name" FROM "projects" WHERE "tenant_id" = $1 ORDER BY "id" LIMIT $2 OFFSET $3"#
+        );
+        assert_eq!(
+            s.insert,
+            r#"INSERT INTO "projects" ("name", "tenant_id") VALUES ($1, $2) RETURNING "id", "name""#
+        );
+        assert_eq!(s.insert_binds, [Bind::Column(1), Bind::Tenant]);
+        assert_eq!(
+            s.update,
+            r#"UPDATE "projects" SET "name" = $1 WHERE "id" = $2 AND "tenant_id" = $3 RETURNING "id", "name""#
+        );
+        assert_eq!(
+            s.update_binds,
+            [Bind::Column(1), Bind::Column(0), Bind::Tenant]
+        );
+        assert_eq!(
+            s.delete,
+            r#"DELETE FROM "projects" WHERE "id" = $1 AND "tenant_id" = $2"#
+        );
+        assert_eq!(s.tenant_column.as_deref(), Some("tenant_id"));
     }
 }

@@ -185,17 +185,66 @@ async fn row_entities_statements_route_to_one_node() {
     .await
     .unwrap();
     assert_eq!(SharedProject::count(&mut db).await.unwrap(), 1);
-    for (name, sql) in SharedProject::sql().reads() {
-        let explain = format!("EXPLAIN (COSTS OFF) {sql}");
-        let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(explain));
+    assert_router_plans(&mut db, "SharedProject", SharedProject::sql(), made.id).await;
+    // The quick start's own entities serve schema and row tenants alike: for row
+    // tenants their statements carry the `tenant_id` filter too (row_tenant_column),
+    // the page query of `GET /api/v1/projects` included.
+    let made = saas::NewProject {
+        name: "quick".into(),
+    }
+    .insert(&mut db)
+    .await
+    .unwrap();
+    let row = saas::Project::sql().for_strategy(Strategy::Row);
+    assert_router_plans(&mut db, "saas::Project", row, made.id).await;
+    let page = saas::Project::select()
+        .order_by("id", false)
+        .limit(11)
+        .filter("id", tenantry::Op::Gt, 0_i64)
+        .sql(Strategy::Row);
+    let plan = explain(&mut db, &page, |q| q.bind(0_i64).bind("acme").bind(11_i64)).await;
+    assert!(plan.contains("Task Count: 1"), "{page}\n{plan}");
+    // And they find the tenant's rows: both projects, through the entity and its page.
+    assert_eq!(saas::Project::count(&mut db).await.unwrap(), 2);
+    let data = saas::DataRow::sql().for_strategy(Strategy::Row);
+    assert_router_plans(&mut db, "saas::DataRow", data, 1).await;
+}
+
+type Scalar<'q> = sqlx::query::QueryScalar<'q, sqlx::Postgres, String, sqlx::postgres::PgArguments>;
+
+/// The plan of `sql` with the values `bind` gives.
+async fn explain(
+    db: &mut tenantry::TenantDb,
+    sql: &str,
+    bind: impl for<'q> FnOnce(Scalar<'q>) -> Scalar<'q>,
+) -> String {
+    let explain = format!("EXPLAIN (COSTS OFF) {sql}");
+    let query = bind(sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(
+        explain,
+    )));
+    query.fetch_all(db).await.unwrap().join("\n")
+}
+
+/// find, list, count and delete of an entity's `statements` are single-task
+/// router plans for tenant `acme`.
+async fn assert_router_plans(
+    db: &mut tenantry::TenantDb,
+    entity: &str,
+    statements: &tenantry::__private::EntitySql,
+    key: i64,
+) {
+    for (name, sql) in statements.reads() {
         // find/delete: (id, tenant); list: (tenant, limit, offset); count: (tenant).
-        query = match name {
-            "find" | "delete" => query.bind(made.id).bind("acme"),
-            "list" => query.bind("acme").bind(10_i64).bind(0_i64),
-            _ => query.bind("acme"),
-        };
-        let plan = query.fetch_all(&mut db).await.unwrap().join("\n");
-        assert!(plan.contains("Task Count: 1"), "{name}: {sql}\n{plan}");
+        let plan = explain(db, sql, |q| match name {
+            "find" | "delete" => q.bind(key).bind("acme"),
+            "list" => q.bind("acme").bind(10_i64).bind(0_i64),
+            _ => q.bind("acme"),
+        })
+        .await;
+        assert!(
+            plan.contains("Task Count: 1"),
+            "{entity}::{name}: {sql}\n{plan}"
+        );
     }
 }
 

@@ -22,6 +22,20 @@ struct Category {
     id: i64,
 }
 
+#[derive(TenantEntity)]
+#[tenant(table = "projects", row_tenant_column, new)]
+struct Project {
+    #[tenant(id, generated)]
+    id: i64,
+    name: String,
+}
+
+#[derive(TenantEntity)]
+#[tenant(row_tenant_column = "org")]
+struct Label {
+    id: i64,
+}
+
 async fn all(tx: &mut TenantTx) -> Result<(), tenantry::Error> {
     let _ = LineItem::select().filter("qty", Op::Ge, 2_i32).fetch_all(tx).await?;
     let _ = Category::list(tx, 10, 0).await?;
@@ -34,5 +48,10 @@ fn main() {
     assert_eq!(LineItem::PRIMARY_KEY, "sku");
     assert_eq!(LineItem::TENANT_COLUMN, Some("tenant"));
     assert_eq!(Category::TABLE, "categories");
+    assert_eq!(Category::ROW_TENANT_COLUMN, None);
+    assert_eq!(Project::ROW_TENANT_COLUMN, Some("tenant_id"));
+    assert_eq!(Project::TENANT_COLUMN, None);
+    assert_eq!(Label::ROW_TENANT_COLUMN, Some("org"));
+    let _ = NewProject { name: String::new() };
     let _ = all;
 }

@@ -535,8 +535,11 @@ async fn current_tenant(tenant: Option<CurrentTenant>) -> impl IntoResponse {
 
 /// A project of the current tenant. `#[tenant(new)]` generates [`NewProject`], the
 /// body of `POST /api/v1/projects` (`{"name":"..."}`, unknown fields refused).
+/// Schema tenants keep projects in their schema; row tenants in `shared.projects`,
+/// whose `tenant_id` column `row_tenant_column` names: their statements filter on it
+/// (on top of row-level security), which routes them to one node on Citus.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TenantEntity)]
-#[tenant(table = "projects", new)]
+#[tenant(table = "projects", new, row_tenant_column)]
 #[serde(deny_unknown_fields)]
 pub struct Project {
     /// Its id, unique within the tenant.
@@ -699,7 +702,7 @@ fn not_found(what: &str, id: i64) -> Error {
 
 /// A row of the seed's `data` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TenantEntity)]
-#[tenant(table = "data")]
+#[tenant(table = "data", row_tenant_column)]
 pub struct DataRow {
     /// Its id.
     #[tenant(id, generated)]

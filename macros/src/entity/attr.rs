@@ -18,6 +18,9 @@ pub struct Entity {
     /// `deny_unknown_fields`), copied to it.
     pub serde: Vec<Meta>,
     pub table: String,
+    /// `#[tenant(row_tenant_column)]` / `= "name"`: the tenant column of row tenants'
+    /// shared table, which schema tenants' tables do not have.
+    pub row_tenant_column: Option<String>,
     pub krate: Option<syn::Path>,
     pub fields: Vec<Field>,
 }
@@ -142,6 +145,7 @@ pub fn parse(cx: &Ctxt, input: &DeriveInput) -> Option<Entity> {
     let mut table: Option<String> = None;
     let mut krate: Option<syn::Path> = None;
     let mut new: Option<Span> = None;
+    let mut row_tenant_column: Option<(String, Span)> = None;
     for meta in tenant_metas(cx, &input.attrs) {
         let name = meta
             .path()
@@ -183,6 +187,24 @@ pub fn parse(cx: &Ctxt, input: &DeriveInput) -> Option<Entity> {
                     );
                 }
             }
+            "row_tenant_column" => {
+                if row_tenant_column.is_some() {
+                    cx.error_spanned_by(&meta, "duplicate `#[tenant(row_tenant_column)]` option");
+                }
+                match &meta {
+                    // tenantry's row strategy names the column `tenant_id`.
+                    Meta::Path(p) => row_tenant_column = Some(("tenant_id".to_owned(), p.span())),
+                    _ => {
+                        if let Some(lit) = string_value(cx, &meta, "row_tenant_column") {
+                            if is_plain_ident(&lit.value()) {
+                                row_tenant_column = Some((lit.value(), lit.span()));
+                            } else {
+                                cx.error_spanned_by(&lit, "`#[tenant(row_tenant_column = ...)]` must be a column name of letters, digits and `_` (at most 63 bytes)");
+                            }
+                        }
+                    }
+                }
+            }
             "crate" => {
                 if krate.is_some() {
                     cx.error_spanned_by(&meta, "duplicate `#[tenant(crate)]` option");
@@ -197,7 +219,7 @@ pub fn parse(cx: &Ctxt, input: &DeriveInput) -> Option<Entity> {
             _ => cx.error_spanned_by(
                 meta.path(),
                 format!(
-                    "unknown `#[tenant(...)]` option `{}` on a struct: expected `table = \"...\"`, `new` or `crate = \"...\"`",
+                    "unknown `#[tenant(...)]` option `{}` on a struct: expected `table = \"...\"`, `new`, `row_tenant_column` or `crate = \"...\"`",
                     quote::ToTokens::to_token_stream(meta.path()).to_string().replace(' ', "")
                 ),
             ),
@@ -368,8 +390,22 @@ pub fn parse(cx: &Ctxt, input: &DeriveInput) -> Option<Entity> {
         }
         columns.push(&f.column);
     }
+    if let Some((column, span)) = &row_tenant_column {
+        if !tenants.is_empty() {
+            cx.error_spanned_by(
+                quote::quote_spanned!(*span=> row_tenant_column),
+                "this entity has a `#[tenant(tenant_column)]` field, which filters every tenant's statements already: `row_tenant_column` is for an entity without one, whose shared table for row tenants has a tenant column its other tables lack",
+            );
+        } else if columns.contains(&column.as_str()) {
+            cx.error_spanned_by(
+                quote::quote_spanned!(*span=> row_tenant_column),
+                format!("the field stored in `{column}` would be the tenant column: mark it `#[tenant(tenant_column)]` instead of naming it in `row_tenant_column`"),
+            );
+        }
+    }
     Some(Entity {
         table: table.unwrap_or_else(|| default_table(&input.ident)),
+        row_tenant_column: row_tenant_column.map(|(c, _)| c),
         ident: input.ident.clone(),
         vis: input.vis.clone(),
         new,

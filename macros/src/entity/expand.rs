@@ -25,6 +25,10 @@ pub fn expand(e: &Entity) -> TokenStream {
         }
         None => quote!(::core::option::Option::None),
     };
+    let row_tenant_column = match &e.row_tenant_column {
+        Some(c) => quote!(::core::option::Option::Some(#c)),
+        None => quote!(::core::option::Option::None),
+    };
     let generated: Vec<&str> = e
         .stored()
         .filter(|f| f.generated)
@@ -98,6 +102,7 @@ pub fn expand(e: &Entity) -> TokenStream {
                 const COLUMNS: &'static [&'static str] = &[#(#columns),*];
                 const PRIMARY_KEY: &'static str = #id_column;
                 const TENANT_COLUMN: ::core::option::Option<&'static str> = #tenant_column;
+                const ROW_TENANT_COLUMN: ::core::option::Option<&'static str> = #row_tenant_column;
                 const GENERATED: &'static [&'static str] = &[#(#generated),*];
 
                 fn sql() -> &'static #p::EntitySql {

@@ -1,0 +1,27 @@
+use tenantry::{TenantEntity, TenantId};
+
+// A tenant column field filters every strategy already.
+#[derive(TenantEntity)]
+#[tenant(table = "items", row_tenant_column)]
+struct Item {
+    id: i64,
+    #[tenant(tenant_column)]
+    tenant_id: TenantId,
+}
+
+// The named column is a field: it should be the tenant column field instead.
+#[derive(TenantEntity)]
+#[tenant(table = "notes", row_tenant_column = "owner")]
+struct Note {
+    id: i64,
+    owner: String,
+}
+
+// Not a plain column name.
+#[derive(TenantEntity)]
+#[tenant(table = "tags", row_tenant_column = "tenant id")]
+struct Tag {
+    id: i64,
+}
+
+fn main() {}
