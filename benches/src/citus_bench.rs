@@ -2,10 +2,12 @@
 //! routing through the coordinator against a single server (the quick start's
 //! `GET /api/v1/projects`, in process, schema and row tenants, same run), the rate of
 //! provisioning distributed schema tenants against plain ones, and the write pause of
-//! moving a schema tenant of `--rows` rows to the other worker while a client writes.
+//! moving a schema tenant of `--rows` rows to the other worker while a client writes
+//! (by logical replication, then back with writes waiting). `--moves-only` skips the
+//! rest.
 //!
 //! ```text
-//! cargo run --release -p tenantry-benches --bin citus_bench -- [--tenants 20] [--requests 2000] [--rows 100000]
+//! cargo run --release -p tenantry-benches --bin citus_bench -- [--tenants 20] [--requests 2000] [--rows 100000] [--moves-only]
 //! ```
 //!
 //! Starts its own cluster (coordinator + 2 workers) and its own single server from the
@@ -16,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use tenantry::admin::MoveTo;
+use tenantry::admin::{MoveTo, NodeTransfer};
 use tenantry::testing::{TestCluster, TestServer};
 use tenantry::{NewTenant, Strategy, TenantManager};
 use tenantry_benches::{arg, get_projects, median, percentile};
@@ -71,65 +73,68 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tenants = arg("--tenants", 20)?;
     let requests = arg("--requests", 2000)?;
     let rows = arg("--rows", 100_000)?;
+    let moves_only = std::env::args().any(|a| a == "--moves-only");
     let cluster = TestCluster::start().await?;
     let single = tokio::task::spawn_blocking(TestServer::start).await??;
     let on_citus = manager(cluster.url()).await?;
     let plain = manager(single.url()).await?;
 
-    println!("provisioning {tenants} tenants of each kind, one at a time:");
-    for (name, m) in [("single server", &plain), ("citus", &on_citus)] {
-        let schema = provision(m, "s", tenants, Strategy::Schema).await?;
-        let row = provision(m, "r", tenants, Strategy::Row).await?;
-        println!("  {name:<14} schema {schema:>6.1}/s   row {row:>6.1}/s");
-    }
-
-    println!(
-        "\nGET /api/v1/projects, {requests} requests over {tenants} tenants, 3 rounds (median of rounds):"
-    );
-    let apps = [
-        (
-            "single server",
-            saas::router(saas::AppState::new(plain.clone(), "t")),
-        ),
-        (
-            "citus",
-            saas::router(saas::AppState::new(on_citus.clone(), "t")),
-        ),
-    ];
-    let mut results = Vec::new();
-    for prefix in ["s", "r"] {
-        for (name, app) in &apps {
-            let mut p50s = Vec::new();
-            let mut p99s = Vec::new();
-            for _ in 0..3 {
-                let (p50, p99) = latencies(app, prefix, tenants, requests).await;
-                p50s.push(p50.as_secs_f64() * 1e3);
-                p99s.push(p99.as_secs_f64() * 1e3);
-            }
-            let (p50, p99) = (median(p50s), median(p99s));
-            println!(
-                "  {} tenants on {name:<14} p50 {p50:>6.3} ms   p99 {p99:>6.3} ms",
-                if prefix == "s" { "schema" } else { "row   " }
-            );
-            results.push((prefix, *name, p50));
+    if !moves_only {
+        println!("provisioning {tenants} tenants of each kind, one at a time:");
+        for (name, m) in [("single server", &plain), ("citus", &on_citus)] {
+            let schema = provision(m, "s", tenants, Strategy::Schema).await?;
+            let row = provision(m, "r", tenants, Strategy::Row).await?;
+            println!("  {name:<14} schema {schema:>6.1}/s   row {row:>6.1}/s");
         }
-    }
-    for prefix in ["s", "r"] {
-        let base = results
-            .iter()
-            .find(|r| r.0 == prefix && r.1 == "single server")
-            .unwrap()
-            .2;
-        let citus = results
-            .iter()
-            .find(|r| r.0 == prefix && r.1 == "citus")
-            .unwrap()
-            .2;
+
         println!(
-            "  {} tenants: routing through the coordinator costs {:.2}x the single server's p50",
-            if prefix == "s" { "schema" } else { "row" },
-            citus / base
+            "\nGET /api/v1/projects, {requests} requests over {tenants} tenants, 3 rounds (median of rounds):"
         );
+        let apps = [
+            (
+                "single server",
+                saas::router(saas::AppState::new(plain.clone(), "t")),
+            ),
+            (
+                "citus",
+                saas::router(saas::AppState::new(on_citus.clone(), "t")),
+            ),
+        ];
+        let mut results = Vec::new();
+        for prefix in ["s", "r"] {
+            for (name, app) in &apps {
+                let mut p50s = Vec::new();
+                let mut p99s = Vec::new();
+                for _ in 0..3 {
+                    let (p50, p99) = latencies(app, prefix, tenants, requests).await;
+                    p50s.push(p50.as_secs_f64() * 1e3);
+                    p99s.push(p99.as_secs_f64() * 1e3);
+                }
+                let (p50, p99) = (median(p50s), median(p99s));
+                println!(
+                    "  {} tenants on {name:<14} p50 {p50:>6.3} ms   p99 {p99:>6.3} ms",
+                    if prefix == "s" { "schema" } else { "row   " }
+                );
+                results.push((prefix, *name, p50));
+            }
+        }
+        for prefix in ["s", "r"] {
+            let base = results
+                .iter()
+                .find(|r| r.0 == prefix && r.1 == "single server")
+                .unwrap()
+                .2;
+            let citus = results
+                .iter()
+                .find(|r| r.0 == prefix && r.1 == "citus")
+                .unwrap()
+                .2;
+            println!(
+                "  {} tenants: routing through the coordinator costs {:.2}x the single server's p50",
+                if prefix == "s" { "schema" } else { "row" },
+                citus / base
+            );
+        }
     }
 
     // A schema tenant of `rows` rows moved to the other worker while a client writes.
@@ -143,66 +148,80 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .bind(rows as i64)
     .execute(&pool)
     .await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let gap = Arc::new(AtomicU64::new(0));
-    let acked = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (m, stop, gap, acked) = (on_citus.clone(), stop.clone(), gap.clone(), acked.clone());
-        tokio::spawn(async move {
-            let mut last = Instant::now();
-            while !stop.load(Ordering::Relaxed) {
-                let done = async {
-                    let t = m.resolve_tenant(&"big".parse()?).await?;
-                    let mut db = m.tenant_db(t).await?;
-                    sqlx::query("INSERT INTO projects (name) VALUES ('w')")
-                        .execute(&mut db)
-                        .await?;
-                    Ok::<_, tenantry::Error>(())
-                }
-                .await;
-                match done {
-                    Ok(()) => {
-                        acked.fetch_add(1, Ordering::Relaxed);
-                        gap.fetch_max(last.elapsed().as_micros() as u64, Ordering::Relaxed);
-                        last = Instant::now();
+    // There and back: by logical replication (the default for a schema tenant whose
+    // tables have primary keys), then with writes waiting (block_writes).
+    for transfer in [NodeTransfer::Logical, NodeTransfer::BlockWrites] {
+        let before: i64 = sqlx::query_scalar("SELECT count(*) FROM tenant_big.projects")
+            .fetch_one(&pool)
+            .await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let gap = Arc::new(AtomicU64::new(0));
+        let acked = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let (m, stop, gap, acked) =
+                (on_citus.clone(), stop.clone(), gap.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut last = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    let done = async {
+                        let t = m.resolve_tenant(&"big".parse()?).await?;
+                        let mut db = m.tenant_db(t).await?;
+                        sqlx::query("INSERT INTO projects (name) VALUES ('w')")
+                            .execute(&mut db)
+                            .await?;
+                        Ok::<_, tenantry::Error>(())
                     }
-                    Err(e) => panic!("a write failed during the move: {e}"),
+                    .await;
+                    match done {
+                        Ok(()) => {
+                            acked.fetch_add(1, Ordering::Relaxed);
+                            gap.fetch_max(last.elapsed().as_micros() as u64, Ordering::Relaxed);
+                            last = Instant::now();
+                        }
+                        Err(e) => panic!("a write failed during the move: {e}"),
+                    }
                 }
-            }
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let big = on_citus.admin().existing(&"big".parse()?).await?;
-    let from = on_citus.admin().node_of(&big).await?.unwrap_or_default();
-    let to = on_citus
-        .admin()
-        .citus()
-        .map(|c| c.workers.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .find(|w| *w != from)
-        .ok_or("no other worker")?;
-    gap.store(0, Ordering::Relaxed);
-    let started = Instant::now();
-    on_citus
-        .admin()
-        .move_tenant(&"big".parse()?, MoveTo::Node(to.clone()), Duration::ZERO)
-        .await?;
-    let took = started.elapsed();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await?;
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM tenant_big.projects")
-        .fetch_one(&pool)
-        .await?;
-    println!(
-        "\nmove of a schema tenant of {rows} rows from {from} to {to}: {:.0} ms; the writing client's \
-         longest wait {:.0} ms; {} writes acknowledged, {} rows stored ({} expected)",
-        took.as_secs_f64() * 1e3,
-        gap.load(Ordering::Relaxed) as f64 / 1e3,
-        acked.load(Ordering::Relaxed),
-        stored,
-        rows as u64 + acked.load(Ordering::Relaxed)
-    );
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let big = on_citus.admin().existing(&"big".parse()?).await?;
+        let from = on_citus.admin().node_of(&big).await?.unwrap_or_default();
+        let to = on_citus
+            .admin()
+            .citus()
+            .map(|c| c.workers.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .find(|w| *w != from)
+            .ok_or("no other worker")?;
+        gap.store(0, Ordering::Relaxed);
+        let started = Instant::now();
+        let report = on_citus
+            .admin()
+            .move_tenant(
+                &"big".parse()?,
+                MoveTo::NodeWith(to.clone(), transfer),
+                Duration::ZERO,
+            )
+            .await?;
+        let took = started.elapsed();
+        let longest = gap.load(Ordering::Relaxed) as f64 / 1e3;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::Relaxed);
+        writer.await?;
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM tenant_big.projects")
+            .fetch_one(&pool)
+            .await?;
+        println!(
+            "\nmove of a schema tenant of {before} rows from {from} to {to} ({}): {:.0} ms; the \
+             writing client's longest wait {longest:.0} ms; {} writes acknowledged, {} rows \
+             stored ({} expected)",
+            report.transfer.map(|t| t.to_string()).unwrap_or_default(),
+            took.as_secs_f64() * 1e3,
+            acked.load(Ordering::Relaxed),
+            stored,
+            before as u64 + acked.load(Ordering::Relaxed)
+        );
+    }
     Ok(())
 }

@@ -253,6 +253,11 @@ enum TenantsCommand {
         /// The Citus worker to move the tenant to (HOST:PORT; Citus registries only).
         #[arg(long, group = "target")]
         to_node: Option<String>,
+        /// How Citus copies the tenant to the worker: `logical` (writes go on) or
+        /// `block-writes` (writes wait for the copy). Default: logical for a schema
+        /// tenant whose tables allow it, else block-writes.
+        #[arg(long, value_enum, requires = "to_node")]
+        transfer: Option<TransferArg>,
         /// Lift the write fence and change capture of a move whose process died
         /// (`tenantry doctor` reports them as move-leftover).
         #[arg(long, group = "target")]
@@ -321,6 +326,23 @@ impl StrategyArg {
             StrategyArg::Schema => Strategy::Schema,
             StrategyArg::Row => Strategy::Row,
             StrategyArg::Database => Strategy::Database,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum TransferArg {
+    /// Logical replication: writes go on while the shards are copied.
+    Logical,
+    /// Writes wait until the copy is done.
+    BlockWrites,
+}
+
+impl TransferArg {
+    fn transfer(self) -> tenantry::admin::NodeTransfer {
+        match self {
+            TransferArg::Logical => tenantry::admin::NodeTransfer::Logical,
+            TransferArg::BlockWrites => tenantry::admin::NodeTransfer::BlockWrites,
         }
     }
 }
@@ -829,6 +851,7 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
             to_strategy,
             to_server,
             to_node,
+            transfer,
             recover,
             grace,
             migrations,
@@ -849,7 +872,10 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
             let to = match (to_strategy, to_server, to_node) {
                 (Some(s), _, _) => tenantry::admin::MoveTo::Strategy(s.strategy()),
                 (_, Some(server), _) => tenantry::admin::MoveTo::Server(server.clone()),
-                (_, _, Some(node)) => tenantry::admin::MoveTo::Node(node.clone()),
+                (_, _, Some(node)) => match transfer {
+                    None => tenantry::admin::MoveTo::Node(node.clone()),
+                    Some(t) => tenantry::admin::MoveTo::NodeWith(node.clone(), t.transfer()),
+                },
                 _ => return Err(usage("give one of --to-strategy, --to-server, --to-node")),
             };
             let manager = manager(cli, migrations.as_ref()).await?;
@@ -862,7 +888,11 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
             if *json {
                 print_json(&report)?;
             } else if let Some(node) = &report.node {
-                println!("moved tenant `{id}` to Citus worker {node}");
+                let how = report
+                    .transfer
+                    .map(|t| format!(" ({t}, {} ms)", report.total_ms))
+                    .unwrap_or_default();
+                println!("moved tenant `{id}` to Citus worker {node}{how}");
             } else {
                 println!(
                     "moved tenant `{id}` from {} on `{}` to {} on `{}`: {} rows in {} tables, \

@@ -19,7 +19,7 @@
 
 use sqlx::PgPool;
 
-pub use crate::citus::Citus;
+pub use crate::citus::{Citus, NodeTransfer};
 pub use crate::lifecycle::{ImportOptions, Lifecycle, MoveTo};
 pub use crate::naming::{TENANT_PREFIX, quote_ident, quote_literal};
 pub use crate::pgbin::{bindir_of, libpq_url, server_bindir, url_with_database};

@@ -14,10 +14,13 @@
 //!   `SET` is not forwarded, and a row tenant bound that way would read nothing.
 //! - **Database tenants** cannot live on the coordinator (a database created there is
 //!   not part of the cluster): they are refused there (422) and live on named servers.
+//! - **Shared tables without `tenant_id`** (read by every tenant) become reference
+//!   tables ([`reference_table`]): a copy on every worker, joined where the tenant is.
 //! - **Placement** is Citus's: [`node_of`] reads it from Citus's metadata, and
 //!   [`move_to_node`] moves a schema tenant (`citus_schema_move`) or a row tenant's
 //!   rows (its own shard, isolated with `isolate_tenant_to_new_shard`, then
-//!   `citus_move_shard_placement`), online.
+//!   `citus_move_shard_placement`), online: by logical replication where the tables
+//!   allow it (writes go on), else with writes waiting ([`NodeTransfer`]).
 
 use sqlx::{PgConnection, PgPool, Row};
 
@@ -100,6 +103,44 @@ pub async fn distribute_rows(conn: &mut PgConnection, table: &str) -> Result<(),
     Ok(())
 }
 
+/// Makes a table every tenant shares read-mostly data from (one without a
+/// `tenant_id` column: plans, currencies, feature flags) a Citus reference table: a
+/// copy on every worker, so that a tenant's statements join it on the node holding
+/// the tenant (still one router task). A table that is distributed already is left
+/// as it is; a table with a `tenant_id` column is refused (422: it holds tenants'
+/// rows, distribute it with [`distribute_rows`]). For the application's migrations on
+/// a Citus coordinator.
+///
+/// ```no_run
+/// # async fn f(conn: &mut sqlx::PgConnection) -> Result<(), tenantry::Error> {
+/// tenantry::strategy::reference_table(conn, "shared.plans").await?;
+/// # Ok(()) }
+/// ```
+pub async fn reference_table(conn: &mut PgConnection, table: &str) -> Result<(), Error> {
+    let row = sqlx::query(
+        "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = $1::regclass) AS done,
+                EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1::regclass
+                        AND attname = 'tenant_id' AND NOT attisdropped) AS per_tenant",
+    )
+    .bind(table)
+    .fetch_one(&mut *conn)
+    .await?;
+    if row.try_get::<bool, _>("per_tenant")? {
+        return Err(Error::Unprocessable(format!(
+            "`{}` has a tenant_id column: its rows belong to tenants, so it is distributed \
+             by tenant_id (strategy::distribute_rows), not copied to every node",
+            table.escape_debug()
+        )));
+    }
+    if !row.try_get::<bool, _>("done")? {
+        sqlx::query("SELECT create_reference_table($1::regclass)")
+            .bind(table)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// The node (`host:port`) holding the tenant's data, from Citus's metadata: its
 /// schema's shards, or the shard of its id in the first distributed shared table.
 pub async fn node_of(pool: &PgPool, tenant: &Tenant) -> Result<Option<String>, Error> {
@@ -148,14 +189,76 @@ async fn first_distributed(pool: &PgPool) -> Result<Option<String>, Error> {
     .await?)
 }
 
+/// How Citus copies a tenant's shards to another worker ([`move_to_node`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeTransfer {
+    /// Logical replication (`force_logical`): writes go on while the shards are
+    /// copied and caught up; they wait only for the switch at the end. Needs every
+    /// table to have a replica identity (a primary key) and no row-level security (the
+    /// replication applies changes as a role of Citus's own, which row-level security
+    /// would refuse: Citus then waits forever for it to catch up).
+    Logical,
+    /// `block_writes`: writes wait (they are not refused) until the copy is done;
+    /// reads go on. Works for every table.
+    BlockWrites,
+}
+
+impl NodeTransfer {
+    fn citus_mode(self) -> &'static str {
+        match self {
+            NodeTransfer::Logical => "force_logical",
+            NodeTransfer::BlockWrites => "block_writes",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeTransfer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeTransfer::Logical => "logical",
+            NodeTransfer::BlockWrites => "block_writes",
+        })
+    }
+}
+
+/// Why a schema tenant's tables cannot move by logical replication, if they cannot:
+/// a table without a replica identity, or one under row-level security.
+async fn logical_obstacle(pool: &PgPool, schema: &str) -> Result<Option<String>, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT format('%I.%I %s', n.nspname, c.relname,
+                CASE WHEN c.relrowsecurity THEN 'has row-level security'
+                     ELSE 'has no replica identity (primary key)' END)
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')
+           AND (c.relrowsecurity
+                OR NOT (c.relreplident = 'f'
+                        OR (c.relreplident = 'd' AND EXISTS (SELECT 1 FROM pg_index i
+                              WHERE i.indrelid = c.oid AND i.indisprimary))
+                        OR (c.relreplident = 'i' AND EXISTS (SELECT 1 FROM pg_index i
+                              WHERE i.indrelid = c.oid AND i.indisreplident))))
+         ORDER BY c.relname LIMIT 1",
+    )
+    .bind(schema)
+    .fetch_optional(pool)
+    .await?)
+}
+
 /// Moves the tenant's data to the worker `host:port`, online: the tenant serves
-/// throughout; its writes wait (they are not refused) while Citus copies its shards
-/// (`shard_transfer_mode => 'block_writes'`; Citus's logical-replication mode is not
-/// used yet: see docs/ARCHITECTURE.md, "Citus"). A schema tenant:
-/// `citus_schema_move`. A row tenant: its rows get shards of their own
-/// (`isolate_tenant_to_new_shard`, cascading to the co-located tables), which then
-/// move. A database tenant, or a node that is not an active worker: 422.
-pub async fn move_to_node(pool: &PgPool, tenant: &Tenant, node: &str) -> Result<String, Error> {
+/// throughout. `transfer` says how ([`NodeTransfer`]); `None` chooses: logical
+/// replication for a schema tenant whose tables allow it, else `block_writes`; a row
+/// tenant's shared tables are under row-level security, so its rows always move with
+/// `block_writes`. A schema tenant: `citus_schema_move`. A row tenant: its rows get
+/// shards of their own (`isolate_tenant_to_new_shard`, cascading to the co-located
+/// tables), which then move. A database tenant, a node that is not an active worker,
+/// or logical replication asked for where it cannot work: 422. Returns the node the
+/// tenant is on now and how it moved.
+pub async fn move_to_node(
+    pool: &PgPool,
+    tenant: &Tenant,
+    node: &str,
+    transfer: Option<NodeTransfer>,
+) -> Result<(String, NodeTransfer), Error> {
     let (host, port) = node
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h.to_owned(), p.parse::<i32>().ok()?)))
@@ -165,6 +268,13 @@ pub async fn move_to_node(pool: &PgPool, tenant: &Tenant, node: &str) -> Result<
                 node.escape_debug()
             ))
         })?;
+    if tenant.strategy == Strategy::Database {
+        return Err(Error::Unprocessable(format!(
+            "tenant `{}` is a database tenant: it lives on a named server, not on a \
+             Citus worker (move it with --to-server)",
+            tenant.id
+        )));
+    }
     let active: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM citus_get_active_worker_nodes()
                         WHERE node_name = $1 AND node_port = $2)",
@@ -185,18 +295,37 @@ pub async fn move_to_node(pool: &PgPool, tenant: &Tenant, node: &str) -> Result<
             tenant.id
         )));
     }
+    let obstacle = match tenant.strategy {
+        Strategy::Schema => logical_obstacle(pool, &tenant.storage).await?,
+        _ => Some("the row tenants' shared tables have row-level security".to_owned()),
+    };
+    let transfer = match (transfer, obstacle) {
+        (Some(NodeTransfer::Logical), Some(why)) => {
+            return Err(Error::Unprocessable(format!(
+                "tenant `{}` cannot move by logical replication: {why}; move it with \
+                 block_writes (writes wait for the copy)",
+                tenant.id
+            )));
+        }
+        (Some(t), _) => t,
+        (None, None) => NodeTransfer::Logical,
+        (None, Some(_)) => NodeTransfer::BlockWrites,
+    };
+    let mode = transfer.citus_mode();
     match tenant.strategy {
         Strategy::Schema => {
             sqlx::query(
-                "SELECT citus_schema_move($1::regnamespace, $2, $3, shard_transfer_mode => 'block_writes')",
+                "SELECT citus_schema_move($1::regnamespace, $2, $3, \
+                 shard_transfer_mode => $4::citus.shard_transfer_mode)",
             )
-                .bind(quote_ident(&tenant.storage))
-                .bind(&host)
-                .bind(port)
-                .execute(pool)
-                .await?;
+            .bind(quote_ident(&tenant.storage))
+            .bind(&host)
+            .bind(port)
+            .bind(mode)
+            .execute(pool)
+            .await?;
         }
-        Strategy::Row => {
+        _ => {
             let table = first_distributed(pool).await?.ok_or_else(|| {
                 Error::Unprocessable("no shared table is distributed by tenant_id".to_owned())
             })?;
@@ -219,10 +348,11 @@ pub async fn move_to_node(pool: &PgPool, tenant: &Tenant, node: &str) -> Result<
             } else {
                 sqlx::query_scalar(
                     "SELECT isolate_tenant_to_new_shard($1::regclass, $2, 'CASCADE', \
-                     shard_transfer_mode => 'block_writes')",
+                     shard_transfer_mode => $3::citus.shard_transfer_mode)",
                 )
                 .bind(&table)
                 .bind(tenant.id.as_str())
+                .bind(mode)
                 .fetch_one(&mut *conn)
                 .await?
             };
@@ -236,27 +366,22 @@ pub async fn move_to_node(pool: &PgPool, tenant: &Tenant, node: &str) -> Result<
                 (from.try_get("nodename")?, from.try_get("nodeport")?);
             sqlx::query(
                 "SELECT citus_move_shard_placement($1, $2, $3, $4, $5, \
-                 shard_transfer_mode => 'block_writes')",
+                 shard_transfer_mode => $6::citus.shard_transfer_mode)",
             )
             .bind(shard)
             .bind(&from_host)
             .bind(from_port)
             .bind(&host)
             .bind(port)
+            .bind(mode)
             .execute(&mut *conn)
             .await?;
         }
-        Strategy::Database => {
-            return Err(Error::Unprocessable(format!(
-                "tenant `{}` is a database tenant: it lives on a named server, not on a \
-                 Citus worker (move it with --to-server)",
-                tenant.id
-            )));
-        }
     }
-    Ok(node_of(pool, tenant)
+    let now = node_of(pool, tenant)
         .await?
-        .unwrap_or_else(|| node.to_owned()))
+        .unwrap_or_else(|| node.to_owned());
+    Ok((now, transfer))
 }
 
 #[cfg(test)]

@@ -463,7 +463,12 @@ impl Lifecycle {
                 message: "a tenant is moved once it is provisioned",
             });
         }
-        if let MoveTo::Node(node) = &to {
+        let node_move = match &to {
+            MoveTo::Node(node) => Some((node, None)),
+            MoveTo::NodeWith(node, transfer) => Some((node, Some(*transfer))),
+            _ => None,
+        };
+        if let Some((node, transfer)) = node_move {
             if !self.strategies.citus {
                 return Err(Error::Unprocessable(format!(
                     "--to-node moves tenants between Citus workers, and the registry's server \
@@ -471,8 +476,10 @@ impl Lifecycle {
                 )));
             }
             let started = std::time::Instant::now();
-            let node = crate::citus::move_to_node(self.repository().pool(), &tenant, node).await?;
-            tracing::info!(tenant = %id, node, "tenant moved to another Citus worker");
+            let (node, transfer) =
+                crate::citus::move_to_node(self.repository().pool(), &tenant, node, transfer)
+                    .await?;
+            tracing::info!(tenant = %id, node, %transfer, "tenant moved to another Citus worker");
             let mut tx = self.repository().pool().begin().await?;
             self.repository().notify(&mut tx, id).await?;
             tx.commit().await?;
@@ -487,6 +494,7 @@ impl Lifecycle {
                 total_ms: started.elapsed().as_millis() as u64,
                 old_place_dropped: true,
                 node: Some(node),
+                transfer: Some(transfer),
             });
         }
         if self.strategies.citus {
@@ -501,7 +509,7 @@ impl Lifecycle {
                 (Strategy::Database, tenant.server.clone())
             }
             MoveTo::Strategy(strategy) => (strategy, DEFAULT_SERVER.to_owned()),
-            MoveTo::Node(_) => unreachable!("handled above"),
+            MoveTo::Node(_) | MoveTo::NodeWith(..) => unreachable!("handled above"),
             MoveTo::Server(server) => {
                 if tenant.strategy != Strategy::Database {
                     return Err(Error::Unprocessable(format!(
@@ -541,8 +549,14 @@ pub enum MoveTo {
     Strategy(Strategy),
     /// Another named server (database tenants).
     Server(String),
-    /// Another Citus worker, `host:port` (a Citus coordinator's schema and row tenants).
+    /// Another Citus worker, `host:port` (a Citus coordinator's schema and row
+    /// tenants), copied the way that suits the tenant: logical replication for a
+    /// schema tenant whose tables allow it, else `block_writes` (see
+    /// [`NodeTransfer`](crate::admin::NodeTransfer)).
     Node(String),
+    /// Another Citus worker, copied the way given (422 if the tenant's tables do not
+    /// allow it).
+    NodeWith(String, crate::citus::NodeTransfer),
 }
 
 /// How [`Lifecycle::import`] creates the tenant; every field defaults to the export's.

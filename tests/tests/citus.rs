@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::http::Request;
 use http_body_util::BodyExt;
 use sqlx::PgPool;
-use tenantry::admin::MoveTo;
+use tenantry::admin::{MoveTo, NodeTransfer};
 use tenantry::testing::{TestCluster, citus_installed};
 use tenantry::{NewTenant, Strategy, TenantEntity, TenantId, TenantManager};
 use tower::ServiceExt;
@@ -248,6 +248,74 @@ async fn assert_router_plans(
     }
 }
 
+/// A table every tenant reads (no tenant_id) becomes a reference table: a row
+/// tenant's statement joining it to its own rows is still one router task, and reads
+/// the copy on its node. A table of tenants' rows is refused as a reference table.
+#[tokio::test]
+async fn shared_tables_without_tenant_id_become_reference_tables() {
+    let Some(cluster) = cluster().await else {
+        return;
+    };
+    let (pool, m) = manager(&cluster).await;
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE shared.plans (code text PRIMARY KEY, seats int NOT NULL);
+         INSERT INTO shared.plans VALUES ('free', 1), ('pro', 25);",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    tenantry::strategy::reference_table(&mut conn, "shared.plans")
+        .await
+        .unwrap();
+    // Idempotent, like the application's migrations that call it.
+    tenantry::strategy::reference_table(&mut conn, "shared.plans")
+        .await
+        .unwrap();
+    sqlx::raw_sql("GRANT SELECT ON shared.plans TO saas_row_tenant")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let kind: String = sqlx::query_scalar(
+        "SELECT partmethod::text || repmodel::text FROM pg_dist_partition
+         WHERE logicalrelid = 'shared.plans'::regclass",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        kind, "nt",
+        "a reference table (no partition column, 2PC replication)"
+    );
+    let refused = tenantry::strategy::reference_table(&mut conn, "shared.projects")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, tenantry::Error::Unprocessable(ref m) if m.contains("tenant_id")),
+        "{refused:?}"
+    );
+
+    m.create_tenant(NewTenant::new(id("acme"), "Acme").with_strategy(Strategy::Row))
+        .await
+        .unwrap();
+    let tenant = m.resolve_tenant(&id("acme")).await.unwrap();
+    let mut db = m.tenant_db(tenant).await.unwrap();
+    saas::NewProject { name: "one".into() }
+        .insert(&mut db)
+        .await
+        .unwrap();
+    let join = "SELECT p.name || ':' || pl.seats FROM projects p \
+                JOIN plans pl ON pl.code = 'pro' WHERE p.tenant_id = $1";
+    let plan = explain(&mut db, join, |q| q.bind("acme")).await;
+    assert!(plan.contains("Task Count: 1"), "{plan}");
+    let rows: Vec<String> = sqlx::query_scalar(join)
+        .bind("acme")
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(rows, ["one:25"]);
+}
+
 #[tokio::test]
 async fn migrate_all_and_a_move_to_the_other_worker_under_traffic() {
     let Some(cluster) = cluster().await else {
@@ -322,6 +390,15 @@ async fn migrate_all_and_a_move_to_the_other_worker_under_traffic() {
             .await
             .unwrap_or_else(|e| panic!("move {t} to {to}: {e}"));
         assert_eq!(report.node.as_deref(), Some(to.as_str()));
+        // A schema tenant whose tables all have a primary key moves by logical
+        // replication (writes go on); a row tenant's rows, under row-level security,
+        // with writes waiting.
+        let expected = if t == "walker" {
+            NodeTransfer::Logical
+        } else {
+            NodeTransfer::BlockWrites
+        };
+        assert_eq!(report.transfer, Some(expected), "{t}");
         assert_eq!(m.admin().node_of(&tenant).await.unwrap(), Some(to.clone()));
         tokio::time::sleep(Duration::from_millis(300)).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -362,6 +439,58 @@ async fn migrate_all_and_a_move_to_the_other_worker_under_traffic() {
             .unwrap_err();
         assert_eq!(again.status().as_u16(), 422, "{again}");
     }
+    // Logical replication asked for where it cannot work: 422, and the tenant stays.
+    let rover = m.admin().existing(&id("rover")).await.unwrap();
+    let rover_at = m.admin().node_of(&rover).await.unwrap().unwrap();
+    let other = |at: &str| citus.workers.iter().find(|w| *w != at).unwrap().clone();
+    let refused = m
+        .admin()
+        .move_tenant(
+            &id("rover"),
+            MoveTo::NodeWith(other(&rover_at), NodeTransfer::Logical),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().as_u16(), 422, "{refused}");
+    assert!(
+        refused.to_string().contains("row-level security"),
+        "{refused}"
+    );
+    assert_eq!(m.admin().node_of(&rover).await.unwrap(), Some(rover_at));
+    // A table without a primary key in a schema tenant: logical refused, and the
+    // default picks block_writes.
+    sqlx::raw_sql("CREATE TABLE tenant_walker.notes (body text)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let walker = m.admin().existing(&id("walker")).await.unwrap();
+    let walker_at = m.admin().node_of(&walker).await.unwrap().unwrap();
+    let refused = m
+        .admin()
+        .move_tenant(
+            &id("walker"),
+            MoveTo::NodeWith(other(&walker_at), NodeTransfer::Logical),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().as_u16(), 422, "{refused}");
+    assert!(refused.to_string().contains("notes"), "{refused}");
+    let report = m
+        .admin()
+        .move_tenant(
+            &id("walker"),
+            MoveTo::Node(other(&walker_at)),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.transfer, Some(NodeTransfer::BlockWrites));
+    assert_eq!(
+        m.admin().node_of(&walker).await.unwrap(),
+        Some(other(&walker_at))
+    );
 }
 
 /// A worker cut off mid-load: its tenants get 503 (never a wrong answer or another

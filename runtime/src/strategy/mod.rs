@@ -29,7 +29,7 @@ mod template;
 use serde::Serialize;
 use sqlx::PgConnection;
 
-pub use crate::citus::distribute_rows;
+pub use crate::citus::{distribute_rows, reference_table};
 pub use crate::naming::{quote_ident, quote_literal};
 pub use relocate::MoveReport;
 pub use row::{

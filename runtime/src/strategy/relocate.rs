@@ -91,6 +91,9 @@ pub struct MoveReport {
     /// The Citus worker now holding the tenant (moves with `--to-node`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// How Citus copied it there (`logical` or `block_writes`; moves with `--to-node`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<crate::citus::NodeTransfer>,
 }
 
 impl Strategies {
@@ -385,6 +388,7 @@ impl Strategies {
             total_ms: started.elapsed().as_millis() as u64,
             old_place_dropped: dropped,
             node: None,
+            transfer: None,
         })
     }
 
