@@ -256,7 +256,7 @@ enum TenantsCommand {
         /// How Citus copies the tenant to the worker: `logical` (writes go on) or
         /// `block-writes` (writes wait for the copy). Default: logical for a schema
         /// tenant whose tables allow it, else block-writes.
-        #[arg(long, value_enum, requires = "to_node")]
+        #[arg(long, value_enum)]
         transfer: Option<TransferArg>,
         /// Lift the write fence and change capture of a move whose process died
         /// (`tenantry doctor` reports them as move-leftover).
@@ -857,6 +857,11 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
             migrations,
             json,
         } => {
+            if transfer.is_some() && to_node.is_none() {
+                return Err(usage(
+                    "--transfer says how Citus copies a tenant: it goes with --to-node",
+                ));
+            }
             if *recover {
                 let manager = manager(cli, migrations.as_ref()).await?;
                 let found = manager.admin().recover_move(id).await?;

@@ -1180,6 +1180,32 @@ async fn import_move_and_servers_with_json_and_clear_errors() {
         ),
         (
             vec![
+                "tenants",
+                "move",
+                "acme",
+                "--to-strategy",
+                "row",
+                "--transfer",
+                "logical",
+            ],
+            2,
+            "--to-node",
+        ),
+        (
+            vec![
+                "tenants",
+                "move",
+                "acme",
+                "--to-node",
+                "10.0.0.5:5432",
+                "--transfer",
+                "sideways",
+            ],
+            2,
+            "block-writes",
+        ),
+        (
+            vec![
                 "servers",
                 "add",
                 "eu2",
