@@ -106,8 +106,9 @@ pub async fn distribute_rows(conn: &mut PgConnection, table: &str) -> Result<(),
 /// Makes a table every tenant shares read-mostly data from (one without a
 /// `tenant_id` column: plans, currencies, feature flags) a Citus reference table: a
 /// copy on every worker, so that a tenant's statements join it on the node holding
-/// the tenant (still one router task). A table that is distributed already is left
-/// as it is; a table with a `tenant_id` column is refused (422: it holds tenants'
+/// the tenant (still one router task). A reference table already is left as it is;
+/// a table Citus distributes otherwise, or one with a `tenant_id` column is refused
+/// (422: the latter holds tenants'
 /// rows, distribute it with [`distribute_rows`]). For the application's migrations on
 /// a Citus coordinator.
 ///
@@ -118,7 +119,8 @@ pub async fn distribute_rows(conn: &mut PgConnection, table: &str) -> Result<(),
 /// ```
 pub async fn reference_table(conn: &mut PgConnection, table: &str) -> Result<(), Error> {
     let row = sqlx::query(
-        "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = $1::regclass) AS done,
+        "SELECT (SELECT partmethod::text || repmodel::text FROM pg_dist_partition
+                 WHERE logicalrelid = $1::regclass) AS kind,
                 EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1::regclass
                         AND attname = 'tenant_id' AND NOT attisdropped) AS per_tenant",
     )
@@ -132,11 +134,22 @@ pub async fn reference_table(conn: &mut PgConnection, table: &str) -> Result<(),
             table.escape_debug()
         )));
     }
-    if !row.try_get::<bool, _>("done")? {
-        sqlx::query("SELECT create_reference_table($1::regclass)")
-            .bind(table)
-            .execute(&mut *conn)
-            .await?;
+    match row.try_get::<Option<String>, _>("kind")?.as_deref() {
+        None => {
+            sqlx::query("SELECT create_reference_table($1::regclass)")
+                .bind(table)
+                .execute(&mut *conn)
+                .await?;
+        }
+        // A reference table already: no partition column, replicated by 2PC.
+        Some("nt") => {}
+        Some(_) => {
+            return Err(Error::Unprocessable(format!(
+                "`{}` is a distributed or Citus local table already; undistribute it \
+                 (undistribute_table) before making it a reference table",
+                table.escape_debug()
+            )));
+        }
     }
     Ok(())
 }
@@ -191,13 +204,14 @@ async fn first_distributed(pool: &PgPool) -> Result<Option<String>, Error> {
 
 /// How Citus copies a tenant's shards to another worker ([`move_to_node`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum NodeTransfer {
     /// Logical replication (`force_logical`): writes go on while the shards are
-    /// copied and caught up; they wait only for the switch at the end. Needs every
-    /// table to have a replica identity (a primary key) and no row-level security (the
-    /// replication applies changes as a role of Citus's own, which row-level security
-    /// would refuse: Citus then waits forever for it to catch up).
+    /// copied and caught up; they wait only for the switch at the end. Needs
+    /// `wal_level = logical` on the workers, and every table logged, with a replica
+    /// identity (a primary key) and without row-level security (the replication
+    /// applies changes as a role of Citus's own, which row-level security would
+    /// refuse: Citus then waits forever for it to catch up).
     Logical,
     /// `block_writes`: writes wait (they are not refused) until the copy is done;
     /// reads go on. Works for every table.
@@ -217,26 +231,40 @@ impl std::fmt::Display for NodeTransfer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             NodeTransfer::Logical => "logical",
-            NodeTransfer::BlockWrites => "block_writes",
+            NodeTransfer::BlockWrites => "block-writes",
         })
     }
 }
 
 /// Why a schema tenant's tables cannot move by logical replication, if they cannot:
-/// a table without a replica identity, or one under row-level security.
+/// a worker without `wal_level = logical`, a table without a replica identity, an
+/// unlogged table, or one under row-level security.
 async fn logical_obstacle(pool: &PgPool, schema: &str) -> Result<Option<String>, Error> {
+    let not_logical: Option<String> = sqlx::query_scalar(
+        "SELECT nodename || ':' || nodeport FROM run_command_on_workers('SHOW wal_level')
+         WHERE NOT success OR result <> 'logical' ORDER BY 1 LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    if let Some(node) = not_logical {
+        return Ok(Some(format!(
+            "worker {node} does not run with wal_level = logical"
+        )));
+    }
     Ok(sqlx::query_scalar(
         "SELECT format('%I.%I %s', n.nspname, c.relname,
                 CASE WHEN c.relrowsecurity THEN 'has row-level security'
+                     WHEN c.relpersistence = 'u' THEN 'is unlogged'
                      ELSE 'has no replica identity (primary key)' END)
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')
            AND (c.relrowsecurity
+                OR c.relpersistence = 'u'
                 OR NOT (c.relreplident = 'f'
                         OR (c.relreplident = 'd' AND EXISTS (SELECT 1 FROM pg_index i
-                              WHERE i.indrelid = c.oid AND i.indisprimary))
+                              WHERE i.indrelid = c.oid AND i.indisprimary AND i.indisvalid))
                         OR (c.relreplident = 'i' AND EXISTS (SELECT 1 FROM pg_index i
-                              WHERE i.indrelid = c.oid AND i.indisreplident))))
+                              WHERE i.indrelid = c.oid AND i.indisreplident AND i.indisvalid))))
          ORDER BY c.relname LIMIT 1",
     )
     .bind(schema)
@@ -303,7 +331,7 @@ pub async fn move_to_node(
         (Some(NodeTransfer::Logical), Some(why)) => {
             return Err(Error::Unprocessable(format!(
                 "tenant `{}` cannot move by logical replication: {why}; move it with \
-                 block_writes (writes wait for the copy)",
+                 `--transfer block-writes` (writes wait for the copy)",
                 tenant.id
             )));
         }

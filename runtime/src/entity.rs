@@ -375,9 +375,9 @@ fn quoted_table(table: &str) -> String {
 /// column (`#[tenant(tenant_column)]`) every generated statement also carries
 /// `tenant_column = <the handle's tenant>`, and inserts fill that column; without
 /// one, the entity relies on the handle's scoping (schema per tenant). An entity
-/// that serves schema tenants and row tenants alike names the shared tables'
-/// column with `#[tenant(row_tenant_column)]` (`tenant_id`, or `= "name"`): row
-/// tenants' statements carry the filter, the others' do not.
+/// that serves schema tenants and row tenants alike says so with
+/// `#[tenant(row_tenant_column)]`: row tenants' statements carry the filter on the
+/// shared tables' `tenant_id`, the others' do not.
 ///
 /// ```
 /// use tenantry::TenantEntity;

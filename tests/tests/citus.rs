@@ -295,6 +295,22 @@ async fn shared_tables_without_tenant_id_become_reference_tables() {
         "{refused:?}"
     );
 
+    // A table Citus distributes otherwise is not taken for a reference table.
+    sqlx::raw_sql(
+        "CREATE TABLE shared.tags (code text PRIMARY KEY);
+         SELECT create_distributed_table('shared.tags', 'code');",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let refused = tenantry::strategy::reference_table(&mut conn, "shared.tags")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, tenantry::Error::Unprocessable(ref m) if m.contains("distributed")),
+        "{refused:?}"
+    );
+
     m.create_tenant(NewTenant::new(id("acme"), "Acme").with_strategy(Strategy::Row))
         .await
         .unwrap();
@@ -459,7 +475,7 @@ async fn migrate_all_and_a_move_to_the_other_worker_under_traffic() {
     );
     assert_eq!(m.admin().node_of(&rover).await.unwrap(), Some(rover_at));
     // A table without a primary key in a schema tenant: logical refused, and the
-    // default picks block_writes.
+    // default picks block-writes.
     sqlx::raw_sql("CREATE TABLE tenant_walker.notes (body text)")
         .execute(&pool)
         .await

@@ -332,3 +332,109 @@ async fn schema_and_row_tenants_side_by_side() {
     let status = s.manager.migration_status().await.unwrap();
     assert_eq!(status.len(), 1, "only schema tenants are migrated");
 }
+
+/// The same model for schema and row tenants: no tenant field, the row tenants'
+/// column named on the struct.
+#[derive(Debug, Clone, PartialEq, Eq, TenantEntity)]
+#[tenant(table = "items", row_tenant_column)]
+struct Label {
+    #[tenant(id, generated)]
+    id: i64,
+    label: String,
+}
+
+/// A row tenant's statements of a `row_tenant_column` entity fill and filter
+/// `tenant_id` next to every other placeholder: conditions, the tenant, limit and
+/// offset, keys, assignments, in the order the statements number them.
+#[tokio::test]
+async fn a_row_tenant_column_entity_fills_and_filters_with_every_kind_of_statement() {
+    let s = setup().await;
+    let mut acme = db_for(&s.manager, "acme").await;
+    let mut globex = db_for(&s.manager, "globex").await;
+    let mut mine = Vec::new();
+    for n in 0..5 {
+        let row = Label {
+            id: 0,
+            label: format!("a{n}"),
+        }
+        .insert(&mut acme)
+        .await
+        .unwrap();
+        mine.push(row);
+    }
+    let theirs = Label {
+        id: 0,
+        label: "a-globex".into(),
+    }
+    .insert(&mut globex)
+    .await
+    .unwrap();
+    let owners: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, tenant_id FROM shared.items ORDER BY id")
+            .fetch_all(&s.pool)
+            .await
+            .unwrap();
+    assert_eq!(owners.len(), 6);
+    assert!(owners[..5].iter().all(|(_, t)| t == "acme"), "{owners:?}");
+    assert_eq!(owners[5], (theirs.id, "globex".to_owned()));
+
+    // Condition ($1), tenant ($2), limit ($3), offset ($4).
+    let page = Label::select()
+        .filter("label", tenantry::Op::Like, "a%")
+        .filter("id", tenantry::Op::Gt, mine[0].id)
+        .order_by("id", false)
+        .limit(2)
+        .offset(1)
+        .fetch_all(&mut acme)
+        .await
+        .unwrap();
+    assert_eq!(page, mine[2..4]);
+    let text = Label::select()
+        .filter("label", tenantry::Op::Like, "a%")
+        .limit(2)
+        .offset(1)
+        .sql(Strategy::Row);
+    assert_eq!(
+        text,
+        r#"SELECT "id", "label" FROM "items" WHERE "label" LIKE $1 AND "tenant_id" = $2 ORDER BY "id" LIMIT $3 OFFSET $4"#
+    );
+    assert_eq!(
+        Label::select()
+            .filter("label", tenantry::Op::Like, "a%")
+            .count(&mut acme)
+            .await
+            .unwrap(),
+        5
+    );
+    assert_eq!(Label::count(&mut globex).await.unwrap(), 1);
+    assert_eq!(Label::list(&mut acme, 2, 3).await.unwrap(), mine[3..5]);
+    let first = Label::select()
+        .filter("label", tenantry::Op::Eq, "a4")
+        .fetch_optional(&mut acme)
+        .await
+        .unwrap();
+    assert_eq!(first.as_ref(), Some(&mine[4]));
+
+    // Keys of another tenant are not found, updated or deleted.
+    assert!(Label::find(&mut acme, &theirs.id).await.unwrap().is_none());
+    let renamed = Label::update_columns(&mut acme, &theirs.id, vec![]).await;
+    assert!(renamed.unwrap().is_none());
+    let mut stolen = theirs.clone();
+    stolen.label = "stolen".into();
+    assert!(stolen.update(&mut acme).await.unwrap().is_none());
+    assert!(!Label::delete(&mut acme, &theirs.id).await.unwrap());
+    assert_eq!(
+        Label::find(&mut globex, &theirs.id).await.unwrap(),
+        Some(theirs.clone())
+    );
+
+    // Its own: updated and deleted.
+    let mut changed = mine[1].clone();
+    changed.label = "b1".into();
+    assert_eq!(
+        changed.update(&mut acme).await.unwrap(),
+        Some(changed.clone())
+    );
+    assert!(Label::delete(&mut acme, &mine[0].id).await.unwrap());
+    assert_eq!(Label::count(&mut acme).await.unwrap(), 4);
+}

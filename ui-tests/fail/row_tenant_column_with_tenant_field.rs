@@ -9,17 +9,17 @@ struct Item {
     tenant_id: TenantId,
 }
 
-// The named column is a field: it should be the tenant column field instead.
+// The column is a field: it should be the tenant column field instead.
 #[derive(TenantEntity)]
-#[tenant(table = "notes", row_tenant_column = "owner")]
+#[tenant(table = "notes", row_tenant_column)]
 struct Note {
     id: i64,
-    owner: String,
+    tenant_id: String,
 }
 
-// Not a plain column name.
+// Another column: tenantry deletes and moves row tenants' rows by `tenant_id`.
 #[derive(TenantEntity)]
-#[tenant(table = "tags", row_tenant_column = "tenant id")]
+#[tenant(table = "tags", row_tenant_column = "org")]
 struct Tag {
     id: i64,
 }

@@ -31,7 +31,7 @@ struct Project {
 }
 
 #[derive(TenantEntity)]
-#[tenant(row_tenant_column = "org")]
+#[tenant(row_tenant_column = "tenant_id")]
 struct Label {
     id: i64,
 }
@@ -51,7 +51,7 @@ fn main() {
     assert_eq!(Category::ROW_TENANT_COLUMN, None);
     assert_eq!(Project::ROW_TENANT_COLUMN, Some("tenant_id"));
     assert_eq!(Project::TENANT_COLUMN, None);
-    assert_eq!(Label::ROW_TENANT_COLUMN, Some("org"));
+    assert_eq!(Label::ROW_TENANT_COLUMN, Some("tenant_id"));
     let _ = NewProject { name: String::new() };
     let _ = all;
 }

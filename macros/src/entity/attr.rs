@@ -18,8 +18,8 @@ pub struct Entity {
     /// `deny_unknown_fields`), copied to it.
     pub serde: Vec<Meta>,
     pub table: String,
-    /// `#[tenant(row_tenant_column)]` / `= "name"`: the tenant column of row tenants'
-    /// shared table, which schema tenants' tables do not have.
+    /// `#[tenant(row_tenant_column)]`: row tenants' shared table has the tenant column
+    /// `tenant_id`, which schema tenants' tables do not have.
     pub row_tenant_column: Option<String>,
     pub krate: Option<syn::Path>,
     pub fields: Vec<Field>,
@@ -196,10 +196,13 @@ pub fn parse(cx: &Ctxt, input: &DeriveInput) -> Option<Entity> {
                     Meta::Path(p) => row_tenant_column = Some(("tenant_id".to_owned(), p.span())),
                     _ => {
                         if let Some(lit) = string_value(cx, &meta, "row_tenant_column") {
-                            if is_plain_ident(&lit.value()) {
+                            if lit.value() == "tenant_id" {
                                 row_tenant_column = Some((lit.value(), lit.span()));
                             } else {
-                                cx.error_spanned_by(&lit, "`#[tenant(row_tenant_column = ...)]` must be a column name of letters, digits and `_` (at most 63 bytes)");
+                                // Deleting a row tenant, exporting and moving it, and the
+                                // checks of the shared tables all go by `tenant_id`:
+                                // rows keyed by another column would outlive their tenant.
+                                cx.error_spanned_by(&lit, "row tenants' shared tables keep the tenant in `tenant_id` (tenantry deletes, exports and moves a row tenant's rows by that column): write `row_tenant_column`");
                             }
                         }
                     }

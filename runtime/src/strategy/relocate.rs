@@ -82,7 +82,9 @@ pub struct MoveReport {
     pub rows: i64,
     /// Rows written during that copy, copied again with writes paused.
     pub rows_caught_up: u64,
-    /// From the fence to the switch: how long the tenant's writes were refused (503).
+    /// From the fence to the switch: how long the tenant's writes were refused (503);
+    /// 0 for a move between Citus workers, where writes wait instead (see
+    /// [`NodeTransfer`](crate::admin::NodeTransfer)) and Citus does not report for how long.
     pub write_pause_ms: u64,
     /// The whole move, the grace period and dropping the old place included.
     pub total_ms: u64,
@@ -91,7 +93,7 @@ pub struct MoveReport {
     /// The Citus worker now holding the tenant (moves with `--to-node`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
-    /// How Citus copied it there (`logical` or `block_writes`; moves with `--to-node`).
+    /// How Citus copied it there (`logical` or `block-writes`; moves with `--to-node`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transfer: Option<crate::citus::NodeTransfer>,
 }
