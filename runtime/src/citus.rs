@@ -202,7 +202,8 @@ async fn first_distributed(pool: &PgPool) -> Result<Option<String>, Error> {
     .await?)
 }
 
-/// How Citus copies a tenant's shards to another worker ([`move_to_node`]).
+/// How Citus copies a tenant's shards to another worker (`tenants move --to-node`,
+/// [`MoveTo::Node`](crate::admin::MoveTo::Node)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NodeTransfer {
