@@ -18,6 +18,15 @@ use tenantry::{NewTenant, Strategy, TenantEntity, TenantId, TenantManager};
 use tower::ServiceExt;
 
 async fn cluster() -> Option<TestCluster> {
+    if !citus_or_skip() {
+        return None;
+    }
+    Some(TestCluster::start().await.expect("a Citus cluster"))
+}
+
+/// Whether Citus is installed; says so loudly when not (and fails where
+/// `TENANTRY_REQUIRE_CITUS` is set).
+fn citus_or_skip() -> bool {
     if !citus_installed() {
         let message = "Citus is not installed: these tests need it; run \
              ../shared/scripts/install-citus.sh (builds Citus 13.2.2 into PostgreSQL 15, \
@@ -26,9 +35,9 @@ async fn cluster() -> Option<TestCluster> {
             panic!("{message}");
         }
         eprintln!("\n*** SKIPPED: {message} ***\n");
-        return None;
+        return false;
     }
-    Some(TestCluster::start().await.expect("a Citus cluster"))
+    true
 }
 
 /// The quick start's manager on the cluster's coordinator: nothing set for Citus.
@@ -507,6 +516,78 @@ async fn migrate_all_and_a_move_to_the_other_worker_under_traffic() {
         m.admin().node_of(&walker).await.unwrap(),
         Some(other(&walker_at))
     );
+}
+
+/// Without `wal_level = logical` on the workers, or with an unlogged table, a schema
+/// tenant moves with block-writes, and asking for logical is a 422 that says why.
+#[tokio::test]
+async fn moves_fall_back_to_block_writes_where_logical_replication_cannot_work() {
+    if !citus_or_skip() {
+        return;
+    }
+    let cluster = TestCluster::start_with(&["wal_level=replica"])
+        .await
+        .expect("a Citus cluster");
+    let (pool, m) = manager(&cluster).await;
+    m.create_tenant(NewTenant::new(id("plain"), "Plain"))
+        .await
+        .unwrap();
+    let tenant = m.admin().existing(&id("plain")).await.unwrap();
+    let at = m.admin().node_of(&tenant).await.unwrap().unwrap();
+    let citus = m.admin().citus().unwrap().clone();
+    let other = |at: &str| citus.workers.iter().find(|w| *w != at).unwrap().clone();
+    let refused = m
+        .admin()
+        .move_tenant(
+            &id("plain"),
+            MoveTo::NodeWith(other(&at), NodeTransfer::Logical),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().as_u16(), 422, "{refused}");
+    assert!(refused.to_string().contains("wal_level"), "{refused}");
+    let report = m
+        .admin()
+        .move_tenant(&id("plain"), MoveTo::Node(other(&at)), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(report.transfer, Some(NodeTransfer::BlockWrites));
+    assert_eq!(m.admin().node_of(&tenant).await.unwrap(), Some(other(&at)));
+    drop(m);
+    drop(pool);
+    drop(cluster);
+
+    // With logical replication on, an unlogged table keeps the tenant on block-writes.
+    let cluster = TestCluster::start().await.expect("a Citus cluster");
+    let (pool, m) = manager(&cluster).await;
+    m.create_tenant(NewTenant::new(id("scratchy"), "Scratchy"))
+        .await
+        .unwrap();
+    sqlx::raw_sql("CREATE UNLOGGED TABLE tenant_scratchy.scratch (id int PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let tenant = m.admin().existing(&id("scratchy")).await.unwrap();
+    let at = m.admin().node_of(&tenant).await.unwrap().unwrap();
+    let citus = m.admin().citus().unwrap().clone();
+    let other = citus.workers.iter().find(|w| **w != at).unwrap().clone();
+    let refused = m
+        .admin()
+        .move_tenant(
+            &id("scratchy"),
+            MoveTo::NodeWith(other.clone(), NodeTransfer::Logical),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("unlogged"), "{refused}");
+    let report = m
+        .admin()
+        .move_tenant(&id("scratchy"), MoveTo::Node(other), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(report.transfer, Some(NodeTransfer::BlockWrites));
 }
 
 /// A worker cut off mid-load: its tenants get 503 (never a wrong answer or another

@@ -80,6 +80,12 @@ impl TestCluster {
     /// Starts the three servers and joins them: `CREATE EXTENSION citus` on each,
     /// `citus_set_coordinator_host`, `citus_add_node` for each worker.
     pub async fn start() -> Result<Self, TestDbError> {
+        Self::start_with(&[]).await
+    }
+
+    /// [`Self::start`] with server settings of its own for every node (`name=value`,
+    /// after the cluster's: `wal_level=replica` takes logical replication away).
+    pub async fn start_with(extra: &[&str]) -> Result<Self, TestDbError> {
         if !citus_installed() {
             return Err(TestDbError::Start(
                 "Citus is not installed: run ../shared/scripts/install-citus.sh (builds \
@@ -87,7 +93,15 @@ impl TestCluster {
                     .to_owned(),
             ));
         }
-        let start = || TestServer::start_with(SETTINGS);
+        let settings: Vec<String> = SETTINGS
+            .iter()
+            .chain(extra)
+            .map(|s| (*s).to_owned())
+            .collect();
+        let start = move || {
+            let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+            TestServer::start_with(&settings)
+        };
         let (coordinator, w1, w2) = tokio::task::spawn_blocking(move || {
             Ok::<_, TestDbError>((start()?, start()?, start()?))
         })
