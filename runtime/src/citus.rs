@@ -35,6 +35,50 @@ pub struct Citus {
     pub version: String,
     /// The active worker nodes, `host:port`.
     pub workers: Vec<String>,
+    /// How many connections the coordinator opens to each worker at most, for all its
+    /// backends together (`citus.max_shared_pool_size`, 0 resolved to the
+    /// coordinator's `max_connections`); `None`: no limit (-1).
+    pub max_shared_pool_size: Option<i64>,
+    /// The smallest `max_connections` less `superuser_reserved_connections` among the
+    /// workers: the most connections a worker takes.
+    pub worker_connections: Option<i64>,
+}
+
+impl Citus {
+    /// Whether `budget` tenant connections of this process on the coordinator, each
+    /// holding a connection to a worker per login it uses (`logins`: the app's login,
+    /// and the row tenants' if they log in or act as another role), fit the workers'
+    /// connection limits; the problem, if they do not. Citus caches one connection per
+    /// worker, backend and login, and a router statement needs one; beyond the shared
+    /// pool size statements wait for a connection, beyond a worker's `max_connections`
+    /// they fail.
+    pub fn connection_budget_problem(&self, budget: u32, logins: u32) -> Option<String> {
+        let need = i64::from(budget) * i64::from(logins.max(1));
+        let mut problems = Vec::new();
+        if let Some(pool) = self.max_shared_pool_size
+            && need > pool
+        {
+            problems.push(format!(
+                "citus.max_shared_pool_size is {pool}: statements wait for a connection"
+            ));
+        }
+        if let Some(worker) = self.worker_connections
+            && need > worker
+        {
+            problems.push(format!(
+                "a worker takes {worker} connections: statements fail"
+            ));
+        }
+        if problems.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "{budget} tenant connections on the coordinator x {logins} login(s) may hold {need} \
+             connections to a worker, and {}; lower PoolConfig::max_connections or raise the \
+             workers' limits (with N app instances, N times as many)",
+            problems.join(", and ")
+        ))
+    }
 }
 
 /// Citus on the registry's server, if it is installed there (`CREATE EXTENSION
@@ -52,7 +96,30 @@ pub async fn detect(pool: &PgPool) -> Result<Option<Citus>, Error> {
     )
     .fetch_all(pool)
     .await?;
-    Ok(Some(Citus { version, workers }))
+    let max_shared_pool_size: i64 = sqlx::query_scalar(
+        "SELECT CASE s.setting::bigint WHEN 0 THEN m.setting::bigint ELSE s.setting::bigint END
+         FROM pg_settings s, pg_settings m
+         WHERE s.name = 'citus.max_shared_pool_size' AND m.name = 'max_connections'",
+    )
+    .fetch_optional(pool)
+    .await?
+    .unwrap_or(-1);
+    // A worker that does not answer is left out (it shows up as 503s, not here).
+    let worker_connections: Option<i64> = sqlx::query_scalar(
+        "SELECT min(result::bigint) FROM run_command_on_workers(
+             $$SELECT (SELECT setting::bigint FROM pg_settings WHERE name = 'max_connections')
+                    - (SELECT setting::bigint FROM pg_settings
+                       WHERE name = 'superuser_reserved_connections')$$)
+         WHERE success",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Some(Citus {
+        version,
+        workers,
+        max_shared_pool_size: (max_shared_pool_size >= 0).then_some(max_shared_pool_size),
+        worker_connections,
+    }))
 }
 
 /// Whether `conn`'s server has the `citus` extension.
@@ -415,6 +482,32 @@ pub async fn move_to_node(
 
 #[cfg(test)]
 mod tests {
+    use super::Citus;
+
+    #[test]
+    fn the_connection_budget_is_checked_against_the_workers_limits() {
+        let citus = Citus {
+            version: "13.2-1".into(),
+            workers: vec!["w1:5432".into()],
+            max_shared_pool_size: Some(100),
+            worker_connections: Some(150),
+        };
+        assert_eq!(citus.connection_budget_problem(25, 2), None);
+        assert_eq!(citus.connection_budget_problem(50, 2), None);
+        let waits = citus.connection_budget_problem(51, 2).unwrap();
+        assert!(waits.contains("102 connections"), "{waits}");
+        assert!(waits.contains("max_shared_pool_size is 100"), "{waits}");
+        assert!(!waits.contains("fail"), "{waits}");
+        let fails = citus.connection_budget_problem(80, 2).unwrap();
+        assert!(fails.contains("statements fail"), "{fails}");
+        let unlimited = Citus {
+            max_shared_pool_size: None,
+            worker_connections: None,
+            ..citus
+        };
+        assert_eq!(unlimited.connection_budget_problem(1000, 2), None);
+    }
+
     #[test]
     fn a_node_is_host_and_port() {
         let parse = |n: &str| {

@@ -102,6 +102,12 @@ async fn schema_and_row_tenants_spread_over_both_workers_and_stay_isolated() {
     let (pool, m) = manager(&cluster).await;
     let citus = m.admin().citus().expect("Citus detected at start").clone();
     assert_eq!(citus.workers.len(), 2, "{citus:?}");
+    // The workers' connection limits, read at start (the test cluster: a shared pool
+    // of 100, workers taking 400 less 3 reserved for superusers).
+    assert_eq!(citus.max_shared_pool_size, Some(100), "{citus:?}");
+    assert_eq!(citus.worker_connections, Some(397), "{citus:?}");
+    assert_eq!(citus.connection_budget_problem(50, 2), None);
+    assert!(citus.connection_budget_problem(51, 2).is_some());
     let mut tenants = Vec::new();
     for i in 0..4 {
         tenants.push((format!("s{i}"), Strategy::Schema));

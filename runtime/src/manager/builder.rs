@@ -188,6 +188,13 @@ impl TenantManagerBuilder {
                  schemas, row tenants are bound per transaction (SET LOCAL, forwarded to the \
                  workers), database tenants live on named servers"
             );
+            let effective = self.pool_config.max_connections.unwrap_or(budget).max(1);
+            let logins = 1 + u32::from(
+                self.pool_config.row_user.is_some() || self.pool_config.row_role.is_some(),
+            );
+            if let Some(problem) = c.connection_budget_problem(effective, logins) {
+                tracing::warn!("{problem}");
+            }
         }
         let channel = repo.channel();
         let (shutdown, stopped) = watch::channel(());
