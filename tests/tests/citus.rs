@@ -630,6 +630,109 @@ async fn a_logical_move_keeps_every_acknowledged_insert_update_and_delete() {
     assert_eq!(untouched, 0);
 }
 
+/// Database tenants live on named servers next to a Citus cluster; they move into
+/// it: to a distributed schema, or into the distributed shared tables, with their
+/// rows. Schema and row tenants there move between workers only: a
+/// move to another strategy is a 422 that says so, and leaves them as they were.
+#[tokio::test]
+async fn database_tenants_on_named_servers_move_into_the_cluster() {
+    let Some(cluster) = cluster().await else {
+        return;
+    };
+    let east = tenantry::testing::TestServer::start().expect("a plain server");
+    let (pool, m) = manager(&cluster).await;
+    m.admin().add_server("east", east.url()).await.unwrap();
+    let app = saas::router(saas::AppState::new(m.clone(), "token"));
+    for t in ["outside", "elsewhere"] {
+        let mut new = NewTenant::new(id(t), t).with_strategy(Strategy::Database);
+        new.server = Some("east".to_owned());
+        m.create_tenant(new).await.unwrap();
+        for n in 0..3 {
+            let body = serde_json::json!({ "name": format!("{t}:{n}") }).to_string();
+            assert_eq!(call(&app, "POST", t, Some(body)).await.0, 201);
+        }
+    }
+    // Refused on the coordinator itself, as at creation.
+    let refused = m
+        .admin()
+        .move_tenant(
+            &id("outside"),
+            MoveTo::Server("default".into()),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().as_u16(), 422, "{refused}");
+
+    for (t, to) in [("outside", Strategy::Schema), ("elsewhere", Strategy::Row)] {
+        let report = m
+            .admin()
+            .move_tenant(&id(t), MoveTo::Strategy(to), Duration::ZERO)
+            .await
+            .unwrap_or_else(|e| panic!("{t} to {to}: {e}"));
+        assert_eq!(report.tenant.strategy, to);
+        assert_eq!(report.rows, 3, "{t}");
+        let expected: BTreeSet<String> = (0..3).map(|n| format!("{t}:{n}")).collect();
+        assert_eq!(names(&app, t).await, expected, "{t}");
+        // Placed on a worker by Citus.
+        let tenant = m.admin().existing(&id(t)).await.unwrap();
+        let node = m.admin().node_of(&tenant).await.unwrap();
+        assert!(
+            node.as_ref()
+                .is_some_and(|n| m.admin().citus().unwrap().workers.contains(n)),
+            "{t}: {node:?}"
+        );
+        // And writes go on there.
+        let body = serde_json::json!({ "name": format!("{t}:after") }).to_string();
+        assert_eq!(call(&app, "POST", t, Some(body)).await.0, 201);
+    }
+    let distributed: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM citus_schemas WHERE schema_name::text = 'tenant_outside')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(distributed, "the moved schema is a distributed schema");
+
+    // A schema tenant on the cluster: refused, unchanged.
+    let refused = m
+        .admin()
+        .move_tenant(
+            &id("outside"),
+            MoveTo::Strategy(Strategy::Row),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().as_u16(), 422, "{refused}");
+    assert!(refused.to_string().contains("--to-node"), "{refused}");
+    assert_eq!(
+        m.admin().existing(&id("outside")).await.unwrap().strategy,
+        Strategy::Schema
+    );
+    assert_eq!(names(&app, "outside").await.len(), 4);
+
+    // A row tenant's export on the cluster imports as a new row tenant there, its rows
+    // only (the tenant setting reaches the workers' shards).
+    let export = m.admin().export(&id("elsewhere")).await.unwrap();
+    let copy = m
+        .admin()
+        .import(
+            &export,
+            tenantry::admin::ImportOptions {
+                id: Some(id("copied")),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(copy.strategy, Strategy::Row);
+    let mut expected: BTreeSet<String> = (0..3).map(|n| format!("elsewhere:{n}")).collect();
+    expected.insert("elsewhere:after".to_owned());
+    assert_eq!(names(&app, "copied").await, expected);
+    assert_eq!(names(&app, "elsewhere").await, expected);
+}
+
 /// Without `wal_level = logical` on the workers, or with an unlogged table, a schema
 /// tenant moves with block-writes, and asking for logical is a 422 that says why.
 #[tokio::test]

@@ -147,9 +147,18 @@ async fn prepare(
     .execute(&mut *conn)
     .await?;
     if let Place::Rows { .. } = place {
-        sqlx::query("SELECT set_config($1, $2, true)")
-            .bind(TENANT_SETTING)
-            .bind(tenant.as_str())
+        // `SET LOCAL`, not `set_config`: on a Citus coordinator it is forwarded to the
+        // workers, where the shared tables' shards filter on it. The id is validated
+        // and quoted.
+        let mut sql = String::new();
+        if crate::citus::installed(conn).await? {
+            sql.push_str("SET LOCAL citus.propagate_set_commands TO 'local'; ");
+        }
+        sql.push_str(&format!(
+            "SET LOCAL {TENANT_SETTING} TO {}",
+            quote_literal(tenant.as_str())
+        ));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&mut *conn)
             .await?;
     }
