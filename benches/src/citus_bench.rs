@@ -223,5 +223,74 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             before as u64 + acked.load(Ordering::Relaxed)
         );
     }
+    // The same tenant moved between strategies on the cluster (schema -> row ->
+    // schema): its writes get 503 while the fence is up, which is the whole copy there.
+    for to in [Strategy::Row, Strategy::Schema] {
+        let before = on_citus.admin().existing(&"big".parse()?).await?;
+        let rows_before: i64 = {
+            let mut db = on_citus.tenant_db(Arc::new(before.clone())).await?;
+            sqlx::query_scalar("SELECT count(*) FROM projects")
+                .fetch_one(&mut db)
+                .await?
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
+        let paused = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let (m, stop, acked, paused) = (
+                on_citus.clone(),
+                stop.clone(),
+                acked.clone(),
+                paused.clone(),
+            );
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let done = async {
+                        let t = m.resolve_tenant(&"big".parse()?).await?;
+                        let mut db = m.tenant_db(t).await?;
+                        sqlx::query("INSERT INTO projects (name) VALUES ('w')")
+                            .execute(&mut db)
+                            .await?;
+                        Ok::<_, tenantry::Error>(())
+                    }
+                    .await;
+                    match done {
+                        Ok(()) => {
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) if e.status().as_u16() == 503 => {
+                            paused.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Err(e) => panic!("a write failed during the move: {e}"),
+                    }
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let report = on_citus
+            .admin()
+            .move_tenant(&"big".parse()?, MoveTo::Strategy(to), Duration::ZERO)
+            .await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::Relaxed);
+        writer.await?;
+        let after = on_citus.admin().existing(&"big".parse()?).await?;
+        let mut db = on_citus.tenant_db(Arc::new(after)).await?;
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM projects")
+            .fetch_one(&mut db)
+            .await?;
+        println!(
+            "\nmove of the same tenant ({} rows) to the {to} strategy on the cluster: {} ms in \
+             all, writes paused {} ms (503 {} times); {} writes acknowledged, rows stored {stored} \
+             ({} expected)",
+            report.rows,
+            report.total_ms,
+            report.write_pause_ms,
+            paused.load(Ordering::Relaxed),
+            acked.load(Ordering::Relaxed),
+            rows_before + acked.load(Ordering::Relaxed) as i64,
+        );
+    }
     Ok(())
 }

@@ -497,18 +497,6 @@ impl Lifecycle {
                 transfer: Some(transfer),
             });
         }
-        if self.strategies.citus && tenant.strategy != Strategy::Database {
-            // Its fence and change capture would be triggers on distributed tables,
-            // run on the workers, which have neither the control schema nor the
-            // capture tables. A database tenant lives on a plain server: it moves.
-            return Err(Error::Unprocessable(format!(
-                "tenant `{id}` is a {} tenant on a Citus cluster: it moves between workers \
-                 (`--to-node HOST:PORT`); moves of schema and row tenants to another strategy \
-                 or server are not supported on Citus yet (database tenants on named servers \
-                 move to any strategy)",
-                tenant.strategy
-            )));
-        }
         let (strategy, server) = match to {
             MoveTo::Strategy(Strategy::Database) if tenant.strategy == Strategy::Database => {
                 (Strategy::Database, tenant.server.clone())

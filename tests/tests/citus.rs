@@ -632,8 +632,7 @@ async fn a_logical_move_keeps_every_acknowledged_insert_update_and_delete() {
 
 /// Database tenants live on named servers next to a Citus cluster; they move into
 /// it: to a distributed schema, or into the distributed shared tables, with their
-/// rows. Schema and row tenants there move between workers only: a
-/// move to another strategy is a 422 that says so, and leaves them as they were.
+/// rows. A move to a database on the coordinator is a 422.
 #[tokio::test]
 async fn database_tenants_on_named_servers_move_into_the_cluster() {
     let Some(cluster) = cluster().await else {
@@ -694,18 +693,19 @@ async fn database_tenants_on_named_servers_move_into_the_cluster() {
     .unwrap();
     assert!(distributed, "the moved schema is a distributed schema");
 
-    // A schema tenant on the cluster: refused, unchanged.
+    // A schema tenant on the cluster cannot become a database tenant there (the
+    // coordinator's databases are not part of the cluster): 422, unchanged.
     let refused = m
         .admin()
         .move_tenant(
             &id("outside"),
-            MoveTo::Strategy(Strategy::Row),
+            MoveTo::Strategy(Strategy::Database),
             Duration::ZERO,
         )
         .await
         .unwrap_err();
     assert_eq!(refused.status().as_u16(), 422, "{refused}");
-    assert!(refused.to_string().contains("--to-node"), "{refused}");
+    assert!(refused.to_string().contains("Citus"), "{refused}");
     assert_eq!(
         m.admin().existing(&id("outside")).await.unwrap().strategy,
         Strategy::Schema
@@ -731,6 +731,137 @@ async fn database_tenants_on_named_servers_move_into_the_cluster() {
     expected.insert("elsewhere:after".to_owned());
     assert_eq!(names(&app, "copied").await, expected);
     assert_eq!(names(&app, "elsewhere").await, expected);
+}
+
+/// Schema and row tenants on the cluster move between strategies (schema -> row ->
+/// schema) while a client writes: its writes get 503 only while the fence is up,
+/// every acknowledged write is there afterwards, nothing of another tenant is, and
+/// each old place is gone (the distributed schema, the rows in the shared tables).
+#[tokio::test]
+async fn schema_and_row_tenants_on_the_cluster_move_between_strategies_under_writes() {
+    let Some(cluster) = cluster().await else {
+        return;
+    };
+    let (pool, m) = manager(&cluster).await;
+    let app = saas::router(saas::AppState::new(m.clone(), "token"));
+    for (t, strategy) in [("mover", Strategy::Schema), ("stayer", Strategy::Row)] {
+        m.create_tenant(NewTenant::new(id(t), t).with_strategy(strategy))
+            .await
+            .unwrap();
+        let body = serde_json::json!({ "name": format!("{t}:0") }).to_string();
+        assert_eq!(call(&app, "POST", t, Some(body)).await.0, 201);
+    }
+    sqlx::query("INSERT INTO tenant_mover.projects (name) SELECT 'seed' || i FROM generate_series(1, 5000) i")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (app, stop) = (app.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut acked, mut paused, mut n) = (BTreeSet::new(), 0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let name = format!("mover:w{n}");
+                let body = serde_json::json!({ "name": name }).to_string();
+                match call(&app, "POST", "mover", Some(body)).await {
+                    (201, _) => {
+                        acked.insert(name);
+                    }
+                    (503, _) => {
+                        paused += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    (s, json) => panic!("mover: {s} {json}"),
+                }
+            }
+            (acked, paused)
+        })
+    };
+    for to in [Strategy::Row, Strategy::Schema] {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let report = m
+            .admin()
+            .move_tenant(
+                &id("mover"),
+                MoveTo::Strategy(to),
+                Duration::from_millis(200),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("mover to {to}: {e}"));
+        assert_eq!(report.tenant.strategy, to);
+        assert!(report.old_place_dropped, "{report:?}");
+        assert_eq!(
+            report.rows_caught_up, 0,
+            "the copy under the fence is the last"
+        );
+        let tenant = m.admin().existing(&id("mover")).await.unwrap();
+        assert!(m.admin().node_of(&tenant).await.unwrap().is_some());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, paused) = writer.await.unwrap();
+    assert!(acked.len() > 10, "{} writes acknowledged", acked.len());
+    assert!(
+        paused > 0,
+        "the fence on the workers refused writes while the data moved"
+    );
+    let stored = names(&app, "mover").await;
+    // The page holds 50: read everything from the tenant's schema instead.
+    let all: BTreeSet<String> = sqlx::query_scalar("SELECT name FROM tenant_mover.projects")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert!(!stored.is_empty());
+    let lost: Vec<_> = acked.difference(&all).collect();
+    assert!(
+        lost.is_empty(),
+        "lost {} of {} ({paused} paused)",
+        lost.len(),
+        acked.len()
+    );
+    assert!(
+        all.iter()
+            .all(|n| n.starts_with("mover:") || n.starts_with("seed"))
+    );
+    assert_eq!(all.len(), acked.len() + 1 + 5000);
+    // Back in a distributed schema; no rows of it left in the shared tables; the
+    // other row tenant untouched.
+    let in_shared: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM shared.projects WHERE tenant_id = 'mover'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(in_shared, 0);
+    let distributed: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM citus_schemas WHERE schema_name::text = 'tenant_mover')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(distributed);
+    assert_eq!(
+        names(&app, "stayer").await,
+        BTreeSet::from(["stayer:0".to_owned()])
+    );
+    // No fence or capture left behind, on the coordinator or the workers.
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_trigger WHERE starts_with(tgname::text, 'tenantry_')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
+    let on_workers: Vec<String> = sqlx::query_scalar(
+        "SELECT result FROM run_command_on_workers(
+             $$SELECT count(*) FROM pg_trigger WHERE starts_with(tgname::text, 'tenantry_')$$)",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(on_workers, ["0", "0"]);
 }
 
 /// Without `wal_level = logical` on the workers, or with an unlogged table, a schema

@@ -1057,6 +1057,23 @@ pub(crate) fn fence_sql(
     rows: bool,
     up: bool,
 ) -> String {
+    let mut sql = String::from("SET LOCAL lock_timeout = '10s';");
+    for statement in fence_statements(tables, function, tenant, rows, up) {
+        sql.push_str(&statement);
+        sql.push(';');
+    }
+    sql
+}
+
+/// The statements of [`fence_sql`] but its `lock_timeout`, one by one (Citus forwards
+/// a trigger's DDL to the workers as its text, which must be one statement).
+pub(crate) fn fence_statements(
+    tables: &[String],
+    function: &str,
+    tenant: &TenantId,
+    rows: bool,
+    up: bool,
+) -> Vec<String> {
     let base = move_name("fence", tenant);
     let [row, old, trunc] = [
         quote_ident(&base),
@@ -1065,30 +1082,33 @@ pub(crate) fn fence_sql(
     ];
     let id = quote_literal(tenant.as_str());
     let col = quote_ident(TENANT_COLUMN);
-    let mut sql = String::from("SET LOCAL lock_timeout = '10s';");
+    let mut statements = Vec::new();
     for t in tables {
-        sql.push_str(&if !up {
-            format!(
-                "DROP TRIGGER IF EXISTS {row} ON {t}; DROP TRIGGER IF EXISTS {old} ON {t};
-                 DROP TRIGGER IF EXISTS {trunc} ON {t};"
-            )
+        if !up {
+            for name in [&row, &old, &trunc] {
+                statements.push(format!("DROP TRIGGER IF EXISTS {name} ON {t}"));
+            }
         } else if rows {
-            format!(
+            statements.push(format!(
                 "CREATE TRIGGER {row} BEFORE INSERT OR UPDATE ON {t} FOR EACH ROW
-                   WHEN (NEW.{col} = {id}) EXECUTE FUNCTION {function}({id});
-                 CREATE TRIGGER {old} BEFORE UPDATE OR DELETE ON {t} FOR EACH ROW
-                   WHEN (OLD.{col} = {id}) EXECUTE FUNCTION {function}({id});"
-            )
+                   WHEN (NEW.{col} = {id}) EXECUTE FUNCTION {function}({id})"
+            ));
+            statements.push(format!(
+                "CREATE TRIGGER {old} BEFORE UPDATE OR DELETE ON {t} FOR EACH ROW
+                   WHEN (OLD.{col} = {id}) EXECUTE FUNCTION {function}({id})"
+            ));
         } else {
-            format!(
+            statements.push(format!(
                 "CREATE TRIGGER {row} BEFORE INSERT OR UPDATE OR DELETE ON {t} FOR EACH ROW
-                   EXECUTE FUNCTION {function}({id});
-                 CREATE TRIGGER {trunc} BEFORE TRUNCATE ON {t} FOR EACH STATEMENT
-                   EXECUTE FUNCTION {function}({id});"
-            )
-        });
+                   EXECUTE FUNCTION {function}({id})"
+            ));
+            statements.push(format!(
+                "CREATE TRIGGER {trunc} BEFORE TRUNCATE ON {t} FOR EACH STATEMENT
+                   EXECUTE FUNCTION {function}({id})"
+            ));
+        }
     }
-    sql
+    statements
 }
 
 /// The body of a fence function.

@@ -202,8 +202,49 @@ impl Strategies {
         Ok(())
     }
 
+    /// Whether the tenant's place is on a Citus cluster (its tables distributed): its
+    /// fence is made of triggers Citus runs on the workers, created one statement at a
+    /// time, and its move copies under the fence (no change capture: a capture
+    /// trigger on a worker could not reach the coordinator's control schema).
+    fn on_citus(&self, tenant: &Tenant) -> bool {
+        self.citus && tenant.strategy != Strategy::Database
+    }
+
+    /// Runs fence `statements` on the coordinator in `tx`, one at a time, with the
+    /// triggers Citus calls unsafe allowed (they only raise, or record nothing).
+    async fn run_on_citus(
+        tx: &mut PgConnection,
+        statements: Vec<String>,
+        tenant: &Tenant,
+    ) -> Result<(), Error> {
+        sqlx::raw_sql(
+            "SET LOCAL citus.enable_unsafe_triggers TO on; SET LOCAL lock_timeout = '10s'",
+        )
+        .execute(&mut *tx)
+        .await?;
+        for statement in statements {
+            run_fence(tx, statement, tenant).await?;
+        }
+        Ok(())
+    }
+
     /// Raises (`up`) or lifts the write fence on the tenant's place.
     async fn fence(&self, tenant: &Tenant, up: bool) -> Result<(), Error> {
+        if self.on_citus(tenant) {
+            let mut tx = self.repo.pool().begin().await?;
+            let place = self.place_of(tenant.strategy, &tenant.storage);
+            let tables = data::table_names(&mut tx, place).await?;
+            let statements = data::fence_statements(
+                &tables,
+                &self.repo.fence_function(),
+                &tenant.id,
+                tenant.strategy == Strategy::Row,
+                up,
+            );
+            Self::run_on_citus(&mut tx, statements, tenant).await?;
+            tx.commit().await?;
+            return Ok(());
+        }
         let rows = tenant.strategy == Strategy::Row;
         let function = match tenant.strategy {
             Strategy::Database => "public.tenantry_write_fence".to_owned(),
@@ -258,10 +299,26 @@ impl Strategies {
         let lock = MoveLock::acquire(self, &tenant.id).await?;
         let recovered = async {
             let before = self.leftovers(tenant).await?;
-            self.capture(tenant, &self.capture_of(tenant), false)
-                .await?;
+            if !self.on_citus(tenant) {
+                // Moves on Citus capture nothing.
+                self.capture(tenant, &self.capture_of(tenant), false)
+                    .await?;
+            }
             self.fence(tenant, false).await?;
-            if tenant.strategy != Strategy::Row {
+            if tenant.strategy != Strategy::Row && self.citus {
+                let mut tx = self.repo.pool().begin().await?;
+                let place = self.place_of(Strategy::Row, &tenant.storage);
+                let tables = data::table_names(&mut tx, place).await?;
+                let statements = data::fence_statements(
+                    &tables,
+                    &self.repo.fence_function(),
+                    &tenant.id,
+                    true,
+                    false,
+                );
+                Self::run_on_citus(&mut tx, statements, tenant).await?;
+                tx.commit().await?;
+            } else if tenant.strategy != Strategy::Row {
                 let mut tx = self.repo.pool().begin().await?;
                 let place = self.place_of(Strategy::Row, &tenant.storage);
                 let (tables, names) = data::capture_targets(&mut tx, place).await?;
@@ -404,8 +461,17 @@ impl Strategies {
         new_db: Option<&(sqlx::postgres::PgConnectOptions, String)>,
         made: &mut Attempt,
     ) -> Result<Switched, Error> {
-        self.capture(tenant, &made.capture, true).await?;
-        made.captured = true;
+        let on_citus = self.on_citus(tenant);
+        let mut fenced = None;
+        if on_citus {
+            // No capture there: the fence goes up first and the copy is the final one.
+            self.fence(tenant, true).await?;
+            made.fenced = true;
+            fenced = Some(Instant::now());
+        } else {
+            self.capture(tenant, &made.capture, true).await?;
+            made.captured = true;
+        }
         let snapshot = self.snapshot(tenant).await?;
         let rows = snapshot.manifest.tables.iter().map(|t| t.rows).sum();
         let tables = snapshot.manifest.tables.len();
@@ -435,25 +501,31 @@ impl Strategies {
                 control: self.repo.control_schema(),
             },
         };
-        self.fence(tenant, true).await?;
-        made.fenced = true;
-        let fenced = Instant::now();
-        let mut source_conn = self.connect_source(tenant).await?;
-        let mut source = source_conn
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .await?;
-        let source_place = self.place_of(tenant.strategy, &tenant.storage);
-        let recopied = data::catch_up(
-            &mut source,
-            source_place,
-            &made.capture,
-            &mut target,
-            target_place,
-            id,
-        )
-        .await?;
-        source.rollback().await?;
-        let _ = source_conn.close().await;
+        let (fenced, recopied) = match fenced {
+            Some(fenced) => (fenced, 0),
+            None => {
+                self.fence(tenant, true).await?;
+                made.fenced = true;
+                let fenced = Instant::now();
+                let mut source_conn = self.connect_source(tenant).await?;
+                let mut source = source_conn
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .await?;
+                let source_place = self.place_of(tenant.strategy, &tenant.storage);
+                let recopied = data::catch_up(
+                    &mut source,
+                    source_place,
+                    &made.capture,
+                    &mut target,
+                    target_place,
+                    id,
+                )
+                .await?;
+                source.rollback().await?;
+                let _ = source_conn.close().await;
+                (fenced, recopied)
+            }
+        };
         let moved = match new_db {
             None => {
                 self.unchanged(&mut target, tenant).await?;
@@ -529,11 +601,22 @@ impl Strategies {
                 let mut tx = self.repo.pool().begin().await?;
                 let tables =
                     data::table_names(&mut tx, self.place_of(Strategy::Row, &old.storage)).await?;
-                let sql =
-                    data::fence_sql(&tables, &self.repo.fence_function(), &old.id, true, false);
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                    .execute(&mut *tx)
-                    .await?;
+                if self.citus {
+                    let statements = data::fence_statements(
+                        &tables,
+                        &self.repo.fence_function(),
+                        &old.id,
+                        true,
+                        false,
+                    );
+                    Self::run_on_citus(&mut tx, statements, old).await?;
+                } else {
+                    let sql =
+                        data::fence_sql(&tables, &self.repo.fence_function(), &old.id, true, false);
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 row::delete_rows(&mut tx, self.repo.control_schema(), &old.id).await?;
                 tx.commit().await?;
             }
