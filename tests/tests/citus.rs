@@ -862,6 +862,36 @@ async fn schema_and_row_tenants_on_the_cluster_move_between_strategies_under_wri
     .await
     .unwrap();
     assert_eq!(on_workers, ["0", "0"]);
+
+    // A move whose process died left its fence on the workers: the tenant's writes get
+    // 503 until `--recover` lifts it, for a schema and for a row tenant.
+    for (t, table, when) in [
+        ("mover", "tenant_mover.projects", ""),
+        (
+            "stayer",
+            "shared.projects",
+            "WHEN (NEW.tenant_id = 'stayer')",
+        ),
+    ] {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::raw_sql("SET LOCAL citus.enable_unsafe_triggers TO on")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE TRIGGER tenantry_fence_{t} BEFORE INSERT OR UPDATE ON {table} \
+             FOR EACH ROW {when} EXECUTE FUNCTION tenantry.write_fence('{t}')"
+        )))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let body = serde_json::json!({ "name": format!("{t}:fenced") }).to_string();
+        let (status, json) = call(&app, "POST", t, Some(body.clone())).await;
+        assert_eq!(status, 503, "{t}: {json}");
+        assert!(m.admin().recover_move(&id(t)).await.unwrap(), "{t}");
+        assert_eq!(call(&app, "POST", t, Some(body)).await.0, 201, "{t}");
+    }
 }
 
 /// Without `wal_level = logical` on the workers, or with an unlogged table, a schema
