@@ -476,9 +476,13 @@ impl Lifecycle {
                 )));
             }
             let started = std::time::Instant::now();
-            let (node, transfer) =
-                crate::citus::move_to_node(self.repository().pool(), &tenant, node, transfer)
-                    .await?;
+            let (node, transfer) = self
+                .strategies
+                .while_moving(
+                    id,
+                    crate::citus::move_to_node(self.repository().pool(), &tenant, node, transfer),
+                )
+                .await?;
             tracing::info!(tenant = %id, node, %transfer, "tenant moved to another Citus worker");
             let mut tx = self.repository().pool().begin().await?;
             self.repository().notify(&mut tx, id).await?;

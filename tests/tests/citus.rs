@@ -894,6 +894,101 @@ async fn schema_and_row_tenants_on_the_cluster_move_between_strategies_under_wri
     }
 }
 
+/// With a registry login that is not a superuser (the shared tables' owner, under
+/// their forced row-level security like every other login), deleting a row tenant
+/// removes its rows on the workers' shards and a new tenant under the same id starts
+/// empty: tenantry's own statements on the shared tables carry the tenant as
+/// `SET LOCAL`, forwarded to the workers (a `set_config` is not, and deleted nothing).
+#[tokio::test]
+async fn a_non_superuser_registry_login_deletes_row_tenants_rows_on_the_workers() {
+    let Some(cluster) = cluster().await else {
+        return;
+    };
+    // Set up by a superuser; then the shared tables belong to `app_owner`, which the
+    // registry logs in as: their owner, under their forced row-level security.
+    let (admin_pool, _) = manager(&cluster).await;
+    for statement in [
+        "CREATE ROLE app_owner LOGIN NOSUPERUSER NOBYPASSRLS",
+        "GRANT saas_row_tenant TO app_owner",
+        "GRANT CREATE ON DATABASE postgres TO app_owner",
+        "GRANT USAGE, CREATE ON SCHEMA shared, tenantry TO app_owner",
+        "GRANT ALL ON ALL TABLES IN SCHEMA tenantry TO app_owner",
+        "GRANT ALL ON ALL SEQUENCES IN SCHEMA tenantry TO app_owner",
+        "ALTER TABLE shared.projects OWNER TO app_owner",
+        "ALTER TABLE shared.data OWNER TO app_owner",
+        "ALTER SCHEMA tenantry OWNER TO app_owner",
+    ] {
+        sqlx::raw_sql(statement).execute(&admin_pool).await.unwrap();
+    }
+    // What the registry made in its schema belongs to its login too.
+    let owned: Vec<String> = sqlx::query_scalar(
+        "SELECT format('ALTER %s %s OWNER TO app_owner',
+                  CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW' ELSE 'TABLE' END,
+                  c.oid::regclass)
+         FROM pg_class c WHERE c.relnamespace = 'tenantry'::regnamespace
+           AND c.relkind IN ('r', 'v', 'p')
+         UNION ALL
+         SELECT format('ALTER FUNCTION %s OWNER TO app_owner', p.oid::regprocedure)
+         FROM pg_proc p WHERE p.pronamespace = 'tenantry'::regnamespace",
+    )
+    .fetch_all(&admin_pool)
+    .await
+    .unwrap();
+    for statement in owned {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&admin_pool)
+            .await
+            .unwrap();
+    }
+    let url = cluster.url().replacen("postgres@", "app_owner@", 1);
+    let pool = PgPool::connect(&url).await.unwrap();
+    let m = TenantManager::builder(pool.clone())
+        .migrations(saas::tenant_migrations())
+        .pool_config(saas::pool_config())
+        .build()
+        .await
+        .unwrap();
+    let app = saas::router(saas::AppState::new(m.clone(), "token"));
+    let count = |t: &'static str| {
+        let admin_pool = admin_pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM shared.projects WHERE tenant_id = $1",
+            )
+            .bind(t)
+            .fetch_one(&admin_pool)
+            .await
+            .unwrap()
+        }
+    };
+    m.create_tenant(NewTenant::new(id("acme"), "Acme").with_strategy(Strategy::Row))
+        .await
+        .unwrap();
+    for n in 0..3 {
+        let body = serde_json::json!({ "name": format!("acme:{n}") }).to_string();
+        assert_eq!(call(&app, "POST", "acme", Some(body)).await.0, 201);
+    }
+    assert_eq!(count("acme").await, 3);
+    m.suspend_tenant(&id("acme")).await.unwrap();
+    m.delete_tenant(&id("acme")).await.unwrap();
+    assert_eq!(
+        count("acme").await,
+        0,
+        "the deleted tenant's rows are gone from the shards"
+    );
+    m.create_tenant(NewTenant::new(id("acme"), "Acme again").with_strategy(Strategy::Row))
+        .await
+        .unwrap();
+    assert!(
+        names(&app, "acme").await.is_empty(),
+        "the new owner of the id starts empty"
+    );
+
+    let body = serde_json::json!({ "name": "acme:new" }).to_string();
+    assert_eq!(call(&app, "POST", "acme", Some(body)).await.0, 201);
+    assert_eq!(count("acme").await, 1);
+}
+
 /// Without `wal_level = logical` on the workers, or with an unlogged table, a schema
 /// tenant moves with block-writes, and asking for logical is a 422 that says why.
 #[tokio::test]

@@ -139,6 +139,9 @@ async fn prepare(
     place: Place<'_>,
     tenant: &TenantId,
 ) -> Result<(), Error> {
+    // On Citus these reach the workers too, where the rows' text and checksums are
+    // computed (and the row tenant's shards filter on the tenant setting).
+    super::row::propagate_locally(conn).await?;
     sqlx::raw_sql(
         "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, MDY'; \
          SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 1; \
@@ -147,20 +150,7 @@ async fn prepare(
     .execute(&mut *conn)
     .await?;
     if let Place::Rows { .. } = place {
-        // `SET LOCAL`, not `set_config`: on a Citus coordinator it is forwarded to the
-        // workers, where the shared tables' shards filter on it. The id is validated
-        // and quoted.
-        let mut sql = String::new();
-        if crate::citus::installed(conn).await? {
-            sql.push_str("SET LOCAL citus.propagate_set_commands TO 'local'; ");
-        }
-        sql.push_str(&format!(
-            "SET LOCAL {TENANT_SETTING} TO {}",
-            quote_literal(tenant.as_str())
-        ));
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut *conn)
-            .await?;
+        super::row::bind_rows_locally(conn, tenant).await?;
     }
     Ok(())
 }

@@ -217,8 +217,13 @@ impl Strategies {
         statements: Vec<String>,
         tenant: &Tenant,
     ) -> Result<(), Error> {
+        // The timeouts go to the workers too (propagated), where the shards' triggers
+        // are made: no wait there without a bound while the coordinator's tables are
+        // locked.
         sqlx::raw_sql(
-            "SET LOCAL citus.enable_unsafe_triggers TO on; SET LOCAL lock_timeout = '10s'",
+            "SET LOCAL citus.propagate_set_commands TO 'local'; \
+             SET LOCAL citus.enable_unsafe_triggers TO on; SET LOCAL lock_timeout = '10s'; \
+             SET LOCAL statement_timeout = '60s'",
         )
         .execute(&mut *tx)
         .await?;
@@ -287,6 +292,19 @@ impl Strategies {
             .await;
         lock.release().await;
         moved
+    }
+
+    /// Runs `work` (a move between Citus workers) holding the tenant's move lock: no
+    /// move between strategies of the tenant runs meanwhile.
+    pub async fn while_moving<T>(
+        &self,
+        id: &crate::tenant::TenantId,
+        work: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let lock = MoveLock::acquire(self, id).await?;
+        let done = work.await;
+        lock.release().await;
+        done
     }
 
     /// Lifts the fence and change capture a move left at the tenant's place when its

@@ -194,6 +194,35 @@ pub async fn shared_tables(
     .await?)
 }
 
+/// Binds the caller's transaction to row tenant `id` for tenantry's own statements on
+/// the shared tables: `SET LOCAL` of the tenant setting, which their policies read. On
+/// a Citus coordinator `citus.propagate_set_commands` goes first, so that the setting
+/// (and every `SET LOCAL` after it in the transaction) reaches the workers, where the
+/// shards' policies read it: a `set_config` is not forwarded, and a login subject to
+/// row-level security would then see, and delete, nothing there. The id is validated
+/// and quoted.
+pub(crate) async fn bind_rows_locally(conn: &mut PgConnection, id: &TenantId) -> Result<(), Error> {
+    propagate_locally(conn).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL {TENANT_SETTING} TO {}",
+        crate::naming::quote_literal(id.as_str())
+    )))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// On a Citus coordinator: the transaction's `SET LOCAL`s from here on are forwarded
+/// to the workers. Nothing elsewhere.
+pub(crate) async fn propagate_locally(conn: &mut PgConnection) -> Result<(), Error> {
+    if crate::citus::installed(conn).await? {
+        sqlx::raw_sql("SET LOCAL citus.propagate_set_commands TO 'local'")
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Deletes a row tenant's rows from every shared table with a `tenant_id` column,
 /// inside the caller's transaction. The tenant setting is set for the transaction,
 /// so this works under forced row-level security too.
@@ -202,11 +231,7 @@ pub(crate) async fn delete_rows(
     control_schema: &str,
     id: &TenantId,
 ) -> Result<u64, Error> {
-    sqlx::query("SELECT set_config($1, $2, true)")
-        .bind(TENANT_SETTING)
-        .bind(id.as_str())
-        .execute(&mut *conn)
-        .await?;
+    bind_rows_locally(conn, id).await?;
     // Only tables under tenantry's policies: another application's table that happens
     // to have a `tenant_id` column is not ours to delete from.
     let tables = policed_tables(conn, control_schema).await?;
@@ -251,11 +276,7 @@ pub(crate) async fn table_with_rows_of(
     control_schema: &str,
     id: &TenantId,
 ) -> Result<Option<String>, Error> {
-    sqlx::query("SELECT set_config($1, $2, true)")
-        .bind(TENANT_SETTING)
-        .bind(id.as_str())
-        .execute(&mut *conn)
-        .await?;
+    bind_rows_locally(conn, id).await?;
     for table in policed_tables(conn, control_schema).await? {
         let found: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT EXISTS (SELECT 1 FROM {table} WHERE {} = $1)",
@@ -344,11 +365,7 @@ pub(super) async fn remove(
 pub(super) async fn export(s: &Strategies, tenant: &Tenant, url: &str) -> Result<Vec<u8>, Error> {
     let mut body = Vec::new();
     let mut tx = s.repo.pool().begin().await?;
-    sqlx::query("SELECT set_config($1, $2, true)")
-        .bind(TENANT_SETTING)
-        .bind(tenant.id.as_str())
-        .execute(&mut *tx)
-        .await?;
+    bind_rows_locally(&mut tx, &tenant.id).await?;
     let tables = shared_tables(&mut tx, s.repo.control_schema()).await?;
     for table in &tables {
         body.extend(crate::pgbin::pg_dump(url, &["--schema-only", "--table", table]).await?);
