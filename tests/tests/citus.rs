@@ -827,6 +827,12 @@ async fn schema_and_row_tenants_on_the_cluster_move_between_strategies_under_wri
             .all(|n| n.starts_with("mover:") || n.starts_with("seed"))
     );
     assert_eq!(all.len(), acked.len() + 1 + 5000);
+    // No row copied twice either (the set above would hide it).
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM tenant_mover.projects")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows as usize, all.len());
     // Back in a distributed schema; no rows of it left in the shared tables; the
     // other row tenant untouched.
     let in_shared: i64 =
