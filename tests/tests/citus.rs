@@ -901,12 +901,15 @@ async fn schema_and_row_tenants_on_the_cluster_move_between_strategies_under_wri
 }
 
 /// With a registry login that is not a superuser (the shared tables' owner, under
-/// their forced row-level security like every other login), deleting a row tenant
+/// their forced row-level security like every other login): deleting a row tenant
 /// removes its rows on the workers' shards and a new tenant under the same id starts
-/// empty: tenantry's own statements on the shared tables carry the tenant as
-/// `SET LOCAL`, forwarded to the workers (a `set_config` is not, and deleted nothing).
+/// empty (tenantry's own statements on the shared tables carry the tenant as
+/// `SET LOCAL`, forwarded to the workers; a `set_config` is not, and deleted
+/// nothing); schema tenants are made (their schema ahead of the transaction, dropped
+/// on every node when the build fails); a row tenant moves to a schema; the move back
+/// fails cleanly (Citus loads shards with COPY, refused under row-level security).
 #[tokio::test]
-async fn a_non_superuser_registry_login_deletes_row_tenants_rows_on_the_workers() {
+async fn a_non_superuser_registry_login_on_citus() {
     let Some(cluster) = cluster().await else {
         return;
     };
@@ -931,11 +934,15 @@ async fn a_non_superuser_registry_login_deletes_row_tenants_rows_on_the_workers(
         "SELECT format('ALTER %s %s OWNER TO app_owner',
                   CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW' ELSE 'TABLE' END,
                   c.oid::regclass)
-         FROM pg_class c WHERE c.relnamespace = 'tenantry'::regnamespace
-           AND c.relkind IN ('r', 'v', 'p')
+         FROM pg_class c
+         WHERE c.relnamespace = 'tenantry'::regnamespace
+           AND c.relkind IN ('r', 'v', 'p', 'S')
+           AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid
+                           AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i'))
          UNION ALL
          SELECT format('ALTER FUNCTION %s OWNER TO app_owner', p.oid::regprocedure)
-         FROM pg_proc p WHERE p.pronamespace = 'tenantry'::regnamespace",
+         FROM pg_proc p
+         WHERE p.pronamespace = 'tenantry'::regnamespace",
     )
     .fetch_all(&admin_pool)
     .await
@@ -992,7 +999,96 @@ async fn a_non_superuser_registry_login_deletes_row_tenants_rows_on_the_workers(
 
     let body = serde_json::json!({ "name": "acme:new" }).to_string();
     assert_eq!(call(&app, "POST", "acme", Some(body)).await.0, 201);
-    assert_eq!(count("acme").await, 1);
+
+    // Schema tenants with this login: Citus cannot distribute a schema a non-superuser
+    // created in the same transaction, so tenantry makes it ahead, committed, and
+    // drops it if the build fails.
+    m.create_tenant(NewTenant::new(id("beta"), "Beta"))
+        .await
+        .unwrap();
+    let body = serde_json::json!({ "name": "beta:0" }).to_string();
+    assert_eq!(call(&app, "POST", "beta", Some(body)).await.0, 201);
+    assert_eq!(
+        names(&app, "beta").await,
+        BTreeSet::from(["beta:0".to_owned()])
+    );
+    let beta = m.admin().existing(&id("beta")).await.unwrap();
+    assert!(m.admin().node_of(&beta).await.unwrap().is_some());
+    // A second tenant of that id: 409 for the tenant, and its schema stays.
+    let again = m
+        .create_tenant(NewTenant::new(id("beta"), "Beta again"))
+        .await
+        .unwrap_err();
+    assert_eq!(again.status().as_u16(), 409, "{again}");
+    assert_eq!(names(&app, "beta").await.len(), 1);
+    // An import that does not fit the tables fails inside the build, after the schema
+    // was made ahead: the schema goes with the failure, on every node.
+    let export = m.admin().export(&id("beta")).await.unwrap();
+    let text = String::from_utf8(export).unwrap();
+    assert!(text.contains("\"name\",\"created_at\""), "{text}");
+    let lying = text.replace("\"name\",\"created_at\"", "\"nom\",\"created_at\"");
+    let refused = m
+        .admin()
+        .import(
+            lying.as_bytes(),
+            tenantry::admin::ImportOptions {
+                id: Some(id("gamma")),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().as_u16(), 422, "{refused}");
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT result FROM run_command_on_all_nodes(
+             $$SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_gamma'$$)",
+    )
+    .fetch_all(&admin_pool)
+    .await
+    .unwrap();
+    assert_eq!(left, ["0", "0", "0"], "no schema left by the failed import");
+
+    // A row tenant moves to a schema with this login (its schema made ahead too).
+    let report = m
+        .admin()
+        .move_tenant(
+            &id("acme"),
+            MoveTo::Strategy(Strategy::Schema),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    assert!(report.old_place_dropped, "{report:?}");
+    assert_eq!(
+        names(&app, "acme").await,
+        BTreeSet::from(["acme:new".to_owned()])
+    );
+    assert_eq!(count("acme").await, 0);
+    // Back into the shared tables it cannot go with this login: Citus copies an
+    // INSERT .. SELECT's rows to the shards with COPY, which PostgreSQL refuses under
+    // row-level security. The failed move leaves the tenant serving where it was,
+    // its writes no longer paused.
+    let refused = m
+        .admin()
+        .move_tenant(&id("acme"), MoveTo::Strategy(Strategy::Row), Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("row-level security"),
+        "{refused}"
+    );
+    assert_eq!(
+        m.admin().existing(&id("acme")).await.unwrap().strategy,
+        Strategy::Schema
+    );
+    let body = serde_json::json!({ "name": "acme:after" }).to_string();
+    assert_eq!(call(&app, "POST", "acme", Some(body)).await.0, 201);
+    assert_eq!(names(&app, "acme").await.len(), 2);
+    assert_eq!(
+        count("acme").await,
+        0,
+        "nothing of the failed move in the shared tables"
+    );
 }
 
 /// Without `wal_level = logical` on the workers, or with an unlogged table, a schema

@@ -56,6 +56,8 @@ struct Attempt {
     capture: Capture,
     captured: bool,
     fenced: bool,
+    /// A target schema made ahead of the copy (Citus, login not a superuser).
+    precreated: Option<schema::Precreated>,
 }
 
 /// What [`Strategies::copy_and_switch`] did.
@@ -411,6 +413,7 @@ impl Strategies {
             capture: self.capture_of(tenant),
             captured: false,
             fenced: false,
+            precreated: None,
         };
         let moved = self
             .copy_and_switch(
@@ -436,6 +439,9 @@ impl Strategies {
                     && let Err(lift) = self.fence(tenant, false).await
                 {
                     tracing::error!(tenant = %tenant.id, error = %lift, "a failed move could not lift its write fence; writes stay refused until the triggers are dropped");
+                }
+                if let Some(p) = made.precreated.take() {
+                    p.discard(self).await;
                 }
                 if let Some((options, db)) = &new_db
                     && let Err(e) = database::drop(options, db).await
@@ -503,11 +509,24 @@ impl Strategies {
             }
             None => PgConnection::connect_with(&self.repo.pool().connect_options()).await?,
         };
-        let mut target = target_conn.begin().await?;
         let storage = self.names.schema(id);
+        if strategy == Strategy::Schema {
+            made.precreated = schema::precreate(self, &storage).await?;
+        }
+        let mut target = target_conn.begin().await?;
         match strategy {
             Strategy::Schema => {
-                schema::build(self, &mut target, &storage, template, id, Some(&snapshot)).await?
+                let pre = made.precreated.is_some();
+                schema::build(
+                    self,
+                    &mut target,
+                    &storage,
+                    template,
+                    id,
+                    Some(&snapshot),
+                    pre,
+                )
+                .await?
             }
             Strategy::Row => row::build(self, &mut target, id, Some(&snapshot)).await?,
             Strategy::Database => {}

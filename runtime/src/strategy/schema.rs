@@ -47,13 +47,102 @@ pub(super) async fn provision(
 ) -> Result<Tenant, Error> {
     let template = template_for(s).await?;
     let schema = s.names.schema(&new.id);
-    let mut tx = s.repo.pool().begin().await?;
-    s.repo.purge_deleted(&mut tx, &new.id).await?;
-    s.repo
-        .insert(&mut tx, new, TenantStatus::Provisioning, &schema)
-        .await?;
-    build(s, &mut tx, &schema, template.as_deref(), &new.id, fill).await?;
-    s.activate(tx, new).await
+    let precreated = match precreate(s, &schema).await? {
+        Some(p) => {
+            // A tenant of that id has that schema: say so, not that the name is taken.
+            if let Some(t) = s.repo.find(&new.id).await?
+                && t.status != TenantStatus::Deleted
+            {
+                p.discard(s).await;
+                return Err(Error::TenantExists(new.id.clone()));
+            }
+            Some(p)
+        }
+        None => None,
+    };
+    let made = async {
+        let mut tx = s.repo.pool().begin().await?;
+        s.repo.purge_deleted(&mut tx, &new.id).await?;
+        s.repo
+            .insert(&mut tx, new, TenantStatus::Provisioning, &schema)
+            .await?;
+        let pre = precreated.is_some();
+        build(s, &mut tx, &schema, template.as_deref(), &new.id, fill, pre).await?;
+        s.activate(tx, new).await
+    }
+    .await;
+    if made.is_err()
+        && let Some(p) = precreated
+    {
+        p.discard(s).await;
+    }
+    made
+}
+
+/// A tenant schema made, empty and committed, ahead of the transaction that builds
+/// it: on a Citus coordinator with a registry login that is not a superuser, Citus
+/// cannot distribute a schema created in the same transaction (it makes such a
+/// login's schemas on the workers over a connection of its own, which the
+/// transaction does not see: "schema .. does not exist" on a worker). Dropped again
+/// by [`Precreated::discard`] when the build fails.
+#[derive(Debug)]
+pub(super) struct Precreated {
+    name: String,
+}
+
+/// Makes the schema ahead (see [`Precreated`]) where it must be; `None` elsewhere
+/// (the build's transaction creates it).
+pub(super) async fn precreate(s: &Strategies, name: &str) -> Result<Option<Precreated>, Error> {
+    if !s.citus {
+        return Ok(None);
+    }
+    let mut conn = s.repo.pool().acquire().await?;
+    let superuser: bool =
+        sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(&mut *conn)
+            .await?;
+    if superuser {
+        return Ok(None);
+    }
+    match sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE SCHEMA {}",
+        quote_ident(name)
+    )))
+    .execute(&mut *conn)
+    .await
+    {
+        Ok(_) => Ok(Some(Precreated {
+            name: name.to_owned(),
+        })),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P06") => {
+            Err(schema_taken(name))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Precreated {
+    /// Drops the schema this attempt made, with what the attempt left in it: its
+    /// transaction rolled back on the coordinator, but Citus makes a non-superuser's
+    /// dependencies on the workers (the schema, its tables' sequences) over
+    /// connections of their own, which commit. The name is this tenant's, made by this
+    /// attempt: nothing else is in it.
+    pub(super) async fn discard(self, s: &Strategies) {
+        let drop = format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(&self.name));
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+            .execute(s.repo.pool())
+            .await
+        {
+            tracing::warn!(schema = %self.name, error = %e, "could not drop the schema a failed provisioning made; `tenantry doctor` lists it");
+        }
+    }
+}
+
+fn schema_taken(name: &str) -> Error {
+    Error::Conflict(format!(
+        "a schema named `{name}` already exists and was not made by tenantry for this \
+         tenant; it was left untouched (remove it, or use another tenant id)"
+    ))
 }
 
 /// The template to clone new schemas from, unless cloning is off or there are no
@@ -66,9 +155,10 @@ pub(super) async fn template_for(s: &Strategies) -> Result<Option<Arc<SchemaTemp
     }
 }
 
-/// Creates schema `schema` for tenant `id` inside the caller's transaction: cloned
-/// from `template` (or every migration replayed), the migrations recorded for the
-/// tenant in the registry, and `fill`'s data loaded and verified.
+/// Creates schema `schema` for tenant `id` inside the caller's transaction (or fills
+/// it, made ahead when `precreated`): cloned from `template` (or every migration
+/// replayed), the migrations recorded for the tenant in the registry, and `fill`'s
+/// data loaded and verified.
 pub(super) async fn build(
     s: &Strategies,
     tx: &mut PgConnection,
@@ -76,8 +166,13 @@ pub(super) async fn build(
     template: Option<&SchemaTemplate>,
     id: &TenantId,
     fill: Option<&Snapshot>,
+    precreated: bool,
 ) -> Result<(), Error> {
-    create_schema(tx, schema).await?;
+    if precreated {
+        set_local_search_path(tx, schema).await?;
+    } else {
+        create_schema(tx, schema).await?;
+    }
     let cloned = match template {
         Some(t) => clone::clone_into(tx, t, schema).await?,
         None => false,
@@ -251,10 +346,7 @@ async fn create_schema(conn: &mut PgConnection, name: &str) -> Result<(), Error>
     {
         Ok(_) => Ok(()),
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P06") => {
-            Err(Error::Conflict(format!(
-                "a schema named `{name}` already exists and was not made by tenantry for this \
-                 tenant; it was left untouched (remove it, or use another tenant id)"
-            )))
+            Err(schema_taken(name))
         }
         Err(e) => Err(e.into()),
     }
