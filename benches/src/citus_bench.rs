@@ -14,14 +14,13 @@
 //! installed binaries; needs Citus (`../shared/scripts/install-citus.sh`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use tenantry::admin::{MoveTo, NodeTransfer};
 use tenantry::testing::{TestCluster, TestServer};
 use tenantry::{NewTenant, Strategy, TenantManager};
-use tenantry_benches::{arg, get_projects, median, percentile};
+use tenantry_benches::{Writer, arg, get_projects, median, percentile};
 
 async fn manager(url: &str) -> Result<TenantManager, Box<dyn std::error::Error>> {
     let pool = sqlx::PgPool::connect(url).await?;
@@ -154,35 +153,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let before: i64 = sqlx::query_scalar("SELECT count(*) FROM tenant_big.projects")
             .fetch_one(&pool)
             .await?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let gap = Arc::new(AtomicU64::new(0));
-        let acked = Arc::new(AtomicU64::new(0));
-        let writer = {
-            let (m, stop, gap, acked) =
-                (on_citus.clone(), stop.clone(), gap.clone(), acked.clone());
-            tokio::spawn(async move {
-                let mut last = Instant::now();
-                while !stop.load(Ordering::Relaxed) {
-                    let done = async {
-                        let t = m.resolve_tenant(&"big".parse()?).await?;
-                        let mut db = m.tenant_db(t).await?;
-                        sqlx::query("INSERT INTO projects (name) VALUES ('w')")
-                            .execute(&mut db)
-                            .await?;
-                        Ok::<_, tenantry::Error>(())
-                    }
-                    .await;
-                    match done {
-                        Ok(()) => {
-                            acked.fetch_add(1, Ordering::Relaxed);
-                            gap.fetch_max(last.elapsed().as_micros() as u64, Ordering::Relaxed);
-                            last = Instant::now();
-                        }
-                        Err(e) => panic!("a write failed during the move: {e}"),
-                    }
-                }
-            })
-        };
+        let writer = Writer::start(on_citus.clone(), "w");
         tokio::time::sleep(Duration::from_millis(300)).await;
         let big = on_citus.admin().existing(&"big".parse()?).await?;
         let from = on_citus.admin().node_of(&big).await?.unwrap_or_default();
@@ -194,7 +165,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .into_iter()
             .find(|w| *w != from)
             .ok_or("no other worker")?;
-        gap.store(0, Ordering::Relaxed);
+        writer.reset_gap();
         let started = Instant::now();
         let report = on_citus
             .admin()
@@ -205,10 +176,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
             .await?;
         let took = started.elapsed();
-        let longest = gap.load(Ordering::Relaxed) as f64 / 1e3;
+        let longest = writer.longest_gap_ms();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        stop.store(true, Ordering::Relaxed);
-        writer.await?;
+        let (acked, paused) = writer.stop().await?;
+        if paused > 0 {
+            return Err("a write was refused during a move between workers".into());
+        }
         let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM tenant_big.projects")
             .fetch_one(&pool)
             .await?;
@@ -218,9 +191,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
              stored ({} expected)",
             report.transfer.map(|t| t.to_string()).unwrap_or_default(),
             took.as_secs_f64() * 1e3,
-            acked.load(Ordering::Relaxed),
+            acked,
             stored,
-            before as u64 + acked.load(Ordering::Relaxed)
+            before as u64 + acked
         );
     }
     // The same tenant moved between strategies on the cluster (schema -> row ->
@@ -233,48 +206,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .fetch_one(&mut db)
                 .await?
         };
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(AtomicU64::new(0));
-        let paused = Arc::new(AtomicU64::new(0));
-        let writer = {
-            let (m, stop, acked, paused) = (
-                on_citus.clone(),
-                stop.clone(),
-                acked.clone(),
-                paused.clone(),
-            );
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let done = async {
-                        let t = m.resolve_tenant(&"big".parse()?).await?;
-                        let mut db = m.tenant_db(t).await?;
-                        sqlx::query("INSERT INTO projects (name) VALUES ('w')")
-                            .execute(&mut db)
-                            .await?;
-                        Ok::<_, tenantry::Error>(())
-                    }
-                    .await;
-                    match done {
-                        Ok(()) => {
-                            acked.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) if e.status().as_u16() == 503 => {
-                            paused.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                        Err(e) => panic!("a write failed during the move: {e}"),
-                    }
-                }
-            })
-        };
+        let writer = Writer::start(on_citus.clone(), "w");
         tokio::time::sleep(Duration::from_millis(300)).await;
         let report = on_citus
             .admin()
             .move_tenant(&"big".parse()?, MoveTo::Strategy(to), Duration::ZERO)
             .await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        stop.store(true, Ordering::Relaxed);
-        writer.await?;
+        let (acked, paused) = writer.stop().await?;
         let after = on_citus.admin().existing(&"big".parse()?).await?;
         let mut db = on_citus.tenant_db(Arc::new(after)).await?;
         let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM projects")
@@ -287,9 +226,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             report.rows,
             report.total_ms,
             report.write_pause_ms,
-            paused.load(Ordering::Relaxed),
-            acked.load(Ordering::Relaxed),
-            rows_before + acked.load(Ordering::Relaxed) as i64,
+            paused,
+            acked,
+            rows_before + acked as i64,
         );
     }
     Ok(())

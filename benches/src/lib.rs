@@ -41,3 +41,107 @@ pub async fn get_projects(app: &axum::Router, tenant: &str) -> u16 {
         .await
         .map_or(0, |r| r.status().as_u16())
 }
+
+/// A client that inserts into tenant `big`'s `projects` non-stop through a manager
+/// while a benchmark moves the tenant: what it was acknowledged, how often it was
+/// refused with a 503 (it then waits 5 ms), and its longest gap between
+/// acknowledged writes. Any other error panics.
+pub struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    paused: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    longest_gap_us: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    /// Starts writing rows named `value`.
+    pub fn start(manager: tenantry::TenantManager, value: &'static str) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let (acked, paused, gap) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let task = {
+            let (stop, acked, paused, gap) =
+                (stop.clone(), acked.clone(), paused.clone(), gap.clone());
+            tokio::spawn(async move {
+                let mut last_ok = std::time::Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    let written = async {
+                        let tenant = manager.resolve_tenant(&"big".parse()?).await?;
+                        let mut db = manager.tenant_db(tenant).await?;
+                        sqlx::query("INSERT INTO projects (name) VALUES ($1)")
+                            .bind(value)
+                            .execute(&mut db)
+                            .await?;
+                        Ok::<_, tenantry::Error>(())
+                    }
+                    .await;
+                    match written {
+                        Ok(()) => {
+                            acked.fetch_add(1, Ordering::Relaxed);
+                            gap.fetch_max(last_ok.elapsed().as_micros() as u64, Ordering::Relaxed);
+                            last_ok = std::time::Instant::now();
+                        }
+                        Err(e) if e.status().as_u16() == 503 => {
+                            paused.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Err(e) => panic!("a write failed with something else than 503: {e}"),
+                    }
+                }
+            })
+        };
+        Self {
+            stop,
+            acked,
+            paused,
+            longest_gap_us: gap,
+            task,
+        }
+    }
+
+    /// Writes acknowledged so far.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Writes refused with a 503 so far.
+    pub fn paused(&self) -> u64 {
+        self.paused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The longest gap between acknowledged writes since the last reset, in ms.
+    pub fn longest_gap_ms(&self) -> f64 {
+        self.longest_gap_us
+            .load(std::sync::atomic::Ordering::Relaxed) as f64
+            / 1e3
+    }
+
+    /// Starts measuring the longest gap afresh.
+    pub fn reset_gap(&self) {
+        self.longest_gap_us
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Stops the client and waits for it (a panic in it is an error here); its final
+    /// counts of acknowledged and refused writes.
+    pub async fn stop(self) -> Result<(u64, u64), tokio::task::JoinError> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let Self {
+            task,
+            acked,
+            paused,
+            ..
+        } = self;
+        task.await?;
+        let count = |n: std::sync::Arc<std::sync::atomic::AtomicU64>| {
+            n.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        Ok((count(acked), count(paused)))
+    }
+}

@@ -12,14 +12,12 @@
 //!
 //! Uses `DATABASE_URL`, or else a throwaway PostgreSQL.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tenantry::admin::MoveTo;
 use tenantry::testing::TestDatabase;
 use tenantry::{NewTenant, Strategy, TenantManager};
-use tenantry_benches::{arg, median};
+use tenantry_benches::{Writer, arg, median};
 
 /// A plain copy of the tenant's projects into a scratch table: out, in, dropped.
 async fn baseline(pool: &sqlx::PgPool) -> Duration {
@@ -90,42 +88,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         rows / 10
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (acked, refused, longest_gap_us) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let writer = {
-        let (manager, stop) = (manager.clone(), stop.clone());
-        let (acked, refused, gap) = (acked.clone(), refused.clone(), longest_gap_us.clone());
-        tokio::spawn(async move {
-            let mut last_ok = Instant::now();
-            while !stop.load(Ordering::Relaxed) {
-                let written = async {
-                    let tenant = manager.resolve_tenant(&"big".parse()?).await?;
-                    let mut db = manager.tenant_db(tenant).await?;
-                    sqlx::query("INSERT INTO projects (name) VALUES ('during the move')")
-                        .execute(&mut db)
-                        .await?;
-                    Ok::<_, tenantry::Error>(())
-                }
-                .await;
-                match written {
-                    Ok(()) => {
-                        acked.fetch_add(1, Ordering::Relaxed);
-                        gap.fetch_max(last_ok.elapsed().as_micros() as u64, Ordering::Relaxed);
-                        last_ok = Instant::now();
-                    }
-                    Err(e) if e.status().as_u16() == 503 => {
-                        refused.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    Err(e) => panic!("a write failed with something else than 503: {e}"),
-                }
-            }
-        })
-    };
+    let writer = Writer::start(manager.clone(), "during the move");
 
     let mut copies = Vec::new();
     let mut pauses: Vec<(Strategy, f64, f64)> = Vec::new();
@@ -143,8 +106,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             } else {
                 "-".to_owned()
             };
-            longest_gap_us.store(0, Ordering::Relaxed);
-            let before = refused.load(Ordering::Relaxed);
+            writer.reset_gap();
+            let before = writer.paused();
             let from = manager.admin().existing(&"big".parse()?).await?.strategy;
             let report = manager
                 .admin()
@@ -154,21 +117,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     Duration::from_millis(500),
                 )
                 .await?;
-            let gap = longest_gap_us.load(Ordering::Relaxed) as f64 / 1e3;
+            let gap = writer.longest_gap_ms();
             println!(
                 "{:<22} {:>10} {:>10} {:>14.0} {:>8} {:>12}",
                 format!("{from} -> {to}"),
                 report.write_pause_ms,
                 report.total_ms,
                 gap,
-                refused.load(Ordering::Relaxed) - before,
+                writer.paused() - before,
                 copy
             );
             pauses.push((to, report.write_pause_ms as f64, gap));
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    writer.await?;
+    let (acked, refused) = writer.stop().await?;
     let copy = median(copies);
     println!("\nbaseline: a plain COPY out and in of the {rows} projects: {copy:.0} ms (median)");
     for to in [Strategy::Row, Strategy::Database, Strategy::Schema] {
@@ -181,8 +143,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!(
         "writes acknowledged during the run: {}, refused with 503: {}",
-        acked.load(Ordering::Relaxed),
-        refused.load(Ordering::Relaxed)
+        acked, refused
     );
     Ok(())
 }
