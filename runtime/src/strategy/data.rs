@@ -150,7 +150,7 @@ async fn prepare(
     .execute(&mut *conn)
     .await?;
     if let Place::Rows { .. } = place {
-        super::row::bind_rows_locally(conn, tenant).await?;
+        super::row::set_rows_tenant(conn, tenant).await?;
     }
     Ok(())
 }

@@ -235,20 +235,32 @@ impl Strategies {
         Ok(())
     }
 
+    /// Raises (`up`) or lifts, in `tx` on a Citus coordinator, the tenant's write fence
+    /// on the tables of its `place` kind (its schema, or the shared tables).
+    async fn fence_on_citus(
+        &self,
+        tx: &mut PgConnection,
+        tenant: &Tenant,
+        place: Strategy,
+        up: bool,
+    ) -> Result<(), Error> {
+        let tables = data::table_names(tx, self.place_of(place, &tenant.storage)).await?;
+        let statements = data::fence_statements(
+            &tables,
+            &self.repo.fence_function(),
+            &tenant.id,
+            place == Strategy::Row,
+            up,
+        );
+        Self::run_on_citus(tx, statements, tenant).await
+    }
+
     /// Raises (`up`) or lifts the write fence on the tenant's place.
     async fn fence(&self, tenant: &Tenant, up: bool) -> Result<(), Error> {
         if self.on_citus(tenant) {
             let mut tx = self.repo.pool().begin().await?;
-            let place = self.place_of(tenant.strategy, &tenant.storage);
-            let tables = data::table_names(&mut tx, place).await?;
-            let statements = data::fence_statements(
-                &tables,
-                &self.repo.fence_function(),
-                &tenant.id,
-                tenant.strategy == Strategy::Row,
-                up,
-            );
-            Self::run_on_citus(&mut tx, statements, tenant).await?;
+            self.fence_on_citus(&mut tx, tenant, tenant.strategy, up)
+                .await?;
             tx.commit().await?;
             return Ok(());
         }
@@ -327,16 +339,8 @@ impl Strategies {
             self.fence(tenant, false).await?;
             if tenant.strategy != Strategy::Row && self.citus {
                 let mut tx = self.repo.pool().begin().await?;
-                let place = self.place_of(Strategy::Row, &tenant.storage);
-                let tables = data::table_names(&mut tx, place).await?;
-                let statements = data::fence_statements(
-                    &tables,
-                    &self.repo.fence_function(),
-                    &tenant.id,
-                    true,
-                    false,
-                );
-                Self::run_on_citus(&mut tx, statements, tenant).await?;
+                self.fence_on_citus(&mut tx, tenant, Strategy::Row, false)
+                    .await?;
                 tx.commit().await?;
             } else if tenant.strategy != Strategy::Row {
                 let mut tx = self.repo.pool().begin().await?;
@@ -636,18 +640,12 @@ impl Strategies {
                 // The fence goes first (it refuses these deletes too), in the same
                 // transaction: no write of the tenant slips in between.
                 let mut tx = self.repo.pool().begin().await?;
-                let tables =
-                    data::table_names(&mut tx, self.place_of(Strategy::Row, &old.storage)).await?;
                 if self.citus {
-                    let statements = data::fence_statements(
-                        &tables,
-                        &self.repo.fence_function(),
-                        &old.id,
-                        true,
-                        false,
-                    );
-                    Self::run_on_citus(&mut tx, statements, old).await?;
+                    self.fence_on_citus(&mut tx, old, Strategy::Row, false)
+                        .await?;
                 } else {
+                    let place = self.place_of(Strategy::Row, &old.storage);
+                    let tables = data::table_names(&mut tx, place).await?;
                     let sql =
                         data::fence_sql(&tables, &self.repo.fence_function(), &old.id, true, false);
                     sqlx::raw_sql(sqlx::AssertSqlSafe(sql))

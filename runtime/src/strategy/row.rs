@@ -203,6 +203,12 @@ pub async fn shared_tables(
 /// and quoted.
 pub(crate) async fn bind_rows_locally(conn: &mut PgConnection, id: &TenantId) -> Result<(), Error> {
     propagate_locally(conn).await?;
+    set_rows_tenant(conn, id).await
+}
+
+/// The `SET LOCAL` of the tenant setting alone, for a transaction that forwards its
+/// settings already ([`propagate_locally`]).
+pub(crate) async fn set_rows_tenant(conn: &mut PgConnection, id: &TenantId) -> Result<(), Error> {
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "SET LOCAL {TENANT_SETTING} TO {}",
         crate::naming::quote_literal(id.as_str())
