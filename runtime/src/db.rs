@@ -13,7 +13,7 @@ use sqlx::postgres::{PgQueryResult, PgRow, PgStatement, PgTypeInfo};
 use sqlx::{Either, Execute, Executor, PgConnection, Postgres, SqlStr};
 
 use crate::error::Error;
-use crate::pool::{PooledConn, Taint, TenantPools};
+use crate::pool::{PooledConn, TenantPools};
 use crate::repository::TenantRepository;
 use crate::tenant::{Tenant, TenantStatus};
 
@@ -127,11 +127,6 @@ impl TenantDb {
         }
     }
 
-    /// The flag a handler's statements on this handle's connection set.
-    pub(crate) fn taint(&self) -> Taint {
-        self.conn.as_ref().map(|c| c.taint()).unwrap_or_default()
-    }
-
     /// The connection, taken from the pool (and bound) if this is the first use.
     ///
     /// Whatever the caller does with it stays within this request: the connection is
@@ -154,13 +149,13 @@ impl TenantDb {
 
     /// Starts one statement: takes the connection, and in the transaction binding
     /// begins the statement's own transaction. Returns whether it did. `raw`: the
-    /// statement is a handler's (the connection is checked before reuse).
+    /// statement is the request's own SQL, whatever its text: the connection is
+    /// cleaned by the server before it serves anyone again.
     pub(crate) async fn begin_statement(&mut self, raw: bool) -> Result<bool, Error> {
-        // A handler's statement (`raw`) is classified by its text when sqlx reads it
-        // (`Unnamed::handler`); the connection is only marked if it may change the
-        // session.
-        let _ = raw;
         let pooled = self.pooled().await?;
+        if raw {
+            pooled.suspect();
+        }
         let Some(begin) = pooled.local_binding().map(str::to_owned) else {
             return Ok(false);
         };
@@ -199,7 +194,8 @@ impl TenantDb {
             .as_mut()
             .expect("begin_statement took a connection");
         pooled.set_busy(true);
-        sqlx::raw_sql(if ok { "COMMIT" } else { "ROLLBACK" })
+        let end = pooled.local_end(ok);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(end))
             .execute(pooled.own())
             .await?;
         pooled.set_busy(false);
@@ -255,8 +251,15 @@ impl TenantTx {
     }
 
     async fn begun(&mut self) -> Result<&mut PooledConn, Error> {
-        let open = self.open;
+        let mut open = self.open;
         let conn = self.db.pooled().await?;
+        // Behind a transaction pooler, a handler's own `COMMIT` or `ROLLBACK` ended the
+        // transaction that carried the binding: later statements would run unbound on
+        // whichever server connection the pooler picks. The server says so (the
+        // transaction status of its last answer): the binding begins again.
+        if open && conn.local_binding().is_some() && !conn.server_in_transaction() {
+            open = false;
+        }
         if !open {
             // Marked busy while in flight: a request cancelled now leaves a
             // connection that is rolled back and reset before reuse. In the
@@ -279,13 +282,11 @@ impl TenantTx {
     }
 
     pub(crate) async fn begin_statement(&mut self, raw: bool) -> Result<bool, Error> {
-        let _ = raw;
-        self.begun().await?;
+        let conn = self.begun().await?;
+        if raw {
+            conn.suspect();
+        }
         Ok(false)
-    }
-
-    pub(crate) fn taint(&self) -> Taint {
-        self.db.taint()
     }
 
     pub(crate) fn statement_conn(&mut self) -> &mut PgConnection {
@@ -310,7 +311,13 @@ impl TenantTx {
             .as_mut()
             .expect("an open transaction has a connection");
         conn.set_busy(true);
-        sqlx::raw_sql(statement).execute(conn.own()).await?;
+        let end = match conn.local_binding() {
+            Some(_) => conn.local_end(statement == "COMMIT"),
+            None => statement.to_owned(),
+        };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(end))
+            .execute(conn.own())
+            .await?;
         conn.set_busy(false);
         conn.set_in_transaction(false);
         self.open = false;
@@ -343,39 +350,17 @@ impl std::fmt::Debug for TenantTx {
 pub(crate) struct Unnamed<E> {
     query: E,
     persistent: bool,
-    /// For a handler's statement: set when its text may change the session.
-    taint: Option<Taint>,
 }
 
 impl<E> Unnamed<E> {
     pub(crate) fn new(query: E, persistent: bool) -> Self {
-        Self {
-            query,
-            persistent,
-            taint: None,
-        }
-    }
-
-    /// A handler's statement: the connection is marked for the release check unless
-    /// the statement's text shows it cannot change the session.
-    fn handler(query: E, persistent: bool, taint: Taint) -> Self {
-        Self {
-            query,
-            persistent,
-            taint: Some(taint),
-        }
+        Self { query, persistent }
     }
 }
 
 impl<'q, E: Execute<'q, Postgres>> Execute<'q, Postgres> for Unnamed<E> {
     fn sql(self) -> SqlStr {
-        let sql = self.query.sql();
-        if let Some(taint) = &self.taint
-            && !session_safe(sql.as_str())
-        {
-            taint.mark();
-        }
-        sql
+        self.query.sql()
     }
     fn statement(&self) -> Option<&PgStatement> {
         self.query.statement()
@@ -388,49 +373,6 @@ impl<'q, E: Execute<'q, Postgres>> Execute<'q, Postgres> for Unnamed<E> {
     fn persistent(&self) -> bool {
         self.persistent && self.query.persistent()
     }
-}
-
-/// Whether a statement's text shows that it cannot leave state on the session: one
-/// `SELECT`, `INSERT`, `UPDATE`, `DELETE`, `WITH`, `VALUES` or `TABLE` statement (no
-/// `;`), that calls no `set_config`, takes no advisory lock, opens no `dblink` and
-/// creates no temporary table. Anything else (`SET`, `BEGIN`, `PREPARE`, `DECLARE`,
-/// `LISTEN`, several statements, ...) sends the connection through the release
-/// check. Functions the statement calls are not looked into: a function that changes
-/// session settings itself should be called through `TenantDb::conn` or `raw_sql`.
-pub(crate) fn session_safe(sql: &str) -> bool {
-    let mut rest = sql.trim_start();
-    loop {
-        if let Some(after) = rest.strip_prefix("--") {
-            rest = after.split_once('\n').map_or("", |(_, r)| r).trim_start();
-        } else if let Some(after) = rest.strip_prefix("/*") {
-            rest = after.split_once("*/").map_or("", |(_, r)| r).trim_start();
-        } else {
-            break;
-        }
-    }
-    let lower = rest.to_ascii_lowercase();
-    let first = lower
-        .split(|c: char| !c.is_ascii_alphabetic())
-        .next()
-        .unwrap_or("");
-    let starts_plain = matches!(
-        first,
-        "select" | "insert" | "update" | "delete" | "with" | "values" | "table"
-    );
-    let trimmed = lower.trim_end().trim_end_matches(';');
-    starts_plain
-        && !trimmed.contains(';')
-        && ![
-            "set_config",
-            "advisory",
-            "dblink",
-            "temp",
-            "lo_open",
-            "currval",
-            "lastval",
-        ]
-        .iter()
-        .any(|word| trimmed.contains(word))
 }
 
 /// sqlx prepares explicitly prepared statements by name, which a transaction pooler
@@ -472,8 +414,7 @@ macro_rules! lazy_executor {
                 Box::pin(
                     async move {
                         let local = self.begin_statement(true).await.map_err(to_sqlx)?;
-                        let query =
-                            Unnamed::handler(query, !local && self.persistent(), self.taint());
+                        let query = Unnamed::new(query, !local && self.persistent());
                         if !local {
                             return Ok::<_, sqlx::Error>(self.statement_conn().fetch_many(query));
                         }
@@ -499,10 +440,9 @@ macro_rules! lazy_executor {
                 async move {
                     let local = self.begin_statement(true).await.map_err(to_sqlx)?;
                     let persistent = !local && self.persistent();
-                    let taint = self.taint();
                     let row = self
                         .statement_conn()
-                        .fetch_optional(Unnamed::handler(query, persistent, taint))
+                        .fetch_optional(Unnamed::new(query, persistent))
                         .await;
                     self.end_statement(local, row.is_ok())
                         .await
@@ -563,46 +503,3 @@ impl TenantTx {
 
 lazy_executor!(TenantDb);
 lazy_executor!(TenantTx);
-
-#[cfg(test)]
-mod tests {
-    use super::session_safe;
-
-    #[test]
-    fn statements_that_cannot_change_the_session() {
-        for sql in [
-            "SELECT name FROM projects WHERE id = $1",
-            "  -- a comment\n/* another */ select 1",
-            "INSERT INTO projects (name) VALUES ($1) RETURNING id",
-            "UPDATE projects SET name = $1 WHERE id = $2",
-            "DELETE FROM projects",
-            "WITH x AS (SELECT 1) SELECT * FROM x;",
-        ] {
-            assert!(session_safe(sql), "{sql}");
-        }
-    }
-
-    #[test]
-    fn statements_that_may_change_the_session() {
-        for sql in [
-            "SET search_path TO other",
-            "set role x",
-            "BEGIN",
-            "SELECT set_config('search_path', 'x', false)",
-            "SELECT pg_catalog.SET_CONFIG('tenantry.tenant_id', 'b', false)",
-            "SELECT pg_advisory_lock(1)",
-            "SELECT 1; SET search_path TO x",
-            "SELECT * INTO TEMP t FROM projects",
-            "CREATE TEMP TABLE t (x int)",
-            "PREPARE p AS SELECT 1",
-            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
-            "LISTEN x",
-            "DO $$ BEGIN PERFORM 1; END $$",
-            "RESET ALL",
-            "/* unterminated",
-            "",
-        ] {
-            assert!(!session_safe(sql), "{sql}");
-        }
-    }
-}

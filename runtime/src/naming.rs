@@ -10,6 +10,9 @@ use crate::error::Error;
 pub use crate::tenant::TENANT_PREFIX;
 use crate::tenant::TenantId;
 
+/// The setting that row-level security policies read: the tenant of the connection.
+pub const TENANT_SETTING: &str = "tenantry.tenant_id";
+
 /// Quotes an identifier for PostgreSQL (`"name"`, doubling embedded quotes).
 ///
 /// tenantry only ever quotes names it derived itself from validated input; quoting is

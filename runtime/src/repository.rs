@@ -80,6 +80,67 @@ const REGISTRY_UPGRADES: &[&str] = &[
     END
     $fence$;
     "#,
+    // 7: the session binding, decided by the server. Whatever a request left on its
+    // connection (settings and role, also set by a function; temporary objects;
+    // sequence state; session advisory locks; `LISTEN`s; cursors; SQL-level prepared
+    // statements), one call discards it and sets the binding, in one round trip. Every
+    // name is schema-qualified: a handler's `search_path` cannot change what it calls.
+    // `p_path` NULL: discard only. `p_local`: transaction-local settings (behind a
+    // transaction pooler, at the start of each transaction). `p_prepared`: also
+    // deallocate SQL-level prepared statements, and count the protocol-level ones
+    // (which the caller compares with its statement cache); outside the transaction
+    // binding, the call is then a simple query, and refuses to run inside a
+    // transaction block.
+    r#"
+    CREATE FUNCTION {schema}.session_bind(
+        p_path text, p_setting_name text, p_setting text, p_role text, p_app text,
+        p_timeout text, p_local boolean, p_prepared boolean
+    ) RETURNS bigint LANGUAGE plpgsql AS $bind$
+    DECLARE
+        stmt record;
+    BEGIN
+        -- Called in a simple query outside a transaction block, the statement starts
+        -- the transaction; inside a block a request left open, it does not. The
+        -- caller rolls back and calls again.
+        IF NOT p_local AND p_prepared AND pg_catalog.transaction_timestamp()
+                OPERATOR(pg_catalog.<>) pg_catalog.statement_timestamp() THEN
+            RAISE EXCEPTION 'the session is inside a transaction block'
+                USING ERRCODE = 'active_sql_transaction';
+        END IF;
+        SET SESSION AUTHORIZATION DEFAULT;
+        RESET ALL;
+        EXECUTE 'CLOSE ALL';
+        UNLISTEN *;
+        PERFORM pg_catalog.pg_advisory_unlock_all();
+        IF pg_catalog.pg_my_temp_schema() OPERATOR(pg_catalog.<>) 0 THEN
+            DISCARD TEMP;
+        END IF;
+        DISCARD SEQUENCES;
+        IF p_prepared THEN
+            FOR stmt IN SELECT name FROM pg_catalog.pg_prepared_statements WHERE from_sql LOOP
+                EXECUTE pg_catalog.format('DEALLOCATE %I', stmt.name);
+            END LOOP;
+        END IF;
+        -- `role` is not reset by RESET ALL.
+        PERFORM pg_catalog.set_config('role', COALESCE(p_role, 'none'), p_local);
+        IF p_path IS NOT NULL THEN
+            PERFORM pg_catalog.set_config('search_path', p_path, p_local),
+                pg_catalog.set_config(p_setting_name, p_setting, p_local),
+                pg_catalog.set_config('application_name', p_app, p_local);
+        END IF;
+        IF p_timeout IS NOT NULL THEN
+            PERFORM pg_catalog.set_config('statement_timeout', p_timeout, p_local);
+        END IF;
+        IF p_prepared THEN
+            -- the protocol-level statements left: the client's statement cache
+            RETURN (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements
+                WHERE NOT from_sql);
+        END IF;
+        RETURN NULL;
+    END
+    $bind$;
+    GRANT USAGE ON SCHEMA {schema} TO PUBLIC;
+    "#,
 ];
 
 /// The payload of the change notification that says the named servers changed.

@@ -216,6 +216,7 @@ impl TenantManagerBuilder {
             }),
         };
         manager.inner.pools.set_citus(citus.is_some());
+        manager.inner.pools.set_control_schema(&self.control_schema);
         if self.listen {
             let mut listener = PgListener::connect_with(&self.pool).await?;
             listener.listen(&channel).await?;

@@ -13,7 +13,7 @@ use sqlx::{Connection, PgConnection};
 
 use super::data::{self, Place, Snapshot};
 use super::template::TemplateLock;
-use super::{Finding, Scope, Strategies};
+use super::{Finding, Strategies};
 use crate::error::Error;
 use crate::migrate::Record;
 use crate::naming::{quote_ident, quote_literal};
@@ -219,19 +219,6 @@ pub(super) async fn migrate(s: &Strategies, tenant: &Tenant) -> Result<Vec<i64>,
     }
     tx.commit().await?;
     Ok(applied)
-}
-
-/// Its own database is the scope: its tables live in its `public`.
-pub(super) fn scope() -> Scope {
-    Scope {
-        search_path: "public, pg_temp".to_owned(),
-        setting: String::new(),
-        role: None,
-        own_database: true,
-        application_name: String::new(),
-        statement_timeout_ms: None,
-        citus: false,
-    }
 }
 
 /// Registry row, `CREATE DATABASE` from the server's template database, then versions

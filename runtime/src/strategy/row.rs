@@ -8,13 +8,12 @@
 use sqlx::PgConnection;
 
 use super::data::{self, Place, Snapshot};
-use super::{Finding, Scope, ScopeConfig, Strategies};
+use super::{Finding, Strategies};
 use crate::error::Error;
 use crate::naming::{is_identifier, quote_ident, quote_literal, tenant_schema_pattern};
 use crate::tenant::{NewTenant, Tenant, TenantId, TenantStatus};
 
-/// The setting that row-level security policies read: the tenant of the connection.
-pub const TENANT_SETTING: &str = "tenantry.tenant_id";
+pub use crate::naming::TENANT_SETTING;
 
 /// The tenant column of shared tables under the row strategy.
 pub const TENANT_COLUMN: &str = "tenant_id";
@@ -296,23 +295,6 @@ pub(crate) async fn table_with_rows_of(
         }
     }
     Ok(None)
-}
-
-/// A row tenant's connection: the shared tables' schema on the `search_path`, the
-/// tenant setting, and the configured row role (if any).
-pub(super) fn scope(tenant: &Tenant, config: &ScopeConfig<'_>) -> Scope {
-    Scope {
-        search_path: format!(
-            "{}, pg_temp",
-            quote_ident(config.row_schema.unwrap_or("public"))
-        ),
-        setting: tenant.id.as_str().to_owned(),
-        role: config.row_role.map(str::to_owned),
-        own_database: false,
-        application_name: String::new(),
-        statement_timeout_ms: None,
-        citus: false,
-    }
 }
 
 /// A row tenant is a registry row: its data lives in shared tables. Rows of its id

@@ -10,31 +10,11 @@ use super::clone;
 pub(super) use super::clone::SchemaTemplate;
 use super::data::{self, Place, Snapshot};
 use super::template::TemplateLock;
-use super::{Finding, Scope, ScopeConfig, Strategies};
+use super::{Finding, Strategies};
 use crate::error::Error;
 use crate::migrate::Record;
 use crate::naming::{quote_ident, tenant_schema_pattern};
 use crate::tenant::{NewTenant, Strategy, Tenant, TenantId, TenantStatus};
-
-/// The tenant's schema, then the shared schema if one is configured, then `pg_temp`.
-/// `public` and `$user` are never included unless configured as the shared schema
-/// (CVE-2018-1058).
-pub(super) fn scope(tenant: &Tenant, config: &ScopeConfig<'_>) -> Scope {
-    let own = quote_ident(&tenant.id.schema_name());
-    let search_path = match config.shared_schema {
-        Some(shared) => format!("{own},{}, pg_temp", quote_ident(shared)),
-        None => format!("{own}, pg_temp"),
-    };
-    Scope {
-        search_path,
-        setting: String::new(),
-        role: None,
-        own_database: false,
-        application_name: String::new(),
-        statement_timeout_ms: None,
-        citus: false,
-    }
-}
 
 /// Registry row, schema and migrations in one transaction: if any step fails nothing
 /// is left behind, and the id can be used again once the cause is fixed. The schema

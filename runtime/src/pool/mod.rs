@@ -45,135 +45,18 @@ use sqlx::{ConnectOptions, Connection, PgConnection, Row};
 use tokio::sync::Notify;
 
 use crate::error::Error;
+use crate::naming::quote_ident;
 pub use crate::servers::{DEFAULT_SERVER, Servers};
-use crate::strategy::{Scope, ScopeConfig, TENANT_SETTING};
 use crate::tenant::{Strategy, Tenant, TenantId};
 
-/// Settings of the tenant connections.
-#[derive(Clone)]
-pub struct PoolConfig {
-    /// The connection budget of each server, per process: the most connections
-    /// tenantry opens to one server for tenant data, all tenants and strategies
-    /// together. `None` (the default) takes a quarter of the registry server's
-    /// `max_connections` (25 with PostgreSQL's default of 100), at least 2.
-    ///
-    /// With `N` app instances, size it so that `N x budget + N x (registry pool) +
-    /// N` (one change listener each) stays below the server's `max_connections`
-    /// minus its `superuser_reserved_connections`. Behind a pooler, it bounds the
-    /// client connections to the pooler instead.
-    pub max_connections: Option<u32>,
-    /// Most connections one tenant may hold at once, so one tenant cannot take the
-    /// whole budget (default: no limit beyond the budget).
-    pub max_connections_per_tenant: Option<u32>,
-    /// How long a request waits for a connection before giving up with 503 (default 5 s).
-    pub acquire_timeout: Duration,
-    /// Idle connections are closed after this long (default 60 s).
-    pub idle_timeout: Duration,
-    /// Connections are closed after this long, which bounds the catalog cache a
-    /// backend accumulates (default 30 min).
-    pub max_lifetime: Duration,
-    /// A connection is closed after it has served this many distinct tenants
-    /// (default 1,000): each schema tenant's tables stay in the backend's catalog cache
-    /// (about 10 KB per table) until the backend exits. Lower bounds memory, at a price:
-    /// a new backend re-reads the catalog of every tenant it serves (`scale_bench`
-    /// measured half the throughput at 100 over 1,000 random tenants).
-    pub max_tenants_per_connection: u32,
-    /// A schema every schema-strategy tenant may also read (appended to its
-    /// `search_path`).
-    pub shared_schema: Option<String>,
-    /// The schema holding the shared tables of row-strategy tenants: their whole
-    /// `search_path` (default `public`).
-    pub row_schema: Option<String>,
-    /// A role row-strategy connections switch to when bound (part of the binding,
-    /// like `SET ROLE`), for when they cannot log in as [`PoolConfig::row_user`].
-    /// Row-level security then applies to that role. Weaker than `row_user`, because
-    /// a handler's own SQL could `RESET ROLE` within its request (the change is
-    /// undone before the connection serves another request).
-    pub row_role: Option<String>,
-    /// The role row-strategy tenants log in as: one that owns no tenant table and has
-    /// no `BYPASSRLS`, so that row-level security applies to it. Its connections are
-    /// kept apart from the others (within the same budget). When unset they log in
-    /// as the registry's user, and row-level security is only as strong as that role.
-    pub row_user: Option<String>,
-    /// The password of [`PoolConfig::row_user`], if it needs one. Never printed by
-    /// `Debug`.
-    pub row_password: Option<String>,
-    /// How a connection is bound to its tenant: session settings kept between
-    /// requests (the default), or settings local to each transaction, for a
-    /// transaction pooler (PgBouncer, Supavisor, RDS Proxy) in front of the server.
-    pub binding: Binding,
-}
+mod binding;
+mod budget;
+mod config;
+mod release;
 
-/// How tenant connections are bound to their tenant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Binding {
-    /// Session settings (`search_path`, the tenant setting, the role), set in one round
-    /// trip when a connection changes tenant and kept while it serves the same one.
-    /// Needs connections that are the server's own (direct, or a pooler in session
-    /// mode); tenantry refuses to start behind a transaction pooler with it.
-    #[default]
-    Session,
-    /// Pooler-safe: no session state at all. Every unit of work is a transaction
-    /// that starts with `BEGIN; SET LOCAL search_path ..; SET LOCAL tenantry.tenant_id
-    /// ..; SET LOCAL role ..` in one round trip, and statements are not prepared by name
-    /// (PgBouncer before 1.21 keeps no prepared statements in transaction mode). A
-    /// `TenantTx` is one such transaction; a `TenantDb` runs each statement in one of
-    /// its own (a statement's writes are committed when it returns, as in session
-    /// mode). Costs two round trips more per `TenantDb` statement.
-    Transaction,
-}
-
-impl Default for PoolConfig {
-    fn default() -> Self {
-        Self {
-            max_connections: None,
-            max_connections_per_tenant: None,
-            acquire_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(60),
-            max_lifetime: Duration::from_secs(30 * 60),
-            max_tenants_per_connection: 1000,
-            shared_schema: None,
-            row_schema: None,
-            row_role: None,
-            row_user: None,
-            row_password: None,
-            binding: Binding::Session,
-        }
-    }
-}
-
-impl std::fmt::Debug for PoolConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PoolConfig")
-            .field("max_connections", &self.max_connections)
-            .field(
-                "max_connections_per_tenant",
-                &self.max_connections_per_tenant,
-            )
-            .field("acquire_timeout", &self.acquire_timeout)
-            .field("idle_timeout", &self.idle_timeout)
-            .field("max_lifetime", &self.max_lifetime)
-            .field(
-                "max_tenants_per_connection",
-                &self.max_tenants_per_connection,
-            )
-            .field("shared_schema", &self.shared_schema)
-            .field("row_schema", &self.row_schema)
-            .field("row_role", &self.row_role)
-            .field("row_user", &self.row_user)
-            .field(
-                "row_password",
-                &self.row_password.as_ref().map(|_| "<redacted>"),
-            )
-            .field("binding", &self.binding)
-            .finish()
-    }
-}
-
-/// The `application_name` of tenant connections, unless the connect options set one.
-pub const APPLICATION_NAME: &str = "tenantry";
-
+use binding::Scope;
+pub use config::{APPLICATION_NAME, Binding, PoolConfig};
+pub(crate) use release::PooledConn;
 /// Who a connection logs in as and where: connections are only ever reused within
 /// one login.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -223,6 +106,11 @@ struct Conn {
     tenants: HashSet<TenantId>,
     created: Instant,
     idle_since: Instant,
+    /// A request's own SQL ran on it since it was last bound or cleaned: it is
+    /// cleaned before it serves anyone (see [`release`]).
+    dirty: bool,
+    /// Tells this connection apart from the others, for the background cleaning.
+    serial: u64,
 }
 
 /// Counters of the tenant connections.
@@ -307,6 +195,10 @@ struct Shared {
     /// The default server is a Citus coordinator: row tenants are bound per
     /// transaction, with `SET LOCAL`s the coordinator forwards to the workers.
     citus: AtomicBool,
+    /// The quoted control schema, home of the `session_bind` function.
+    control: std::sync::OnceLock<String>,
+    /// The last connection serial given out.
+    serials: std::sync::atomic::AtomicU64,
 }
 
 /// The tenant connections of every server, within each server's budget. Cheap to
@@ -364,6 +256,8 @@ impl TenantPools {
                 state: Mutex::new(State::default()),
                 released: Mutex::new(HashMap::new()),
                 citus: AtomicBool::new(false),
+                control: std::sync::OnceLock::new(),
+                serials: std::sync::atomic::AtomicU64::new(0),
                 servers,
             }),
         };
@@ -395,6 +289,12 @@ impl TenantPools {
         self.shared
             .citus
             .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Names the registry's control schema, where the `session_bind` function that
+    /// binds and cleans connections lives (default `tenantry`). Set once, at start.
+    pub(crate) fn set_control_schema(&self, schema: &str) {
+        let _ = self.shared.control.set(quote_ident(schema));
     }
 
     /// The configuration.
@@ -576,7 +476,6 @@ impl TenantPools {
             busy: false,
             in_transaction: false,
             local_binding: None,
-            tainted: Taint::default(),
         };
         let conn = match plan {
             Plan::Idle(conn) => *conn,
@@ -584,17 +483,10 @@ impl TenantPools {
                 guard.reserved = true;
                 let raw = shared.connect(&login, tenant).await?;
                 shared.lock().stats.opened += 1;
-                Conn {
-                    raw,
-                    login: login.clone(),
-                    binding: None,
-                    timeout: None,
-                    epoch: 0,
-                    layout: None,
-                    tenants: HashSet::new(),
-                    created: Instant::now(),
-                    idle_since: Instant::now(),
-                }
+                let serial = shared
+                    .serials
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                release::fresh(raw, login.clone(), serial)
             }
         };
         guard.conn = Some(conn);
@@ -668,9 +560,10 @@ impl Shared {
         }
     }
 
-    /// Chooses a connection for `key` under the lock, or `None` to wait. With the
-    /// budget full, an idle connection of another login on the server is moved to
-    /// `retiring`: its slot frees (and wakes a waiter) once it is closed.
+    /// Chooses a connection for `key` under the lock (see [`budget::choose`]), or
+    /// `None` to wait. With the budget full, an idle connection of another login on
+    /// the server is moved to `retiring`: its slot frees (and wakes a waiter) once it
+    /// is closed.
     fn plan(
         &self,
         state: &mut State,
@@ -678,68 +571,41 @@ impl Shared {
         key: &BindingKey,
         retiring: &mut Vec<Conn>,
     ) -> Option<Plan> {
-        if let Some(cap) = self.config.max_connections_per_tenant
-            && state.in_use.get(key).copied().unwrap_or(0) >= cap
-        {
-            return None;
-        }
-        let epoch = state.epoch(&key.id);
-        // 1. An idle connection bound to this incarnation: the most recently used.
-        let mut bound: Option<usize> = None;
-        // 2. Else an idle connection of the same login that served this tenant before
-        //    (its backend has the tenant's catalog entries cached), else the least
-        //    recently used one.
-        let mut warm: Option<usize> = None;
-        let mut same_login: Option<usize> = None;
-        // 3. Else (budget full) the least recently used idle connection of this server.
-        let mut same_server: Option<usize> = None;
-        for (i, conn) in state.idle.iter().enumerate() {
-            if conn.login == *login {
-                if conn.binding.as_ref() == Some(key) && conn.epoch == epoch {
-                    if bound.is_none_or(|b| state.idle[b].idle_since < conn.idle_since) {
-                        bound = Some(i);
-                    }
-                } else if login.database.is_none() {
-                    if warm.is_none() && conn.tenants.contains(&key.id) {
-                        warm = Some(i);
-                    }
-                    if same_login.is_none_or(|b| state.idle[b].idle_since > conn.idle_since) {
-                        same_login = Some(i);
-                    }
-                }
-            } else if conn.login.server == login.server
-                && same_server.is_none_or(|b| state.idle[b].idle_since > conn.idle_since)
-            {
-                same_server = Some(i);
+        let want = budget::Want {
+            login,
+            key,
+            epoch: state.epoch(&key.id),
+            in_use: state.in_use.get(key).copied().unwrap_or(0),
+            cap: self.config.max_connections_per_tenant,
+            open: state.open.get(&login.server).copied().unwrap_or(0),
+            budget: self.budget,
+        };
+        let idle = state.idle.iter().map(|c| budget::Idle {
+            login: &c.login,
+            bound_to: c
+                .binding
+                .as_ref()
+                .filter(|_| !c.dirty)
+                .map(|b| (b, c.epoch)),
+            served: c.tenants.contains(&key.id),
+            idle_since: c.idle_since,
+        });
+        match budget::choose(idle, want) {
+            budget::Choice::Bound(i) => {
+                state.stats.reused += 1;
+                Some(Plan::Idle(Box::new(state.idle.swap_remove(i))))
             }
+            budget::Choice::Rebind(i) => Some(Plan::Idle(Box::new(state.idle.swap_remove(i)))),
+            budget::Choice::Open => {
+                state.opened_one(&login.server);
+                Some(Plan::Open)
+            }
+            budget::Choice::MakeRoom(i) => {
+                retiring.push(state.idle.swap_remove(i));
+                None
+            }
+            budget::Choice::Wait => None,
         }
-        if let Some(i) = bound {
-            state.stats.reused += 1;
-            return Some(Plan::Idle(Box::new(state.idle.swap_remove(i))));
-        }
-        if let Some(i) = warm.or(same_login) {
-            return Some(Plan::Idle(Box::new(state.idle.swap_remove(i))));
-        }
-        let open = state.open.get(&login.server).copied().unwrap_or(0);
-        if open < self.budget {
-            state.opened_one(&login.server);
-            return Some(Plan::Open);
-        }
-        // The budget is full: make room by closing an idle connection of another
-        // login (a cold tenant database, or the row login) on this server.
-        let victim = same_server.or_else(|| {
-            // A database tenant's idle connection bound to another tenant of the
-            // same login cannot be rebound; it can make room.
-            state
-                .idle
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.login == *login)
-                .min_by_key(|(_, c)| c.idle_since)
-                .map(|(i, _)| i)
-        })?;
-        retiring.push(state.idle.swap_remove(victim));
-        None
     }
 
     async fn connect(&self, login: &Login, tenant: &Tenant) -> Result<PgConnection, Error> {
@@ -755,7 +621,7 @@ impl Shared {
         }
         if login.database.is_some() {
             // A tenant database's connections serve that tenant only: named for it.
-            options = options.application_name(&self.application_name(tenant));
+            options = options.application_name(&self.application_name_of(&tenant.id));
         } else if options.get_application_name().is_none() {
             // Lets operators tell tenant connections apart in `pg_stat_activity`.
             options = options.application_name(APPLICATION_NAME);
@@ -785,21 +651,19 @@ impl Shared {
         }
     }
 
-    /// How `tenant`'s connections are scoped (see [`crate::strategy`]).
+    /// How `tenant`'s connections are scoped.
     fn scope(&self, tenant: &Tenant) -> Scope {
-        let c = &self.config;
-        let mut scope = crate::strategy::scope(
+        Scope::of(
             tenant,
-            &ScopeConfig {
-                shared_schema: c.shared_schema.as_deref(),
-                row_schema: c.row_schema.as_deref(),
-                row_role: c.row_role.as_deref(),
-            },
-        );
-        scope.application_name = self.application_name(tenant);
-        scope.statement_timeout_ms = tenant.limits.statement_timeout_ms;
-        scope.citus = self.citus.load(std::sync::atomic::Ordering::Relaxed);
-        scope
+            &self.config,
+            self.application_name_of(&tenant.id),
+            self.citus.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// The quoted control schema.
+    fn control(&self) -> &str {
+        self.control.get().map_or("tenantry", String::as_str)
     }
 
     /// Whether `tenant` must be bound per transaction whatever the configuration:
@@ -810,9 +674,9 @@ impl Shared {
 
     /// `<application name>:<tenant>`: what `pg_stat_activity` shows while a
     /// connection serves `tenant` (the name alone once it is released and reset).
-    fn application_name(&self, tenant: &Tenant) -> String {
+    fn application_name_of(&self, id: &TenantId) -> String {
         let base = self.base.get_application_name().unwrap_or(APPLICATION_NAME);
-        format!("{base}:{}", tenant.id)
+        format!("{base}:{id}")
     }
 }
 
@@ -903,327 +767,5 @@ fn retire(shared: &Arc<Shared>, conns: Vec<Conn>) {
                 done(shared, &server);
             }
         }
-    }
-}
-
-/// A connection taken from [`TenantPools`] for one tenant; it goes back (or is reset,
-/// or closed) when dropped.
-pub(crate) struct PooledConn {
-    conn: Option<Conn>,
-    pool: Arc<Shared>,
-    key: BindingKey,
-    server: String,
-    /// A budget slot is counted for a connection being opened (not yet in `conn`).
-    reserved: bool,
-    /// A handler used the raw connection, or a statement failed without an answer
-    /// from the server: its session state is unknown.
-    dirty: bool,
-    /// A statement of tenantry's own is in flight (a drop now means a cancellation).
-    busy: bool,
-    /// A transaction tenantry began is open.
-    in_transaction: bool,
-    /// The transaction binding's `BEGIN; SET LOCAL ..` (transaction mode only).
-    local_binding: Option<String>,
-    /// Set by a handler's statement whose text may change the session.
-    tainted: Taint,
-}
-
-impl PooledConn {
-    /// Binds the connection to `tenant` unless it is bound to its incarnation (and
-    /// its schema layout) already.
-    async fn bind(&mut self, tenant: &Tenant) -> Result<(), Error> {
-        let pool = self.pool.clone();
-        let epoch = pool.lock().epoch(&tenant.id);
-        let layout = Layout {
-            strategy: tenant.strategy,
-            version: tenant.schema_version,
-        };
-        let session = pool.config.binding == Binding::Session && !pool.local_only(tenant);
-        if !session {
-            self.local_binding = Some(pool.scope(tenant).local_sql());
-        }
-        let conn = self.conn.as_mut().expect("a connection");
-        // A record read before a limits change may bind with its old timeout: the
-        // next binding with a newer record sees the difference and sets it again.
-        let timeout = tenant.limits.statement_timeout_ms;
-        if conn.binding.as_ref() == Some(&self.key)
-            && conn.epoch == epoch
-            && conn.layout == Some(layout)
-            && (!session || conn.timeout == timeout)
-        {
-            return Ok(());
-        }
-        self.busy = true;
-        // A statement prepared against another shape of the tables must not meet
-        // these (`cached plan must not change result type`).
-        if conn.layout.is_some_and(|l| l != layout) && conn.raw.cached_statements_size() > 0 {
-            conn.raw.clear_cached_statements().await?;
-        }
-        let scope = pool.scope(tenant);
-        // The statement timeout is touched only when it changes: set for a tenant that
-        // has one, put back to the session's default after one that had (reading the
-        // default scans every setting, so only then).
-        let timeout = match (scope.statement_timeout_ms, conn.timeout) {
-            (Some(ms), _) => Timeout::Set(ms.to_string()),
-            (None, Some(_)) => Timeout::Restore,
-            (None, None) => Timeout::Keep,
-        };
-        if session && !scope.own_database {
-            // The whole binding in one round trip; values are bound, never spliced.
-            const BINDING: &str = "SELECT pg_catalog.set_config('search_path', $1, false), \
-                 pg_catalog.set_config($2, $3, false), pg_catalog.set_config('role', $4, false), \
-                 pg_catalog.set_config('application_name', $5, false)";
-            let sql = match &timeout {
-                Timeout::Keep => BINDING.to_owned(),
-                Timeout::Set(_) => {
-                    format!("{BINDING}, pg_catalog.set_config('statement_timeout', $6, false)")
-                }
-                Timeout::Restore => format!("{BINDING}, {RESTORE_TIMEOUT}"),
-            };
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(&scope.search_path)
-                .bind(TENANT_SETTING)
-                .bind(&scope.setting)
-                .bind(scope.role_setting())
-                .bind(&scope.application_name);
-            if let Timeout::Set(ms) = &timeout {
-                query = query.bind(ms);
-            }
-            query.execute(&mut conn.raw).await?;
-            conn.timeout = scope.statement_timeout_ms;
-            pool.lock().stats.rebound += 1;
-        } else if session && !matches!(timeout, Timeout::Keep) {
-            // A tenant database's connection is its binding; only the tenant's
-            // statement timeout can change (its limits did).
-            match &timeout {
-                Timeout::Set(ms) => {
-                    sqlx::query("SELECT pg_catalog.set_config('statement_timeout', $1, false)")
-                        .bind(ms)
-                        .execute(&mut conn.raw)
-                        .await?;
-                }
-                _ => {
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SELECT {RESTORE_TIMEOUT}")))
-                        .execute(&mut conn.raw)
-                        .await?;
-                }
-            }
-            conn.timeout = scope.statement_timeout_ms;
-        }
-        self.busy = false;
-        conn.layout = Some(layout);
-        conn.binding = Some(self.key.clone());
-        conn.epoch = epoch;
-        conn.tenants.insert(tenant.id.clone());
-        Ok(())
-    }
-
-    /// Whether the tenant was invalidated since this connection was bound to it: a
-    /// handle then asks the registry before its next statement.
-    pub(crate) fn stale(&self) -> bool {
-        let epoch = self.pool.lock().epoch(&self.key.id);
-        self.conn.as_ref().is_some_and(|c| c.epoch != epoch)
-    }
-
-    /// Marks the binding as checked against the registry again.
-    pub(crate) fn refresh(&mut self) {
-        let epoch = self.pool.lock().epoch(&self.key.id);
-        if let Some(conn) = self.conn.as_mut() {
-            conn.epoch = epoch;
-        }
-    }
-
-    /// In the transaction binding: the statement that begins a transaction bound to
-    /// the tenant (`BEGIN; SET LOCAL ..`), one round trip.
-    pub(crate) fn local_binding(&self) -> Option<&str> {
-        self.local_binding.as_deref()
-    }
-
-    /// The connection for tenantry's own statements (which change no session state).
-    pub(crate) fn own(&mut self) -> &mut PgConnection {
-        &mut self.conn.as_mut().expect("a connection").raw
-    }
-
-    /// The connection for a handler's SQL: checked and reset before it is reused.
-    pub(crate) fn raw(&mut self) -> &mut PgConnection {
-        self.dirty = true;
-        self.own()
-    }
-
-    /// The flag a handler's statements set when they may change the session.
-    pub(crate) fn taint(&self) -> Taint {
-        self.tainted.clone()
-    }
-
-    /// Marks the connection's state unknown (a statement failed without an answer
-    /// from the server): it is checked before reuse, and closed if that fails.
-    pub(crate) fn suspect(&mut self) {
-        self.dirty = true;
-    }
-
-    /// Marks a statement of tenantry's own as in flight (`true`) or finished.
-    pub(crate) fn set_busy(&mut self, busy: bool) {
-        self.busy = busy;
-    }
-
-    /// Marks a transaction tenantry began as open (`true`) or ended.
-    pub(crate) fn set_in_transaction(&mut self, open: bool) {
-        self.in_transaction = open;
-    }
-}
-
-impl Drop for PooledConn {
-    fn drop(&mut self) {
-        let pool = self.pool.clone();
-        let mut state = pool.lock();
-        state.release_key(&self.key);
-        let Some(mut conn) = self.conn.take() else {
-            if self.reserved {
-                // Dropped (or failed) while connecting: the slot was never used.
-                state.closed_one(&self.server);
-            }
-            drop(state);
-            pool.notify_released(&self.server);
-            return;
-        };
-        let config = &pool.config;
-        let worn = conn.tenants.len() >= config.max_tenants_per_connection as usize
-            || conn.created.elapsed() >= config.max_lifetime;
-        let unsure = self.dirty
-            || self.tainted.is_marked()
-            || self.busy
-            || self.in_transaction
-            || conn.raw.is_in_transaction();
-        if worn && !unsure {
-            drop(state);
-            retire(&pool, vec![conn]);
-            return;
-        }
-        if !unsure {
-            if conn
-                .binding
-                .as_ref()
-                .is_some_and(|b| state.epoch(&b.id) != conn.epoch)
-            {
-                conn.binding = None;
-            }
-            conn.idle_since = Instant::now();
-            state.idle.push(conn);
-            drop(state);
-            pool.notify_released(&self.server);
-            return;
-        }
-        state.stats.reset += 1;
-        drop(state);
-        // Off the request's path: reset, then back to the idle set, or closed. The
-        // slot stays counted meanwhile, so the budget holds.
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            retire(&pool, vec![conn]);
-            return;
-        };
-        let session = config.binding == Binding::Session;
-        handle.spawn(async move {
-            let reset =
-                tokio::time::timeout(Duration::from_secs(10), reset(&mut conn.raw, session)).await;
-            match reset {
-                Ok(Ok(())) if !worn => {
-                    let mut state = pool.lock();
-                    // The session is the login's default now: unbound, except a
-                    // tenant database's connection, whose database is its binding.
-                    if conn.login.database.is_none() && session {
-                        conn.binding = None;
-                    }
-                    // `RESET ALL` put the server's statement timeout back: the next
-                    // binding sets the tenant's again.
-                    conn.timeout = None;
-                    conn.idle_since = Instant::now();
-                    let server = conn.login.server.clone();
-                    state.idle.push(conn);
-                    drop(state);
-                    pool.notify_released(&server);
-                }
-                _ => retire(&pool, vec![conn]),
-            }
-        });
-    }
-}
-
-/// Returns a connection to the session state it had when it logged in: ends any
-/// transaction, and discards settings, role, temporary tables, cursors, advisory
-/// locks and `LISTEN`s. Prepared statements are kept (sqlx's statement cache owns
-/// them) unless their count no longer matches the cache, which is then cleared.
-///
-/// Behind a transaction pooler (`session` false) the session belongs to the pooler's
-/// server connection, which the next transaction may not get: only an open
-/// transaction is ended (every transaction sets its own binding anyway).
-async fn reset(conn: &mut PgConnection, session: bool) -> Result<(), sqlx::Error> {
-    // `transaction_timestamp() = statement_timestamp()` holds only for the first
-    // statement of a transaction: false inside a transaction block a handler opened.
-    // (Sent as a simple query: in the extended protocol the two timestamps differ.)
-    // In a failed transaction the query itself fails. Names are schema-qualified, so
-    // a handler's `search_path` cannot change what the probe calls.
-    const PROBE: &str = "SELECT pg_catalog.transaction_timestamp() OPERATOR(pg_catalog.=) \
-         pg_catalog.statement_timestamp(), \
-         (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements)";
-    let probe = |row: sqlx::postgres::PgRow| -> Result<(bool, i64), sqlx::Error> {
-        Ok((row.try_get::<bool, _>(0)?, row.try_get::<i64, _>(1)?))
-    };
-    let mut state = sqlx::raw_sql(PROBE)
-        .fetch_one(&mut *conn)
-        .await
-        .and_then(probe);
-    if !matches!(state, Ok((true, _))) {
-        sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
-        state = sqlx::raw_sql(PROBE)
-            .fetch_one(&mut *conn)
-            .await
-            .and_then(probe);
-    }
-    let (outside, prepared) = state?;
-    if !outside {
-        return Err(sqlx::Error::Protocol(
-            "the connection is still in a transaction after ROLLBACK".to_owned(),
-        ));
-    }
-    if !session {
-        return Ok(());
-    }
-    sqlx::raw_sql(
-        "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; \
-         SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES",
-    )
-    .execute(&mut *conn)
-    .await?;
-    if usize::try_from(prepared).ok() != Some(conn.cached_statements_size()) {
-        conn.clear_cached_statements().await?;
-        sqlx::raw_sql("DEALLOCATE ALL").execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-/// What a binding does to the session's statement timeout.
-enum Timeout {
-    /// Leave it (the tenant has none, and none was set before).
-    Keep,
-    /// Set it to this many milliseconds.
-    Set(String),
-    /// Put the session's default back (a previous tenant had one).
-    Restore,
-}
-
-/// Puts the session's default statement timeout back.
-const RESTORE_TIMEOUT: &str = "pg_catalog.set_config('statement_timeout', \
-     (SELECT reset_val FROM pg_catalog.pg_settings WHERE name = 'statement_timeout'), false)";
-
-/// A flag a handler's statement sets when it may have changed the session.
-#[derive(Clone, Default)]
-pub(crate) struct Taint(std::sync::Arc<std::sync::atomic::AtomicBool>);
-
-impl Taint {
-    pub(crate) fn mark(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-    pub(crate) fn is_marked(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

@@ -1,0 +1,264 @@
+//! Budget accounting: which connection an acquisition takes, decided under the pool's
+//! lock from what is idle and how many connections the server has open. Pure: it
+//! reads descriptions of the idle connections and answers with an index, so it is
+//! tested without PostgreSQL.
+
+use std::time::Instant;
+
+use super::{BindingKey, Login};
+
+/// What the planner needs to know of one idle connection.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Idle<'a> {
+    pub login: &'a Login,
+    /// Bound to this key at this epoch, and clean (no request's SQL ran on it since
+    /// it was bound): usable with no statement at all.
+    pub bound_to: Option<(&'a BindingKey, u64)>,
+    /// The connection served this tenant id before (its backend has the tenant's
+    /// catalog entries cached).
+    pub served: bool,
+    pub idle_since: Instant,
+}
+
+/// What an acquisition does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Choice {
+    /// Take idle connection `i`, bound to the tenant already.
+    Bound(usize),
+    /// Take idle connection `i` and rebind it.
+    Rebind(usize),
+    /// Open a new connection (a slot is free).
+    Open,
+    /// The budget is full: close idle connection `i` (of another login or database)
+    /// to make room, and wait for its slot.
+    MakeRoom(usize),
+    /// Nothing can be done now: wait for a release.
+    Wait,
+}
+
+/// The request: who it is for, and where the server's budget stands.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Want<'a> {
+    pub login: &'a Login,
+    pub key: &'a BindingKey,
+    /// The key's invalidation epoch now: a binding made at another epoch is void.
+    pub epoch: u64,
+    /// Connections the key holds now, and the most it may hold.
+    pub in_use: u32,
+    pub cap: Option<u32>,
+    /// Connections open to the server now, and its budget.
+    pub open: u32,
+    pub budget: u32,
+}
+
+/// Chooses a connection for `want` among `idle`:
+///
+/// 1. an idle connection bound to this incarnation (the most recently used);
+/// 2. else an idle connection of the same login that served this tenant before,
+///    else the least recently used one of the login (not for a tenant database,
+///    whose connections serve that tenant only);
+/// 3. else a new connection, if the server's budget has a free slot;
+/// 4. else (budget full) the least recently used idle connection of another login on
+///    the server, or a tenant database's connection bound to another tenant, is
+///    closed to make room.
+pub(super) fn choose<'a>(idle: impl IntoIterator<Item = Idle<'a>>, want: Want<'_>) -> Choice {
+    if want.cap.is_some_and(|cap| want.in_use >= cap) {
+        return Choice::Wait;
+    }
+    let own_database = want.login.database.is_some();
+    let mut bound: Option<(usize, Instant)> = None;
+    let mut warm: Option<usize> = None;
+    let mut same_login: Option<(usize, Instant)> = None;
+    let mut same_server: Option<(usize, Instant)> = None;
+    let mut own_login_oldest: Option<(usize, Instant)> = None;
+    for (i, c) in idle.into_iter().enumerate() {
+        if c.login == want.login {
+            if own_login_oldest.is_none_or(|(_, t)| t > c.idle_since) {
+                own_login_oldest = Some((i, c.idle_since));
+            }
+            if c.bound_to == Some((want.key, want.epoch)) {
+                if bound.is_none_or(|(_, t)| t < c.idle_since) {
+                    bound = Some((i, c.idle_since));
+                }
+            } else if !own_database {
+                if warm.is_none() && c.served {
+                    warm = Some(i);
+                }
+                if same_login.is_none_or(|(_, t)| t > c.idle_since) {
+                    same_login = Some((i, c.idle_since));
+                }
+            }
+        } else if c.login.server == want.login.server
+            && same_server.is_none_or(|(_, t)| t > c.idle_since)
+        {
+            same_server = Some((i, c.idle_since));
+        }
+    }
+    if let Some((i, _)) = bound {
+        return Choice::Bound(i);
+    }
+    if let Some(i) = warm.or(same_login.map(|(i, _)| i)) {
+        return Choice::Rebind(i);
+    }
+    if want.open < want.budget {
+        return Choice::Open;
+    }
+    match same_server.or(own_login_oldest) {
+        Some((i, _)) => Choice::MakeRoom(i),
+        None => Choice::Wait,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn login(database: Option<&str>) -> Login {
+        Login {
+            server: "default".to_owned(),
+            database: database.map(str::to_owned),
+            user: None,
+        }
+    }
+
+    fn key(id: &str) -> BindingKey {
+        BindingKey {
+            id: id.parse().unwrap(),
+            incarnation: 1,
+        }
+    }
+
+    fn want<'a>(login: &'a Login, key: &'a BindingKey, open: u32, budget: u32) -> Want<'a> {
+        Want {
+            login,
+            key,
+            epoch: 0,
+            in_use: 0,
+            cap: None,
+            open,
+            budget,
+        }
+    }
+
+    #[test]
+    fn a_connection_bound_to_the_tenant_wins_and_the_freshest_of_them() {
+        let shared = login(None);
+        let (a, b) = (key("a"), key("b"));
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_millis(5);
+        let idle = [
+            Idle {
+                login: &shared,
+                bound_to: Some((&b, 0)),
+                served: false,
+                idle_since: t0,
+            },
+            Idle {
+                login: &shared,
+                bound_to: Some((&a, 0)),
+                served: true,
+                idle_since: t0,
+            },
+            Idle {
+                login: &shared,
+                bound_to: Some((&a, 0)),
+                served: true,
+                idle_since: t1,
+            },
+        ];
+        assert_eq!(choose(idle, want(&shared, &a, 3, 3)), Choice::Bound(2));
+    }
+
+    #[test]
+    fn a_binding_of_an_older_epoch_is_not_reused_but_rebound() {
+        let shared = login(None);
+        let a = key("a");
+        let idle = [Idle {
+            login: &shared,
+            bound_to: Some((&a, 0)),
+            served: true,
+            idle_since: Instant::now(),
+        }];
+        let mut w = want(&shared, &a, 1, 1);
+        w.epoch = 1;
+        assert_eq!(choose(idle, w), Choice::Rebind(0));
+    }
+
+    #[test]
+    fn a_warm_connection_is_preferred_to_the_least_recently_used() {
+        let shared = login(None);
+        let (a, b, c) = (key("a"), key("b"), key("c"));
+        let t0 = Instant::now();
+        let idle = [
+            Idle {
+                login: &shared,
+                bound_to: Some((&b, 0)),
+                served: false,
+                idle_since: t0,
+            },
+            Idle {
+                login: &shared,
+                bound_to: Some((&c, 0)),
+                served: true,
+                idle_since: t0 + Duration::from_millis(1),
+            },
+        ];
+        assert_eq!(choose(idle, want(&shared, &a, 2, 2)), Choice::Rebind(1));
+        let cold = [
+            idle[0],
+            Idle {
+                served: false,
+                ..idle[1]
+            },
+        ];
+        assert_eq!(choose(cold, want(&shared, &a, 2, 2)), Choice::Rebind(0));
+    }
+
+    #[test]
+    fn a_free_slot_opens_and_a_full_budget_closes_another_login_or_waits() {
+        let shared = login(None);
+        let tenant_db = login(Some("t_a"));
+        let a = key("a");
+        assert_eq!(choose([], want(&shared, &a, 1, 2)), Choice::Open);
+        assert_eq!(choose([], want(&shared, &a, 2, 2)), Choice::Wait);
+        let idle = [Idle {
+            login: &tenant_db,
+            bound_to: Some((&a, 0)),
+            served: true,
+            idle_since: Instant::now(),
+        }];
+        assert_eq!(choose(idle, want(&shared, &a, 2, 2)), Choice::MakeRoom(0));
+    }
+
+    #[test]
+    fn a_tenant_database_connection_is_never_rebound_to_another_tenant() {
+        let db = login(Some("t_shared_name"));
+        let (a, b) = (key("a"), key("b"));
+        let idle = [Idle {
+            login: &db,
+            bound_to: Some((&b, 0)),
+            served: false,
+            idle_since: Instant::now(),
+        }];
+        assert_eq!(choose(idle, want(&db, &a, 1, 2)), Choice::Open);
+        assert_eq!(choose(idle, want(&db, &a, 2, 2)), Choice::MakeRoom(0));
+    }
+
+    #[test]
+    fn a_tenant_at_its_cap_waits_even_with_idle_connections() {
+        let shared = login(None);
+        let a = key("a");
+        let idle = [Idle {
+            login: &shared,
+            bound_to: Some((&a, 0)),
+            served: true,
+            idle_since: Instant::now(),
+        }];
+        let mut w = want(&shared, &a, 1, 4);
+        w.in_use = 2;
+        w.cap = Some(2);
+        assert_eq!(choose(idle, w), Choice::Wait);
+    }
+}

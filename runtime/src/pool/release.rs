@@ -1,0 +1,330 @@
+//! A connection taken for one request, and what happens when it comes back.
+//!
+//! A connection goes back to the idle set as it is when only tenantry's own statements
+//! ran on it, outside a transaction: its binding is what the pool believes (the entity
+//! API never changes session state; what a user's trigger changes stays with that
+//! tenant's binding until the next rebind, which discards it). A connection on which a
+//! request ran its own SQL goes back marked *dirty*: before it serves any request,
+//! the same tenant's included, one `session_bind` call discards everything and sets
+//! the binding, so what the server holds then is known whatever the SQL did. A dirty
+//! connection that stays idle is cleaned off the request path after
+//! [`DIRTY_IDLE_GRACE`], so that no advisory lock or `LISTEN` outlives its request for
+//! long. A connection dropped inside a transaction or mid-statement (a cancelled
+//! request) is rolled back and cleaned off the request's path first; one that cannot be
+//! is closed.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection, PgConnection};
+
+use super::binding::{self, Scope};
+use super::{Binding, BindingKey, Conn, Layout, Shared, retire};
+use crate::error::Error;
+use crate::tenant::Tenant;
+
+/// How long a dirty connection may sit idle before it is cleaned in the background.
+pub(super) const DIRTY_IDLE_GRACE: Duration = Duration::from_millis(20);
+
+/// A connection taken from [`super::TenantPools`] for one tenant; it goes back (or is
+/// cleaned, or closed) when dropped.
+pub(crate) struct PooledConn {
+    pub(super) conn: Option<Conn>,
+    pub(super) pool: Arc<Shared>,
+    pub(super) key: BindingKey,
+    pub(super) server: String,
+    /// A budget slot is counted for a connection being opened (not yet in `conn`).
+    pub(super) reserved: bool,
+    /// The request's own SQL ran on the connection, or a statement failed without an
+    /// answer from the server: its session state is unknown.
+    pub(super) dirty: bool,
+    /// A statement of tenantry's own is in flight (a drop now means a cancellation).
+    pub(super) busy: bool,
+    /// A transaction tenantry began is open.
+    pub(super) in_transaction: bool,
+    /// The transaction binding's `BEGIN; ..` (transaction mode only).
+    pub(super) local_binding: Option<String>,
+}
+
+impl PooledConn {
+    /// Binds the connection to `tenant` unless it is bound to its incarnation (and
+    /// its schema layout) already and clean.
+    pub(super) async fn bind(&mut self, tenant: &Tenant) -> Result<(), Error> {
+        let pool = self.pool.clone();
+        let epoch = pool.lock().epoch(&tenant.id);
+        let layout = Layout {
+            strategy: tenant.strategy,
+            version: tenant.schema_version,
+        };
+        let session = binding::session_binding(&pool.config, pool.local_only(tenant));
+        let scope = pool.scope(tenant);
+        if !session {
+            self.local_binding = Some(scope.local_sql(pool.control()));
+        }
+        let conn = self.conn.as_mut().expect("a connection");
+        // A record read before a limits change may bind with its old timeout: the
+        // next binding with a newer record sees the difference and sets it again.
+        let timeout = tenant.limits.statement_timeout_ms;
+        if !conn.dirty
+            && conn.binding.as_ref() == Some(&self.key)
+            && conn.epoch == epoch
+            && conn.layout == Some(layout)
+            && (!session || conn.timeout == timeout)
+        {
+            return Ok(());
+        }
+        self.busy = true;
+        // A statement prepared against another shape of the tables must not meet
+        // these (`cached plan must not change result type`).
+        if conn.layout.is_some_and(|l| l != layout) && conn.raw.cached_statements_size() > 0 {
+            conn.raw.clear_cached_statements().await?;
+        }
+        let was_dirty = conn.dirty;
+        if session {
+            // A tenant database's clean connection that only needs no new timeout:
+            // its database is its binding.
+            let database_as_is = scope.own_database && !was_dirty && conn.timeout == timeout;
+            if !database_as_is {
+                binding::bind_session(&pool, &mut conn.raw, Some(&scope), was_dirty).await?;
+            }
+            conn.timeout = timeout;
+            let mut state = pool.lock();
+            if !scope.own_database {
+                state.stats.rebound += 1;
+            }
+            if was_dirty {
+                state.stats.reset += 1;
+            }
+        }
+        // In the transaction binding, every transaction starts with the discarding.
+        conn.dirty = false;
+        self.busy = false;
+        conn.layout = Some(layout);
+        conn.binding = Some(self.key.clone());
+        conn.epoch = epoch;
+        conn.tenants.insert(tenant.id.clone());
+        Ok(())
+    }
+
+    /// Whether the tenant was invalidated since this connection was bound to it: a
+    /// handle then asks the registry before its next statement.
+    pub(crate) fn stale(&self) -> bool {
+        let epoch = self.pool.lock().epoch(&self.key.id);
+        self.conn.as_ref().is_some_and(|c| c.epoch != epoch)
+    }
+
+    /// Marks the binding as checked against the registry again.
+    pub(crate) fn refresh(&mut self) {
+        let epoch = self.pool.lock().epoch(&self.key.id);
+        if let Some(conn) = self.conn.as_mut() {
+            conn.epoch = epoch;
+        }
+    }
+
+    /// In the transaction binding: the statement that begins a transaction bound to
+    /// the tenant, one round trip.
+    pub(crate) fn local_binding(&self) -> Option<&str> {
+        self.local_binding.as_deref()
+    }
+
+    /// In the transaction binding: what ends a transaction (`COMMIT` if `ok`, else
+    /// `ROLLBACK`), followed, when the request's own SQL ran on the connection, by the
+    /// discarding of what it left on the pooler's server connection (in the same
+    /// message, so on the same server connection).
+    pub(crate) fn local_end(&self, ok: bool) -> String {
+        let end = if ok { "COMMIT" } else { "ROLLBACK" };
+        if !self.dirty {
+            return end.to_owned();
+        }
+        format!(
+            "{end}; SELECT {}.session_bind(NULL, NULL, NULL, NULL, NULL, NULL, false, true)",
+            self.pool.control()
+        )
+    }
+
+    /// The connection for tenantry's own statements.
+    pub(crate) fn own(&mut self) -> &mut PgConnection {
+        &mut self.conn.as_mut().expect("a connection").raw
+    }
+
+    /// The connection for a request's own SQL: cleaned before it serves anyone again.
+    pub(crate) fn raw(&mut self) -> &mut PgConnection {
+        self.dirty = true;
+        self.own()
+    }
+
+    /// Marks the connection's state unknown (the request's own SQL runs on it, or a
+    /// statement failed without an answer from the server).
+    pub(crate) fn suspect(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Marks a statement of tenantry's own as in flight (`true`) or finished.
+    pub(crate) fn set_busy(&mut self, busy: bool) {
+        self.busy = busy;
+    }
+
+    /// Marks a transaction tenantry began as open (`true`) or ended.
+    pub(crate) fn set_in_transaction(&mut self, open: bool) {
+        self.in_transaction = open;
+    }
+
+    /// Whether the server reports the connection inside a transaction block.
+    pub(crate) fn server_in_transaction(&self) -> bool {
+        self.conn
+            .as_ref()
+            .is_some_and(|c| c.raw.is_in_transaction())
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        let pool = self.pool.clone();
+        let mut state = pool.lock();
+        state.release_key(&self.key);
+        let Some(mut conn) = self.conn.take() else {
+            if self.reserved {
+                // Dropped (or failed) while connecting: the slot was never used.
+                state.closed_one(&self.server);
+            }
+            drop(state);
+            pool.notify_released(&self.server);
+            return;
+        };
+        let config = &pool.config;
+        let worn = conn.tenants.len() >= config.max_tenants_per_connection as usize
+            || conn.created.elapsed() >= config.max_lifetime;
+        let cut_off = self.busy || self.in_transaction || conn.raw.is_in_transaction();
+        if worn && !cut_off {
+            // Closing discards everything the session holds.
+            drop(state);
+            retire(&pool, vec![conn]);
+            return;
+        }
+        conn.dirty |= self.dirty;
+        if !cut_off {
+            if conn
+                .binding
+                .as_ref()
+                .is_some_and(|b| state.epoch(&b.id) != conn.epoch)
+            {
+                conn.binding = None;
+            }
+            conn.idle_since = Instant::now();
+            let dirty = conn.dirty;
+            let serial = conn.serial;
+            state.idle.push(conn);
+            drop(state);
+            pool.notify_released(&self.server);
+            if dirty && config.binding == Binding::Session {
+                clean_when_idle(&pool, serial);
+            }
+            return;
+        }
+        drop(state);
+        // Off the request's path: roll back and clean, then back to the idle set, or
+        // closed. The slot stays counted meanwhile, so the budget holds.
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            retire(&pool, vec![conn]);
+            return;
+        };
+        let session = config.binding == Binding::Session;
+        handle.spawn(async move {
+            let cleaned = tokio::time::timeout(Duration::from_secs(10), async {
+                binding::end_transaction(&mut conn.raw).await?;
+                if session {
+                    clean(&pool, &mut conn).await?;
+                }
+                Ok::<_, Error>(())
+            })
+            .await;
+            match cleaned {
+                Ok(Ok(())) if !worn => {
+                    conn.idle_since = Instant::now();
+                    let server = conn.login.server.clone();
+                    pool.lock().idle.push(conn);
+                    pool.notify_released(&server);
+                }
+                _ => retire(&pool, vec![conn]),
+            }
+        });
+    }
+}
+
+/// Discards what a request left on `conn` (session binding). The connection is then
+/// unbound, but for a tenant database's, whose database is its binding.
+async fn clean(pool: &Shared, conn: &mut Conn) -> Result<(), Error> {
+    if conn.login.database.is_some() {
+        // The next binding of its tenant sets the statement timeout again.
+        let scope = Scope {
+            search_path: "public, pg_temp".to_owned(),
+            setting: String::new(),
+            role: None,
+            own_database: true,
+            application_name: conn
+                .binding
+                .as_ref()
+                .map(|b| pool.application_name_of(&b.id))
+                .unwrap_or_default(),
+            statement_timeout_ms: None,
+            citus: false,
+        };
+        binding::bind_session(pool, &mut conn.raw, Some(&scope), true).await?;
+    } else {
+        binding::bind_session(pool, &mut conn.raw, None, true).await?;
+        conn.binding = None;
+    }
+    conn.timeout = None;
+    conn.dirty = false;
+    pool.lock().stats.reset += 1;
+    Ok(())
+}
+
+/// Cleans the dirty idle connection `serial` in the background if it is still idle
+/// after [`DIRTY_IDLE_GRACE`] (a busy pool rebinds it sooner, which cleans it too).
+fn clean_when_idle(pool: &Arc<Shared>, serial: u64) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let weak = Arc::downgrade(pool);
+    handle.spawn(async move {
+        tokio::time::sleep(DIRTY_IDLE_GRACE).await;
+        let Some(pool) = weak.upgrade() else { return };
+        let taken = {
+            let mut state = pool.lock();
+            let found = state
+                .idle
+                .iter()
+                .position(|c| c.serial == serial && c.dirty);
+            found.map(|i| state.idle.swap_remove(i))
+        };
+        let Some(mut conn) = taken else { return };
+        let cleaned = tokio::time::timeout(Duration::from_secs(10), clean(&pool, &mut conn)).await;
+        match cleaned {
+            Ok(Ok(())) => {
+                let server = conn.login.server.clone();
+                pool.lock().idle.push(conn);
+                pool.notify_released(&server);
+            }
+            _ => retire(&pool, vec![conn]),
+        }
+    });
+}
+
+/// A connection opened for `login`, not bound yet.
+pub(super) fn fresh(raw: PgConnection, login: super::Login, serial: u64) -> Conn {
+    Conn {
+        raw,
+        login,
+        binding: None,
+        timeout: None,
+        epoch: 0,
+        layout: None,
+        tenants: HashSet::new(),
+        created: Instant::now(),
+        idle_since: Instant::now(),
+        dirty: false,
+        serial,
+    }
+}
