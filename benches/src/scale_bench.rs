@@ -1,10 +1,14 @@
 //! Scale benchmark: many tenants, a random (or Zipf-skewed) tenant per request, over
 //! HTTP, against two plain servers measured in the same run:
 //!
-//! - **plain**: axum + sqlx, one table, no tenancy (the limit);
+//! - **plain**: axum + sqlx, one table, no tenancy (the limit), with
+//!   `test_before_acquire(false)`: sqlx pings every connection it hands out by
+//!   default, a round trip a tuned server does not pay. The default-ping server is
+//!   reported too, as what a default sqlx app does;
 //! - **naive**: axum + sqlx, a shared pool, `set_config('search_path', ..)` then the
-//!   query on every request (django-tenants' pattern);
-//! - **tenantry**: the `saas` quick start's router, unchanged.
+//!   query on every request (django-tenants' pattern), also with and without the ping;
+//! - **tenantry**: the `saas` quick start's router, unchanged, and a handler that runs
+//!   its own `sqlx::query` through `&mut db` (the server-verified release).
 //!
 //! Every request is `GET /api/v1/projects/{id}` of one row. Servers are interleaved in
 //! rounds; figures are medians over rounds and ratios are taken within each round.
@@ -15,9 +19,15 @@
 //! ```text
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
 //! cargo run --release -p tenantry-benches --bin scale_bench -- \
-//!     [--tenants 1000] [--zipf-tenants 10000] [--rounds 3] [--secs 3] [--concurrency 16] \
-//!     [--recycle N] [--no-pooler]
+//!     [--tenants 1000] [--zipf-tenants 10000] [--schema-zipf-tenants 0] [--rounds 3] \
+//!     [--secs 3] [--concurrency 16] [--recycle N] [--no-pooler]
 //! ```
+//!
+//! `--schema-zipf-tenants N` (N > `--tenants`) provisions N schema tenants and adds
+//! random and Zipf(1.1) cases over all of them. Ratios are against the tuned plain
+//! server (`vs plain`), the tuned naive one (`vs naive`), and the default-ping plain
+//! one (`vs default plain`). Also reported: registry lookups per second of the
+//! tenantry server in each of its cases.
 //!
 //! Unless `--no-pooler` is given (or PgBouncer is missing), it also serves the quick
 //! start through a PgBouncer in transaction mode with the transaction binding.
@@ -100,6 +110,18 @@ async fn naive(
     Ok(project(row))
 }
 
+/// The tenantry server's handler that runs its own SQL through `&mut db`.
+async fn own_sql(
+    mut db: tenantry::TenantDb,
+    Path(id): Path<i64>,
+) -> Result<Json<Project>, tenantry::Error> {
+    let row: Row = sqlx::query_as("SELECT id, name, created_at FROM projects WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut db)
+        .await?;
+    Ok(project(row))
+}
+
 async fn serve(app: Router) -> Result<SocketAddr, std::io::Error> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -147,7 +169,13 @@ struct Figures {
     errors: usize,
 }
 
-async fn drive(addr: SocketAddr, traffic: &Traffic, concurrency: usize, secs: f64) -> Figures {
+async fn drive(
+    addr: SocketAddr,
+    path: &'static str,
+    traffic: &Traffic,
+    concurrency: usize,
+    secs: f64,
+) -> Figures {
     let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(concurrency)
         .build_http();
@@ -161,7 +189,7 @@ async fn drive(addr: SocketAddr, traffic: &Traffic, concurrency: usize, secs: f6
             let (mut ok, mut errors) = (0usize, 0usize);
             while Instant::now() < deadline {
                 let (tenant, id) = traffic.pick(&mut rng);
-                let request = hyper::Request::get(format!("http://{addr}/api/v1/projects/{id}"))
+                let request = hyper::Request::get(format!("http://{addr}{path}/{id}"))
                     .header("x-tenant-id", tenant.as_str())
                     .body(Empty::<Bytes>::new())
                     .expect("a valid request");
@@ -250,6 +278,8 @@ async fn main() {
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let tenants = arg("--tenants", 1000)?;
     let zipf_tenants = arg("--zipf-tenants", 10_000)?.max(tenants);
+    let schema_zipf = arg("--schema-zipf-tenants", 0)?;
+    let schema_total = schema_zipf.max(tenants);
     let rounds = arg("--rounds", 3)?.max(1);
     let secs = arg("--secs", 3)?.max(1) as f64;
     let concurrency = arg("--concurrency", 16)?.max(1);
@@ -261,6 +291,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let db = tenantry::testing::TestDatabase::create().await?;
     let pool = PgPoolOptions::new()
         .max_connections(8)
+        .connect(db.url())
+        .await?;
+    let tuned = PgPoolOptions::new()
+        .max_connections(8)
+        .test_before_acquire(false)
         .connect(db.url())
         .await?;
     let admin = PgPoolOptions::new()
@@ -275,7 +310,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // Tenants: `tenants` schema tenants and `zipf_tenants` row tenants, one project each.
     let setup = manager(&admin, PoolConfig::default()).await?;
     let started = Instant::now();
-    let made: Vec<Result<_, tenantry::Error>> = futures::stream::iter(0..tenants)
+    let made: Vec<Result<_, tenantry::Error>> = futures::stream::iter(0..schema_total)
         .map(|i| {
             let m = setup.clone();
             async move {
@@ -334,10 +369,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             .collect();
     drop(setup);
     eprintln!(
-        "provisioned {tenants} schema tenants in {schema_secs:.1} s, {zipf_tenants} row tenants in {row_secs:.1} s"
+        "provisioned {schema_total} schema tenants in {schema_secs:.1} s, {zipf_tenants} row tenants in {row_secs:.1} s"
     );
     let schema: Arc<Vec<(String, i64)>> =
         Arc::new((0..tenants).map(|i| (format!("s{i:05}"), 1)).collect());
+    let schema_all: Arc<Vec<(String, i64)>> =
+        Arc::new((0..schema_total).map(|i| (format!("s{i:05}"), 1)).collect());
     let rows_all: Vec<(String, i64)> = (0..zipf_tenants)
         .map(|i| {
             let id = format!("r{i:05}");
@@ -362,6 +399,18 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             .with_state(pool.clone()),
     )
     .await?;
+    let tuned_plain_addr = serve(
+        Router::new()
+            .route("/api/v1/projects/{id}", get(plain))
+            .with_state(tuned.clone()),
+    )
+    .await?;
+    let tuned_naive_addr = serve(
+        Router::new()
+            .route("/api/v1/projects/{id}", get(naive))
+            .with_state(tuned.clone()),
+    )
+    .await?;
     let t_default = manager(
         &admin,
         PoolConfig {
@@ -379,10 +428,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         },
     )
     .await?;
-    let t_addr = serve(saas::router(saas::AppState::new(
-        t_default.clone(),
-        "bench",
-    )))
+    let t_addr = serve(
+        saas::router(saas::AppState::new(t_default.clone(), "bench")).merge(
+            Router::new()
+                .route("/own/projects/{id}", get(own_sql))
+                .layer(tenantry::TenantLayer::new(t_default.clone())),
+        ),
+    )
     .await?;
     let t8_addr = serve(saas::router(saas::AppState::new(t_eight.clone(), "bench"))).await?;
     // The transaction binding behind a real PgBouncer (transaction mode, 8 server
@@ -425,85 +477,154 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         t_default.admin().pools().budget()
     );
 
-    let cases: Vec<(&str, SocketAddr, Traffic)> = vec![
+    const API: &str = "/api/v1/projects";
+    const OWN: &str = "/own/projects";
+    // The first three are the baselines: tuned plain, tuned naive, default plain.
+    let mut cases: Vec<(String, SocketAddr, &'static str, Traffic)> = vec![
         (
-            "plain, one table",
-            plain_addr,
+            "plain, one table, no ping (the limit)".into(),
+            tuned_plain_addr,
+            API,
             Traffic::Uniform(one.clone()),
         ),
         (
-            "naive SET, random of schema tenants",
+            "naive SET, no ping, random of schema tenants".into(),
+            tuned_naive_addr,
+            API,
+            Traffic::Uniform(schema.clone()),
+        ),
+        (
+            "plain, one table, sqlx default (ping)".into(),
+            plain_addr,
+            API,
+            Traffic::Uniform(one.clone()),
+        ),
+        (
+            "naive SET, sqlx default (ping), random of schema tenants".into(),
             naive_addr,
+            API,
             Traffic::Uniform(schema.clone()),
         ),
         (
-            "tenantry, random of schema tenants",
+            "tenantry, random of schema tenants".into(),
             t_addr,
+            API,
             Traffic::Uniform(schema.clone()),
         ),
         (
-            "tenantry budget 8, random of schema tenants",
+            "tenantry, own SQL through &mut db, random of schema tenants".into(),
+            t_addr,
+            OWN,
+            Traffic::Uniform(schema.clone()),
+        ),
+        (
+            "tenantry budget 8, random of schema tenants".into(),
             t8_addr,
+            API,
             Traffic::Uniform(schema.clone()),
         ),
         (
-            "tenantry, random of row tenants",
+            "tenantry, random of row tenants".into(),
             t_addr,
+            API,
             Traffic::Uniform(rows_uniform.clone()),
         ),
         (
-            "tenantry, Zipf(1.1) over row tenants",
+            "tenantry, Zipf(1.1) over row tenants".into(),
             t_addr,
+            API,
             Traffic::zipf(rows_zipf.clone(), 1.1),
         ),
         (
-            "tenantry, one schema tenant",
+            "tenantry, one schema tenant".into(),
             t_addr,
+            API,
+            Traffic::Uniform(one.clone()),
+        ),
+        (
+            "tenantry, own SQL through &mut db, one schema tenant".into(),
+            t_addr,
+            OWN,
             Traffic::Uniform(one.clone()),
         ),
     ];
-    let mut cases = cases;
+    if schema_total > tenants {
+        cases.push((
+            "tenantry, random of all schema tenants".into(),
+            t_addr,
+            API,
+            Traffic::Uniform(schema_all.clone()),
+        ));
+        cases.push((
+            "tenantry, Zipf(1.1) over schema tenants".into(),
+            t_addr,
+            API,
+            Traffic::zipf(schema_all.clone(), 1.1),
+        ));
+        cases.push((
+            "naive SET, no ping, random of all schema tenants".into(),
+            tuned_naive_addr,
+            API,
+            Traffic::Uniform(schema_all.clone()),
+        ));
+    }
     if let Some(addr) = tp_addr {
         cases.push((
-            "tenantry behind PgBouncer (transaction binding), random of schema tenants",
+            "tenantry behind PgBouncer (transaction binding), random of schema tenants".into(),
             addr,
+            API,
             Traffic::Uniform(schema.clone()),
         ));
         cases.push((
-            "tenantry behind PgBouncer (transaction binding), random of row tenants",
+            "tenantry behind PgBouncer (transaction binding), random of row tenants".into(),
             addr,
+            API,
             Traffic::Uniform(rows_uniform.clone()),
         ));
     }
     // Warm-up: caches of every server and a pass over the tenants.
-    for (_, addr, traffic) in &cases {
-        drive(*addr, traffic, concurrency, 1.0).await;
+    for (_, addr, path, traffic) in &cases {
+        drive(*addr, path, traffic, concurrency, 1.0).await;
     }
     let mut rps = vec![Vec::new(); cases.len()];
+    let mut lookups = vec![Vec::new(); cases.len()];
     let mut errors = vec![0; cases.len()];
     for round in 0..rounds {
         for k in 0..cases.len() {
             let i = (k + round) % cases.len();
-            let f = drive(cases[i].1, &cases[i].2, concurrency, secs).await;
+            let before = t_default.registry_lookups();
+            let started = Instant::now();
+            let f = drive(cases[i].1, cases[i].2, &cases[i].3, concurrency, secs).await;
+            let per_sec =
+                (t_default.registry_lookups() - before) as f64 / started.elapsed().as_secs_f64();
             rps[i].push(f.rps);
+            lookups[i].push(per_sec);
             errors[i] += f.errors;
         }
     }
     let ratio =
         |i: usize, base: usize| median(rps[i].iter().zip(&rps[base]).map(|(a, b)| a / b).collect());
     println!();
-    println!("| case | tenants | requests/s (median) | errors | vs plain | vs naive |");
-    println!("|---|---|---|---|---|---|");
-    for (i, (name, _, traffic)) in cases.iter().enumerate() {
+    println!(
+        "| case | tenants | requests/s (median) | errors | vs plain | vs naive | vs default plain | registry lookups/s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (i, (name, addr, _, traffic)) in cases.iter().enumerate() {
         let n = match traffic {
             Traffic::Uniform(t) | Traffic::Zipf(t, _) => t.len(),
         };
+        let lookups = if *addr == t_addr {
+            format!("{:.0}", median(lookups[i].clone()))
+        } else {
+            "-".to_owned()
+        };
         println!(
-            "| {name} | {n} | {:.0} | {} | {:.2}x | {:.2}x |",
+            "| {name} | {n} | {:.0} | {} | {:.2}x | {:.2}x | {:.2}x | {lookups} |",
             median(rps[i].clone()),
             errors[i],
             ratio(i, 0),
-            ratio(i, 1)
+            ratio(i, 1),
+            ratio(i, 2)
         );
     }
     let stats = t_default.pool_stats();
@@ -534,7 +655,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
         })
     };
-    let f = drive(t_addr, &Traffic::Uniform(schema.clone()), 128, secs * 2.0).await;
+    let f = drive(
+        t_addr,
+        API,
+        &Traffic::Uniform(schema.clone()),
+        128,
+        secs * 2.0,
+    )
+    .await;
     stop.store(true, Ordering::SeqCst);
     sampler.await?;
     println!(
@@ -565,7 +693,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         let addr = serve(saas::router(saas::AppState::new(m.clone(), "bench"))).await?;
         let list: Vec<(String, i64)> = schema.iter().cloned().collect();
         let traffic = Traffic::Uniform(Arc::new(list));
-        drive(addr, &traffic, 4, secs * 2.0).await;
+        drive(addr, API, &traffic, 4, secs * 2.0).await;
         let kb = largest_backend_kb(&admin).await;
         println!(
             "backend private memory after a run over {tenants} schema tenants, 4 connections, {label}: largest {} ({} connections opened)",

@@ -235,6 +235,9 @@ impl std::fmt::Debug for TenantDb {
 pub struct TenantTx {
     db: TenantDb,
     open: bool,
+    /// Behind a transaction pooler: the request's own SQL ran since the transaction
+    /// was last known open (it may have ended it).
+    unsure: bool,
 }
 
 impl TenantTx {
@@ -242,6 +245,7 @@ impl TenantTx {
         Self {
             db: TenantDb::new(source, tenant),
             open: false,
+            unsure: false,
         }
     }
 
@@ -252,12 +256,13 @@ impl TenantTx {
 
     async fn begun(&mut self) -> Result<&mut PooledConn, Error> {
         let mut open = self.open;
+        let unsure = std::mem::take(&mut self.unsure);
         let conn = self.db.pooled().await?;
-        // Behind a transaction pooler, a handler's own `COMMIT` or `ROLLBACK` ended the
-        // transaction that carried the binding: later statements would run unbound on
-        // whichever server connection the pooler picks. The server says so (the
-        // transaction status of its last answer): the binding begins again.
-        if open && conn.local_binding().is_some() && !conn.server_in_transaction() {
+        // Behind a transaction pooler, a handler's own `COMMIT` or `ROLLBACK` may have
+        // ended the transaction that carried the binding: later statements would run
+        // unbound on whichever server connection the pooler picks. After the request's
+        // own SQL, the server is asked; if the block is gone, the binding begins again.
+        if open && unsure && conn.local_binding().is_some() && !conn.in_transaction_block().await? {
             open = false;
         }
         if !open {
@@ -278,13 +283,21 @@ impl TenantTx {
 
     /// The connection inside the transaction (`BEGIN` is sent on first use).
     pub async fn conn(&mut self) -> Result<&mut PgConnection, Error> {
-        Ok(self.begun().await?.raw())
+        let local = self.begun().await?.local_binding().is_some();
+        self.unsure = local;
+        Ok(self
+            .db
+            .conn
+            .as_mut()
+            .expect("begun took a connection")
+            .raw())
     }
 
     pub(crate) async fn begin_statement(&mut self, raw: bool) -> Result<bool, Error> {
         let conn = self.begun().await?;
         if raw {
             conn.suspect();
+            self.unsure = conn.local_binding().is_some();
         }
         Ok(false)
     }

@@ -170,11 +170,18 @@ impl PooledConn {
         self.in_transaction = open;
     }
 
-    /// Whether the server reports the connection inside a transaction block.
-    pub(crate) fn server_in_transaction(&self) -> bool {
-        self.conn
-            .as_ref()
-            .is_some_and(|c| c.raw.is_in_transaction())
+    /// Whether the connection is inside a transaction block, as the server says: one
+    /// simple query (`transaction_timestamp() = statement_timestamp()` holds only for
+    /// the first statement of a transaction). sqlx reports the server's transaction
+    /// status to its own transaction API only, not publicly.
+    pub(crate) async fn in_transaction_block(&mut self) -> Result<bool, Error> {
+        let row = sqlx::raw_sql(
+            "SELECT pg_catalog.transaction_timestamp() OPERATOR(pg_catalog.<>) \
+             pg_catalog.statement_timestamp()",
+        )
+        .fetch_one(self.own())
+        .await?;
+        Ok(sqlx::Row::try_get::<bool, _>(&row, 0)?)
     }
 }
 
