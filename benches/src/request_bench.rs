@@ -215,7 +215,15 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let db = tenantry::testing::TestDatabase::create().await?;
     let url = db.url().to_owned();
     let connections_per_tenant = args.per_tenant;
+    // The plain baseline is tuned: sqlx pings every connection it hands out unless
+    // `test_before_acquire(false)`, a round trip a fair baseline does not pay. The
+    // default-ping pool is measured too (`a-ping`): what a default sqlx app does.
     let plain_pool = PgPoolOptions::new()
+        .max_connections(16)
+        .test_before_acquire(false)
+        .connect(&url)
+        .await?;
+    let ping_pool = PgPoolOptions::new()
         .max_connections(16)
         .connect(&url)
         .await?;
@@ -226,7 +234,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let manager = TenantManager::builder(registry)
         .migrations(saas::tenant_migrations())
         .pool_config(PoolConfig {
-            max_connections: Some(connections_per_tenant * 3 * args.tenants.max(1) as u32),
+            // Within the server's default 100 connections, next to two plain pools of 16.
+            max_connections: Some(
+                (connections_per_tenant * 3 * args.tenants.max(1) as u32).min(48),
+            ),
             row_schema: Some("shared".to_owned()),
             row_role: Some("bench_row".to_owned()),
             ..PoolConfig::default()
@@ -314,6 +325,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .with_state(plain_pool.clone())
         .merge(
             Router::new()
+                .route("/plain-ping/{id}", get(plain))
+                .route("/plain-tx-ping/{id}", get(plain_tx))
+                .with_state(ping_pool.clone()),
+        )
+        .merge(
+            Router::new()
                 .route("/scoped/{id}", get(scoped))
                 .route("/scoped-tx/{id}", get(scoped_tx))
                 .route("/resolve/{id}", get(resolve_only))
@@ -379,6 +396,18 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         ),
         ("b-row", "scoped, row tenants (RLS)", "/scoped", "brow"),
         ("b-db", "scoped, database tenants", "/scoped", "bdb"),
+        (
+            "a-ping",
+            "plain axum + sqlx, default pool (ping)",
+            "/plain-ping",
+            "bench",
+        ),
+        (
+            "a-tx-ping",
+            "plain, BEGIN/query/COMMIT, default pool (ping)",
+            "/plain-tx-ping",
+            "bench",
+        ),
     ];
     // Warm up every variant (connections, statement caches, tenant cache).
     for (_, _, prefix, tenant_prefix) in &variants {
@@ -421,7 +450,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     println!(
-        "request_bench: {} rounds x {} s per variant, {} client connections, {} tenants of each strategy x {ROWS} rows, random tenant and id per request, {} connections per tenant, plain pool 16",
+        "request_bench: {} rounds x {} s per variant, {} client connections, {} tenants of each strategy x {ROWS} rows, random tenant and id per request, {} connections per tenant, plain pools 16 (a: test_before_acquire(false); a-ping: sqlx's default)",
         args.rounds, args.secs, args.concurrency, args.tenants, connections_per_tenant
     );
     println!();
@@ -468,6 +497,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "  c / d       = {:.3}  (cost of resolution against an empty handler)",
         median(ratio_of(2, 3))
+    );
+    println!(
+        "  b / a-ping  = {:.3}  (against a default sqlx pool, which pings)",
+        median(ratio_of(1, 12))
+    );
+    println!(
+        "  a-ping / a  = {:.3}  (what the ping costs plain sqlx)",
+        median(ratio_of(12, 0))
     );
     let stats = manager.pool_stats();
     println!(

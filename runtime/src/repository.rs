@@ -97,7 +97,9 @@ const REGISTRY_UPGRADES: &[&str] = &[
         p_timeout text, p_local boolean, p_prepared boolean
     ) RETURNS bigint LANGUAGE plpgsql AS $bind$
     DECLARE
-        stmt record;
+        protocol_level bigint;
+        from_sql text[];
+        name text;
     BEGIN
         -- Called in a simple query outside a transaction block, the statement starts
         -- the transaction; inside a block a request left open, it does not. The
@@ -117,9 +119,16 @@ const REGISTRY_UPGRADES: &[&str] = &[
         END IF;
         DISCARD SEQUENCES;
         IF p_prepared THEN
-            FOR stmt IN SELECT name FROM pg_catalog.pg_prepared_statements WHERE from_sql LOOP
-                EXECUTE pg_catalog.format('DEALLOCATE %I', stmt.name);
-            END LOOP;
+            -- One scan: the SQL-level statements to drop, and the count of the others.
+            SELECT pg_catalog.count(*) FILTER (WHERE NOT s.from_sql),
+                   pg_catalog.array_agg(s.name) FILTER (WHERE s.from_sql)
+              INTO protocol_level, from_sql
+              FROM pg_catalog.pg_prepared_statements s;
+            IF from_sql IS NOT NULL THEN
+                FOREACH name IN ARRAY from_sql LOOP
+                    EXECUTE pg_catalog.format('DEALLOCATE %I', name);
+                END LOOP;
+            END IF;
         END IF;
         -- `role` is not reset by RESET ALL.
         PERFORM pg_catalog.set_config('role', COALESCE(p_role, 'none'), p_local);
@@ -131,12 +140,9 @@ const REGISTRY_UPGRADES: &[&str] = &[
         IF p_timeout IS NOT NULL THEN
             PERFORM pg_catalog.set_config('statement_timeout', p_timeout, p_local);
         END IF;
-        IF p_prepared THEN
-            -- the protocol-level statements left: the client's statement cache
-            RETURN (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements
-                WHERE NOT from_sql);
-        END IF;
-        RETURN NULL;
+        -- the protocol-level statements: the client's statement cache (NULL unless
+        -- p_prepared)
+        RETURN protocol_level;
     END
     $bind$;
     GRANT USAGE ON SCHEMA {schema} TO PUBLIC;
