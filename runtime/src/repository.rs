@@ -152,6 +152,17 @@ const REGISTRY_UPGRADES: &[&str] = &[
 /// The payload of the change notification that says the named servers changed.
 pub(crate) const SERVERS_CHANGED: &str = ":servers";
 
+/// A digest of everything a tenant record carries (its row, domains and migration
+/// version), `{schema}` being the quoted control schema: one sweep of these per cache
+/// TTL tells which cached records are still current, instead of a lookup per tenant.
+const FINGERPRINT: &str = "md5(ROW(tenants.id, tenants.name, tenants.domain, tenants.strategy, \
+     tenants.status, tenants.schema_name, tenants.server, tenants.incarnation, tenants.limits, \
+     tenants.placement, \
+     (SELECT array_agg(d.domain ORDER BY d.domain) FROM {schema}.tenant_domains d \
+      WHERE d.tenant_id = tenants.id), \
+     (SELECT max(m.version) FROM {schema}.tenant_migrations m WHERE m.tenant_id = tenants.id) \
+     )::text)";
+
 /// The columns of a tenant record, `{schema}` being the quoted control schema.
 const TENANT_COLUMNS: &str = "id, name, domain, strategy, status, schema_name, server, \
      incarnation, limits::text AS limits, created_at, updated_at, \
@@ -172,6 +183,8 @@ pub struct TenantRepository {
 #[derive(Debug, Clone)]
 struct Sql {
     select_by_id: String,
+    select_fingerprinted: String,
+    fingerprints: String,
     select_all: String,
     insert: String,
     set_status: String,
@@ -198,6 +211,14 @@ impl TenantRepository {
         let tenant_columns = tenant_columns.as_str();
         let sql = Sql {
             select_by_id: format!("SELECT {tenant_columns} FROM {q}.tenants WHERE id = $1"),
+            select_fingerprinted: format!(
+                "SELECT {tenant_columns}, {} AS fingerprint FROM {q}.tenants WHERE id = $1",
+                FINGERPRINT.replace("{schema}", &q)
+            ),
+            fingerprints: format!(
+                "SELECT id, {} FROM {q}.tenants WHERE status <> 'deleted'",
+                FINGERPRINT.replace("{schema}", &q)
+            ),
             select_all: format!(
                 "SELECT {tenant_columns} FROM {q}.tenants WHERE status <> 'deleted' ORDER BY id"
             ),
@@ -327,6 +348,36 @@ impl TenantRepository {
             .fetch_optional(&self.pool)
             .await?;
         row.map(|r| tenant_from_row(&r)).transpose()
+    }
+
+    /// The tenant with this id (any status) and the digest of its record, which
+    /// [`TenantRepository::fingerprints`] reports for it as long as it is unchanged.
+    pub(crate) async fn find_fingerprinted(
+        &self,
+        id: &TenantId,
+    ) -> Result<Option<(Tenant, String)>, Error> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(self.sql.select_fingerprinted.as_str()))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((tenant_from_row(&r)?, r.try_get("fingerprint")?)))
+            .transpose()
+    }
+
+    /// The id and record digest of every tenant that is not deleted: one query.
+    pub(crate) async fn fingerprints(&self) -> Result<Vec<(TenantId, String)>, Error> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(self.sql.fingerprints.as_str()))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(id, fingerprint)| {
+                let id = TenantId::parse(&id).map_err(|_| {
+                    Error::Registry(format!("invalid tenant id `{id}` in the registry"))
+                })?;
+                Ok((id, fingerprint))
+            })
+            .collect()
     }
 
     /// Every tenant that is not deleted, ordered by id.

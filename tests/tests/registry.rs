@@ -32,7 +32,7 @@ async fn registry_setup_is_idempotent_and_safe_under_concurrent_start() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(versions, 6, "each of the six upgrades recorded once");
+    assert_eq!(versions, 7, "each of the seven upgrades recorded once");
     // And once more, later.
     TenantManager::builder(pool.clone()).build().await.unwrap();
     let columns: Vec<String> = sqlx::query_scalar(
@@ -325,4 +325,107 @@ async fn name_and_domain_are_validated() {
         .await
         .unwrap();
     assert_eq!(row.get::<i64, _>("n"), 0);
+}
+
+/// Expired cache entries are confirmed by one sweep of the registry per TTL, not a
+/// lookup each, and every kind of change made behind the instance's back (no
+/// notification) is still seen within the TTL: status, limits, a domain, a migration
+/// version, a deletion and re-creation under the same id.
+#[tokio::test]
+async fn expired_entries_are_confirmed_by_one_sweep_and_changes_elsewhere_still_show() {
+    let (_db, pool) = database().await;
+    let ttl = Duration::from_millis(300);
+    let deaf = TenantManager::builder(pool.clone())
+        .cache_ttl(ttl)
+        .listen_for_changes(false)
+        .build()
+        .await
+        .unwrap();
+    let ids: Vec<tenantry::TenantId> = (0..40)
+        .map(|i| format!("t{i:02}").parse().unwrap())
+        .collect();
+    for id in &ids {
+        create(&deaf, id.as_str()).await;
+    }
+    for id in &ids {
+        deaf.resolve_tenant(id).await.unwrap();
+    }
+    // Several TTLs later, every tenant looked up again: one sweep per TTL.
+    for _ in 0..3 {
+        tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+        let before = deaf.registry_lookups();
+        for id in &ids {
+            deaf.resolve_tenant(id).await.unwrap();
+        }
+        let queries = deaf.registry_lookups() - before;
+        assert_eq!(
+            queries, 1,
+            "one sweep for 40 expired entries, not 40 lookups"
+        );
+    }
+
+    // Changes made directly in the registry, which this instance hears nothing of.
+    let changes = [
+        (
+            "t01",
+            "UPDATE tenantry.tenants SET status = 'suspended' WHERE id = 't01'",
+        ),
+        (
+            "t02",
+            "UPDATE tenantry.tenants SET limits = '{\"rate\": 7}' WHERE id = 't02'",
+        ),
+        (
+            "t03",
+            "INSERT INTO tenantry.tenant_domains (domain, tenant_id) VALUES ('t03.example.com', 't03')",
+        ),
+        (
+            "t04",
+            "INSERT INTO tenantry.tenant_migrations (tenant_id, version, description, checksum) \
+             VALUES ('t04', 99, 'by hand', '\\x00')",
+        ),
+        (
+            "t05",
+            "UPDATE tenantry.tenants SET incarnation = nextval('tenantry.incarnations') WHERE id = 't05'",
+        ),
+    ];
+    let before: Vec<_> = changes
+        .iter()
+        .map(|(id, _)| {
+            let id: tenantry::TenantId = id.parse().unwrap();
+            id
+        })
+        .collect();
+    let mut old = Vec::new();
+    for id in &before {
+        old.push(deaf.find_tenant(id).await.unwrap().unwrap());
+    }
+    for (_, sql) in &changes {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+    let now: Vec<_> = {
+        let mut v = Vec::new();
+        for id in &before {
+            v.push(deaf.find_tenant(id).await.unwrap().unwrap());
+        }
+        v
+    };
+    assert_eq!(now[0].status, tenantry::TenantStatus::Suspended);
+    assert_ne!(now[1].limits, old[1].limits, "limits");
+    assert!(
+        now[2].domains.iter().any(|d| d == "t03.example.com"),
+        "domains: {:?}",
+        now[2].domains
+    );
+    assert_eq!(now[3].schema_version, Some(99), "migration version");
+    assert_ne!(now[4].incarnation, old[4].incarnation, "incarnation");
+    // The unchanged ones are the same records, confirmed, not re-read.
+    let unchanged: tenantry::TenantId = "t20".parse().unwrap();
+    let a = deaf.find_tenant(&unchanged).await.unwrap().unwrap();
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+    let b = deaf.find_tenant(&unchanged).await.unwrap().unwrap();
+    assert!(std::sync::Arc::ptr_eq(&a, &b), "confirmed, not re-read");
 }

@@ -21,7 +21,8 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .as_mut()
         {
-            ids.insert(id.clone());
+            // No digest matches an empty one: the next lookup asks the registry.
+            ids.insert(id.clone(), String::new());
         }
         self.cache
             .write()

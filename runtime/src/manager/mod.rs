@@ -60,7 +60,7 @@ struct Inner {
     /// a fresh set is answered as unknown without a registry query, so a flood of
     /// made-up ids does not drive the registry. Ids named by a change (local or
     /// NOTIFY) are added; the set is re-read after the cache TTL; `None` until read.
-    known: RwLock<Option<(std::collections::HashSet<TenantId>, Instant)>>,
+    known: RwLock<Option<(HashMap<TenantId, String>, Instant)>>,
     /// One re-read of the known ids at a time; the others wait for it.
     refreshing: tokio::sync::Mutex<()>,
     /// Citus on the registry's server (its coordinator), if any.
@@ -74,9 +74,12 @@ type DomainEntry = (Option<Arc<Tenant>>, Instant);
 
 struct Cached {
     tenant: Arc<Tenant>,
+    /// When the record was last known current (read, or confirmed by a sweep).
     fetched: Instant,
     /// The invalidation generation before the record was read.
     generation: u64,
+    /// The digest of the record as read (see [`TenantRepository::fingerprints`]).
+    fingerprint: Option<String>,
 }
 
 impl std::fmt::Debug for TenantManager {
@@ -125,25 +128,59 @@ impl TenantManager {
         if !self.may_exist(id).await? {
             return Ok(None);
         }
+        if let Some(hit) = self.confirmed(id) {
+            return Ok(Some(hit));
+        }
         self.inner.registry_lookups.fetch_add(1, Ordering::Relaxed);
         let generation = self.inner.pools.generation();
-        let found = self.inner.lifecycle.repository().find(id).await?;
-        let Some(tenant) = found.filter(|t| t.status != TenantStatus::Deleted) else {
+        let found = self
+            .inner
+            .lifecycle
+            .repository()
+            .find_fingerprinted(id)
+            .await?;
+        let Some((tenant, fingerprint)) = found.filter(|(t, _)| t.status != TenantStatus::Deleted)
+        else {
             return Ok(None);
         };
         let tenant = Arc::new(tenant);
-        self.remember(&tenant, generation);
+        self.remember(&tenant, generation, Some(fingerprint));
         Ok(Some(tenant))
+    }
+
+    /// An expired cache entry that the latest sweep of the registry (read after the
+    /// entry, within the TTL) shows unchanged: current again, with no query. A change
+    /// that reached this instance (a notification, a local change) removed the entry
+    /// already; this bounds one that did not by the TTL, as a lookup would.
+    fn confirmed(&self, id: &TenantId) -> Option<Arc<Tenant>> {
+        let (swept, read) = {
+            let known = self.inner.known.read().unwrap_or_else(|e| e.into_inner());
+            let (fingerprints, read) = known.as_ref()?;
+            if read.elapsed() >= self.inner.cache_ttl {
+                return None;
+            }
+            (fingerprints.get(id)?.clone(), *read)
+        };
+        let mut cache = self.inner.cache.write().unwrap_or_else(|e| e.into_inner());
+        let entry = cache.get_mut(id)?;
+        let current = entry.fetched < read
+            && entry.fingerprint.as_deref() == Some(swept.as_str())
+            && !self.inner.pools.changed_since(id, entry.generation);
+        if !current {
+            return None;
+        }
+        entry.fetched = read;
+        Some(entry.tenant.clone())
     }
 
     /// `false` if `id` is surely not a tenant: it is not in the set of known ids, read
     /// within the cache TTL (and kept current by change notifications).
     async fn may_exist(&self, id: &TenantId) -> Result<bool, Error> {
-        let fresh = |known: &Option<(std::collections::HashSet<TenantId>, Instant)>| {
+        let fresh = |known: &Option<(HashMap<TenantId, String>, Instant)>| {
             known
                 .as_ref()
                 .filter(|(_, read)| read.elapsed() < self.inner.cache_ttl)
-                .map(|(ids, _)| ids.contains(id))
+                .map(|(ids, _)| ids.contains_key(id))
         };
         if self.inner.cache_ttl.is_zero() {
             return Ok(true);
@@ -155,28 +192,30 @@ impl TenantManager {
         if let Some(known) = fresh(&self.inner.known.read().unwrap_or_else(|e| e.into_inner())) {
             return Ok(known);
         }
-        // Re-read the set (one query per TTL, however many ids come in). Changes that
-        // arrive while it is read are added after, so none is lost.
+        // Re-read the set, with every record's digest (one query per TTL, however
+        // many ids come in). Changes that arrive while it is read are added after, so
+        // none is lost.
         let generation = self.inner.pools.generation();
         self.inner.registry_lookups.fetch_add(1, Ordering::Relaxed);
-        let ids: std::collections::HashSet<TenantId> = self
+        let read = Instant::now();
+        let ids: HashMap<TenantId, String> = self
             .inner
             .lifecycle
             .repository()
-            .ids()
+            .fingerprints()
             .await?
             .into_iter()
             .collect();
         let mut known = self.inner.known.write().unwrap_or_else(|e| e.into_inner());
         if self.inner.pools.generation() == generation {
-            *known = Some((ids, Instant::now()));
-            return Ok(known.as_ref().is_some_and(|(ids, _)| ids.contains(id)));
+            *known = Some((ids, read));
+            return Ok(known.as_ref().is_some_and(|(ids, _)| ids.contains_key(id)));
         }
         // Something changed meanwhile: do not trust this read; ask for the id itself.
         Ok(true)
     }
 
-    fn remember(&self, tenant: &Arc<Tenant>, generation: u64) {
+    fn remember(&self, tenant: &Arc<Tenant>, generation: u64, fingerprint: Option<String>) {
         self.inner
             .cache
             .write()
@@ -187,6 +226,7 @@ impl TenantManager {
                     tenant: tenant.clone(),
                     fetched: Instant::now(),
                     generation,
+                    fingerprint,
                 },
             );
     }
@@ -257,7 +297,7 @@ impl TenantManager {
             .await?
             .map(Arc::new);
         if let Some(tenant) = &found {
-            self.remember(tenant, generation);
+            self.remember(tenant, generation, None);
         }
         let mut domains = self
             .inner
