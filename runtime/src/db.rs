@@ -81,9 +81,10 @@ impl Source {
 /// # Ok(()) }
 /// ```
 ///
-/// A handler's own SQL may change the session (`SET`, `BEGIN`, ...): that stays
-/// within the request. Before the connection serves another request it is checked
-/// and reset, so nothing of this request reaches the next.
+/// A handler's own SQL may change the session (`SET`, `BEGIN`, a function that creates
+/// a temporary table, ...): that stays within the request. Before the connection serves
+/// another request the server discards everything the request left on it (one call,
+/// whatever the SQL was), so nothing of this request reaches the next.
 pub struct TenantDb {
     tenant: Arc<Tenant>,
     source: Source,
@@ -129,8 +130,8 @@ impl TenantDb {
 
     /// The connection, taken from the pool (and bound) if this is the first use.
     ///
-    /// Whatever the caller does with it stays within this request: the connection is
-    /// reset before it serves another one.
+    /// Whatever the caller does with it stays within this request: the server
+    /// discards it before the connection serves another one.
     ///
     /// Not available in the transaction binding ([`crate::pool::Binding::Transaction`]),
     /// where a connection is only bound inside a transaction: use the handle itself as

@@ -407,6 +407,17 @@ async fn run_soak(manager: TenantManager, pool_size: u32, mix: Mix, with_churn: 
         .await
         .unwrap();
         rows.extend(values);
+        let stored: HashSet<&String> = rows.iter().collect();
+        if let Some(lost) = l
+            .acknowledged
+            .get(&tenant)
+            .and_then(|a| a.iter().find(|m| !stored.contains(m)))
+        {
+            eprintln!(
+                "{tenant}: {lost} is missing; found at: {:?}",
+                find_marker(pool, lost).await
+            );
+        }
         check_tenant(&tenant, rows, &l);
         acknowledged_total += l.acknowledged.get(&tenant).map_or(0, |a| a.len());
     }
@@ -429,6 +440,37 @@ async fn run_soak(manager: TenantManager, pool_size: u32, mix: Mix, with_churn: 
         l.completed, l.cancelled
     );
     close(manager).await;
+}
+
+/// Where a row with this marker is stored, in any tenant schema or shared table (for
+/// the failure message of a lost write).
+async fn find_marker(pool: &sqlx::PgPool, marker: &str) -> Vec<String> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%I.%I', table_schema, table_name) FROM information_schema.columns \
+         WHERE table_name IN ('projects', 'data') AND column_name IN ('name', 'value')",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    let mut found = Vec::new();
+    for table in tables {
+        let column = if table.ends_with(".data") || table.ends_with(".\"data\"") {
+            "value"
+        } else {
+            "name"
+        };
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {table} WHERE {column} = $1"
+        )))
+        .bind(marker)
+        .fetch_one(pool)
+        .await
+        .unwrap_or(-1);
+        if n != 0 {
+            found.push(format!("{table}: {n}"));
+        }
+    }
+    found
 }
 
 /// Every row stored for `tenant` is its own, was written, was not rolled back, and

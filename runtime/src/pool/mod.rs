@@ -22,14 +22,16 @@
 //! of the same login, else opens a connection within the budget (closing an idle one
 //! of another login or database if the budget is full), else waits.
 //!
-//! A connection goes back to the idle set as it is only when nothing but tenantry's own
-//! statements ran on it (the entity API cannot change session state) and it is not in
-//! a transaction. A connection whose raw form a handler used (`&mut db` as an executor,
-//! [`crate::TenantDb::conn`]) or whose request was cancelled is checked and reset off
-//! the request's path: an open transaction is rolled back, and every session setting,
-//! role, temporary table, cursor, advisory lock and `LISTEN` is discarded; a
-//! connection that cannot be reset is closed. Nothing a request leaves on a connection
-//! reaches another request.
+//! What a connection carries is decided by the server, never guessed from the text of
+//! the statements that ran on it (see [`binding`] and [`release`]): a connection on
+//! which only tenantry's own statements ran goes back as it is, and its next tenant
+//! switch is one `session_bind` call that discards every kind of session state and
+//! sets the binding; a connection on which a request ran its own SQL (`&mut db` as an
+//! executor, [`crate::TenantDb::conn`]), whatever the SQL was, gets that full call
+//! before it serves anyone again, the same tenant included (an open transaction is
+//! rolled back first); a connection cut off mid-statement is rolled back and cleaned
+//! off the request's path, or closed. Nothing a request leaves on a connection reaches
+//! another request.
 //!
 //! A backend keeps catalog entries for every table it touched; a connection is closed
 //! after serving [`PoolConfig::max_tenants_per_connection`] distinct tenants, or after

@@ -96,8 +96,16 @@ impl PooledConn {
             if was_dirty {
                 state.stats.reset += 1;
             }
+        } else if was_dirty && pool.config.binding == Binding::Session {
+            // A connection of the server's own, bound per transaction (a row tenant on
+            // Citus), that a request's own SQL used: every transaction starts with the
+            // discarding, but a transaction block left open would swallow the next
+            // one's `BEGIN`, and a rolled-back transaction undoes its discarding. So
+            // the session is cleaned first, for good.
+            binding::bind_session(&pool, &mut conn.raw, None, true).await?;
+            pool.lock().stats.reset += 1;
         }
-        // In the transaction binding, every transaction starts with the discarding.
+        // Behind a transaction pooler every transaction starts with the discarding.
         conn.dirty = false;
         self.busy = false;
         conn.layout = Some(layout);
