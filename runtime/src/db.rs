@@ -128,6 +128,12 @@ impl TenantDb {
         }
     }
 
+    pub(crate) fn touch_conn(&mut self) {
+        if let Some(conn) = self.conn.as_mut() {
+            conn.touch();
+        }
+    }
+
     /// The connection, taken from the pool (and bound) if this is the first use.
     ///
     /// Whatever the caller does with it stays within this request: the server
@@ -257,7 +263,7 @@ impl TenantTx {
 
     async fn begun(&mut self) -> Result<&mut PooledConn, Error> {
         let mut open = self.open;
-        let unsure = std::mem::take(&mut self.unsure);
+        let unsure = self.unsure;
         let conn = self.db.pooled().await?;
         // Behind a transaction pooler, a handler's own `COMMIT` or `ROLLBACK` may have
         // ended the transaction that carried the binding: later statements would run
@@ -266,6 +272,10 @@ impl TenantTx {
         if open && unsure && conn.local_binding().is_some() && !conn.in_transaction_block().await? {
             open = false;
         }
+        // Cleared only once the server answered: a probe that failed or was cancelled
+        // is asked again before the next statement.
+        self.unsure = false;
+        let conn = self.db.conn.as_mut().expect("pooled above");
         if !open {
             // Marked busy while in flight: a request cancelled now leaves a
             // connection that is rolled back and reset before reuse. In the
@@ -313,6 +323,10 @@ impl TenantTx {
 
     pub(crate) fn suspect_conn(&mut self) {
         self.db.suspect_conn();
+    }
+
+    pub(crate) fn touch_conn(&mut self) {
+        self.db.touch_conn();
     }
 
     async fn finish(mut self, statement: &'static str) -> Result<(), Error> {

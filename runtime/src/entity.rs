@@ -62,6 +62,11 @@ pub trait TenantHandle: sealed::Sealed + Send {
     /// answer from the server: it is checked (or closed) before reuse.
     #[doc(hidden)]
     fn suspect(&mut self, _: sealed::Token);
+    /// Marks that one of tenantry's own writes ran (an insert sets sequence state; a
+    /// user's trigger may change the session): the binding is set again, discarding
+    /// it, before the connection serves another request, the same tenant's included.
+    #[doc(hidden)]
+    fn touch(&mut self, _: sealed::Token);
     /// The tenant it is bound to.
     fn bound_tenant(&self) -> &Tenant;
 }
@@ -89,6 +94,9 @@ impl TenantHandle for TenantDb {
     }
     fn suspect(&mut self, _: sealed::Token) {
         self.suspect_conn();
+    }
+    fn touch(&mut self, _: sealed::Token) {
+        self.touch_conn();
     }
     fn bound_tenant(&self) -> &Tenant {
         self.tenant()
@@ -118,6 +126,9 @@ impl TenantHandle for TenantTx {
     }
     fn suspect(&mut self, _: sealed::Token) {
         self.suspect_conn();
+    }
+    fn touch(&mut self, _: sealed::Token) {
+        self.touch_conn();
     }
     fn bound_tenant(&self) -> &Tenant {
         self.tenant()
@@ -523,6 +534,7 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
                 handle,
                 fetch_optional(sqlx::query_with(sql.update.as_str(), args))
             );
+            handle.touch(sealed::Token(()));
             decode_optional(row.as_ref())
         })
     }
@@ -579,6 +591,7 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
                 handle,
                 fetch_optional(sqlx::query_with(sqlx::AssertSqlSafe(statement), args))
             );
+            handle.touch(sealed::Token(()));
             decode_optional(row.as_ref())
         })
     }
@@ -592,6 +605,7 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
             let sql = Self::sql().for_tenant(handle.bound_tenant());
             let args = keyed_arguments(sql, id, handle.bound_tenant())?;
             let done = own_statement!(handle, execute(sqlx::query_with(sql.delete.as_str(), args)));
+            handle.touch(sealed::Token(()));
             Ok(done.rows_affected() > 0)
         })
     }
@@ -657,6 +671,7 @@ async fn insert_row<E: TenantEntity, H: TenantHandle>(
         handle,
         fetch_one(sqlx::query_with(sql.insert.as_str(), args))
     );
+    handle.touch(sealed::Token(()));
     E::from_row(&row).map_err(Error::from)
 }
 

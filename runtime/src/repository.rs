@@ -129,6 +129,9 @@ const REGISTRY_UPGRADES: &[&str] = &[
                     EXECUTE pg_catalog.format('DEALLOCATE %I', name);
                 END LOOP;
             END IF;
+            -- `setseed` survives RESET ALL: reseed random() from strong randomness.
+            PERFORM pg_catalog.setseed(pg_catalog.hashtext(pg_catalog.gen_random_uuid()::text)
+                OPERATOR(pg_catalog./) 2147483648.0);
         END IF;
         -- `role` is not reset by RESET ALL.
         PERFORM pg_catalog.set_config('role', COALESCE(p_role, 'none'), p_local);
@@ -146,6 +149,8 @@ const REGISTRY_UPGRADES: &[&str] = &[
     END
     $bind$;
     GRANT USAGE ON SCHEMA {schema} TO PUBLIC;
+    GRANT EXECUTE ON FUNCTION {schema}.session_bind(text, text, text, text, text, text,
+        boolean, boolean) TO PUBLIC;
     "#,
 ];
 

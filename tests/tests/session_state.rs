@@ -380,6 +380,26 @@ async fn sequence_state_of_another_tenant(env: &Env) {
         "{}: {b} read currval after {a}'s entity insert: {r}",
         env.label()
     );
+    // Nor the same tenant's next request, after an entity insert.
+    let created = send(
+        &env.app,
+        Method::POST,
+        "/api/v1/projects",
+        &[("x-tenant-id", a)],
+        Some(json!({ "name": "counted again" })),
+    )
+    .await;
+    assert_eq!(created.status, 201);
+    let r = env.sql(a, "SELECT lastval()::text").await;
+    assert!(
+        error_of(&r).contains("lastval is not yet defined"),
+        "{}: {a}'s next request read the sequence state of its previous one: {r}",
+        env.label()
+    );
+    let r = env
+        .sql(a, "DELETE FROM projects WHERE name = 'counted again'")
+        .await;
+    assert!(r.get("rows").is_some(), "{r}");
     let r = env
         .sql(a, "DELETE FROM projects WHERE name = 'counted'")
         .await;
@@ -463,6 +483,23 @@ async fn hold_cursor_and_prepared_statement(env: &Env) {
 async fn settings_and_role(env: &Env) {
     let (a, b) = (env.tenants[0], env.tenants[1]);
     // Settings and role.
+    // The random generator's seed (which RESET ALL keeps).
+    let seeded: String = sqlx::raw_sql("SELECT setseed(0.5); SELECT random()::text")
+        .fetch_all(&env.admin)
+        .await
+        .unwrap()
+        .last()
+        .map(|row| row.get(0))
+        .unwrap();
+    let r = env.sql(a, "SELECT setseed(0.5)::text").await;
+    assert!(r.get("rows").is_some(), "{r}");
+    let r = env.sql(b, "SELECT random()::text").await;
+    assert_ne!(
+        r,
+        json!({ "rows": [seeded] }),
+        "{}: {b} drew {a}'s seeded random number",
+        env.label()
+    );
     let r = env
         .simple(a, "SET work_mem = '7MB'; SET statement_timeout = 4321")
         .await;

@@ -216,6 +216,10 @@ impl TenantManager {
     }
 
     fn remember(&self, tenant: &Arc<Tenant>, generation: u64, fingerprint: Option<String>) {
+        // Invalidated while it was read: the record may predate the change.
+        if self.inner.pools.changed_since(&tenant.id, generation) {
+            return;
+        }
         self.inner
             .cache
             .write()

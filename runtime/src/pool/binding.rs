@@ -130,6 +130,21 @@ impl Scope {
     }
 }
 
+impl Scope {
+    /// The transaction binding's discarding after a transaction in which the
+    /// request's own SQL ran (or one cut off): the function, or in a tenant database
+    /// (no control schema) the statements.
+    pub(super) fn local_discard(&self, control: &str) -> String {
+        if self.own_database {
+            DISCARD.to_owned()
+        } else {
+            format!(
+                "SELECT {control}.session_bind(NULL, NULL, NULL, NULL, NULL, NULL, false, true)"
+            )
+        }
+    }
+}
+
 /// What `session_bind` discards, as statements: in a tenant database (which has no
 /// control schema), and where the function cannot be called. `role` is not reset by
 /// `RESET ALL`, hence `RESET ROLE`.
@@ -161,6 +176,10 @@ pub(super) async fn bind_session(
         && matches!(e.code().as_deref(), Some("25001" | "25P02"))
     {
         // Inside a transaction block the request left open, or failed.
+        tracing::warn!(
+            "a request left a transaction block open on its connection: rolled back \
+             (its writes were never committed)"
+        );
         sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
         call = session_bind(control, conn, scope, full).await;
     }
@@ -282,11 +301,24 @@ async fn discard_with_statements(
         .execute(&mut *conn)
         .await?;
     }
-    let prepared: i64 =
-        sqlx::query_scalar("SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements")
-            .fetch_one(&mut *conn)
-            .await?;
-    if usize::try_from(prepared).ok() != Some(conn.cached_statements_size()) {
+    // SQL-level statements are dropped by name; the protocol-level ones must be the
+    // statement cache's.
+    let (protocol_level, from_sql): (i64, Vec<String>) = sqlx::query_as(
+        "SELECT pg_catalog.count(*) FILTER (WHERE NOT from_sql), \
+         pg_catalog.coalesce(pg_catalog.array_agg(name) FILTER (WHERE from_sql), '{}') \
+         FROM pg_catalog.pg_prepared_statements",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    for name in from_sql {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DEALLOCATE {}",
+            quote_ident(&name)
+        )))
+        .execute(&mut *conn)
+        .await?;
+    }
+    if usize::try_from(protocol_level).ok() != Some(conn.cached_statements_size()) {
         drop_statements(conn).await?;
     }
     Ok(())

@@ -111,6 +111,9 @@ struct Conn {
     /// A request's own SQL ran on it since it was last bound or cleaned: it is
     /// cleaned before it serves anyone (see [`release`]).
     dirty: bool,
+    /// One of tenantry's own writes ran on it since it was bound: the next use, of
+    /// any tenant, sets the binding again.
+    touched: bool,
     /// Tells this connection apart from the others, for the background cleaning.
     serial: u64,
 }
@@ -478,6 +481,8 @@ impl TenantPools {
             busy: false,
             in_transaction: false,
             local_binding: None,
+            local_discard: None,
+            touched: false,
         };
         let conn = match plan {
             Plan::Idle(conn) => *conn,
@@ -587,7 +592,7 @@ impl Shared {
             bound_to: c
                 .binding
                 .as_ref()
-                .filter(|_| !c.dirty)
+                .filter(|_| !c.dirty && !c.touched)
                 .map(|b| (b, c.epoch)),
             served: c.tenants.contains(&key.id),
             idle_since: c.idle_since,

@@ -45,6 +45,12 @@ pub(crate) struct PooledConn {
     pub(super) in_transaction: bool,
     /// The transaction binding's `BEGIN; ..` (transaction mode only).
     pub(super) local_binding: Option<String>,
+    /// The transaction binding's discarding of what the request's own SQL left on the
+    /// pooler's server connection, sent after `COMMIT`/`ROLLBACK` in the same message.
+    pub(super) local_discard: Option<String>,
+    /// One of tenantry's own writes ran: the binding is set again (discarding the
+    /// sequence state it left, and anything a user's trigger did) before reuse.
+    pub(super) touched: bool,
 }
 
 impl PooledConn {
@@ -61,12 +67,14 @@ impl PooledConn {
         let scope = pool.scope(tenant);
         if !session {
             self.local_binding = Some(scope.local_sql(pool.control()));
+            self.local_discard = Some(scope.local_discard(pool.control()));
         }
         let conn = self.conn.as_mut().expect("a connection");
         // A record read before a limits change may bind with its old timeout: the
         // next binding with a newer record sees the difference and sets it again.
         let timeout = tenant.limits.statement_timeout_ms;
         if !conn.dirty
+            && !conn.touched
             && conn.binding.as_ref() == Some(&self.key)
             && conn.epoch == epoch
             && conn.layout == Some(layout)
@@ -107,6 +115,7 @@ impl PooledConn {
         }
         // Behind a transaction pooler every transaction starts with the discarding.
         conn.dirty = false;
+        conn.touched = false;
         self.busy = false;
         conn.layout = Some(layout);
         conn.binding = Some(self.key.clone());
@@ -142,13 +151,10 @@ impl PooledConn {
     /// message, so on the same server connection).
     pub(crate) fn local_end(&self, ok: bool) -> String {
         let end = if ok { "COMMIT" } else { "ROLLBACK" };
-        if !self.dirty {
-            return end.to_owned();
+        match &self.local_discard {
+            Some(discard) if self.dirty => format!("{end}; {discard}"),
+            _ => end.to_owned(),
         }
-        format!(
-            "{end}; SELECT {}.session_bind(NULL, NULL, NULL, NULL, NULL, NULL, false, true)",
-            self.pool.control()
-        )
     }
 
     /// The connection for tenantry's own statements.
@@ -166,6 +172,11 @@ impl PooledConn {
     /// statement failed without an answer from the server).
     pub(crate) fn suspect(&mut self) {
         self.dirty = true;
+    }
+
+    /// Marks that one of tenantry's own writes ran on the connection.
+    pub(crate) fn touch(&mut self) {
+        self.touched = true;
     }
 
     /// Marks a statement of tenantry's own as in flight (`true`) or finished.
@@ -217,7 +228,12 @@ impl Drop for PooledConn {
             retire(&pool, vec![conn]);
             return;
         }
-        conn.dirty |= self.dirty;
+        // Behind a transaction pooler each transaction starts with the discarding, so a
+        // connection there is never dirty between requests.
+        if config.binding == Binding::Session {
+            conn.dirty |= self.dirty;
+            conn.touched |= self.touched;
+        }
         if !cut_off {
             if conn
                 .binding
@@ -245,9 +261,22 @@ impl Drop for PooledConn {
             return;
         };
         let session = config.binding == Binding::Session;
+        // Behind a pooler: the rollback and the discarding in one message, so that they
+        // reach the same server connection (a session advisory lock survives ROLLBACK).
+        let pooler_end = (!session)
+            .then(|| self.local_discard.clone())
+            .flatten()
+            .map(|discard| format!("ROLLBACK; {discard}"));
         handle.spawn(async move {
             let cleaned = tokio::time::timeout(Duration::from_secs(10), async {
-                binding::end_transaction(&mut conn.raw).await?;
+                match pooler_end {
+                    Some(end) => {
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(end))
+                            .execute(&mut conn.raw)
+                            .await?;
+                    }
+                    None => binding::end_transaction(&mut conn.raw).await?,
+                }
                 if session {
                     clean(&pool, &mut conn).await?;
                 }
@@ -292,6 +321,7 @@ async fn clean(pool: &Shared, conn: &mut Conn) -> Result<(), Error> {
     }
     conn.timeout = None;
     conn.dirty = false;
+    conn.touched = false;
     pool.lock().stats.reset += 1;
     Ok(())
 }
@@ -340,6 +370,7 @@ pub(super) fn fresh(raw: PgConnection, login: super::Login, serial: u64) -> Conn
         created: Instant::now(),
         idle_since: Instant::now(),
         dirty: false,
+        touched: false,
         serial,
     }
 }
