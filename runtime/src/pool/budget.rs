@@ -17,6 +17,10 @@ pub(super) struct Idle<'a> {
     /// The connection served this tenant id before (its backend has the tenant's
     /// catalog entries cached).
     pub served: bool,
+    /// Bound to this key but not usable as it is (a request's own SQL or a write ran
+    /// on it): one rebinding statement makes it so. What a tenant database's connection
+    /// can be rebound from.
+    pub same_key: bool,
     pub idle_since: Instant,
 }
 
@@ -55,8 +59,8 @@ pub(super) struct Want<'a> {
 ///
 /// 1. an idle connection bound to this incarnation (the most recently used);
 /// 2. else an idle connection of the same login that served this tenant before,
-///    else the least recently used one of the login (not for a tenant database,
-///    whose connections serve that tenant only);
+///    else the least recently used one of the login (for a tenant database, whose
+///    connections serve that tenant only: one of this tenant's that needs rebinding);
 /// 3. else a new connection, if the server's budget has a free slot;
 /// 4. else (budget full) the least recently used idle connection of another login on
 ///    the server, or a tenant database's connection bound to another tenant, is
@@ -71,6 +75,7 @@ pub(super) fn choose<'a>(idle: impl IntoIterator<Item = Idle<'a>>, want: Want<'_
     let mut same_login: Option<(usize, Instant)> = None;
     let mut same_server: Option<(usize, Instant)> = None;
     let mut own_login_oldest: Option<(usize, Instant)> = None;
+    let mut same_key: Option<usize> = None;
     for (i, c) in idle.into_iter().enumerate() {
         if c.login == want.login {
             if own_login_oldest.is_none_or(|(_, t)| t > c.idle_since) {
@@ -80,7 +85,11 @@ pub(super) fn choose<'a>(idle: impl IntoIterator<Item = Idle<'a>>, want: Want<'_
                 if bound.is_none_or(|(_, t)| t < c.idle_since) {
                     bound = Some((i, c.idle_since));
                 }
-            } else if !own_database {
+            } else if own_database {
+                if same_key.is_none() && c.same_key {
+                    same_key = Some(i);
+                }
+            } else {
                 if warm.is_none() && c.served {
                     warm = Some(i);
                 }
@@ -97,7 +106,7 @@ pub(super) fn choose<'a>(idle: impl IntoIterator<Item = Idle<'a>>, want: Want<'_
     if let Some((i, _)) = bound {
         return Choice::Bound(i);
     }
-    if let Some(i) = warm.or(same_login.map(|(i, _)| i)) {
+    if let Some(i) = warm.or(same_login.map(|(i, _)| i)).or(same_key) {
         return Choice::Rebind(i);
     }
     if want.open < want.budget {
@@ -153,18 +162,21 @@ mod tests {
                 login: &shared,
                 bound_to: Some((&b, 0)),
                 served: false,
+                same_key: false,
                 idle_since: t0,
             },
             Idle {
                 login: &shared,
                 bound_to: Some((&a, 0)),
                 served: true,
+                same_key: false,
                 idle_since: t0,
             },
             Idle {
                 login: &shared,
                 bound_to: Some((&a, 0)),
                 served: true,
+                same_key: false,
                 idle_since: t1,
             },
         ];
@@ -179,6 +191,7 @@ mod tests {
             login: &shared,
             bound_to: Some((&a, 0)),
             served: true,
+            same_key: false,
             idle_since: Instant::now(),
         }];
         let mut w = want(&shared, &a, 1, 1);
@@ -196,12 +209,14 @@ mod tests {
                 login: &shared,
                 bound_to: Some((&b, 0)),
                 served: false,
+                same_key: false,
                 idle_since: t0,
             },
             Idle {
                 login: &shared,
                 bound_to: Some((&c, 0)),
                 served: true,
+                same_key: false,
                 idle_since: t0 + Duration::from_millis(1),
             },
         ];
@@ -227,6 +242,7 @@ mod tests {
             login: &tenant_db,
             bound_to: Some((&a, 0)),
             served: true,
+            same_key: false,
             idle_since: Instant::now(),
         }];
         assert_eq!(choose(idle, want(&shared, &a, 2, 2)), Choice::MakeRoom(0));
@@ -240,10 +256,25 @@ mod tests {
             login: &db,
             bound_to: Some((&b, 0)),
             served: false,
+            same_key: false,
             idle_since: Instant::now(),
         }];
         assert_eq!(choose(idle, want(&db, &a, 1, 2)), Choice::Open);
         assert_eq!(choose(idle, want(&db, &a, 2, 2)), Choice::MakeRoom(0));
+    }
+
+    #[test]
+    fn a_tenant_database_connection_that_needs_rebinding_is_rebound_not_closed() {
+        let db = login(Some("t_a"));
+        let a = key("a");
+        let idle = [Idle {
+            login: &db,
+            bound_to: None,
+            served: true,
+            same_key: true,
+            idle_since: Instant::now(),
+        }];
+        assert_eq!(choose(idle, want(&db, &a, 2, 2)), Choice::Rebind(0));
     }
 
     #[test]
@@ -254,6 +285,7 @@ mod tests {
             login: &shared,
             bound_to: Some((&a, 0)),
             served: true,
+            same_key: false,
             idle_since: Instant::now(),
         }];
         let mut w = want(&shared, &a, 1, 4);

@@ -595,6 +595,7 @@ impl Shared {
                 .filter(|_| !c.dirty && !c.touched)
                 .map(|b| (b, c.epoch)),
             served: c.tenants.contains(&key.id),
+            same_key: c.binding.as_ref() == Some(key) && c.epoch == state.epoch(&key.id),
             idle_since: c.idle_since,
         });
         match budget::choose(idle, want) {
