@@ -753,3 +753,59 @@ async fn session_bind_discards_everything_and_binds_in_one_call() {
     assert!(lastval.is_err(), "sequence state survived");
     conn.close().await.unwrap();
 }
+
+/// Database tenants (no control schema in their databases: the discarding runs as
+/// statements): a handler's own SQL again and again, on a budget smaller than the
+/// tenants, leaves nothing behind and never fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_tenants_running_their_own_sql_reuse_their_connections() {
+    let (db, admin) = database().await;
+    saas::prepare_database(&admin).await.unwrap();
+    let manager = TenantManager::builder(admin.clone())
+        .migrations(saas::tenant_migrations())
+        .database_prefix(database_prefix(&db))
+        .pool_config(PoolConfig {
+            max_connections: Some(2),
+            ..saas::pool_config()
+        })
+        .build()
+        .await
+        .unwrap();
+    for id in ["dba", "dbb", "dbc"] {
+        create_with(&manager, id, Strategy::Database).await;
+    }
+    let app = saas_app(&manager).merge(
+        Router::new()
+            .route("/test/sql", post(run))
+            .layer(TenantLayer::new(manager.clone())),
+    );
+    // Two of the three tenants in turn: each keeps its connection (budget 2).
+    for i in 0..30 {
+        let id = ["dba", "dbb"][i % 2];
+        let sql = if (i / 2) % 2 == 0 {
+            "CREATE TEMP TABLE IF NOT EXISTS leftover (x int); SELECT count(*)::text FROM leftover"
+        } else {
+            "SELECT current_setting('statement_timeout') || ',' || \
+             (to_regclass('pg_temp.leftover') IS NULL)::text"
+        };
+        let r = send(
+            &app,
+            Method::POST,
+            "/test/sql",
+            &[("x-tenant-id", id)],
+            Some(json!({ "sql": [sql], "simple": true })),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{i}: {r:?}");
+        assert!(r.json.get("rows").is_some(), "{i}: {id}: {}", r.json);
+        if (i / 2) % 2 == 1 {
+            assert_eq!(r.json["rows"], json!(["0,true"]), "{i}: {id}");
+        }
+    }
+    let stats = manager.pool_stats();
+    assert!(stats.opened <= 4, "connections churned: {stats:?}");
+    assert!(stats.reset >= 20, "dirty connections cleaned: {stats:?}");
+    for id in ["dba", "dbb", "dbc"] {
+        manager.delete_tenant(&id.parse().unwrap()).await.ok();
+    }
+}

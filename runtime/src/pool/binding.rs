@@ -305,7 +305,7 @@ async fn discard_with_statements(
     // statement cache's.
     let (protocol_level, from_sql): (i64, Vec<String>) = sqlx::query_as(
         "SELECT pg_catalog.count(*) FILTER (WHERE NOT from_sql), \
-         pg_catalog.coalesce(pg_catalog.array_agg(name) FILTER (WHERE from_sql), '{}') \
+         COALESCE(pg_catalog.array_agg(name) FILTER (WHERE from_sql), '{}') \
          FROM pg_catalog.pg_prepared_statements",
     )
     .fetch_one(&mut *conn)
