@@ -805,6 +805,27 @@ async fn database_tenants_running_their_own_sql_reuse_their_connections() {
     let stats = manager.pool_stats();
     assert!(stats.opened <= 4, "connections churned: {stats:?}");
     assert!(stats.reset >= 20, "dirty connections cleaned: {stats:?}");
+    // Each tenant twice in a row, the second request about when the first one's
+    // connection is being cleaned in the background: the request waits for it, it
+    // does not close the other tenant's connection to open one of its own.
+    for i in 0..40 {
+        let id = ["dba", "dbb"][(i / 2) % 2];
+        let r = send(
+            &app,
+            Method::POST,
+            "/test/sql",
+            &[("x-tenant-id", id)],
+            Some(json!({ "sql": ["CREATE TEMP TABLE IF NOT EXISTS leftover (x int)"], "simple": true })),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{i}: {r:?}");
+        tokio::time::sleep(Duration::from_millis(16 + (i as u64 * 3) % 10)).await;
+    }
+    let after = manager.pool_stats();
+    assert_eq!(
+        after.opened, stats.opened,
+        "a request for a connection being cleaned opened another: {after:?}"
+    );
     for id in ["dba", "dbb", "dbc"] {
         manager.delete_tenant(&id.parse().unwrap()).await.ok();
     }

@@ -53,6 +53,9 @@ pub(super) struct Want<'a> {
     /// Connections open to the server now, and its budget.
     pub open: u32,
     pub budget: u32,
+    /// Connections of the login being cleaned off the request path: each is back in
+    /// a round trip.
+    pub cleaning: u32,
 }
 
 /// Chooses a connection for `want` among `idle`:
@@ -62,7 +65,8 @@ pub(super) struct Want<'a> {
 ///    else the least recently used one of the login (for a tenant database, whose
 ///    connections serve that tenant only: one of this tenant's that needs rebinding);
 /// 3. else a new connection, if the server's budget has a free slot;
-/// 4. else (budget full) the least recently used idle connection of another login on
+/// 4. else (budget full), if a connection of the login is being cleaned, wait for it;
+/// 5. else (budget full) the least recently used idle connection of another login on
 ///    the server, or a tenant database's connection bound to another tenant, is
 ///    closed to make room.
 pub(super) fn choose<'a>(idle: impl IntoIterator<Item = Idle<'a>>, want: Want<'_>) -> Choice {
@@ -112,6 +116,9 @@ pub(super) fn choose<'a>(idle: impl IntoIterator<Item = Idle<'a>>, want: Want<'_
     if want.open < want.budget {
         return Choice::Open;
     }
+    if want.cleaning > 0 {
+        return Choice::Wait;
+    }
     match same_server.or(own_login_oldest) {
         Some((i, _)) => Choice::MakeRoom(i),
         None => Choice::Wait,
@@ -148,6 +155,7 @@ mod tests {
             cap: None,
             open,
             budget,
+            cleaning: 0,
         }
     }
 
@@ -275,6 +283,26 @@ mod tests {
             idle_since: Instant::now(),
         }];
         assert_eq!(choose(idle, want(&db, &a, 2, 2)), Choice::Rebind(0));
+    }
+
+    #[test]
+    fn a_full_budget_waits_for_a_connection_of_the_login_being_cleaned() {
+        let (dba, dbb) = (login(Some("t_a")), login(Some("t_b")));
+        let (a, b) = (key("a"), key("b"));
+        let idle = [Idle {
+            login: &dbb,
+            bound_to: Some((&b, 0)),
+            served: false,
+            same_key: true,
+            idle_since: Instant::now(),
+        }];
+        let mut w = want(&dba, &a, 2, 2);
+        assert_eq!(choose(idle, w), Choice::MakeRoom(0));
+        w.cleaning = 1;
+        assert_eq!(choose(idle, w), Choice::Wait);
+        // A free slot still opens: nothing is closed for it.
+        w.open = 1;
+        assert_eq!(choose(idle, w), Choice::Open);
     }
 
     #[test]

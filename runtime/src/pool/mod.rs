@@ -148,6 +148,10 @@ struct State {
     /// Open connections per server (in use, idle, and being opened).
     open: HashMap<String, u32>,
     in_use: HashMap<BindingKey, u32>,
+    /// Connections being cleaned off the request path, per login: they come back to
+    /// the idle set in a round trip, so a request of their login waits for one rather
+    /// than closing another login's connection to make room.
+    cleaning: HashMap<Login, u32>,
     /// Invalidation epochs per tenant id: a binding made before the current epoch is void.
     epochs: HashMap<TenantId, u64>,
     /// Bumped when every binding is dropped at once.
@@ -177,6 +181,19 @@ impl State {
     fn closed_one(&mut self, server: &str) {
         if let Some(n) = self.open.get_mut(server) {
             *n = n.saturating_sub(1);
+        }
+    }
+    /// Counts a connection of `login` taken off the idle set to be cleaned.
+    fn cleaning_one(&mut self, login: &Login) {
+        *self.cleaning.entry(login.clone()).or_default() += 1;
+    }
+    /// Counts a connection of `login` whose cleaning ended (back idle, or closed).
+    fn cleaned_one(&mut self, login: &Login) {
+        if let Some(n) = self.cleaning.get_mut(login) {
+            *n -= 1;
+            if *n == 0 {
+                self.cleaning.remove(login);
+            }
         }
     }
     fn release_key(&mut self, key: &BindingKey) {
@@ -586,6 +603,7 @@ impl Shared {
             cap: self.config.max_connections_per_tenant,
             open: state.open.get(&login.server).copied().unwrap_or(0),
             budget: self.budget,
+            cleaning: state.cleaning.get(login).copied().unwrap_or(0),
         };
         let idle = state.idle.iter().map(|c| budget::Idle {
             login: &c.login,

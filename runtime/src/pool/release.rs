@@ -253,13 +253,15 @@ impl Drop for PooledConn {
             }
             return;
         }
-        drop(state);
         // Off the request's path: roll back and clean, then back to the idle set, or
         // closed. The slot stays counted meanwhile, so the budget holds.
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            drop(state);
             retire(&pool, vec![conn]);
             return;
         };
+        state.cleaning_one(&conn.login);
+        drop(state);
         let session = config.binding == Binding::Session;
         // Behind a pooler: the rollback and the discarding in one message, so that they
         // reach the same server connection (a session advisory lock survives ROLLBACK).
@@ -283,16 +285,26 @@ impl Drop for PooledConn {
                 Ok::<_, Error>(())
             })
             .await;
-            match cleaned {
-                Ok(Ok(())) if !worn => {
-                    conn.idle_since = Instant::now();
-                    let server = conn.login.server.clone();
-                    pool.lock().idle.push(conn);
-                    pool.notify_released(&server);
-                }
-                _ => retire(&pool, vec![conn]),
-            }
+            back_from_cleaning(&pool, conn, matches!(cleaned, Ok(Ok(()))) && !worn);
         });
+    }
+}
+
+/// Returns a connection taken off the idle set for cleaning: to the idle set if `clean`,
+/// else closed. Every waiter of its server is woken: the one waiting for this login
+/// may not be the first in line.
+fn back_from_cleaning(pool: &Arc<Shared>, mut conn: Conn, clean: bool) {
+    let server = conn.login.server.clone();
+    let mut state = pool.lock();
+    state.cleaned_one(&conn.login);
+    if clean {
+        conn.idle_since = Instant::now();
+        state.idle.push(conn);
+        drop(state);
+        pool.released(&server).notify_waiters();
+    } else {
+        drop(state);
+        retire(pool, vec![conn]);
     }
 }
 
@@ -342,18 +354,15 @@ fn clean_when_idle(pool: &Arc<Shared>, serial: u64) {
                 .idle
                 .iter()
                 .position(|c| c.serial == serial && c.dirty);
-            found.map(|i| state.idle.swap_remove(i))
+            let conn = found.map(|i| state.idle.swap_remove(i));
+            if let Some(conn) = &conn {
+                state.cleaning_one(&conn.login);
+            }
+            conn
         };
         let Some(mut conn) = taken else { return };
         let cleaned = tokio::time::timeout(Duration::from_secs(10), clean(&pool, &mut conn)).await;
-        match cleaned {
-            Ok(Ok(())) => {
-                let server = conn.login.server.clone();
-                pool.lock().idle.push(conn);
-                pool.notify_released(&server);
-            }
-            _ => retire(&pool, vec![conn]),
-        }
+        back_from_cleaning(&pool, conn, matches!(cleaned, Ok(Ok(()))));
     });
 }
 
