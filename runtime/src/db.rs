@@ -30,8 +30,8 @@ pub(crate) struct Source {
 }
 
 impl Source {
-    async fn acquire(&self, tenant: &Tenant) -> Result<PooledConn, Error> {
-        let conn = self.pools.acquire(tenant).await?;
+    async fn acquire(&self, tenant: &Tenant, lazy: bool) -> Result<PooledConn, Error> {
+        let conn = self.pools.acquire(tenant, lazy).await?;
         if self
             .read_at
             .is_none_or(|generation| self.pools.changed_since(&tenant.id, generation))
@@ -109,8 +109,14 @@ impl TenantDb {
     /// its tenant is invalidated (suspended, deleted, re-created) asks the registry
     /// again before its next statement.
     async fn pooled(&mut self) -> Result<&mut PooledConn, Error> {
+        self.pooled_as(false).await
+    }
+
+    /// The connection, bound to the tenant unless `lazy` (then it may be taken as it is,
+    /// for binding-free reads only: see [`PooledConn::read_schema`]).
+    async fn pooled_as(&mut self, lazy: bool) -> Result<&mut PooledConn, Error> {
         match &self.conn {
-            None => self.conn = Some(self.source.acquire(&self.tenant).await?),
+            None => self.conn = Some(self.source.acquire(&self.tenant, lazy).await?),
             Some(conn) if conn.stale() => {
                 self.source.verify(&self.tenant).await?;
                 if let Some(conn) = self.conn.as_mut() {
@@ -119,7 +125,25 @@ impl TenantDb {
             }
             Some(_) => {}
         }
-        Ok(self.conn.as_mut().expect("acquired above"))
+        let conn = self.conn.as_mut().expect("acquired above");
+        if !lazy {
+            conn.ensure_bound(&self.tenant).await?;
+        }
+        Ok(conn)
+    }
+
+    /// Takes the connection for an entity read of `table`, and answers the quoted
+    /// schema the read names (a binding-free read), or `None` (the connection is bound
+    /// and the read names the table alone).
+    pub(crate) async fn begin_read(
+        &mut self,
+        table: &'static str,
+    ) -> Result<Option<Arc<str>>, Error> {
+        let tenant = self.tenant.clone();
+        self.pooled_as(true)
+            .await?
+            .read_schema(&tenant, table)
+            .await
     }
 
     pub(crate) fn suspect_conn(&mut self) {

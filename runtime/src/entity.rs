@@ -2,6 +2,7 @@
 //! handle its operations require, and a filter builder that binds every value.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use std::marker::PhantomData;
@@ -69,6 +70,15 @@ pub trait TenantHandle: sealed::Sealed + Send {
     fn touch(&mut self, _: sealed::Token);
     /// The tenant it is bound to.
     fn bound_tenant(&self) -> &Tenant;
+    /// Starts a read of `table`: like [`Self::begin_own`], and answers the quoted
+    /// schema a binding-free read names (`None`: the connection is bound, and the read
+    /// names the table alone).
+    #[doc(hidden)]
+    fn begin_read(
+        &mut self,
+        table: &'static str,
+        _: sealed::Token,
+    ) -> impl Future<Output = Result<(bool, Option<Arc<str>>), Error>> + Send + '_;
 }
 
 impl TenantHandle for TenantDb {
@@ -100,6 +110,16 @@ impl TenantHandle for TenantDb {
     }
     fn bound_tenant(&self) -> &Tenant {
         self.tenant()
+    }
+    async fn begin_read(
+        &mut self,
+        table: &'static str,
+        _: sealed::Token,
+    ) -> Result<(bool, Option<Arc<str>>), Error> {
+        match TenantDb::begin_read(self, table).await? {
+            Some(schema) => Ok((false, Some(schema))),
+            None => Ok((self.begin_statement(false).await?, None)),
+        }
     }
 }
 
@@ -133,6 +153,13 @@ impl TenantHandle for TenantTx {
     fn bound_tenant(&self) -> &Tenant {
         self.tenant()
     }
+    async fn begin_read(
+        &mut self,
+        _table: &'static str,
+        _: sealed::Token,
+    ) -> Result<(bool, Option<Arc<str>>), Error> {
+        Ok((self.begin_statement(false).await?, None))
+    }
 }
 
 /// Runs one of tenantry's own statements on a handle: `$query` (unnamed behind a
@@ -141,6 +168,28 @@ impl TenantHandle for TenantTx {
 macro_rules! own_statement {
     ($handle:expr, $method:ident($query:expr)) => {{
         let local = $handle.begin_own(sealed::Token(())).await?;
+        run_statement!($handle, local, $method($query))
+    }};
+}
+
+/// Runs a read of `$table`: `$text` is the statement's text for the schema a
+/// binding-free read names (`Some`), or for a bound connection (`None`).
+macro_rules! read_statement {
+    ($handle:expr, $table:expr, |$schema:ident| $text:expr, $method:ident($args:expr)) => {{
+        let (local, $schema) = $handle.begin_read($table, sealed::Token(())).await?;
+        let text: String = $text;
+        run_statement!(
+            $handle,
+            local,
+            $method(sqlx::query_with(sqlx::AssertSqlSafe(text), $args))
+        )
+    }};
+}
+
+/// The tail of [`own_statement`] and [`read_statement`]: the statement begun, run.
+macro_rules! run_statement {
+    ($handle:expr, $local:expr, $method:ident($query:expr)) => {{
+        let local = $local;
         let persistent = $handle.persistent(sealed::Token(()));
         let result = {
             let conn = $handle.connection(sealed::Token(()));
@@ -185,6 +234,9 @@ pub struct EntitySql {
     count_prefix: String,
     /// ` RETURNING <every column>`.
     returning: String,
+    /// The length of the quoted table name, which ends `select_prefix` and
+    /// `count_prefix` (where a binding-free read puts its schema).
+    table_len: usize,
     insert_binds: Vec<Bind>,
     update_binds: Vec<Bind>,
     /// The column every statement filters on (`= the handle's tenant`), if any.
@@ -346,11 +398,33 @@ impl EntitySql {
             select_prefix,
             count_prefix,
             returning: format!(" RETURNING {cols}"),
+            table_len: t.len(),
             insert_binds,
             update_binds,
             tenant_column: tenant.map(str::to_owned),
             rows: None,
         }
+    }
+
+    /// The text of a read (one that starts with `select_prefix`, or `count_prefix` if
+    /// `count`) for a binding-free read in `schema` (quoted), or as it is for a bound
+    /// connection. The tenant's schema version leads it: a statement prepared against
+    /// one shape of the table is never used with another.
+    fn read_text(&self, text: &str, count: bool, schema: Option<&str>, tenant: &Tenant) -> String {
+        let Some(schema) = schema else {
+            return text.to_owned();
+        };
+        let prefix = if count {
+            &self.count_prefix
+        } else {
+            &self.select_prefix
+        };
+        debug_assert!(text.starts_with(prefix.as_str()));
+        let at = prefix.len() - self.table_len;
+        let version = tenant
+            .schema_version
+            .map_or("-".to_owned(), |v| v.to_string());
+        format!("/* v{version} */ {}{schema}.{}", &text[..at], &text[at..])
     }
 
     /// The arguments `binds` take from a value (`column(index, args)` adds column
@@ -459,9 +533,11 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
         Box::pin(async move {
             let sql = Self::sql().for_tenant(handle.bound_tenant());
             let args = keyed_arguments(sql, id, handle.bound_tenant())?;
-            let row = own_statement!(
+            let row = read_statement!(
                 handle,
-                fetch_optional(sqlx::query_with(sql.find.as_str(), args))
+                Self::TABLE,
+                |schema| sql.read_text(&sql.find, false, schema.as_deref(), handle.bound_tenant()),
+                fetch_optional(args)
             );
             decode_optional(row.as_ref())
         })
@@ -483,7 +559,12 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
             let mut args = tenant_arguments(sql, handle.bound_tenant())?;
             add(&mut args, limit)?;
             add(&mut args, offset)?;
-            let rows = own_statement!(handle, fetch_all(sqlx::query_with(sql.list.as_str(), args)));
+            let rows = read_statement!(
+                handle,
+                Self::TABLE,
+                |schema| sql.read_text(&sql.list, false, schema.as_deref(), handle.bound_tenant()),
+                fetch_all(args)
+            );
             decode_all(&rows)
         })
     }
@@ -493,9 +574,11 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
         Box::pin(async move {
             let sql = Self::sql().for_tenant(handle.bound_tenant());
             let args = tenant_arguments(sql, handle.bound_tenant())?;
-            let row = own_statement!(
+            let row = read_statement!(
                 handle,
-                fetch_one(sqlx::query_with(sql.count.as_str(), args))
+                Self::TABLE,
+                |schema| sql.read_text(&sql.count, true, schema.as_deref(), handle.bound_tenant()),
+                fetch_one(args)
             );
             let n: i64 = sqlx::Row::try_get(&row, 0)?;
             Ok(n)
@@ -718,6 +801,18 @@ fn keyed_arguments<'q, K: Encode<'q, Postgres> + Type<Postgres>>(
         add(&mut args, tenant.id.as_str())?;
     }
     Ok(args)
+}
+
+/// [`EntitySql::read_text`] of `E`'s statements for `tenant`.
+fn read_text<E: TenantEntity>(
+    text: &str,
+    count: bool,
+    schema: Option<&str>,
+    tenant: &Tenant,
+) -> String {
+    E::sql()
+        .for_tenant(tenant)
+        .read_text(text, count, schema, tenant)
 }
 
 /// A comparison in a [`Select`].
@@ -950,9 +1045,11 @@ impl<E: TenantEntity> Select<E> {
     ) -> BoxFuture<'_, Result<Vec<E>, Error>> {
         Box::pin(async move {
             let (sql, args) = self.build(handle.bound_tenant(), false)?;
-            let rows = own_statement!(
+            let rows = read_statement!(
                 handle,
-                fetch_all(sqlx::query_with(sqlx::AssertSqlSafe(sql), args))
+                E::TABLE,
+                |schema| read_text::<E>(&sql, false, schema.as_deref(), handle.bound_tenant()),
+                fetch_all(args)
             );
             decode_all(&rows)
         })
@@ -1005,9 +1102,11 @@ impl<E: TenantEntity> Select<E> {
     ) -> BoxFuture<'_, Result<Option<E>, Error>> {
         Box::pin(async move {
             let (sql, args) = self.limit(1).build(handle.bound_tenant(), false)?;
-            let row = own_statement!(
+            let row = read_statement!(
                 handle,
-                fetch_optional(sqlx::query_with(sqlx::AssertSqlSafe(sql), args))
+                E::TABLE,
+                |schema| read_text::<E>(&sql, false, schema.as_deref(), handle.bound_tenant()),
+                fetch_optional(args)
             );
             decode_optional(row.as_ref())
         })
@@ -1017,9 +1116,11 @@ impl<E: TenantEntity> Select<E> {
     pub fn count<H: TenantHandle>(self, handle: &mut H) -> BoxFuture<'_, Result<i64, Error>> {
         Box::pin(async move {
             let (sql, args) = self.build(handle.bound_tenant(), true)?;
-            let row = own_statement!(
+            let row = read_statement!(
                 handle,
-                fetch_one(sqlx::query_with(sqlx::AssertSqlSafe(sql), args))
+                E::TABLE,
+                |schema| read_text::<E>(&sql, true, schema.as_deref(), handle.bound_tenant()),
+                fetch_one(args)
             );
             let n: i64 = sqlx::Row::try_get(&row, 0)?;
             Ok(n)

@@ -358,6 +358,26 @@ pub(super) async fn end_transaction(conn: &mut PgConnection) -> Result<(), Error
     )))
 }
 
+/// Where `table` resolves among `schemas` (the first that has it, as the binding's
+/// `search_path` would find it), if a read of it runs no code of the tenant's: a plain
+/// or partitioned table, without row-level security, every column of a built-in type
+/// (whose output functions and operators are the server's). `None`: it must be read
+/// bound. Names are schema-qualified: the session's `search_path` cannot change them.
+pub(super) async fn table_for_reads(
+    conn: &mut PgConnection,
+    table: &str,
+    schemas: &[String],
+) -> Result<Option<String>, Error> {
+    let row: Option<(String, bool)> = sqlx::query_as(
+        "SELECT n.nspname::text, c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::\"char\"[])          AND NOT c.relrowsecurity AND NOT EXISTS (            SELECT FROM pg_catalog.pg_attribute a            JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid            WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0              AND NOT a.attisdropped              AND t.typnamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace)          FROM pg_catalog.pg_class c          JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace          WHERE c.relname OPERATOR(pg_catalog.=) $1            AND n.nspname OPERATOR(pg_catalog.=) ANY ($2::text[])          ORDER BY pg_catalog.array_position($2::text[], n.nspname::text) LIMIT 1",
+    )
+    .bind(table)
+    .bind(schemas)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.and_then(|(schema, pure)| pure.then_some(schema)))
+}
+
 /// How a binding decides between the session and the transaction.
 pub(super) fn session_binding(config: &PoolConfig, local_only: bool) -> bool {
     config.binding == Binding::Session && !local_only

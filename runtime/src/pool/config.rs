@@ -55,6 +55,20 @@ pub struct PoolConfig {
     /// requests (the default), or settings local to each transaction, for a
     /// transaction pooler (PgBouncer, Supavisor, RDS Proxy) in front of the server.
     pub binding: Binding,
+    /// Entity reads of schema tenants (`find`, `list`, `count`, [`crate::Select`]) name
+    /// their tenant's schema and run on any clean connection as it is, with no binding
+    /// statement, when the server's catalog says the table runs no code of its own on a
+    /// read: a plain or partitioned table, without row-level security, every column of
+    /// a built-in type (checked once per tenant and table, again after the tenant is
+    /// invalidated and at least every minute). The connection then keeps the binding it
+    /// had, so `pg_stat_activity` names the tenant it was last bound to. Anything else (a
+    /// write, the request's own SQL, a `TenantTx`) binds first, as before. Default on.
+    pub binding_free_reads: bool,
+    /// Prepared statements each tenant connection keeps (sqlx's statement cache;
+    /// default 100, sqlx's own). Binding-free reads are prepared once per tenant
+    /// schema, so a connection serving many tenants needs room for `tenants x
+    /// statements` to keep them; each costs the backend a few KB.
+    pub statement_cache_capacity: usize,
 }
 
 /// How tenant connections are bound to their tenant.
@@ -92,6 +106,8 @@ impl Default for PoolConfig {
             row_user: None,
             row_password: None,
             binding: Binding::Session,
+            binding_free_reads: true,
+            statement_cache_capacity: 100,
         }
     }
 }
@@ -120,6 +136,8 @@ impl std::fmt::Debug for PoolConfig {
                 &self.row_password.as_ref().map(|_| "<redacted>"),
             )
             .field("binding", &self.binding)
+            .field("binding_free_reads", &self.binding_free_reads)
+            .field("statement_cache_capacity", &self.statement_cache_capacity)
             .finish()
     }
 }

@@ -138,6 +138,9 @@ pub struct PoolStats {
     pub rebound: u64,
     /// Connections reset after a handler used them directly or a request was cancelled.
     pub reset: u64,
+    /// Acquisitions that took a clean connection bound to another tenant (or to none)
+    /// as it was, for binding-free reads (see [`PoolConfig::binding_free_reads`]).
+    pub binding_free: u64,
     /// Requests that gave up waiting for a connection.
     pub timed_out: u64,
 }
@@ -221,7 +224,26 @@ struct Shared {
     control: std::sync::OnceLock<String>,
     /// The last connection serial given out.
     serials: std::sync::atomic::AtomicU64,
+    /// Where each tenant's tables read without a binding are (see
+    /// [`PoolConfig::binding_free_reads`]).
+    tables: Mutex<HashMap<(BindingKey, &'static str), TableCheck>>,
 }
+
+/// What the catalog said of one tenant's table: the quoted schema a binding-free read
+/// names, or `None` (the table must be read bound).
+#[derive(Clone)]
+struct TableCheck {
+    epoch: u64,
+    at: Instant,
+    schema: Option<Arc<str>>,
+}
+
+/// How long a table's catalog check is trusted (a tenant's invalidation, which every
+/// tenant migration makes, voids it sooner).
+const TABLE_CHECK_TTL: Duration = Duration::from_secs(60);
+
+/// The most table checks kept; past it they are all dropped (and asked again).
+const TABLE_CHECKS_MAX: usize = 200_000;
 
 /// The tenant connections of every server, within each server's budget. Cheap to
 /// clone.
@@ -280,6 +302,7 @@ impl TenantPools {
                 citus: AtomicBool::new(false),
                 control: std::sync::OnceLock::new(),
                 serials: std::sync::atomic::AtomicU64::new(0),
+                tables: Mutex::new(HashMap::new()),
                 servers,
             }),
         };
@@ -448,7 +471,11 @@ impl TenantPools {
     }
 
     /// A connection bound to `tenant`, within the budget of its server.
-    pub(crate) async fn acquire(&self, tenant: &Tenant) -> Result<PooledConn, Error> {
+    ///
+    /// `lazy`: the request may only read with statements that name the tenant's
+    /// schema: a clean connection is taken as it is, and bound only if something else
+    /// runs on it ([`PooledConn::ensure_bound`]).
+    pub(crate) async fn acquire(&self, tenant: &Tenant, lazy: bool) -> Result<PooledConn, Error> {
         let shared = &self.shared;
         let login = shared.login_of(tenant);
         let key = BindingKey::of(tenant);
@@ -500,6 +527,7 @@ impl TenantPools {
             local_binding: None,
             local_discard: None,
             touched: false,
+            unbound: None,
         };
         let conn = match plan {
             Plan::Idle(conn) => *conn,
@@ -515,7 +543,17 @@ impl TenantPools {
         };
         guard.conn = Some(conn);
         guard.reserved = false;
-        guard.bind(tenant).await?;
+        if lazy && guard.may_stay_unbound(tenant) {
+            let mut state = shared.lock();
+            guard.unbound = Some(state.epoch(&tenant.id));
+            state.stats.binding_free += 1;
+            drop(state);
+            if let Some(conn) = guard.conn.as_mut() {
+                conn.tenants.insert(tenant.id.clone());
+            }
+        } else {
+            guard.bind(tenant).await?;
+        }
         Ok(guard)
     }
 }
@@ -656,6 +694,8 @@ impl Shared {
             // Unnamed statements only: a transaction pooler may hand the next
             // transaction to another server connection.
             options = options.statement_cache_capacity(0);
+        } else {
+            options = options.statement_cache_capacity(self.config.statement_cache_capacity);
         }
         if let Some(user) = &login.user {
             options = options.username(user);

@@ -22,6 +22,7 @@ use sqlx::{Connection, PgConnection};
 use super::binding::{self, Scope};
 use super::{Binding, BindingKey, Conn, Layout, Shared, retire};
 use crate::error::Error;
+use crate::naming::quote_ident;
 use crate::tenant::Tenant;
 
 /// How long a dirty connection may sit idle before it is cleaned in the background.
@@ -51,6 +52,10 @@ pub(crate) struct PooledConn {
     /// One of tenantry's own writes ran: the binding is set again (discarding the
     /// sequence state it left, and anything a user's trigger did) before reuse.
     pub(super) touched: bool,
+    /// Taken clean for binding-free reads and not bound to this request's tenant (the
+    /// tenant's invalidation epoch when taken): the connection keeps the binding it
+    /// had until something needs this one ([`PooledConn::ensure_bound`]).
+    pub(super) unbound: Option<u64>,
 }
 
 impl PooledConn {
@@ -124,17 +129,115 @@ impl PooledConn {
         Ok(())
     }
 
-    /// Whether the tenant was invalidated since this connection was bound to it: a
-    /// handle then asks the registry before its next statement.
+    /// Whether a clean connection may serve `tenant`'s binding-free reads without
+    /// its binding: a schema tenant's, bound per session, on the server's own
+    /// database, with the tenant's statement timeout, never bound or bound to a schema
+    /// tenant (so acting as the login role), and nothing but tenantry's reads run on
+    /// it since it was last bound or cleaned.
+    pub(super) fn may_stay_unbound(&self, tenant: &Tenant) -> bool {
+        let pool = &self.pool;
+        let Some(conn) = self.conn.as_ref() else {
+            return false;
+        };
+        pool.config.binding_free_reads
+            && tenant.strategy == crate::tenant::Strategy::Schema
+            && binding::session_binding(&pool.config, pool.local_only(tenant))
+            && conn.login.database.is_none()
+            && !conn.dirty
+            && !conn.touched
+            && conn.timeout == tenant.limits.statement_timeout_ms
+            // A row tenant's binding acts as the row role, which may not read schemas.
+            && conn
+                .layout
+                .is_none_or(|l| l.strategy == crate::tenant::Strategy::Schema)
+            // Bound to this tenant already: nothing to skip.
+            && !(conn.binding.as_ref() == Some(&self.key)
+                && conn.epoch == pool.lock().epoch(&tenant.id))
+    }
+
+    /// Binds the connection to `tenant` if it was taken unbound for binding-free reads:
+    /// before anything but such a read runs on it.
+    pub(crate) async fn ensure_bound(&mut self, tenant: &Tenant) -> Result<(), Error> {
+        if self.unbound.take().is_some() {
+            self.bind(tenant).await?;
+        }
+        Ok(())
+    }
+
+    /// The quoted schema a binding-free read of `table` names for `tenant`, or `None`
+    /// when the table must be read bound (then the connection is bound). Asks the
+    /// catalog once per tenant and table (see [`super::PoolConfig::binding_free_reads`]).
+    pub(crate) async fn read_schema(
+        &mut self,
+        tenant: &Tenant,
+        table: &'static str,
+    ) -> Result<Option<Arc<str>>, Error> {
+        let pool = self.pool.clone();
+        let eligible = pool.config.binding_free_reads
+            && tenant.strategy == crate::tenant::Strategy::Schema
+            && binding::session_binding(&pool.config, pool.local_only(tenant))
+            && !table.contains('.');
+        if !eligible {
+            self.ensure_bound(tenant).await?;
+            return Ok(None);
+        }
+        let epoch = pool.lock().epoch(&tenant.id);
+        let key = (self.key.clone(), table);
+        let known = pool
+            .tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .filter(|c| c.epoch == epoch && c.at.elapsed() < super::TABLE_CHECK_TTL)
+            .map(|c| c.schema.clone());
+        let schema = match known {
+            Some(schema) => schema,
+            None => {
+                let mut schemas = vec![tenant.id.schema_name()];
+                if let Some(shared) = &pool.config.shared_schema {
+                    schemas.push(shared.clone());
+                }
+                self.busy = true;
+                let schema = binding::table_for_reads(self.own(), table, &schemas).await?;
+                self.busy = false;
+                let schema: Option<Arc<str>> = schema.map(|s| quote_ident(&s).into());
+                let mut tables = pool.tables.lock().unwrap_or_else(|e| e.into_inner());
+                if tables.len() >= super::TABLE_CHECKS_MAX {
+                    tables.clear();
+                }
+                tables.insert(
+                    key,
+                    super::TableCheck {
+                        epoch,
+                        at: Instant::now(),
+                        schema: schema.clone(),
+                    },
+                );
+                schema
+            }
+        };
+        if schema.is_none() {
+            self.ensure_bound(tenant).await?;
+        }
+        Ok(schema)
+    }
+
+    /// Whether the tenant was invalidated since this connection was bound to it (or
+    /// taken for it): a handle then asks the registry before its next statement.
     pub(crate) fn stale(&self) -> bool {
         let epoch = self.pool.lock().epoch(&self.key.id);
-        self.conn.as_ref().is_some_and(|c| c.epoch != epoch)
+        match self.unbound {
+            Some(taken) => taken != epoch,
+            None => self.conn.as_ref().is_some_and(|c| c.epoch != epoch),
+        }
     }
 
     /// Marks the binding as checked against the registry again.
     pub(crate) fn refresh(&mut self) {
         let epoch = self.pool.lock().epoch(&self.key.id);
-        if let Some(conn) = self.conn.as_mut() {
+        if let Some(taken) = self.unbound.as_mut() {
+            *taken = epoch;
+        } else if let Some(conn) = self.conn.as_mut() {
             conn.epoch = epoch;
         }
     }
