@@ -14,6 +14,13 @@ pub fn arg(name: &str, default: usize) -> Result<usize, String> {
     }
 }
 
+/// The text after `name` on the command line, if given.
+pub fn arg_text(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1).cloned()
+}
+
 /// The `p` quantile (0..=1) of sorted durations.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {

@@ -20,8 +20,12 @@
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
 //! cargo run --release -p tenantry-benches --bin scale_bench -- \
 //!     [--tenants 1000] [--zipf-tenants 10000] [--schema-zipf-tenants 0] [--rounds 3] \
-//!     [--secs 3] [--concurrency 16] [--recycle N] [--no-pooler]
+//!     [--secs 3] [--concurrency 16] [--recycle N] [--statement-cache N] [--no-pooler] \
+//!     [--only "random of schema|row tenants"]
 //! ```
+//!
+//! `--only` keeps the three baselines and the cases whose name contains one of the
+//! `|`-separated parts.
 //!
 //! `--schema-zipf-tenants N` (N > `--tenants`) provisions N schema tenants and adds
 //! random and Zipf(1.1) cases over all of them. Ratios are against the tuned plain
@@ -56,7 +60,7 @@ use rand::{RngExt, SeedableRng};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tenantry::{NewTenant, PoolConfig, Strategy, TenantId, TenantManager};
-use tenantry_benches::{arg, median};
+use tenantry_benches::{arg, arg_text, median};
 
 type Row = (i64, String, chrono::DateTime<chrono::Utc>);
 
@@ -288,6 +292,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         PoolConfig::default().max_tenants_per_connection as usize,
     )?
     .clamp(1, u32::MAX as usize) as u32;
+    let statement_cache = arg(
+        "--statement-cache",
+        PoolConfig::default().statement_cache_capacity,
+    )?;
     let db = tenantry::testing::TestDatabase::create().await?;
     let pool = PgPoolOptions::new()
         .max_connections(8)
@@ -419,6 +427,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         &admin,
         PoolConfig {
             max_tenants_per_connection: recycle,
+            statement_cache_capacity: statement_cache,
             ..PoolConfig::default()
         },
     )
@@ -428,6 +437,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         PoolConfig {
             max_connections: Some(8),
             max_tenants_per_connection: recycle,
+            statement_cache_capacity: statement_cache,
             ..PoolConfig::default()
         },
     )
@@ -586,6 +596,15 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             Traffic::Uniform(rows_uniform.clone()),
         ));
     }
+    // `--only a,b`: the baselines and the cases whose name contains one of them.
+    if let Some(only) = arg_text("--only") {
+        let wanted: Vec<&str> = only.split('|').filter(|w| !w.is_empty()).collect();
+        let mut k = 0;
+        cases.retain(|(name, ..)| {
+            k += 1;
+            k <= 3 || wanted.iter().any(|w| name.contains(w))
+        });
+    }
     // Warm-up: caches of every server and a pass over the tenants.
     for (_, addr, path, traffic) in &cases {
         drive(*addr, path, traffic, concurrency, 1.0).await;
@@ -634,8 +653,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let stats = t_default.pool_stats();
     println!();
     println!(
-        "tenantry (default budget): {} connections opened, {} rebinds, {} reused bound, {} resets, peak open {}",
-        stats.opened, stats.rebound, stats.reused, stats.reset, stats.peak_open
+        "tenantry (default budget): {} connections opened, {} rebinds, {} reused bound, {} binding-free, {} resets, peak open {}",
+        stats.opened, stats.rebound, stats.reused, stats.binding_free, stats.reset, stats.peak_open
     );
 
     // 128 clients against the default budget: the server's view of tenant connections

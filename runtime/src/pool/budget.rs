@@ -14,9 +14,12 @@ pub(super) struct Idle<'a> {
     /// Bound to this key at this epoch, and clean (no request's SQL ran on it since
     /// it was bound): usable with no statement at all.
     pub bound_to: Option<(&'a BindingKey, u64)>,
-    /// The connection served this tenant id before (its backend has the tenant's
-    /// catalog entries cached).
-    pub served: bool,
+    /// How much this tenant prefers this connection (rendezvous hashing of the tenant
+    /// and the connection, see [`affinity`]): a tenant's requests go to the
+    /// connections it ranks highest among those idle, so each backend serves a
+    /// stable share of the tenants and keeps their prepared statements, plans and
+    /// catalog entries, instead of every backend serving every tenant.
+    pub affinity: u64,
     /// Bound to this key but not usable as it is (a request's own SQL or a write ran
     /// on it): one rebinding statement makes it so. What a tenant database's connection
     /// can be rebound from.
@@ -61,9 +64,9 @@ pub(super) struct Want<'a> {
 /// Chooses a connection for `want` among `idle`:
 ///
 /// 1. an idle connection bound to this incarnation (the most recently used);
-/// 2. else an idle connection of the same login that served this tenant before,
-///    else the least recently used one of the login (for a tenant database, whose
-///    connections serve that tenant only: one of this tenant's that needs rebinding);
+/// 2. else the idle connection of the same login that the tenant ranks highest (see
+///    [`Idle::affinity`]; for a tenant database, whose connections serve that tenant
+///    only: one of this tenant's that needs rebinding);
 /// 3. else a new connection, if the server's budget has a free slot;
 /// 4. else (budget full), if a connection of the login is being cleaned, wait for it;
 /// 5. else (budget full) the least recently used idle connection of another login on
@@ -75,8 +78,7 @@ pub(super) fn choose<'a>(idle: impl IntoIterator<Item = Idle<'a>>, want: Want<'_
     }
     let own_database = want.login.database.is_some();
     let mut bound: Option<(usize, Instant)> = None;
-    let mut warm: Option<usize> = None;
-    let mut same_login: Option<(usize, Instant)> = None;
+    let mut preferred: Option<(usize, u64)> = None;
     let mut same_server: Option<(usize, Instant)> = None;
     let mut own_login_oldest: Option<(usize, Instant)> = None;
     let mut same_key: Option<usize> = None;
@@ -93,13 +95,8 @@ pub(super) fn choose<'a>(idle: impl IntoIterator<Item = Idle<'a>>, want: Want<'_
                 if same_key.is_none() && c.same_key {
                     same_key = Some(i);
                 }
-            } else {
-                if warm.is_none() && c.served {
-                    warm = Some(i);
-                }
-                if same_login.is_none_or(|(_, t)| t > c.idle_since) {
-                    same_login = Some((i, c.idle_since));
-                }
+            } else if preferred.is_none_or(|(_, a)| a < c.affinity) {
+                preferred = Some((i, c.affinity));
             }
         } else if c.login.server == want.login.server
             && same_server.is_none_or(|(_, t)| t > c.idle_since)
@@ -110,7 +107,7 @@ pub(super) fn choose<'a>(idle: impl IntoIterator<Item = Idle<'a>>, want: Want<'_
     if let Some((i, _)) = bound {
         return Choice::Bound(i);
     }
-    if let Some(i) = warm.or(same_login.map(|(i, _)| i)).or(same_key) {
+    if let Some(i) = preferred.map(|(i, _)| i).or(same_key) {
         return Choice::Rebind(i);
     }
     if want.open < want.budget {
@@ -123,6 +120,17 @@ pub(super) fn choose<'a>(idle: impl IntoIterator<Item = Idle<'a>>, want: Want<'_
         Some((i, _)) => Choice::MakeRoom(i),
         None => Choice::Wait,
     }
+}
+
+/// The rendezvous score of a tenant (`tenant`: a hash of its id) for a connection
+/// (`serial`): a stable pseudo-random ranking of the connections per tenant, which
+/// moves only the tenants of a connection that closes.
+pub(super) fn affinity(tenant: u64, serial: u64) -> u64 {
+    // splitmix64's finaliser over the pair.
+    let mut z = tenant ^ serial.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
@@ -169,21 +177,21 @@ mod tests {
             Idle {
                 login: &shared,
                 bound_to: Some((&b, 0)),
-                served: false,
+                affinity: 0,
                 same_key: false,
                 idle_since: t0,
             },
             Idle {
                 login: &shared,
                 bound_to: Some((&a, 0)),
-                served: true,
+                affinity: 1,
                 same_key: false,
                 idle_since: t0,
             },
             Idle {
                 login: &shared,
                 bound_to: Some((&a, 0)),
-                served: true,
+                affinity: 1,
                 same_key: false,
                 idle_since: t1,
             },
@@ -198,7 +206,7 @@ mod tests {
         let idle = [Idle {
             login: &shared,
             bound_to: Some((&a, 0)),
-            served: true,
+            affinity: 1,
             same_key: false,
             idle_since: Instant::now(),
         }];
@@ -208,7 +216,7 @@ mod tests {
     }
 
     #[test]
-    fn a_warm_connection_is_preferred_to_the_least_recently_used() {
+    fn the_connection_the_tenant_ranks_highest_is_taken() {
         let shared = login(None);
         let (a, b, c) = (key("a"), key("b"), key("c"));
         let t0 = Instant::now();
@@ -216,27 +224,58 @@ mod tests {
             Idle {
                 login: &shared,
                 bound_to: Some((&b, 0)),
-                served: false,
+                affinity: 0,
                 same_key: false,
                 idle_since: t0,
             },
             Idle {
                 login: &shared,
                 bound_to: Some((&c, 0)),
-                served: true,
+                affinity: 1,
                 same_key: false,
                 idle_since: t0 + Duration::from_millis(1),
             },
         ];
         assert_eq!(choose(idle, want(&shared, &a, 2, 2)), Choice::Rebind(1));
-        let cold = [
+        let other = [
             idle[0],
             Idle {
-                served: false,
+                affinity: 0,
                 ..idle[1]
             },
+            Idle {
+                affinity: 7,
+                ..idle[0]
+            },
         ];
-        assert_eq!(choose(cold, want(&shared, &a, 2, 2)), Choice::Rebind(0));
+        assert_eq!(choose(other, want(&shared, &a, 2, 2)), Choice::Rebind(2));
+    }
+
+    #[test]
+    fn affinity_spreads_tenants_over_connections_and_is_stable() {
+        // 1,000 tenants over 25 connections: each connection is the first choice of
+        // a fair share, and a tenant's ranking does not change between calls.
+        let serials: Vec<u64> = (100..125).collect();
+        let mut firsts = vec![0u32; serials.len()];
+        for t in 0..1000u64 {
+            let h = t.wrapping_mul(0x2545_F491_4F6C_DD1D);
+            let best = |s: &[u64]| (0..s.len()).max_by_key(|&i| affinity(h, s[i])).unwrap();
+            let i = best(&serials);
+            assert_eq!(i, best(&serials));
+            firsts[i] += 1;
+            // Closing another connection does not move the tenant.
+            let j = (i + 1) % serials.len();
+            let fewer: Vec<u64> = serials
+                .iter()
+                .copied()
+                .filter(|&x| x != serials[j])
+                .collect();
+            assert_eq!(fewer[best(&fewer)], serials[i]);
+        }
+        assert!(
+            firsts.iter().all(|&n| (15..=70).contains(&n)),
+            "first choices per connection: {firsts:?}"
+        );
     }
 
     #[test]
@@ -249,7 +288,7 @@ mod tests {
         let idle = [Idle {
             login: &tenant_db,
             bound_to: Some((&a, 0)),
-            served: true,
+            affinity: 1,
             same_key: false,
             idle_since: Instant::now(),
         }];
@@ -263,7 +302,7 @@ mod tests {
         let idle = [Idle {
             login: &db,
             bound_to: Some((&b, 0)),
-            served: false,
+            affinity: 0,
             same_key: false,
             idle_since: Instant::now(),
         }];
@@ -278,7 +317,7 @@ mod tests {
         let idle = [Idle {
             login: &db,
             bound_to: None,
-            served: true,
+            affinity: 1,
             same_key: true,
             idle_since: Instant::now(),
         }];
@@ -292,7 +331,7 @@ mod tests {
         let idle = [Idle {
             login: &dbb,
             bound_to: Some((&b, 0)),
-            served: false,
+            affinity: 0,
             same_key: true,
             idle_since: Instant::now(),
         }];
@@ -312,7 +351,7 @@ mod tests {
         let idle = [Idle {
             login: &shared,
             bound_to: Some((&a, 0)),
-            served: true,
+            affinity: 1,
             same_key: false,
             idle_since: Instant::now(),
         }];

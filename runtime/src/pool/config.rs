@@ -65,9 +65,13 @@ pub struct PoolConfig {
     /// write, the request's own SQL, a `TenantTx`) binds first, as before. Default on.
     pub binding_free_reads: bool,
     /// Prepared statements each tenant connection keeps (sqlx's statement cache;
-    /// default 100, sqlx's own). Binding-free reads are prepared once per tenant
-    /// schema, so a connection serving many tenants needs room for `tenants x
-    /// statements` to keep them; each costs the backend a few KB.
+    /// default 500, sqlx's own is 100). Binding-free reads are prepared once per
+    /// tenant schema, and a tenant's requests go to the connections it ranks highest
+    /// (rendezvous hashing), so each connection keeps the statements of its share of
+    /// the tenants: a statement evicted is prepared and planned again (PostgreSQL
+    /// plans a statement's first five executions one by one before it settles on a
+    /// generic plan). Each kept statement costs its backend a few KB (see
+    /// docs/BENCHMARKS.md for the measured memory).
     pub statement_cache_capacity: usize,
 }
 
@@ -107,7 +111,7 @@ impl Default for PoolConfig {
             row_password: None,
             binding: Binding::Session,
             binding_free_reads: true,
-            statement_cache_capacity: 100,
+            statement_cache_capacity: 500,
         }
     }
 }

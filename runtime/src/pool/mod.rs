@@ -643,6 +643,12 @@ impl Shared {
             budget: self.budget,
             cleaning: state.cleaning.get(login).copied().unwrap_or(0),
         };
+        let tenant_hash = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            key.id.hash(&mut h);
+            h.finish()
+        };
         let idle = state.idle.iter().map(|c| budget::Idle {
             login: &c.login,
             bound_to: c
@@ -650,7 +656,7 @@ impl Shared {
                 .as_ref()
                 .filter(|_| !c.dirty && !c.touched)
                 .map(|b| (b, c.epoch)),
-            served: c.tenants.contains(&key.id),
+            affinity: budget::affinity(tenant_hash, c.serial),
             same_key: c.binding.as_ref() == Some(key) && c.epoch == state.epoch(&key.id),
             idle_since: c.idle_since,
         });
