@@ -107,11 +107,15 @@ async fn unfiltered_queries_see_only_their_tenant() {
     let forged = sqlx::query("INSERT INTO items (tenant_id, label) VALUES ('globex', 'forged')")
         .execute(&mut acme)
         .await;
-    assert!(forged.is_err(), "{forged:?}");
+    assert_eq!(sqlstate(&forged), "42501", "{forged:?}");
     let moved = sqlx::query("UPDATE items SET tenant_id = 'globex'")
         .execute(&mut acme)
         .await;
-    assert!(moved.is_err(), "moving rows to another tenant is rejected");
+    assert_eq!(
+        sqlstate(&moved),
+        "42501",
+        "moving rows to another tenant is rejected: {moved:?}"
+    );
     assert_eq!(
         sqlx::query("UPDATE items SET label = 'x' WHERE label = 'g1'")
             .execute(&mut acme)
@@ -136,7 +140,7 @@ async fn unfiltered_queries_see_only_their_tenant() {
     // The handle cannot escape: it is not a superuser and cannot switch the setting's
     // meaning by changing roles.
     let escalate = sqlx::query("SET ROLE postgres").execute(&mut acme).await;
-    assert!(escalate.is_err());
+    assert_eq!(sqlstate(&escalate), "42501", "{escalate:?}");
 
     // With no tenant set (the app role, connected directly): nothing visible, writes rejected.
     let mut bare = PgConnection::connect_with(&s.db.connect_options().username(&s.role))
@@ -151,7 +155,7 @@ async fn unfiltered_queries_see_only_their_tenant() {
         sqlx::query("INSERT INTO shared.items (tenant_id, label) VALUES ('acme', 'sneaky')")
             .execute(&mut bare)
             .await;
-    assert!(insert.is_err());
+    assert_eq!(sqlstate(&insert), "42501", "{insert:?}");
     let _ = bare.close().await;
 }
 
@@ -437,4 +441,14 @@ async fn a_row_tenant_column_entity_fills_and_filters_with_every_kind_of_stateme
     );
     assert!(Label::delete(&mut acme, &mine[0].id).await.unwrap());
     assert_eq!(Label::count(&mut acme).await.unwrap(), 4);
+}
+
+/// The SQLSTATE of a statement's failure ("ok" if it succeeded, "none" if the failure
+/// was not the server's): a refusal by row-level security or privileges is 42501.
+fn sqlstate<T>(result: &Result<T, sqlx::Error>) -> String {
+    match result {
+        Ok(_) => "ok".to_owned(),
+        Err(sqlx::Error::Database(e)) => e.code().map_or("none".to_owned(), |c| c.into_owned()),
+        Err(_) => "none".to_owned(),
+    }
 }
