@@ -254,6 +254,7 @@ async fn migrate_across_tenants_status_and_failures() {
     .unwrap();
     let r = tenantry(url, &["migrate", "status", "--source", &source, "--json"]);
     let status: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(status.as_array().unwrap().len(), 6, "{status}");
     assert!(
         status
             .as_array()
@@ -283,6 +284,7 @@ async fn migrate_across_tenants_status_and_failures() {
             .all(|t| t["outcome"] == "applied" && t["versions"] == serde_json::json!([3]))
     );
     let r = tenantry(url, &["migrate", "status", "--source", &source]);
+    assert_eq!(r.stdout.lines().skip(1).count(), 6, "{}", r.stdout);
     assert!(
         r.stdout.lines().skip(1).all(|l| l.contains(" 3 ")),
         "{}",
@@ -801,6 +803,10 @@ async fn exec_runs_sql_in_each_tenant_under_its_binding() {
     );
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(
+        report.as_array().unwrap().len() >= 2,
+        "every row tenant reports: {report}"
+    );
     for entry in report.as_array().unwrap() {
         let tenant = entry["tenant"].as_str().unwrap();
         assert_eq!(

@@ -134,6 +134,7 @@ async fn migrate_all_applies_resumes_and_isolates_failures() {
         .unwrap();
     assert_eq!(again.current(), 12);
     let status = v3.migration_status().await.unwrap();
+    assert_eq!(status.len(), 12, "{status:?}");
     assert!(
         status
             .iter()

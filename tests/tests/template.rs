@@ -131,8 +131,9 @@ async fn cloned_schema_equals_replayed_schema() {
     assert_eq!(replayed, cloned);
     assert_eq!(cloned, describe(db.url(), "tenant_cloned_too").await);
 
-    // Both record every version, so migrate_all sees them as current.
+    // All three record every version, so migrate_all sees them as current.
     let status = clone.migration_status().await.unwrap();
+    assert_eq!(status.len(), 3, "{status:?}");
     assert!(
         status
             .iter()
