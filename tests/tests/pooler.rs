@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use axum::http::Method;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -217,9 +215,13 @@ async fn the_transaction_binding_keeps_tenants_apart_behind_pgbouncer() {
         json!([]),
         "nothing landed in the schema the handlers pointed at"
     );
-    // A TenantTx (the saas project routes use one) and entity reads work through it too.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(manager.pool_stats().peak_open <= 12);
+    // The 240 requests ran concurrently through several client connections (more
+    // than the pooler's 2 server connections), within the budget of 12.
+    let stats = manager.pool_stats();
+    assert!(
+        (3..=12).contains(&stats.peak_open),
+        "client connections at once: {stats:?}"
+    );
 }
 
 /// With the transaction binding (what runs behind a pooler) the tenant's name is set per
