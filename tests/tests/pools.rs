@@ -202,6 +202,11 @@ async fn a_slow_request_body_holds_no_connection() {
         assert_eq!(r.status, 201, "{r:?}");
     }
     assert_eq!(manager.pool_stats().timed_out, 0);
+    // The slow ones are still waiting for their bodies (they were not cut or failed
+    // early, which would also have freed the connection).
+    for task in &slow {
+        assert!(!task.is_finished(), "a slow request ended early");
+    }
     for task in slow {
         task.abort();
     }
