@@ -269,13 +269,16 @@ async fn failed_provisioning_leaves_nothing_and_can_be_retried() {
 #[tokio::test]
 async fn cache_is_invalidated_by_changes_and_expires_for_changes_made_elsewhere() {
     let (_db, pool) = database().await;
+    // `a` hears no change notifications: only the entry's expiry can show it what
+    // `b` changes.
     let a = TenantManager::builder(pool.clone())
-        .cache_ttl(Duration::from_millis(300))
+        .cache_ttl(Duration::from_millis(1000))
+        .listen_for_changes(false)
         .build()
         .await
         .unwrap();
     let b = TenantManager::builder(pool.clone())
-        .cache_ttl(Duration::from_millis(300))
+        .cache_ttl(Duration::from_millis(1000))
         .build()
         .await
         .unwrap();
@@ -297,9 +300,14 @@ async fn cache_is_invalidated_by_changes_and_expires_for_changes_made_elsewhere(
     a.resume_tenant(&id).await.unwrap();
     a.resolve_tenant(&id).await.unwrap();
 
-    // A change through another instance is seen once the entry expires.
+    // A change through another instance is seen once the entry expires (and not
+    // before: `a` still has the active record cached).
+    a.resolve_tenant(&id).await.unwrap();
     b.suspend_tenant(&id).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    a.resolve_tenant(&id)
+        .await
+        .expect("served from the cache until it expires");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(matches!(
         a.resolve_tenant(&id).await,
         Err(Error::TenantNotActive { .. })
