@@ -359,10 +359,16 @@ mod tests {
         let at_three = tenant(concurrency(3));
         let held: Vec<_> = (0..3).map(|_| shared.admit(&at_three).unwrap()).collect();
         assert!(shared.admit(&at_three).is_err(), "three in flight: full");
-        // Lowered to one while three are in flight: none more until two have finished.
+        // Lowered to one while three are in flight: none more until all three have
+        // finished (fewer in flight than the new limit).
         let at_one = tenant(concurrency(1));
-        assert!(shared.admit(&at_one).is_err());
-        drop(held);
+        let mut held = held;
+        for left in [2, 1] {
+            assert!(shared.admit(&at_one).is_err(), "{} in flight", left + 1);
+            held.pop();
+        }
+        assert!(shared.admit(&at_one).is_err(), "one in flight, limit one");
+        held.pop();
         let one = shared.admit(&at_one).unwrap();
         assert!(
             shared.admit(&at_one).is_err(),
@@ -390,6 +396,22 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // 20 a second, a burst of one: the second at once is refused, and one 150 ms
+        // later (3 tokens' worth, capped at the burst) is admitted.
+        let mut quick = crate::__private::example_tenant("globex");
+        quick.limits = TenantLimits {
+            rate: Some(20.0),
+            burst: Some(1),
+            ..TenantLimits::default()
+        };
+        assert!(layer.shared.admit(&quick).is_ok());
+        assert!(layer.shared.admit(&quick).is_err(), "the burst is one");
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        assert!(layer.shared.admit(&quick).is_ok(), "refilled");
+        assert!(
+            layer.shared.admit(&quick).is_err(),
+            "refilled up to the burst only"
+        );
     }
 
     #[test]
