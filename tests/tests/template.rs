@@ -206,10 +206,24 @@ async fn templates_with_functions_fall_back_to_replay() {
          CREATE TRIGGER t_bump BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION bump();",
     )
     .unwrap();
+    // Which path built the schema is said in the log: capture it for this test.
+    let log = Log::default();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(log.clone())
+            .with_ansi(false)
+            .finish(),
+    );
     let m = manager(&pool, dir.path(), true).await;
     m.create_tenant(NewTenant::new("acme".parse().unwrap(), "A"))
         .await
         .unwrap();
+    let said = log.text();
+    assert!(
+        said.contains("template not clonable; tenants get the migrations replayed")
+            && said.contains("bump"),
+        "the template was not refused for its function: {said}"
+    );
     sqlx::query("INSERT INTO tenant_acme.t (id) VALUES (1)")
         .execute(&pool)
         .await
@@ -223,4 +237,33 @@ async fn templates_with_functions_fall_back_to_replay() {
         "the trigger and its function exist in the tenant's schema"
     );
     let _ = db;
+}
+
+/// A log written to memory.
+#[derive(Clone, Default)]
+struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Log {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Log {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
+    type Writer = Log;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
 }
