@@ -553,6 +553,7 @@ async fn close(manager: TenantManager) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PgBouncer (Debian package `pgbouncer`): cargo test -- --ignored; .ci/run runs it"]
 async fn soak_schema_and_row_tenants_behind_pgbouncer() {
     soak_behind_pgbouncer(8, 3, Mix::SchemaAndRow).await;
 }
@@ -592,6 +593,7 @@ async fn soak_schema_row_and_database_tenants_mixed() {
 /// with churn. Says so loudly and passes where Citus is not installed, unless
 /// `TENANTRY_REQUIRE_CITUS` is set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Citus 13 in PostgreSQL 15: cargo test -- --ignored; .ci/run installs and runs it"]
 async fn soak_schema_and_row_tenants_on_citus() {
     if !tenantry::testing::citus_installed() {
         let message = "Citus is not installed: run ../shared/scripts/install-citus.sh";

@@ -40,6 +40,7 @@ async fn pooled_manager(pool_size: u32) -> (TestDatabase, PgBouncer, TenantManag
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PgBouncer (Debian package `pgbouncer`): cargo test -- --ignored; .ci/run runs it"]
 async fn session_settings_behind_a_transaction_pooler_reach_other_clients() {
     let (db, pool) = database().await;
     saas::prepare_database(&pool).await.unwrap();
@@ -105,6 +106,7 @@ async fn mess(mut db: TenantDb) -> Result<Json<&'static str>, Error> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PgBouncer (Debian package `pgbouncer`): cargo test -- --ignored; .ci/run runs it"]
 async fn the_transaction_binding_keeps_tenants_apart_behind_pgbouncer() {
     // Two server connections for 24 concurrent clients and 8 tenants.
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
