@@ -59,12 +59,14 @@ async fn churn_write(
     CurrentTenant(tenant): CurrentTenant,
     mut db: TenantDb,
     body: String,
-) -> Result<StatusCode, Error> {
+) -> Result<(StatusCode, String), Error> {
+    let name = format!("{}:{}:{body}", tenant.id, tenant.incarnation);
     sqlx::query("INSERT INTO projects (name) VALUES ($1)")
-        .bind(format!("{}:{}:{body}", tenant.id, tenant.incarnation))
+        .bind(&name)
         .execute(&mut db)
         .await?;
-    Ok(StatusCode::CREATED)
+    // The row's name says which incarnation acknowledged it.
+    Ok((StatusCode::CREATED, name))
 }
 
 const CHURN: [&str; 2] = ["churn-0", "churn-1"];
@@ -98,6 +100,8 @@ struct Ledger {
     attempted: HashMap<String, HashSet<String>>,
     acknowledged: HashMap<String, HashSet<String>>,
     doomed: HashMap<String, HashSet<String>>,
+    /// Churn writes acknowledged (201), named `{tenant}:{incarnation}:{n}`.
+    churn_acknowledged: HashSet<String>,
     cancelled: usize,
     completed: usize,
     unexpected: Vec<String>,
@@ -290,7 +294,11 @@ async fn run_soak(manager: TenantManager, pool_size: u32, mix: Mix, with_churn: 
                     }
                     (6, 400) | (10, 200) => {}
                     // A tenant being deleted and re-created: refused, never misplaced.
-                    (11, 201 | 403 | 404 | 503) => {}
+                    (11, 201) => {
+                        l.churn_acknowledged
+                            .insert(String::from_utf8_lossy(&bytes).into_owned());
+                    }
+                    (11, 403 | 404 | 503) => {}
                     (7..=9, 200) => {
                         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
                         let items = if kind == 9 {
@@ -325,7 +333,24 @@ async fn run_soak(manager: TenantManager, pool_size: u32, mix: Mix, with_churn: 
     if let Some(churner) = churner {
         let lives = churner.await.unwrap();
         assert!(lives >= 10, "the churn re-created tenants {lives} times");
-        check_churned(&manager).await;
+        let mut acknowledged = ledger.lock().unwrap().churn_acknowledged.clone();
+        // The last incarnations get writes of their own too: the check below then
+        // has acknowledged writes of the final incarnation to find.
+        for id in CHURN {
+            for n in 0..5 {
+                let request = Request::builder()
+                    .method("POST")
+                    .uri("/test/churn-write")
+                    .header("x-tenant-id", id)
+                    .body(Body::from(format!("after-{n}")))
+                    .unwrap();
+                let response = app.clone().oneshot(request).await.unwrap();
+                assert_eq!(response.status(), StatusCode::CREATED);
+                let bytes = response.into_body().collect().await.unwrap().to_bytes();
+                acknowledged.insert(String::from_utf8_lossy(&bytes).into_owned());
+            }
+        }
+        check_churned(&manager, &acknowledged).await;
     }
     // Let connections dropped by cancelled requests go back to their pools.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -505,7 +530,14 @@ fn check_tenant(tenant: &str, rows: Vec<String>, l: &Ledger) {
 
 /// Every row of a churned tenant's current life was written by a request that this
 /// life served: none of a deleted incarnation's writes reached its successor.
-async fn check_churned(manager: &TenantManager) {
+/// Each churned tenant holds only rows of its current incarnation, and every write
+/// that incarnation acknowledged.
+async fn check_churned(manager: &TenantManager, acknowledged: &HashSet<String>) {
+    assert!(
+        acknowledged.len() >= 10,
+        "churn writes acknowledged: {}",
+        acknowledged.len()
+    );
     let pool = manager.admin().registry_pool();
     for id in CHURN {
         let t = manager.resolve_tenant(&id.parse().unwrap()).await.unwrap();
@@ -543,6 +575,12 @@ async fn check_churned(manager: &TenantManager) {
                 name.starts_with(&own),
                 "{id} (incarnation {}) holds {name}",
                 t.incarnation
+            );
+        }
+        for name in acknowledged.iter().filter(|n| n.starts_with(&own)) {
+            assert!(
+                names.contains(name),
+                "{id}: the acknowledged write {name} is missing from its incarnation"
             );
         }
     }
