@@ -69,6 +69,69 @@ async fn churn_write(
     Ok((StatusCode::CREATED, name))
 }
 
+/// A planted leak for the soak's self-tests: writes the request's marker into
+/// another tenant's schema (soak-00's, or soak-01's for soak-00), as a session left on
+/// the wrong tenant would, and acknowledges it.
+async fn leak_write(
+    CurrentTenant(tenant): CurrentTenant,
+    mut db: TenantDb,
+    body: String,
+) -> Result<StatusCode, Error> {
+    let victim = if tenant.id.as_str() == "soak-00" {
+        "tenant_soak_01, shared"
+    } else {
+        "tenant_soak_00, shared"
+    };
+    sqlx::query("SELECT set_config('search_path', $1, false)")
+        .bind(victim)
+        .execute(&mut db)
+        .await?;
+    sqlx::query("INSERT INTO projects (name) VALUES ($1)")
+        .bind(&body)
+        .execute(&mut db)
+        .await?;
+    Ok(StatusCode::CREATED)
+}
+
+/// A planted fault for the churn check: the row names the previous incarnation, as a
+/// write of a deleted life that reached its successor would.
+async fn churn_write_stale(
+    CurrentTenant(tenant): CurrentTenant,
+    mut db: TenantDb,
+    body: String,
+) -> Result<(StatusCode, String), Error> {
+    let name = format!("{}:{}:{body}", tenant.id, tenant.incarnation - 1);
+    sqlx::query("INSERT INTO projects (name) VALUES ($1)")
+        .bind(&name)
+        .execute(&mut db)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        format!("{}:{}:{body}", tenant.id, tenant.incarnation),
+    ))
+}
+
+/// A planted fault for the churn check: acknowledges a write it never made.
+async fn churn_write_lost(
+    CurrentTenant(tenant): CurrentTenant,
+    body: String,
+) -> (StatusCode, String) {
+    let name = format!("{}:{}:{body}", tenant.id, tenant.incarnation);
+    (StatusCode::CREATED, name)
+}
+
+/// What a soak self-test plants in the router; `None` for a real soak.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Plant {
+    None,
+    /// One project write in twelve goes to `leak_write`.
+    ForeignWrite,
+    /// Churn writes name the previous incarnation.
+    StaleIncarnation,
+    /// Churn writes are acknowledged and not made.
+    LostWrite,
+}
+
 const CHURN: [&str; 2] = ["churn-0", "churn-1"];
 
 /// Deletes and re-creates the churn tenants (alternating schema and row) until `stop`.
@@ -143,13 +206,17 @@ impl Mix {
 /// `churn`, two more tenants are deleted and re-created (switching strategy) all along,
 /// while requests write to them.
 async fn soak(pool_size: u32, mix: Mix, with_churn: bool) {
+    planted_soak(pool_size, mix, with_churn, Plant::None).await;
+}
+
+async fn planted_soak(pool_size: u32, mix: Mix, with_churn: bool, plant: Plant) {
     let _alone = HEAVY.read().await;
     let (_db, manager) = manager(PoolConfig {
         max_connections: Some(pool_size),
         ..PoolConfig::default()
     })
     .await;
-    run_soak(manager, pool_size, mix, with_churn).await;
+    run_soak(manager, pool_size, mix, with_churn, plant).await;
 }
 
 /// The soak behind a real PgBouncer in transaction mode with `server_connections`
@@ -176,11 +243,23 @@ async fn soak_behind_pgbouncer(budget: u32, server_connections: u32, mix: Mix) {
         .build()
         .await
         .unwrap();
-    run_soak(manager, budget, mix, true).await;
+    run_soak(manager, budget, mix, true, Plant::None).await;
     drop(bouncer);
 }
 
-async fn run_soak(manager: TenantManager, pool_size: u32, mix: Mix, with_churn: bool) {
+async fn run_soak(
+    manager: TenantManager,
+    pool_size: u32,
+    mix: Mix,
+    with_churn: bool,
+    plant: Plant,
+) {
+    // A self-test needs far fewer requests to show that a check catches its fault.
+    let operations = if plant == Plant::None {
+        OPERATIONS
+    } else {
+        3_000
+    };
     for i in 0..TENANTS {
         create_with(&manager, &tenant_name(i), mix.strategy(i)).await;
     }
@@ -193,7 +272,15 @@ async fn run_soak(manager: TenantManager, pool_size: u32, mix: Mix, with_churn: 
         Router::new()
             .route("/test/insert-then-fail", post(insert_then_fail))
             .route("/test/mess", post(mess))
-            .route("/test/churn-write", post(churn_write))
+            .route(
+                "/test/churn-write",
+                match plant {
+                    Plant::StaleIncarnation => post(churn_write_stale),
+                    Plant::LostWrite => post(churn_write_lost),
+                    _ => post(churn_write),
+                },
+            )
+            .route("/test/leak-write", post(leak_write))
             .layer(TenantLayer::new(manager.clone())),
     );
     let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -207,7 +294,7 @@ async fn run_soak(manager: TenantManager, pool_size: u32, mix: Mix, with_churn: 
             let mut rng = StdRng::seed_from_u64(0x7e4a + w as u64 + pool_size as u64 * 1000);
             loop {
                 let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if n >= OPERATIONS {
+                if n >= operations {
                     break;
                 }
                 let mut tenant = tenant_name(rng.random_range(0..TENANTS));
@@ -218,6 +305,9 @@ async fn run_soak(manager: TenantManager, pool_size: u32, mix: Mix, with_churn: 
                 }
                 let (method, uri, body) = match kind {
                     10 => ("POST", "/test/mess", None),
+                    0 if plant == Plant::ForeignWrite => {
+                        ("POST", "/test/leak-write", Some(marker.clone()))
+                    }
                     11 => ("POST", "/test/churn-write", Some(n.to_string())),
                     0..=3 => (
                         "POST",
@@ -259,7 +349,7 @@ async fn run_soak(manager: TenantManager, pool_size: u32, mix: Mix, with_churn: 
                     .method(method)
                     .uri(uri)
                     .header("x-tenant-id", &tenant);
-                if body.is_some() && kind != 6 {
+                if body.is_some() && kind != 6 && !uri.starts_with("/test/") {
                     request = request.header("content-type", "application/json");
                 }
                 let request = request
@@ -356,9 +446,9 @@ async fn run_soak(manager: TenantManager, pool_size: u32, mix: Mix, with_churn: 
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let l = std::mem::take(&mut *ledger.lock().unwrap());
-    assert_eq!(l.completed + l.cancelled, OPERATIONS);
+    assert_eq!(l.completed + l.cancelled, operations);
     assert!(
-        l.cancelled > OPERATIONS / 20,
+        l.cancelled > operations / 20,
         "the soak cancelled enough requests: {}",
         l.cancelled
     );
@@ -447,7 +537,7 @@ async fn run_soak(manager: TenantManager, pool_size: u32, mix: Mix, with_churn: 
         acknowledged_total += l.acknowledged.get(&tenant).map_or(0, |a| a.len());
     }
     assert!(
-        acknowledged_total > OPERATIONS / 4,
+        acknowledged_total > operations / 4,
         "enough writes were acknowledged: {acknowledged_total}"
     );
     // Every row in the shared tables carries the tenant that wrote it.
@@ -461,7 +551,7 @@ async fn run_soak(manager: TenantManager, pool_size: u32, mix: Mix, with_churn: 
     .unwrap();
     assert_eq!(mislabelled, 0, "shared rows under another tenant's id");
     eprintln!(
-        "soak {mix:?} pool={pool_size}: {OPERATIONS} operations, {} completed, {} cancelled, {acknowledged_total} acknowledged writes",
+        "soak {mix:?} pool={pool_size}: {operations} operations, {} completed, {} cancelled, {acknowledged_total} acknowledged writes",
         l.completed, l.cancelled
     );
     close(manager).await;
@@ -586,6 +676,46 @@ async fn check_churned(manager: &TenantManager, acknowledged: &HashSet<String>) 
     }
 }
 
+/// Runs a soak with a planted fault and returns the message it failed with.
+async fn failure_of(mix: Mix, with_churn: bool, plant: Plant) -> String {
+    let outcome = tokio::spawn(planted_soak(2, mix, with_churn, plant)).await;
+    let panic = outcome
+        .expect_err("the soak passed with a planted fault")
+        .into_panic();
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+/// Self-test: a handler that writes into another tenant's schema fails the soak with
+/// its foreign-read message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soak_catches_a_write_into_another_tenant() {
+    let message = failure_of(Mix::Schema, false, Plant::ForeignWrite).await;
+    assert!(message.contains("cross-tenant reads"), "{message}");
+    assert!(message.contains("soak-00 read soak-"), "{message}");
+}
+
+/// Self-test: a churned tenant holding a row of an earlier incarnation fails the soak.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soak_catches_a_row_of_an_earlier_incarnation() {
+    let message = failure_of(Mix::Schema, true, Plant::StaleIncarnation).await;
+    assert!(message.contains("(incarnation "), "{message}");
+    assert!(message.contains(" holds churn-"), "{message}");
+}
+
+/// Self-test: an acknowledged churn write that is not stored fails the soak.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soak_catches_a_lost_write_of_a_churned_tenant() {
+    let message = failure_of(Mix::Schema, true, Plant::LostWrite).await;
+    assert!(
+        message.contains("is missing from its incarnation"),
+        "{message}"
+    );
+}
+
 async fn close(manager: TenantManager) {
     manager.admin().pools().close_idle().await;
 }
@@ -593,6 +723,9 @@ async fn close(manager: TenantManager) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PgBouncer (Debian package `pgbouncer`): cargo test -- --ignored; .ci/run runs it"]
 async fn soak_schema_and_row_tenants_behind_pgbouncer() {
+    if !pgbouncer_or_skip("soak_schema_and_row_tenants_behind_pgbouncer") {
+        return;
+    }
     soak_behind_pgbouncer(8, 3, Mix::SchemaAndRow).await;
 }
 
@@ -660,5 +793,5 @@ async fn soak_schema_and_row_tenants_on_citus() {
         .build()
         .await
         .unwrap();
-    run_soak(manager, 8, Mix::SchemaAndRow, true).await;
+    run_soak(manager, 8, Mix::SchemaAndRow, true, Plant::None).await;
 }

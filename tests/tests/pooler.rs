@@ -42,6 +42,9 @@ async fn pooled_manager(pool_size: u32) -> (TestDatabase, PgBouncer, TenantManag
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PgBouncer (Debian package `pgbouncer`): cargo test -- --ignored; .ci/run runs it"]
 async fn session_settings_behind_a_transaction_pooler_reach_other_clients() {
+    if !pgbouncer_or_skip("session_settings_behind_a_transaction_pooler_reach_other_clients") {
+        return;
+    }
     let (db, pool) = database().await;
     saas::prepare_database(&pool).await.unwrap();
     // One server connection behind the pooler, two clients.
@@ -108,6 +111,9 @@ async fn mess(mut db: TenantDb) -> Result<Json<&'static str>, Error> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PgBouncer (Debian package `pgbouncer`): cargo test -- --ignored; .ci/run runs it"]
 async fn the_transaction_binding_keeps_tenants_apart_behind_pgbouncer() {
+    if !pgbouncer_or_skip("the_transaction_binding_keeps_tenants_apart_behind_pgbouncer") {
+        return;
+    }
     // Two server connections for 24 concurrent clients and 8 tenants.
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let (_db, _bouncer, manager) = pooled_manager(2).await;

@@ -575,6 +575,9 @@ macro_rules! cases {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 #[ignore = "needs PgBouncer (Debian package `pgbouncer`): cargo test -- --ignored; .ci/run runs it"]
                 async fn schema_pooler() {
+                    if !pgbouncer_or_skip(concat!(stringify!($case), "::schema_pooler")) {
+                        return;
+                    }
                     let env = env(Strategy::Schema, Binding::Transaction).await;
                     env.everyone_reads_their_own("setup").await;
                     super::$case(&env).await;
@@ -583,6 +586,9 @@ macro_rules! cases {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 #[ignore = "needs PgBouncer (Debian package `pgbouncer`): cargo test -- --ignored; .ci/run runs it"]
                 async fn row_pooler() {
+                    if !pgbouncer_or_skip(concat!(stringify!($case), "::row_pooler")) {
+                        return;
+                    }
                     let env = env(Strategy::Row, Binding::Transaction).await;
                     env.everyone_reads_their_own("setup").await;
                     super::$case(&env).await;
@@ -690,6 +696,11 @@ async fn random_sequences_of_session_changes_never_reach_another_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PgBouncer (Debian package `pgbouncer`): cargo test -- --ignored; .ci/run runs it"]
 async fn random_sequences_of_session_changes_never_reach_another_request_behind_pgbouncer() {
+    if !pgbouncer_or_skip(
+        "random_sequences_of_session_changes_never_reach_another_request_behind_pgbouncer",
+    ) {
+        return;
+    }
     random_sequences_in(Binding::Transaction).await;
 }
 

@@ -54,13 +54,27 @@ async fn several_tenants_per_strategy(t: TestTenants) -> Result<(), tenantry::Er
     Ok(())
 }
 
-/// The check is not a formality: a handle that reads another tenant's row fails it.
-#[tenantry::test(strategies(schema), tenants = 2)]
-#[should_panic(expected = "rows leaked across tenants")]
+/// The check is not a formality: a handle whose session was moved to another
+/// tenant's schema (a planted leak) fails it, naming who saw whose rows.
+#[tenantry::test(
+    strategies(schema),
+    tenants = 2,
+    migrations = "fixtures/notes/migrations",
+    shared = "fixtures/notes/shared.sql"
+)]
+#[should_panic(
+    expected = "rows leaked across tenants (3 of them): schema-1 sees a row of schema-2"
+)]
 async fn the_isolation_check_catches_a_leak(t: TestTenants) {
+    write_notes(&t).await;
     let mut handles = t.handles().await.unwrap();
-    // A query that names another tenant's rows, as a leak would.
-    let _ = assert_isolated(&mut handles, "SELECT 'schema-2'::text").await;
+    let other = t.tenants()[1].storage.clone();
+    sqlx::query("SELECT set_config('search_path', $1, false)")
+        .bind(&other)
+        .execute(&mut handles[0])
+        .await
+        .unwrap();
+    let _ = assert_isolated(&mut handles, "SELECT owner FROM notes").await;
 }
 
 /// Fan-out: every tenant's work under its own binding, bounded, with a timeout that

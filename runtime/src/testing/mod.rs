@@ -416,17 +416,11 @@ pub struct PgBouncer {
 }
 
 impl PgBouncer {
-    /// Starts a PgBouncer in transaction mode for every database of the server at
-    /// `upstream` (trust authentication for `users`), with `pool_size` server
-    /// connections per database and user.
-    pub fn start(
-        upstream: &PgConnectOptions,
-        users: &[&str],
-        pool_size: u32,
-    ) -> Result<Self, TestDbError> {
-        let err =
-            |what: &str, e: &dyn std::fmt::Display| TestDbError::Start(format!("{what}: {e}"));
-        let binary = [
+    /// The `pgbouncer` binary [`PgBouncer::start`] would run: the first of
+    /// `/usr/sbin`, `/usr/bin`, `/usr/local/bin` that has one, else the first on `PATH`.
+    /// `None` where PgBouncer is not installed, so that a test can say it is skipped.
+    pub fn binary() -> Option<PathBuf> {
+        [
             "/usr/sbin/pgbouncer",
             "/usr/bin/pgbouncer",
             "/usr/local/bin/pgbouncer",
@@ -441,7 +435,19 @@ impl PgBouncer {
                     .find(|p| p.exists())
             })
         })
-        .ok_or_else(|| {
+    }
+
+    /// Starts a PgBouncer in transaction mode for every database of the server at
+    /// `upstream` (trust authentication for `users`), with `pool_size` server
+    /// connections per database and user.
+    pub fn start(
+        upstream: &PgConnectOptions,
+        users: &[&str],
+        pool_size: u32,
+    ) -> Result<Self, TestDbError> {
+        let err =
+            |what: &str, e: &dyn std::fmt::Display| TestDbError::Start(format!("{what}: {e}"));
+        let binary = Self::binary().ok_or_else(|| {
             TestDbError::Start(
                 "no `pgbouncer` binary found (on PATH or in /usr/sbin): install the \
                      `pgbouncer` package"

@@ -172,3 +172,25 @@ pub async fn second_instance(db: &TestDatabase) -> TenantManager {
 pub fn admin() -> (&'static str, String) {
     ("authorization", format!("Bearer {ADMIN_TOKEN}"))
 }
+
+/// Whether a test that needs PgBouncer can run. Where no `pgbouncer` binary is found
+/// it says so loudly and returns false (the test then returns), unless
+/// `TENANTRY_REQUIRE_PGBOUNCER` is set (`.ci/run` sets it), in which case it fails the
+/// test. These tests are also `#[ignore]`d, so a plain `cargo test` lists them as
+/// ignored; this covers `cargo test -- --ignored` on a machine without PgBouncer.
+pub fn pgbouncer_or_skip(test: &str) -> bool {
+    if tenantry::testing::PgBouncer::binary().is_some() {
+        return true;
+    }
+    let message = format!(
+        "{test} (package tenantry-tests) needs PgBouncer and no `pgbouncer` binary was \
+         found on PATH or in /usr/sbin, /usr/bin, /usr/local/bin: install the `pgbouncer` \
+         package"
+    );
+    assert!(
+        std::env::var_os("TENANTRY_REQUIRE_PGBOUNCER").is_none(),
+        "{message} (TENANTRY_REQUIRE_PGBOUNCER is set)"
+    );
+    eprintln!("\n*** SKIPPED: {message} ***\n");
+    false
+}
