@@ -13,7 +13,7 @@ mod error;
 mod lifecycle;
 mod limits;
 mod manager;
-mod metrics;
+pub mod metrics;
 mod middleware;
 mod naming;
 mod page;
@@ -42,7 +42,7 @@ pub use metrics::TenantMetrics;
 pub use middleware::{CurrentTenant, TenantLayer, TenantMiddleware, TenantPolicy};
 pub use migrate::TenantMigrations;
 pub use page::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, Page, PageRequest};
-pub use pool::{Binding, PoolConfig, PoolStats};
+pub use pool::{Binding, PoolConfig, PoolStats, ServerStats};
 pub use resolve::{
     Candidate, DEFAULT_TENANT_HEADER, HeaderResolver, HostResolver, PathPrefixResolver,
     TenantResolver, resolver_fn,

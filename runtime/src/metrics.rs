@@ -14,12 +14,115 @@
 //! Labels are sticky for the life of the process (a series never changes meaning), so
 //! the busiest tenants, which show up first and most often, are the ones labelled.
 //! Install any `metrics` recorder (Prometheus, OpenTelemetry, ...) to export them.
+//!
+//! The tenant connections are exported by [`record_pool`] (or
+//! [`TenantManager::record_pool_metrics`](crate::TenantManager::record_pool_metrics)),
+//! called where the metrics are read (a `/metrics` handler, or a timer), with one
+//! `server` label per database server (bounded by the servers the registry knows):
+//!
+//! - gauges `tenantry_pool_connections_open`, `tenantry_pool_connections_idle`,
+//!   `tenantry_pool_requests_waiting`, `tenantry_pool_budget`
+//! - counters `tenantry_pool_opened_total`, `tenantry_pool_closed_total`,
+//!   `tenantry_pool_reused_total`, `tenantry_pool_rebinds_total`,
+//!   `tenantry_pool_resets_total`, `tenantry_pool_recycled_total`,
+//!   `tenantry_pool_binding_free_total`, `tenantry_pool_timeouts_total` (requests
+//!   answered 503 after waiting for a connection)
+//!
+//! ```
+//! # async fn serve(manager: tenantry::TenantManager) {
+//! // In a `/metrics` handler, before rendering the recorder's text:
+//! manager.record_pool_metrics();
+//! # }
+//! ```
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::pool::ServerStats;
 use crate::tenant::TenantId;
+
+/// Sets the pool gauges and counters listed in the [module docs](self) from `servers`
+/// (see [`TenantPools::server_stats`](crate::admin::TenantPools::server_stats)), one
+/// `server` label each, through the installed `metrics` recorder.
+pub fn record_pool(servers: &[ServerStats]) {
+    describe();
+    for s in servers {
+        let server = s.server.clone();
+        let gauge = |name: &'static str, value: f64| {
+            metrics::gauge!(name, "server" => server.clone()).set(value);
+        };
+        gauge("tenantry_pool_connections_open", s.stats.open as f64);
+        gauge("tenantry_pool_connections_idle", s.stats.idle as f64);
+        gauge("tenantry_pool_requests_waiting", s.stats.waiting as f64);
+        gauge("tenantry_pool_budget", f64::from(s.budget));
+        let counter = |name: &'static str, value: u64| {
+            metrics::counter!(name, "server" => server.clone()).absolute(value);
+        };
+        counter("tenantry_pool_opened_total", s.stats.opened);
+        counter("tenantry_pool_closed_total", s.stats.closed);
+        counter("tenantry_pool_reused_total", s.stats.reused);
+        counter("tenantry_pool_rebinds_total", s.stats.rebound);
+        counter("tenantry_pool_resets_total", s.stats.reset);
+        counter("tenantry_pool_recycled_total", s.stats.recycled);
+        counter("tenantry_pool_binding_free_total", s.stats.binding_free);
+        counter("tenantry_pool_timeouts_total", s.stats.timed_out);
+    }
+}
+
+/// Gives every metric of tenantry its help text (once per process; a recorder
+/// installed later misses them, which costs only the `# HELP` lines).
+fn describe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+        describe_counter!(
+            "tenantry_requests_total",
+            "Requests per tenant and status class"
+        );
+        describe_histogram!(
+            "tenantry_request_duration_seconds",
+            Unit::Seconds,
+            "Request latency per tenant"
+        );
+        describe_gauge!("tenantry_pool_connections_open", "Tenant connections open");
+        describe_gauge!("tenantry_pool_connections_idle", "Tenant connections idle");
+        describe_gauge!(
+            "tenantry_pool_requests_waiting",
+            "Requests waiting for a tenant connection"
+        );
+        describe_gauge!(
+            "tenantry_pool_budget",
+            "The most tenant connections to the server"
+        );
+        describe_counter!("tenantry_pool_opened_total", "Tenant connections opened");
+        describe_counter!("tenantry_pool_closed_total", "Tenant connections closed");
+        describe_counter!(
+            "tenantry_pool_reused_total",
+            "Acquisitions of a connection already bound to the tenant"
+        );
+        describe_counter!(
+            "tenantry_pool_rebinds_total",
+            "Acquisitions that bound a connection to the tenant"
+        );
+        describe_counter!(
+            "tenantry_pool_resets_total",
+            "Connections cleaned after a request's own SQL or a cancellation"
+        );
+        describe_counter!(
+            "tenantry_pool_recycled_total",
+            "Connections closed after serving their most tenants or living their lifetime"
+        );
+        describe_counter!(
+            "tenantry_pool_binding_free_total",
+            "Acquisitions that read without binding the connection"
+        );
+        describe_counter!(
+            "tenantry_pool_timeouts_total",
+            "Requests that found no connection in time (503)"
+        );
+    });
+}
 
 /// The label of tenants outside the top N.
 pub const OTHER_TENANTS: &str = "other";
@@ -56,6 +159,7 @@ impl TenantMetrics {
     }
 
     pub(crate) fn record(&self, tenant: &TenantId, status: u16, elapsed: Duration) {
+        describe();
         let label = self.label(tenant);
         let class = match status {
             100..=199 => "1xx",

@@ -3,7 +3,10 @@
 //! - Admin routes (`Authorization: Bearer <token>`): `POST /api/v1/tenants`,
 //!   `GET /api/v1/tenants`, `GET /api/v1/tenants/{id}`,
 //!   `POST /api/v1/tenants/{id}/suspend`, `POST /api/v1/tenants/{id}/resume`,
-//!   `DELETE /api/v1/tenants/{id}` (only a suspended tenant).
+//!   `DELETE /api/v1/tenants/{id}` (only a suspended tenant), and `GET /metrics`:
+//!   the Prometheus text format, per-tenant request counts and latencies (the 50
+//!   busiest tenants labelled, the rest `other`) and the tenant pool's gauges and
+//!   counters per server (see [`tenantry::metrics`]).
 //! - `GET /api/v1/current-tenant`: the tenant the request names, or `null`.
 //! - Tenant routes: projects (create, list, get, delete) and the seed's
 //!   `GET /api/v1/data` (plus `POST /api/v1/data` to add rows).
@@ -29,6 +32,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::HashMap;
@@ -166,6 +170,8 @@ pub struct AppState {
     /// Per-tenant request limits (the tenants' own, from the registry, over these
     /// defaults: none unless [`AppState::with_tenant_limits`] sets them).
     pub limits: TenantLimitLayer,
+    /// What `GET /metrics` renders (see [`prometheus`]).
+    pub prometheus: PrometheusHandle,
 }
 
 impl AppState {
@@ -178,6 +184,7 @@ impl AppState {
             user_tokens: None,
             metrics: TenantMetrics::new(50),
             limits: TenantLimitLayer::new(TenantLimits::default()),
+            prometheus: prometheus(),
         }
     }
 
@@ -218,6 +225,50 @@ impl AppState {
         }
         layer
     }
+}
+
+/// Request latency buckets, in seconds, of `tenantry_request_duration_seconds`.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// The process's Prometheus recorder (`metrics-exporter-prometheus`), installed as the
+/// `metrics` facade's global recorder on first use; every [`AppState`] of the process
+/// shares it. Where another recorder was installed first, the handle renders nothing
+/// of tenantry's, and a warning says so.
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("tenantry_request_duration_seconds".to_owned()),
+                    &LATENCY_BUCKETS,
+                )
+                .expect("the latency buckets are not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("another `metrics` recorder is installed: /metrics stays empty");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// `GET /metrics` (admin token): the pool's figures are read now, then everything is
+/// rendered in the Prometheus text format.
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    state.manager.record_pool_metrics();
+    state.prometheus.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.prometheus.render(),
+    )
+        .into_response()
 }
 
 /// The user-token policy: a request must carry a known token (else 401, before any
@@ -357,6 +408,7 @@ pub fn admin_routes(state: AppState) -> Router {
             "/api/v1/tenants/{id}/domains/{domain}/primary",
             axum::routing::put(set_primary_domain),
         )
+        .route("/metrics", get(metrics_text))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .with_state(state)
 }

@@ -112,6 +112,17 @@ impl TenantManager {
         self.inner.pools.stats()
     }
 
+    /// The tenant connections' numbers per server (see [`PoolStats`]).
+    pub fn pool_stats_by_server(&self) -> Vec<crate::pool::ServerStats> {
+        self.inner.pools.server_stats()
+    }
+
+    /// Exports the pool's gauges and counters per server through the installed
+    /// `metrics` recorder (see [`crate::metrics`]); call it where the metrics are read.
+    pub fn record_pool_metrics(&self) {
+        crate::metrics::record_pool(&self.inner.pools.server_stats());
+    }
+
     /// How many times a lookup went to the registry (cache misses).
     pub fn registry_lookups(&self) -> u64 {
         self.inner.registry_lookups.load(Ordering::Relaxed)

@@ -141,8 +141,26 @@ pub struct PoolStats {
     /// Acquisitions that took a clean connection bound to another tenant (or to none)
     /// as it was, for binding-free reads (see [`PoolConfig::binding_free_reads`]).
     pub binding_free: u64,
-    /// Requests that gave up waiting for a connection.
+    /// Requests that gave up waiting for a connection (answered 503).
     pub timed_out: u64,
+    /// Requests waiting for a connection now.
+    pub waiting: usize,
+    /// Connections closed after serving
+    /// [`PoolConfig::max_tenants_per_connection`] tenants or living past
+    /// [`PoolConfig::max_lifetime`] (counted in `closed` too).
+    pub recycled: u64,
+}
+
+/// The tenant connections of one server: its budget and its [`PoolStats`] (`peak_open`
+/// is the pool's, all servers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerStats {
+    /// The server's name in the registry (`default` for the registry's own server).
+    pub server: String,
+    /// The most tenant connections the pool opens to it.
+    pub budget: u32,
+    /// Its connections and counters.
+    pub stats: PoolStats,
 }
 
 #[derive(Default)]
@@ -165,11 +183,23 @@ struct State {
     changed_at: HashMap<TenantId, u64>,
     all_changed_at: u64,
     stats: PoolStats,
+    /// The counters per server (open and idle are counted when asked).
+    per_server: HashMap<String, PoolStats>,
+    /// Requests waiting for a connection, per server.
+    waiting: HashMap<String, usize>,
 }
 
 impl State {
     fn total_open(&self) -> usize {
         self.open.values().map(|n| *n as usize).sum()
+    }
+    /// Counts an event of `server` in the pool's and the server's counters.
+    fn count(&mut self, server: &str, event: impl Fn(&mut PoolStats)) {
+        event(&mut self.stats);
+        match self.per_server.get_mut(server) {
+            Some(stats) => event(stats),
+            None => event(self.per_server.entry(server.to_owned()).or_default()),
+        }
     }
     fn epoch(&self, id: &TenantId) -> u64 {
         self.epochs.get(id).copied().unwrap_or(0) + self.global_epoch
@@ -363,8 +393,38 @@ impl TenantPools {
         PoolStats {
             open: state.total_open(),
             idle: state.idle.len(),
+            waiting: state.waiting.values().sum(),
             ..state.stats
         }
+    }
+
+    /// The connections and counters of each server the pool knows, the default server
+    /// first, then by name: what [`crate::metrics::record_pool`] exports.
+    pub fn server_stats(&self) -> Vec<ServerStats> {
+        let mut names = self.shared.servers.names();
+        names.sort_by_key(|n| (n != DEFAULT_SERVER, n.clone()));
+        let state = self.shared.lock();
+        names
+            .into_iter()
+            .map(|server| {
+                let counters = state.per_server.get(&server).copied().unwrap_or_default();
+                ServerStats {
+                    budget: self.shared.budget,
+                    stats: PoolStats {
+                        open: state.open.get(&server).copied().unwrap_or(0) as usize,
+                        idle: state
+                            .idle
+                            .iter()
+                            .filter(|c| c.login.server == server)
+                            .count(),
+                        waiting: state.waiting.get(&server).copied().unwrap_or(0),
+                        peak_open: state.stats.peak_open,
+                        ..counters
+                    },
+                    server,
+                }
+            })
+            .collect()
     }
 
     /// Drops every binding of tenant `id`: idle connections bound to it are unbound
@@ -447,7 +507,7 @@ impl TenantPools {
             tokio::time::sleep(BACKEND_EXIT_GRACE).await;
             let mut state = self.shared.lock();
             state.closed_one(&server);
-            state.stats.closed += 1;
+            state.count(&server, |s| s.closed += 1);
         }
         self.shared.notify_all();
     }
@@ -502,11 +562,12 @@ impl TenantPools {
             if let Some(plan) = plan {
                 break plan;
             }
-            if tokio::time::timeout_at(deadline.into(), released)
-                .await
-                .is_err()
-            {
-                shared.lock().stats.timed_out += 1;
+            let waited = {
+                let _waiting = Waiting::new(shared, &login.server);
+                tokio::time::timeout_at(deadline.into(), released).await
+            };
+            if waited.is_err() {
+                shared.lock().count(&login.server, |s| s.timed_out += 1);
                 return Err(Error::PoolExhausted {
                     budget: shared.budget,
                     waited: shared.config.acquire_timeout,
@@ -534,7 +595,7 @@ impl TenantPools {
             Plan::Open => {
                 guard.reserved = true;
                 let raw = shared.connect(&login, tenant).await?;
-                shared.lock().stats.opened += 1;
+                shared.lock().count(&login.server, |s| s.opened += 1);
                 let serial = shared
                     .serials
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -546,7 +607,7 @@ impl TenantPools {
         if lazy && guard.may_stay_unbound(tenant) {
             let mut state = shared.lock();
             guard.unbound = Some(state.epoch(&tenant.id));
-            state.stats.binding_free += 1;
+            state.count(&login.server, |s| s.binding_free += 1);
             drop(state);
             if let Some(conn) = guard.conn.as_mut() {
                 conn.tenants.insert(tenant.id.clone());
@@ -662,7 +723,7 @@ impl Shared {
         });
         match budget::choose(idle, want) {
             budget::Choice::Bound(i) => {
-                state.stats.reused += 1;
+                state.count(&login.server, |s| s.reused += 1);
                 Some(Plan::Idle(Box::new(state.idle.swap_remove(i))))
             }
             budget::Choice::Rebind(i) => Some(Plan::Idle(Box::new(state.idle.swap_remove(i)))),
@@ -799,6 +860,32 @@ fn take_expired(state: &mut State, config: &PoolConfig) -> Vec<Conn> {
     expired
 }
 
+/// Counts a request waiting for a connection of `server` while it lives (a cancelled
+/// request stops counting when its future is dropped).
+struct Waiting<'a> {
+    shared: &'a Shared,
+    server: &'a str,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(shared: &'a Shared, server: &'a str) -> Self {
+        *shared.lock().waiting.entry(server.to_owned()).or_default() += 1;
+        Self { shared, server }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        if let Some(n) = state.waiting.get_mut(self.server) {
+            *n -= 1;
+            if *n == 0 {
+                state.waiting.remove(self.server);
+            }
+        }
+    }
+}
+
 /// How long a closed connection's slot stays counted after `Terminate` was sent,
 /// while its backend exits.
 const BACKEND_EXIT_GRACE: Duration = Duration::from_millis(25);
@@ -812,7 +899,7 @@ fn retire(shared: &Arc<Shared>, conns: Vec<Conn>) {
     let done = |shared: &Shared, server: &str| {
         let mut state = shared.lock();
         state.closed_one(server);
-        state.stats.closed += 1;
+        state.count(server, |s| s.closed += 1);
         drop(state);
         shared.notify(server);
     };

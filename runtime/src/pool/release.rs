@@ -103,11 +103,12 @@ impl PooledConn {
             }
             conn.timeout = timeout;
             let mut state = pool.lock();
+            let server = &conn.login.server;
             if !scope.own_database {
-                state.stats.rebound += 1;
+                state.count(server, |s| s.rebound += 1);
             }
             if was_dirty {
-                state.stats.reset += 1;
+                state.count(server, |s| s.reset += 1);
             }
         } else if was_dirty && pool.config.binding == Binding::Session {
             // A connection of the server's own, bound per transaction (a row tenant on
@@ -116,7 +117,7 @@ impl PooledConn {
             // one's `BEGIN`, and a rolled-back transaction undoes its discarding. So
             // the session is cleaned first, for good.
             binding::bind_session(&pool, &mut conn.raw, None, true).await?;
-            pool.lock().stats.reset += 1;
+            pool.lock().count(&conn.login.server, |s| s.reset += 1);
         }
         // Behind a transaction pooler every transaction starts with the discarding.
         conn.dirty = false;
@@ -327,6 +328,7 @@ impl Drop for PooledConn {
         let cut_off = self.busy || self.in_transaction || conn.raw.is_in_transaction();
         if worn && !cut_off {
             // Closing discards everything the session holds.
+            state.count(&self.server, |s| s.recycled += 1);
             drop(state);
             retire(&pool, vec![conn]);
             return;
@@ -437,7 +439,7 @@ async fn clean(pool: &Shared, conn: &mut Conn) -> Result<(), Error> {
     conn.timeout = None;
     conn.dirty = false;
     conn.touched = false;
-    pool.lock().stats.reset += 1;
+    pool.lock().count(&conn.login.server, |s| s.reset += 1);
     Ok(())
 }
 
