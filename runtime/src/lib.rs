@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 // The floor: the tenant model, errors and names. Then the registry, the migration
 // source, the strategies, the lifecycle; the connection side (pool, handles,

@@ -575,7 +575,7 @@ fn unhex(text: &str) -> Result<Vec<u8>, Error> {
             text.escape_debug()
         ))
     };
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(bad());
     }
     (0..text.len())

@@ -32,6 +32,74 @@ fn the_readme_shows_the_quickstart_verbatim() {
     );
 }
 
+/// The README links the rest of the documentation; every relative link of the README
+/// and of the documents it links resolves, and the sections that left the README are
+/// where it says.
+#[test]
+fn the_readme_links_resolve_and_the_moved_sections_are_there() {
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let mut checked = 0;
+    let mut pending = vec![root.join("README.md")];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(doc) = pending.pop() {
+        if !seen.insert(doc.clone()) {
+            continue;
+        }
+        let text = read(&doc);
+        let dir = doc.parent().unwrap();
+        for target in text
+            .split("](")
+            .skip(1)
+            .filter_map(|rest| rest.split(')').next())
+        {
+            // Web links, anchors and rustdoc's intra-doc links (`crate::Item`) aside.
+            let is_file = target.contains('/') || target.ends_with(".md");
+            if target.starts_with("http") || target.starts_with('#') || !is_file {
+                continue;
+            }
+            let path = dir.join(target.split('#').next().unwrap());
+            assert!(
+                path.exists(),
+                "{} links {target}, which does not exist",
+                doc.display()
+            );
+            checked += 1;
+            if target.ends_with(".md") {
+                pending.push(path.canonicalize().unwrap());
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} links checked");
+    for (doc, must_hold) in [
+        ("docs/CLI.md", "tenantry tenants move acme --to-strategy"),
+        ("docs/CLI.md", "Exit status: 0 on success"),
+        ("docs/QUICKSTART.md", "curl localhost:3000/metrics"),
+        ("docs/QUICKSTART.md", "SAAS_USER_TOKENS"),
+        ("docs/CITUS.md", "scripts/citus-cluster.sh start"),
+        (
+            "docs/FEATURES.md",
+            "**Three isolation strategies, chosen per tenant**",
+        ),
+        ("docs/TESTING.md", "TENANTRY_REQUIRE_PGBOUNCER"),
+        ("CHANGELOG.md", "## [Unreleased]"),
+    ] {
+        assert!(
+            read(&root.join(doc)).contains(must_hold),
+            "{doc} must hold `{must_hold}`"
+        );
+    }
+    // The README itself stays one screen of text around its example.
+    let readme = read(&root.join("README.md"));
+    let before_example = &readme[..readme.find("## Example").expect("an Example section")];
+    assert!(
+        before_example.lines().count() <= 15,
+        "the README must reach its example within 15 lines"
+    );
+}
+
 #[tokio::test]
 async fn the_quickstart_takes_a_name_and_pages_per_tenant() {
     let (_db, pool) = database().await;
