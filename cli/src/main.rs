@@ -96,7 +96,8 @@ enum TenantsCommand {
         /// The isolation strategy.
         #[arg(long, value_enum, default_value_t = StrategyArg::Schema)]
         strategy: StrategyArg,
-        /// The tenant migrations directory (sqlx format) to provision with.
+        /// The tenant migrations directory (sqlx format) to provision with. Default: the
+        /// tenant migrations the application registered in the registry.
         #[arg(long)]
         migrations: Option<PathBuf>,
         /// Print the tenant as JSON.
@@ -231,7 +232,8 @@ enum TenantsCommand {
         /// Its server (database tenants; see `tenantry servers`).
         #[arg(long)]
         server: Option<String>,
-        /// The tenant migrations directory the export's version comes from.
+        /// The tenant migrations directory the export's version comes from. Default:
+        /// the tenant migrations the application registered in the registry.
         #[arg(long)]
         migrations: Option<PathBuf>,
         /// Print the tenant as JSON.
@@ -266,7 +268,8 @@ enum TenantsCommand {
         /// instance to hear of it, before it is dropped.
         #[arg(long, value_parser = parse_duration, default_value = "2s")]
         grace: Duration,
-        /// The tenant migrations directory (the new place gets these versions).
+        /// The tenant migrations directory (the new place gets these versions). Default:
+        /// the tenant migrations the application registered in the registry.
         #[arg(long)]
         migrations: Option<PathBuf>,
         /// Print the report as JSON.
@@ -461,6 +464,64 @@ fn main() -> ExitCode {
 }
 
 async fn manager(cli: &Cli, migrations: Option<&PathBuf>) -> Result<TenantManager, Failure> {
+    manager_with(cli, migrations, false).await
+}
+
+/// A manager that provisions with `--migrations`, or else with the tenant migrations
+/// the application registered in the registry (for `create`, `import` and `move`).
+async fn provisioning_manager(
+    cli: &Cli,
+    migrations: Option<&PathBuf>,
+) -> Result<TenantManager, Failure> {
+    manager_with(cli, migrations, true).await
+}
+
+/// Where a command's tenant migrations came from, for its messages.
+fn source_note(manager: &TenantManager, given: Option<&PathBuf>) -> String {
+    let versions = manager.migrations().versions();
+    match (given, versions.first(), versions.last()) {
+        (Some(dir), _, _) => format!("the tenant migrations in {}", dir.display()),
+        (None, Some(first), Some(last)) => format!(
+            "the tenant migrations the application registered in the registry (versions \
+             {first} to {last})"
+        ),
+        _ => "no tenant migrations: none given with --migrations, and no application has \
+              registered its tenant migrations in this registry (an application does when \
+              it starts with `TenantManagerBuilder::migrations`)"
+            .to_owned(),
+    }
+}
+
+/// Adds to a failure of `import` or `move` whose cause is the migration source what
+/// the source was and which flag changes it.
+fn with_source_hint(failure: Failure, manager: &TenantManager, given: Option<&PathBuf>) -> Failure {
+    let about_source = failure.message.contains("migration source")
+        || failure.message.contains("does not exist here");
+    if !about_source {
+        return failure;
+    }
+    let fix = if given.is_some() {
+        "pass --migrations with the tenant migrations the tenant's data was made with, then \
+         run `tenantry migrate`"
+    } else {
+        "pass --migrations DIR, the tenant migrations the tenant's data was made with (then \
+         run `tenantry migrate` to bring it to the current version)"
+    };
+    Failure {
+        code: failure.code,
+        message: format!(
+            "{}\n  used: {}\n  fix: {fix}",
+            failure.message,
+            source_note(manager, given)
+        ),
+    }
+}
+
+async fn manager_with(
+    cli: &Cli,
+    migrations: Option<&PathBuf>,
+    registered: bool,
+) -> Result<TenantManager, Failure> {
     let url = cli
         .database_url
         .as_deref()
@@ -488,7 +549,7 @@ async fn manager(cli: &Cli, migrations: Option<&PathBuf>) -> Result<TenantManage
             .map_err(|e| format!("cannot read migrations from {}: {e}", dir.display()))?,
         None => TenantMigrations::empty(),
     };
-    Ok(TenantManager::builder(pool)
+    let mut builder = TenantManager::builder(pool)
         .pool_config(tenantry::PoolConfig {
             row_role: cli.row_role.clone(),
             ..tenantry::PoolConfig::default()
@@ -496,9 +557,13 @@ async fn manager(cli: &Cli, migrations: Option<&PathBuf>) -> Result<TenantManage
         .control_schema(cli.control_schema.clone())
         .database_prefix(cli.database_prefix.clone())
         .migrations(migrations)
-        .listen_for_changes(false)
-        .build()
-        .await?)
+        // A directory handed to the CLI is the operator's, not the application's.
+        .register_migrations(false)
+        .listen_for_changes(false);
+    if registered {
+        builder = builder.migrations_from_registry();
+    }
+    Ok(builder.build().await?)
 }
 
 fn print_json(value: &impl Serialize) -> Result<(), Failure> {
@@ -630,7 +695,7 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
             migrations,
             json,
         } => {
-            let manager = manager(cli, migrations.as_ref()).await?;
+            let manager = provisioning_manager(cli, migrations.as_ref()).await?;
             let strategy = strategy.strategy();
             let new = NewTenant {
                 id: id.clone(),
@@ -643,8 +708,13 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
             if *json {
                 return print_json(&tenant).map(|()| 0);
             }
-            if migrations.is_none() {
-                eprintln!("note: no --migrations given; the tenant's schema is empty");
+            if migrations.is_none() && tenant.strategy != tenantry::Strategy::Row {
+                let note = source_note(&manager, None);
+                if manager.migrations().versions().is_empty() {
+                    eprintln!("note: {note}; the tenant's tables are empty: pass --migrations DIR");
+                } else {
+                    eprintln!("note: provisioned with {note}");
+                }
             }
             let place = match (tenant.schema(), tenant.database()) {
                 (Some(schema), _) => format!("schema {schema}"),
@@ -828,13 +898,17 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
         } => {
             let body =
                 std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            let manager = manager(cli, migrations.as_ref()).await?;
+            let manager = provisioning_manager(cli, migrations.as_ref()).await?;
             let options = tenantry::admin::ImportOptions {
                 id: as_id.clone(),
                 strategy: strategy.map(StrategyArg::strategy),
                 server: server.clone(),
             };
-            let tenant = manager.admin().import(&body, options).await?;
+            let tenant = manager
+                .admin()
+                .import(&body, options)
+                .await
+                .map_err(|e| with_source_hint(e.into(), &manager, migrations.as_ref()))?;
             if *json {
                 print_json(&tenant)?;
             } else {
@@ -883,13 +957,14 @@ async fn tenants(cli: &Cli, cmd: &TenantsCommand) -> Result<u8, Failure> {
                 },
                 _ => return Err(usage("give one of --to-strategy, --to-server, --to-node")),
             };
-            let manager = manager(cli, migrations.as_ref()).await?;
+            let manager = provisioning_manager(cli, migrations.as_ref()).await?;
             let spinner = progress_spinner(*json, &format!("moving tenant `{id}`"));
             let report = manager.admin().move_tenant(id, to, *grace).await;
             if let Some(spinner) = spinner {
                 spinner.finish_and_clear();
             }
-            let report = report?;
+            let report =
+                report.map_err(|e| with_source_hint(e.into(), &manager, migrations.as_ref()))?;
             if *json {
                 print_json(&report)?;
             } else if let Some(node) = &report.node {

@@ -1144,7 +1144,11 @@ async fn import_move_and_servers_with_json_and_clear_errors() {
             1,
             "not a tenantry export",
         ),
-        (vec!["tenants", "import", file], 1, "migration source"),
+        (
+            vec!["tenants", "import", file],
+            1,
+            "fix: pass --migrations DIR, the tenant migrations the tenant's data was made with",
+        ),
         (
             vec!["tenants", "import", file, "--migrations", &migrations],
             1,
@@ -1244,4 +1248,136 @@ async fn import_move_and_servers_with_json_and_clear_errors() {
     let r = tenantry(url, &["servers", "remove", "eu", "--json"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.stdout.trim(), "[]");
+}
+
+/// Without `--migrations`, `create`, `import` and `move` provision with the tenant
+/// migrations the application registered in the registry when it started; a registry
+/// no application registered a source in gets a message naming the flag.
+#[tokio::test]
+async fn create_import_and_move_use_the_migrations_the_application_registered() {
+    let db = db().await;
+    let url = Some(db.url());
+    let digits: String = db
+        .name()
+        .chars()
+        .rev()
+        .filter(char::is_ascii_digit)
+        .take(8)
+        .collect();
+    let prefix = format!("r{digits}_");
+
+    // No application yet: create says what is missing and which flag to pass.
+    let r = tenantry(url, &["tenants", "create", "early", "--name", "Early"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("no application has registered its tenant migrations")
+            && r.stderr.contains("pass --migrations DIR"),
+        "{}",
+        r.stderr
+    );
+
+    // The application starts with its migrations: they are registered.
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let app = tenantry::TenantManager::builder(pool.clone())
+        .migrations(
+            tenantry::TenantMigrations::from_dir(saas_migrations())
+                .await
+                .unwrap(),
+        )
+        .listen_for_changes(false)
+        .build()
+        .await
+        .unwrap();
+    let latest = app.migrations().latest_version().unwrap();
+    drop(app);
+
+    let r = tenantry(url, &["tenants", "create", "acme", "--name", "Acme"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "provisioned with the tenant migrations the application registered in the \
+             registry (versions 1 to {latest})"
+        )),
+        "{}",
+        r.stderr
+    );
+    sqlx::query("INSERT INTO tenant_acme.projects (name) VALUES ('carried'), ('over')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let status = tenantry(url, &["migrate", "status", "--json"]);
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    assert!(
+        status.stdout.contains(&format!("\"version\": {latest}")),
+        "acme is at the latest version: {}",
+        status.stdout
+    );
+
+    // Export, then import under a new id: the registered source builds its tables.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("acme.tenantry");
+    let file = file.to_str().unwrap();
+    let r = tenantry(url, &["tenants", "export", "acme", "--out", file]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = tenantry(
+        url,
+        &["tenants", "import", file, "--as", "acme-copy", "--json"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM tenant_acme_copy.projects ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(names, ["carried", "over"]);
+
+    // Moved into a database of its own: the new place gets the registered versions.
+    let r = tenantry(
+        url,
+        &[
+            "--database-prefix",
+            &prefix,
+            "tenants",
+            "move",
+            "acme-copy",
+            "--to-strategy",
+            "database",
+            "--grace",
+            "0s",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["tenant"]["strategy"], "database");
+    assert_eq!(report["rows"], 2);
+
+    // A registered source the export does not match: the message says what was used
+    // and which flag fixes it.
+    sqlx::query(
+        "INSERT INTO tenantry.migration_source (version, description, sql, checksum) \
+         VALUES (9999, 'later', 'CREATE TABLE later (id int)', '\\x00')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let r = tenantry(url, &["tenants", "import", file, "--as", "acme-late"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("versions [9999] are not applied")
+            && r.stderr.contains(
+                "used: the tenant migrations the application registered in the registry \
+                 (versions 1 to 9999)"
+            )
+            && r.stderr.contains("fix: pass --migrations DIR"),
+        "{}",
+        r.stderr
+    );
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM tenantry.tenants WHERE id = 'acme-late'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(left, 0, "a refused import leaves no tenant");
 }

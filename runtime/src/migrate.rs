@@ -44,6 +44,26 @@ impl TenantMigrations {
         Self::new(migrator)
     }
 
+    /// A source from `(version, description, sql)` triples, as a migrations directory
+    /// of those files would give (the checksums are computed from the SQL the same way).
+    pub fn from_sources(
+        migrations: impl IntoIterator<Item = (i64, String, String)>,
+    ) -> Result<Self, Error> {
+        let migrations = migrations
+            .into_iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    version,
+                    description.into(),
+                    sqlx::migrate::MigrationType::Simple,
+                    sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql)),
+                    false,
+                )
+            })
+            .collect();
+        Self::new(Migrator::with_migrations(migrations))
+    }
+
     /// No migrations at all.
     pub fn empty() -> Self {
         Self {

@@ -152,6 +152,17 @@ const REGISTRY_UPGRADES: &[&str] = &[
     GRANT EXECUTE ON FUNCTION {schema}.session_bind(text, text, text, text, text, text,
         boolean, boolean) TO PUBLIC;
     "#,
+    // 8: the tenant migrations the application registered (its source, version by
+    // version), so that operator tools provision and check tenants without a copy
+    r#"
+    CREATE TABLE {schema}.migration_source (
+        version       bigint PRIMARY KEY,
+        description   text NOT NULL,
+        sql           text NOT NULL,
+        checksum      bytea NOT NULL,
+        registered_at timestamptz NOT NULL DEFAULT now()
+    );
+    "#,
 ];
 
 /// The payload of the change notification that says the named servers changed.
@@ -807,6 +818,54 @@ impl TenantRepository {
             .execute(conn)
             .await?;
         Ok(())
+    }
+
+    /// Records the application's tenant migrations (each version's description, SQL
+    /// and checksum), replacing a version whose checksum changed; versions the source
+    /// does not have stay (an older instance does not unregister a newer one's).
+    pub async fn register_migrations(
+        &self,
+        migrations: &crate::migrate::TenantMigrations,
+    ) -> Result<(), Error> {
+        let q = &self.quoted_schema;
+        let sql = format!(
+            "INSERT INTO {q}.migration_source (version, description, sql, checksum) \
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[]) \
+             ON CONFLICT (version) DO UPDATE SET description = EXCLUDED.description, \
+             sql = EXCLUDED.sql, checksum = EXCLUDED.checksum, registered_at = now() \
+             WHERE {q}.migration_source.checksum IS DISTINCT FROM EXCLUDED.checksum"
+        );
+        let (mut versions, mut descriptions, mut sqls, mut checksums) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for m in migrations.ups() {
+            versions.push(m.version);
+            descriptions.push(m.description.to_string());
+            sqls.push(m.sql.as_str().to_owned());
+            checksums.push(m.checksum.to_vec());
+        }
+        if versions.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(versions)
+            .bind(descriptions)
+            .bind(sqls)
+            .bind(checksums)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The tenant migrations an application registered ([`Self::register_migrations`]),
+    /// as a source; empty when none did.
+    pub async fn registered_migrations(&self) -> Result<crate::migrate::TenantMigrations, Error> {
+        let q = &self.quoted_schema;
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT version, description, sql FROM {q}.migration_source ORDER BY version"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        crate::migrate::TenantMigrations::from_sources(rows)
     }
 
     /// The migration versions applied to every tenant that is not deleted, with their

@@ -22,6 +22,8 @@ pub struct TenantManagerBuilder {
     pool: PgPool,
     control_schema: String,
     migrations: TenantMigrations,
+    from_registry: bool,
+    register: bool,
     pool_config: PoolConfig,
     cache_ttl: Duration,
     listen: bool,
@@ -65,9 +67,28 @@ impl TenantManagerBuilder {
         self
     }
 
-    /// The tenant migrations applied to every new tenant.
+    /// The tenant migrations applied to every new tenant. They are also registered in
+    /// the registry (each version's SQL and checksum), so that operator tools
+    /// ([`Self::migrations_from_registry`], the `tenantry` CLI) provision and check
+    /// tenants with the application's own source.
     pub fn migrations(mut self, migrations: TenantMigrations) -> Self {
         self.migrations = migrations;
+        self
+    }
+
+    /// Whether [`Self::migrations`] are registered in the registry (default `true`: an
+    /// application's are). Operator tools that were handed a directory turn it off, so
+    /// that a one-off source never replaces the application's.
+    pub fn register_migrations(mut self, yes: bool) -> Self {
+        self.register = yes;
+        self
+    }
+
+    /// Without [`Self::migrations`], uses the tenant migrations an application
+    /// registered in the registry (none registered: no migrations). For operator
+    /// tools that provision, import or move tenants without a copy of the source.
+    pub fn migrations_from_registry(mut self) -> Self {
+        self.from_registry = true;
         self
     }
 
@@ -135,7 +156,7 @@ impl TenantManagerBuilder {
     ///
     /// Checks first that the registry's pool is not behind a transaction pooler, and
     /// that tenant connections are not either unless the transaction binding is set.
-    pub async fn build(self) -> Result<TenantManager, Error> {
+    pub async fn build(mut self) -> Result<TenantManager, Error> {
         let registry_options = (*self.pool.connect_options()).clone();
         if crate::pool::behind_transaction_pooler(&registry_options).await? {
             return Err(Error::Validation(
@@ -160,11 +181,18 @@ impl TenantManagerBuilder {
             ));
         }
         let repo = TenantRepository::new(self.pool.clone(), &self.control_schema)?;
+        repo.ensure_schema().await?;
+        if self.migrations.versions().is_empty() {
+            if self.from_registry {
+                self.migrations = repo.registered_migrations().await?;
+            }
+        } else if self.register {
+            repo.register_migrations(&self.migrations).await?;
+        }
         let mut lifecycle = Lifecycle::new(repo.clone(), self.migrations.clone());
         if let Some(prefix) = &self.database_prefix {
             lifecycle = lifecycle.with_database_prefix(prefix)?;
         }
-        repo.ensure_schema().await?;
         let base = registry_options;
         // A quarter of the server's connections, unless the budget is set.
         let server_max: i64 = sqlx::query_scalar(
@@ -238,6 +266,8 @@ impl TenantManager {
             pool,
             control_schema: "tenantry".to_owned(),
             migrations: TenantMigrations::empty(),
+            from_registry: false,
+            register: true,
             pool_config: PoolConfig::default(),
             cache_ttl: Duration::from_secs(5),
             listen: true,

@@ -112,6 +112,13 @@ impl TenantManager {
         self.inner.pools.stats()
     }
 
+    /// The tenant migrations this manager provisions and checks tenants with (given to
+    /// the builder, or registered by the application: see
+    /// [`TenantManagerBuilder::migrations_from_registry`](crate::TenantManagerBuilder::migrations_from_registry)).
+    pub fn migrations(&self) -> &crate::TenantMigrations {
+        self.lifecycle().migrations()
+    }
+
     /// The tenant connections' numbers per server (see [`PoolStats`]).
     pub fn pool_stats_by_server(&self) -> Vec<crate::pool::ServerStats> {
         self.inner.pools.server_stats()
