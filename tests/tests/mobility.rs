@@ -947,3 +947,37 @@ async fn an_import_cannot_move_the_shared_sequences_or_lie_about_its_rows() {
     assert!(e.to_string().contains("does not match its manifest"), "{e}");
     assert!(!schema_exists(&pool, "tenant_greedy").await);
 }
+
+/// Moving a schema tenant whose ids sit near the top of the 64-bit range into the row
+/// strategy would push the sequence every row tenant shares there: the move is refused
+/// (422) as an import would be, the tenant stays where it was and serves, and the row
+/// tenants keep inserting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_cannot_use_up_the_shared_sequences() {
+    let (_db, m) = manager(PoolConfig::default()).await;
+    let admin = m.admin();
+    let pool = admin.registry_pool().clone();
+    create_with(&m, "neighbour", Strategy::Row).await;
+    add_projects(&m, "neighbour", &["n1"]).await;
+    create_with(&m, "huge", Strategy::Schema).await;
+    sqlx::raw_sql(
+        "SELECT setval('tenant_huge.projects_id_seq', 9223372036854775000);
+         INSERT INTO tenant_huge.projects (name) VALUES ('near the top');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let e = admin
+        .move_tenant(&id("huge"), MoveTo::Strategy(Strategy::Row), Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status().as_u16(), 422, "{e}");
+    assert!(e.to_string().contains("a move moves it"), "{e}");
+    let t = admin.existing(&id("huge")).await.unwrap();
+    assert_eq!(t.strategy, Strategy::Schema);
+    add_projects(&m, "huge", &["still here"]).await;
+    // The shared sequence did not move, and the row tenant goes on inserting.
+    let next = next_project_id(&m, "neighbour").await;
+    assert!(next < 1_000, "the shared sequence stayed low: {next}");
+    assert_eq!(shared_rows(&pool, "huge").await, 0, "no rows left behind");
+}

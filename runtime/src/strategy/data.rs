@@ -967,11 +967,11 @@ async fn advance(
     let handed = if called { last } else { last.saturating_sub(1) };
     let mut wanted = max.unwrap_or(i64::MIN);
     let shared = matches!(place, Place::Rows { .. });
-    if shared && !trusted {
+    if shared {
         // Every row tenant draws ids from it: it moves past the ids loaded (else this
-        // tenant's next rows would collide with them), never to a position the file
-        // merely states, and by at most 1% of what is left of it per import, so that
-        // no file can use it up.
+        // tenant's next rows would collide with them), never to a position the data
+        // merely states, and by at most 1% of what is left of it per import or move,
+        // so that no file, and no tenant moved in, can use it up.
         if wanted <= handed {
             return Ok(());
         }
@@ -984,9 +984,10 @@ async fn advance(
         if wanted > allowed {
             return Err(Error::Unprocessable(format!(
                 "the data's `{column}` values go up to {wanted}, far past the sequence \
-                 {sequence} that every row tenant shares (at {handed}); an import moves it \
+                 {sequence} that every row tenant shares (at {handed}); {what} moves it \
                  by at most 1% of what is left of it: advance it first if that is intended \
-                 (SELECT setval('{sequence}', {wanted}))"
+                 (SELECT setval('{sequence}', {wanted}))",
+                what = if trusted { "a move" } else { "an import" },
             )));
         }
         sqlx::query("SELECT setval($1::regclass, $2, true)")
