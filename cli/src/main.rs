@@ -424,10 +424,12 @@ struct Failure {
 }
 
 impl<E: std::fmt::Display> From<E> for Failure {
+    /// The error's text with control characters escaped: names from an import file
+    /// or the database never reach the operator's terminal as escape sequences.
     fn from(e: E) -> Self {
         Failure {
             code: 1,
-            message: e.to_string(),
+            message: tenantry::Problem::printable(&e.to_string()),
         }
     }
 }

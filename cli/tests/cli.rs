@@ -1381,3 +1381,60 @@ async fn create_import_and_move_use_the_migrations_the_application_registered() 
             .unwrap();
     assert_eq!(left, 0, "a refused import leaves no tenant");
 }
+
+/// Names read from an import file reach the operator's terminal escaped: a table name
+/// carrying a terminal escape sequence is printed as `\u{1b}`, never as the byte.
+#[tokio::test]
+async fn error_messages_from_an_import_file_are_safe_to_print() {
+    let db = db().await;
+    let url = Some(db.url());
+    let migrations = saas_migrations();
+    let r = tenantry(
+        url,
+        &[
+            "tenants",
+            "create",
+            "acme",
+            "--name",
+            "Acme",
+            "--migrations",
+            &migrations,
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("acme.tenantry");
+    let r = tenantry(
+        url,
+        &["tenants", "export", "acme", "--out", file.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // The manifest names a table with an escape sequence that would clear the screen.
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("\"name\":\"projects\""), "{text}");
+    let crafted = text.replacen(
+        "\"name\":\"projects\"",
+        "\"name\":\"pro\\u001b[2Jjects\"",
+        1,
+    );
+    std::fs::write(&file, crafted).unwrap();
+    let r = tenantry(
+        url,
+        &[
+            "tenants",
+            "import",
+            file.to_str().unwrap(),
+            "--as",
+            "crafted",
+            "--migrations",
+            &migrations,
+        ],
+    );
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        !r.stderr.contains('\u{1b}'),
+        "an escape byte reached the terminal: {:?}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("pro\\u{1b}[2Jjects"), "{}", r.stderr);
+}

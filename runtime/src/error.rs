@@ -271,7 +271,7 @@ impl Error {
             type_: format!("https://tenantry.dev/problems/{kind}"),
             title: title.to_owned(),
             status: status.as_u16(),
-            detail,
+            detail: Problem::printable(&detail),
         }
     }
 }
@@ -389,6 +389,29 @@ pub struct Problem {
     pub detail: String,
 }
 
+impl Problem {
+    /// `text` with every control character (C0, DEL, C1: terminal escape sequences,
+    /// line breaks, ...) written as `\u{..}`, so that a detail built from input (a table
+    /// name from an import file, a header value) is safe to print on a terminal or in a
+    /// log line. Every [`Error::to_problem`] detail goes through it.
+    ///
+    /// ```
+    /// assert_eq!(tenantry::Problem::printable("a\u{1b}[31mb\nc"), "a\\u{1b}[31mb\\u{a}c");
+    /// assert_eq!(tenantry::Problem::printable("plain `text`"), "plain `text`");
+    /// ```
+    pub fn printable(text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        for c in text.chars() {
+            if c.is_control() {
+                out.extend(c.escape_unicode());
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+}
+
 /// The media type of problem details bodies.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -426,3 +449,19 @@ impl IntoResponse for Error {
 
 /// `Result` with tenantry's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_details_escape_control_characters_from_input() {
+        let e = Error::Unprocessable("table `a\u{1b}]0;owned\u{7}b` does not exist here".into());
+        let problem = e.to_problem();
+        assert!(!problem.detail.chars().any(char::is_control), "{problem:?}");
+        assert_eq!(
+            problem.detail,
+            "table `a\\u{1b}]0;owned\\u{7}b` does not exist here"
+        );
+    }
+}
