@@ -98,6 +98,24 @@ pub fn libpq_url(url: &str) -> String {
     }
 }
 
+/// `url` without its password, and the password (percent-decoded), for a libpq tool
+/// that gets the password through `PGPASSWORD`.
+fn split_password(url: &str) -> (String, Option<String>) {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return (url.to_owned(), None);
+    };
+    let password = parsed.password().map(|p| {
+        // Percent-decoding (a `+` in user info is a plus, not a space).
+        url::form_urlencoded::parse(format!("p={}", p.replace('+', "%2B")).as_bytes())
+            .next()
+            .map_or_else(|| p.to_owned(), |(_, v)| v.into_owned())
+    });
+    if password.is_some() && parsed.set_password(None).is_err() {
+        return (url.to_owned(), None);
+    }
+    (parsed.to_string(), password)
+}
+
 /// Runs `pg_dump` against `url` (a libpq URL) with `args`, without owners or
 /// privileges, and returns what it wrote. Asynchronous (the runtime's threads are
 /// not blocked), and the process is killed if the caller goes away.
@@ -110,9 +128,16 @@ pub(crate) async fn pg_dump(url: &str, args: &[&str]) -> Result<Vec<u8>, crate::
                 .to_owned(),
         )
     })?;
-    let dump = tokio::process::Command::new(bindir.join("pg_dump"))
+    // The password goes through the environment, never the command line (which
+    // every user of the machine sees in `ps`).
+    let (url, password) = split_password(&libpq_url(url));
+    let mut command = tokio::process::Command::new(bindir.join("pg_dump"));
+    if let Some(password) = password {
+        command.env("PGPASSWORD", password);
+    }
+    let dump = command
         .arg("--dbname")
-        .arg(libpq_url(url))
+        .arg(url)
         .args(["--no-owner", "--no-privileges"])
         .args(args)
         .kill_on_drop(true)
@@ -126,4 +151,21 @@ pub(crate) async fn pg_dump(url: &str, args: &[&str]) -> Result<Vec<u8>, crate::
         )));
     }
     Ok(dump.stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_password;
+
+    #[test]
+    fn the_password_leaves_the_url() {
+        let (url, password) = split_password("postgres://app:s3cr%40t@db:5432/app?sslmode=require");
+        assert_eq!(url, "postgres://app@db:5432/app?sslmode=require");
+        assert_eq!(password.as_deref(), Some("s3cr@t"));
+        let (_, password) = split_password("postgres://app:a+b%20c@db/app");
+        assert_eq!(password.as_deref(), Some("a+b c"));
+        let (url, password) = split_password("postgres://app@db/app");
+        assert_eq!(url, "postgres://app@db/app");
+        assert_eq!(password, None);
+    }
 }

@@ -803,3 +803,19 @@ async fn debug_output_carries_no_password() {
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(!shown.contains("row-secret"), "{shown}");
 }
+
+/// The quick start keeps its tokens to itself: its state's `Debug` redacts them, and
+/// the admin token is compared by digest (any length, no early exit).
+#[tokio::test]
+async fn the_quick_starts_tokens_stay_secret() {
+    let (_db, manager) = manager(PoolConfig::default()).await;
+    let tokens = saas::AppState::parse_user_tokens("user-sekrit=acme").unwrap();
+    let state = saas::AppState::new(manager, "admin-sekrit").with_user_tokens(tokens);
+    let shown = format!("{state:?}");
+    assert!(!shown.contains("sekrit"), "{shown}");
+    assert!(shown.contains("<redacted>"), "{shown}");
+    assert!(saas::tokens_match("admin-sekrit", "admin-sekrit"));
+    for wrong in ["", "admin", "admin-sekrit ", "admin-sekriT", "x".repeat(4096).as_str()] {
+        assert!(!saas::tokens_match(wrong, "admin-sekrit"), "{wrong}");
+    }
+}

@@ -153,8 +153,8 @@ pub fn tenant_migrations() -> TenantMigrations {
         .expect("the embedded migrations run in transactions")
 }
 
-/// What the routes share.
-#[derive(Clone, Debug)]
+/// What the routes share. Its `Debug` leaves the tokens out.
+#[derive(Clone)]
 pub struct AppState {
     /// The tenant manager.
     pub manager: TenantManager,
@@ -269,6 +269,23 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
         state.prometheus.render(),
     )
         .into_response()
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("manager", &self.manager)
+            .field("admin_token", &"<redacted>")
+            .field("base_domain", &self.base_domain)
+            .field(
+                "user_tokens",
+                &self
+                    .user_tokens
+                    .as_ref()
+                    .map(|t| format!("<{} redacted>", t.len())),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// The user-token policy: a request must carry a known token (else 401, before any
@@ -436,20 +453,25 @@ pub fn tenant_routes_with(
         .route("/api/v1/data", wrap(get(get_data).post(add_data)))
 }
 
+/// Whether `presented` is `token`, in a time that depends on neither: their SHA-256
+/// digests are compared without an early exit, so timing reveals no prefix and no
+/// length of the token.
+pub fn tokens_match(presented: &str, token: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(presented), Sha256::digest(token));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
 async fn require_admin(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    // Compare without an early exit, so timing does not reveal a prefix of the token.
-    let ok = presented.is_some_and(|p| {
-        p.len() == state.admin_token.len()
-            && p.bytes()
-                .zip(state.admin_token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
+    let ok = presented.is_some_and(|p| tokens_match(p, &state.admin_token));
     if !ok {
         let mut response = Problem {
             type_: "https://tenantry.dev/problems/unauthorized".to_owned(),

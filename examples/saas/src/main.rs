@@ -1,7 +1,8 @@
 //! `cargo run -p saas`: the tenantry quick start on 127.0.0.1:3000 (`PORT` overrides).
 //!
 //! Uses `DATABASE_URL`, or else starts a private PostgreSQL and says so. The admin
-//! token comes from `SAAS_ADMIN_TOKEN`; when unset, one is made and printed.
+//! token comes from `SAAS_ADMIN_TOKEN`; when unset, one is made and written to a file
+//! only its owner can read, whose path is printed.
 //!
 //! Behind a transaction pooler (PgBouncer, Supavisor, RDS Proxy): `DATABASE_URL` is
 //! the pooler, `SAAS_BINDING=transaction` binds tenants per transaction, and
@@ -60,7 +61,17 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         _ => {
             let bytes: [u8; 16] = rand::rng().random();
             let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            println!("SAAS_ADMIN_TOKEN is not set: admin token for this run is {token}");
+            // Written to a file only its owner reads, never to the terminal or the logs.
+            let mut file = tempfile::Builder::new()
+                .prefix("tenantry-saas-admin-token-")
+                .tempfile()?;
+            std::io::Write::write_all(&mut file, token.as_bytes())?;
+            let (_, path) = file.keep()?;
+            println!(
+                "SAAS_ADMIN_TOKEN is not set: made an admin token for this run, in {} \
+                 (readable by you only)",
+                path.display()
+            );
             token
         }
     };
