@@ -820,6 +820,18 @@ impl TenantRepository {
         Ok(())
     }
 
+    /// Every domain a tenant registered (of tenants not deleted), in one query.
+    pub async fn all_domains(&self) -> Result<std::collections::HashSet<String>, Error> {
+        let q = &self.quoted_schema;
+        let domains: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT d.domain FROM {q}.tenant_domains d JOIN {q}.tenants t ON t.id = d.tenant_id \
+             WHERE t.status <> 'deleted'"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(domains.into_iter().collect())
+    }
+
     /// Records the application's tenant migrations (each version's description, SQL
     /// and checksum), replacing a version whose checksum changed; versions the source
     /// does not have stay (an older instance does not unregister a newer one's).

@@ -815,7 +815,81 @@ async fn the_quick_starts_tokens_stay_secret() {
     assert!(!shown.contains("sekrit"), "{shown}");
     assert!(shown.contains("<redacted>"), "{shown}");
     assert!(saas::tokens_match("admin-sekrit", "admin-sekrit"));
-    for wrong in ["", "admin", "admin-sekrit ", "admin-sekriT", "x".repeat(4096).as_str()] {
+    for wrong in [
+        "",
+        "admin",
+        "admin-sekrit ",
+        "admin-sekriT",
+        "x".repeat(4096).as_str(),
+    ] {
         assert!(!saas::tokens_match(wrong, "admin-sekrit"), "{wrong}");
     }
+}
+
+/// Unknown hosts cost nothing: 2,000 made-up hosts are answered from the set of
+/// registered domains (one registry query per TTL), a host over 253 bytes is refused
+/// before any lookup, and a domain added now is served at once.
+#[tokio::test]
+async fn a_flood_of_unknown_hosts_costs_no_registry_queries() {
+    let (_db, manager) = manager(PoolConfig::default()).await;
+    manager
+        .create_tenant(
+            tenantry::NewTenant::new("real".parse().unwrap(), "Real")
+                .with_domain("real.example.com"),
+        )
+        .await
+        .unwrap();
+    let app = saas_app(&manager);
+    let r = send(
+        &app,
+        Method::GET,
+        "/api/v1/projects",
+        &[("host", "real.example.com")],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let before = manager.registry_lookups();
+    for i in 0..2000 {
+        let host = format!("made-up-{i}.example.net");
+        let r = send(
+            &app,
+            Method::GET,
+            "/api/v1/projects",
+            &[("host", &host)],
+            None,
+        )
+        .await;
+        assert_eq!(r.status.as_u16() / 100, 4, "{r:?}");
+    }
+    let long = format!("{}.example.net", "a".repeat(300));
+    let r = send(
+        &app,
+        Method::GET,
+        "/api/v1/projects",
+        &[("host", &long)],
+        None,
+    )
+    .await;
+    assert_eq!(r.status.as_u16() / 100, 4, "{r:?}");
+    assert_eq!(manager.find_tenant_by_domain(&long).await.unwrap(), None);
+    let spent = manager.registry_lookups() - before;
+    assert!(
+        spent <= 2,
+        "2,000 unknown hosts cost {spent} registry queries"
+    );
+    // A domain added now is served at once.
+    manager
+        .add_tenant_domain(&"real".parse().unwrap(), "made-up-7.example.net", false)
+        .await
+        .unwrap();
+    let r = send(
+        &app,
+        Method::GET,
+        "/api/v1/projects",
+        &[("host", "made-up-7.example.net")],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
 }

@@ -239,6 +239,8 @@ impl TenantManagerBuilder {
                 registry_lookups: AtomicU64::new(0),
                 known: RwLock::new(None),
                 refreshing: tokio::sync::Mutex::new(()),
+                known_domains: RwLock::new(None),
+                refreshing_domains: tokio::sync::Mutex::new(()),
                 citus: citus.clone(),
                 _shutdown: shutdown,
             }),

@@ -63,11 +63,23 @@ struct Inner {
     known: RwLock<Option<(HashMap<TenantId, String>, Instant)>>,
     /// One re-read of the known ids at a time; the others wait for it.
     refreshing: tokio::sync::Mutex<()>,
+    /// Every registered domain and when the set was read: a host not in a fresh set
+    /// names no tenant, without a registry query. Dropped by every change (a changed
+    /// tenant may have a new domain), re-read after the cache TTL; `None` until read.
+    known_domains: RwLock<Option<(std::collections::HashSet<String>, Instant)>>,
+    /// One re-read of the known domains at a time.
+    refreshing_domains: tokio::sync::Mutex<()>,
     /// Citus on the registry's server (its coordinator), if any.
     citus: Option<crate::citus::Citus>,
     /// Dropped with the manager, which stops the change listener.
     _shutdown: watch::Sender<()>,
 }
+
+/// The longest DNS name; a longer host names no tenant.
+const MAX_DOMAIN_BYTES: usize = 253;
+
+/// The most bytes of host names the domain cache keeps before it drops its misses.
+const DOMAIN_CACHE_BYTES: usize = 1 << 20;
 
 /// A domain lookup: the tenant (or none) and when it was fetched.
 type DomainEntry = (Option<Arc<Tenant>>, Instant);
@@ -233,6 +245,49 @@ impl TenantManager {
         Ok(true)
     }
 
+    /// `false` if `domain` is surely registered to no tenant: it is not in the set of
+    /// registered domains, read within the cache TTL (and dropped by every change).
+    async fn domain_may_exist(&self, domain: &str) -> Result<bool, Error> {
+        if self.inner.cache_ttl.is_zero() {
+            return Ok(true);
+        }
+        let fresh = |known: &Option<(std::collections::HashSet<String>, Instant)>| {
+            known
+                .as_ref()
+                .filter(|(_, read)| read.elapsed() < self.inner.cache_ttl)
+                .map(|(domains, _)| domains.contains(domain))
+        };
+        let read_lock = || {
+            self.inner
+                .known_domains
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+        };
+        if let Some(known) = fresh(&read_lock()) {
+            return Ok(known);
+        }
+        let _one_at_a_time = self.inner.refreshing_domains.lock().await;
+        if let Some(known) = fresh(&read_lock()) {
+            return Ok(known);
+        }
+        let generation = self.inner.pools.generation();
+        self.inner.registry_lookups.fetch_add(1, Ordering::Relaxed);
+        let read = Instant::now();
+        let domains = self.inner.lifecycle.repository().all_domains().await?;
+        let found = domains.contains(domain);
+        let mut known = self
+            .inner
+            .known_domains
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if self.inner.pools.generation() != generation {
+            // Something changed meanwhile: do not keep this read; ask for the domain.
+            return Ok(true);
+        }
+        *known = Some((domains, read));
+        Ok(found)
+    }
+
     fn remember(&self, tenant: &Arc<Tenant>, generation: u64, fingerprint: Option<String>) {
         // Invalidated while it was read: the record may predate the change.
         if self.inner.pools.changed_since(&tenant.id, generation) {
@@ -299,8 +354,13 @@ impl TenantManager {
         }
     }
 
-    /// The tenant that registered `domain` (cached like lookups by id).
+    /// The tenant that registered `domain` (cached like lookups by id). A host longer
+    /// than a DNS name (253 bytes), or not among the registered domains (a set read
+    /// once per cache TTL), names no tenant without a registry query.
     pub async fn find_tenant_by_domain(&self, domain: &str) -> Result<Option<Arc<Tenant>>, Error> {
+        if domain.len() > MAX_DOMAIN_BYTES {
+            return Ok(None);
+        }
         {
             let domains = self.inner.domains.read().unwrap_or_else(|e| e.into_inner());
             if let Some((hit, fetched)) = domains.get(domain)
@@ -308,6 +368,9 @@ impl TenantManager {
             {
                 return Ok(hit.clone());
             }
+        }
+        if !self.domain_may_exist(domain).await? {
+            return Ok(None);
         }
         self.inner.registry_lookups.fetch_add(1, Ordering::Relaxed);
         let generation = self.inner.pools.generation();
@@ -326,8 +389,10 @@ impl TenantManager {
             .domains
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        // Bound the misses a client can make us remember.
-        if domains.len() >= 10_000 {
+        // Bound what a client can make us remember, in entries and in bytes.
+        if domains.len() >= 10_000
+            || domains.keys().map(String::len).sum::<usize>() >= DOMAIN_CACHE_BYTES
+        {
             domains.retain(|_, (hit, _)| hit.is_some());
         }
         domains.insert(domain.to_owned(), (found.clone(), Instant::now()));
