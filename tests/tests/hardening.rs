@@ -282,6 +282,7 @@ async fn stalled_headers_are_cut_and_stalled_bodies_get_408() {
     let timeouts = saas::Timeouts {
         header_read: Duration::from_millis(300),
         request: Duration::from_millis(500),
+        ..saas::Timeouts::default()
     };
     tokio::spawn(saas::serve(
         listener,
@@ -892,4 +893,105 @@ async fn a_flood_of_unknown_hosts_costs_no_registry_queries() {
     )
     .await;
     assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// A client that reads a response too slowly is disconnected at the response-write
+/// deadline (it never gets the whole body), a keep-alive connection idle past it is
+/// still served, and past `max_connections` a connection waits unserved until another
+/// closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_are_cut_and_connections_are_bounded() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (_db, manager) = manager(PoolConfig::default()).await;
+    create(&manager, "big").await;
+    // About 12 MiB of JSON in one page.
+    let pool = manager.admin().registry_pool().clone();
+    sqlx::query("INSERT INTO tenant_big.data (value) SELECT repeat('x', 60000) FROM generate_series(1, 200)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let timeouts = saas::Timeouts {
+        response_write: Duration::from_millis(1500),
+        max_connections: 2,
+        ..saas::Timeouts::default()
+    };
+    tokio::spawn(saas::serve(
+        listener,
+        saas_app(&manager),
+        timeouts,
+        std::future::pending(),
+    ));
+    let request = b"GET /api/v1/data?limit=500 HTTP/1.1\r\nHost: localhost\r\nx-tenant-id: big\r\nconnection: close\r\n\r\n";
+
+    // A fast reader gets all of it.
+    let mut fast = tokio::net::TcpStream::connect(addr).await.unwrap();
+    fast.write_all(request).await.unwrap();
+    let mut whole = Vec::new();
+    fast.read_to_end(&mut whole).await.unwrap();
+    assert!(whole.len() > 12_000_000, "{}", whole.len());
+    drop(fast);
+
+    // A reader of 16 KiB per 100 ms (160 KiB/s) is cut at the deadline.
+    let started = Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(request).await.unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got += n,
+            Err(_) => panic!("the slow reader was never cut ({got} bytes)"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The server stops at the deadline; the client still drains what the kernel's
+    // buffers held (a few MiB on loopback), far less than the 12 MiB body, which would
+    // take it 75 s.
+    assert!(got < whole.len(), "the slow reader got all {got} bytes");
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "cut after {:?}",
+        started.elapsed()
+    );
+
+    // A keep-alive connection idle for longer than the deadline is still served.
+    let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let small = b"GET /api/v1/current-tenant HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    for _ in 0..2 {
+        kept.write_all(small).await.unwrap();
+        let mut head = [0u8; 12];
+        kept.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        let mut rest = [0u8; 4096];
+        let _ = kept.read(&mut rest).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1800)).await;
+    }
+    drop(kept);
+
+    // Two idle connections fill the bound: a third is not served until one closes.
+    let idle_a = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _idle_b = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    third
+        .write_all(
+            b"GET /api/v1/current-tenant HTTP/1.1\r\nHost: localhost\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let early =
+        tokio::time::timeout(Duration::from_millis(500), third.read_to_end(&mut answer)).await;
+    assert!(early.is_err() && answer.is_empty(), "served past the bound");
+    drop(idle_a);
+    tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut answer))
+        .await
+        .expect("served once a slot is free")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
 }

@@ -846,6 +846,13 @@ pub struct Timeouts {
     /// How long a whole request may take, its body included; 408 with a problem body
     /// after that (the handler is cancelled, its transaction rolled back). Default 30 s.
     pub request: std::time::Duration,
+    /// How long a response may take to reach the client, from the moment the handler
+    /// made it to its last byte; a client that reads slower (or not at all) is
+    /// disconnected. Default 60 s.
+    pub response_write: std::time::Duration,
+    /// The most connections served at once; more wait in the listen queue until one
+    /// closes. Default 1024.
+    pub max_connections: usize,
 }
 
 impl Default for Timeouts {
@@ -853,6 +860,8 @@ impl Default for Timeouts {
         Self {
             header_read: std::time::Duration::from_secs(10),
             request: std::time::Duration::from_secs(30),
+            response_write: std::time::Duration::from_secs(60),
+            max_connections: 1024,
         }
     }
 }
@@ -876,9 +885,133 @@ pub fn with_request_timeout(app: Router, limit: std::time::Duration) -> Router {
     ))
 }
 
+/// When the response being written on a connection was made (set by the connection's
+/// service, read by its [`WriteDeadline`]).
+type ResponseClock = Arc<std::sync::Mutex<Option<tokio::time::Instant>>>;
+
+/// A connection that must write each response within `limit` of the moment the
+/// handler made it: a client that reads too slowly (or not at all) gets an error on
+/// the next write, or when the deadline passes while a write waits for the socket,
+/// and hyper closes the connection. The clock is set by the service when a response
+/// is made, so nothing the client sends can restart it.
+struct WriteDeadline<S> {
+    inner: S,
+    limit: std::time::Duration,
+    clock: ResponseClock,
+    /// Armed while a write waits for the socket, for the deadline it was armed for.
+    timer: Option<(tokio::time::Instant, std::pin::Pin<Box<tokio::time::Sleep>>)>,
+}
+
+impl<S> WriteDeadline<S> {
+    fn new(inner: S, limit: std::time::Duration, clock: ResponseClock) -> Self {
+        Self {
+            inner,
+            limit,
+            clock,
+            timer: None,
+        }
+    }
+
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        let made = *self.clock.lock().unwrap_or_else(|e| e.into_inner());
+        made.map(|t| t + self.limit)
+    }
+
+    fn expired(&self) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the client took longer than {:?} to read a response",
+                self.limit
+            ),
+        )
+    }
+
+    /// Fails a write past the deadline, and wakes a waiting one when it passes.
+    fn guard<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        write: impl FnOnce(&mut S, &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        let deadline = self.deadline();
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            return std::task::Poll::Ready(Err(self.expired()));
+        }
+        let outcome = write(&mut self.inner, cx);
+        if outcome.is_ready() {
+            self.timer = None;
+            return outcome;
+        }
+        if let Some(deadline) = deadline {
+            if self
+                .timer
+                .as_ref()
+                .is_none_or(|(armed, _)| *armed != deadline)
+            {
+                self.timer = Some((deadline, Box::pin(tokio::time::sleep_until(deadline))));
+            }
+            if let Some((_, timer)) = self.timer.as_mut()
+                && timer.as_mut().poll(cx).is_ready()
+            {
+                return std::task::Poll::Ready(Err(self.expired()));
+            }
+        }
+        std::task::Poll::Pending
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.guard(cx, |s, cx| std::pin::Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.guard(cx, |s, cx| {
+            std::pin::Pin::new(s).poll_write_vectored(cx, bufs)
+        })
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.guard(cx, |s, cx| std::pin::Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Serves `app` on `listener` with `timeouts` until `shutdown` completes, then waits
-/// for the connections in flight. This is `axum::serve` plus a header-read timeout,
-/// which `axum::serve` does not set: copy it for your own server.
+/// for the connections in flight. This is `axum::serve` plus what it does not set: a
+/// header-read timeout, a deadline for each response to reach the client, and a bound
+/// on the connections served at once. Copy it for your own server.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
@@ -889,7 +1022,13 @@ pub async fn serve(
     let app = with_request_timeout(app, timeouts.request);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let slots = Arc::new(tokio::sync::Semaphore::new(timeouts.max_connections.max(1)));
     loop {
+        // A slot first: past the bound, connections wait in the listen queue.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            _ = &mut shutdown => break,
+        };
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -902,14 +1041,31 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        // The service notes when each response is made; the connection's writes must
+        // end within `response_write` of it.
+        let clock = ResponseClock::default();
+        let inner = hyper_util::service::TowerToHyperService::new(app.clone());
+        let made = clock.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let response = hyper::service::Service::call(&inner, req);
+            let made = made.clone();
+            async move {
+                let response = response.await;
+                *made.lock().unwrap_or_else(|e| e.into_inner()) = Some(tokio::time::Instant::now());
+                response
+            }
+        });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(timeouts.header_read)
-            .serve_connection(TokioIo::new(stream), service);
+            .serve_connection(
+                TokioIo::new(WriteDeadline::new(stream, timeouts.response_write, clock)),
+                service,
+            );
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             let _ = connection.await;
+            drop(slot);
         });
     }
     graceful.shutdown().await;

@@ -29,7 +29,10 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
         // The tenant may have a new domain: the next host lookup re-reads the set.
-        *self.known_domains.write().unwrap_or_else(|e| e.into_inner()) = None;
+        *self
+            .known_domains
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = None;
         self.domains
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -39,7 +42,10 @@ impl Inner {
     pub(super) fn invalidate_all(&self) {
         self.pools.invalidate_all();
         *self.known.write().unwrap_or_else(|e| e.into_inner()) = None;
-        *self.known_domains.write().unwrap_or_else(|e| e.into_inner()) = None;
+        *self
+            .known_domains
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = None;
         self.cache
             .write()
             .unwrap_or_else(|e| e.into_inner())
