@@ -658,6 +658,8 @@ impl Page {
     pub const DEFAULT: i64 = 50;
     /// The most rows a page holds.
     pub const MAX: i64 = 500;
+    /// The most bytes of JSON a page's rows take (a page holds at least one row).
+    pub const MAX_BYTES: usize = 1 << 20;
 
     /// The page a request asks for; 400 for a bad `limit` or cursor.
     pub fn of(uri: &axum::http::Uri) -> Result<Self, Error> {
@@ -694,18 +696,32 @@ impl Page {
         Ok(page)
     }
 
-    /// Keeps `limit` of the `limit + 1` rows fetched, and the link to the next page
-    /// if there was one more.
-    fn next<T>(
+    /// Keeps `limit` of the `limit + 1` rows fetched, and fewer when they would
+    /// serialise to more than [`Page::MAX_BYTES`] (one row at least), with the link to
+    /// the next page if a row was left out.
+    fn next<T: Serialize>(
         &self,
         uri: &axum::http::Uri,
         rows: &mut Vec<T>,
         id: impl Fn(&T) -> i64,
     ) -> Option<String> {
-        if rows.len() as i64 <= self.limit {
+        let mut more = rows.len() as i64 > self.limit;
+        rows.truncate(self.limit as usize);
+        let mut bytes = 2;
+        let fit = rows
+            .iter()
+            .position(|row| {
+                bytes += serde_json::to_vec(row).map_or(0, |v| v.len()) + 1;
+                bytes > Self::MAX_BYTES
+            })
+            .map(|i| i.max(1));
+        if let Some(fit) = fit.filter(|fit| *fit < rows.len()) {
+            rows.truncate(fit);
+            more = true;
+        }
+        if !more {
             return None;
         }
-        rows.truncate(self.limit as usize);
         let last = id(rows.last()?);
         Some(format!(
             "<{}?limit={}&after={}>; rel=\"next\"",
@@ -885,6 +901,9 @@ pub fn with_request_timeout(app: Router, limit: std::time::Duration) -> Router {
     ))
 }
 
+/// The kernel send buffer of each connection `serve` accepts (Linux doubles it).
+const SEND_BUFFER_BYTES: usize = 128 * 1024;
+
 /// When the response being written on a connection was made (set by the connection's
 /// service, read by its [`WriteDeadline`]).
 type ResponseClock = Arc<std::sync::Mutex<Option<tokio::time::Instant>>>;
@@ -1046,6 +1065,9 @@ pub async fn serve(
         let clock = ResponseClock::default();
         let inner = hyper_util::service::TowerToHyperService::new(app.clone());
         let made = clock.clone();
+        // A bounded send buffer: what a slow client has not read waits in the
+        // server's writes, where the deadline reaches it, not in the kernel.
+        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER_BYTES);
         let service = hyper::service::service_fn(move |req| {
             let response = hyper::service::Service::call(&inner, req);
             let made = made.clone();
