@@ -1091,7 +1091,8 @@ impl<E: TenantEntity> Select<E> {
             } else {
                 None
             };
-            Ok(Page::new(items, next, &request))
+            let keys = items.iter().map(|item| item.id().to_string()).collect();
+            Ok(Page::new(items, keys, next, &request))
         })
     }
 

@@ -42,7 +42,7 @@ pub use manager::{FanOut, Selection, TenantManager, TenantManagerBuilder, Tenant
 pub use metrics::TenantMetrics;
 pub use middleware::{CurrentTenant, TenantLayer, TenantMiddleware, TenantPolicy};
 pub use migrate::TenantMigrations;
-pub use page::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, Page, PageRequest};
+pub use page::{DEFAULT_PAGE_LIMIT, MAX_PAGE_BYTES, MAX_PAGE_LIMIT, Page, PageRequest};
 pub use pool::{Binding, PoolConfig, PoolStats, ServerStats};
 pub use resolve::{
     Candidate, DEFAULT_TENANT_HEADER, HeaderResolver, HostResolver, PathPrefixResolver,
