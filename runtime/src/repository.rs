@@ -163,6 +163,15 @@ const REGISTRY_UPGRADES: &[&str] = &[
         registered_at timestamptz NOT NULL DEFAULT now()
     );
     "#,
+    // 9: settings the application records for operator tools: `row_schema`, the
+    // schema of the shared tables this registry's row tenants live in (their moves,
+    // exports and deletions touch no table elsewhere)
+    r#"
+    CREATE TABLE {schema}.settings (
+        name  text PRIMARY KEY,
+        value text NOT NULL
+    );
+    "#,
 ];
 
 /// The payload of the change notification that says the named servers changed.
@@ -830,6 +839,21 @@ impl TenantRepository {
         .fetch_all(&self.pool)
         .await?;
         Ok(domains.into_iter().collect())
+    }
+
+    /// Records the schema of the shared tables this registry's row tenants live in
+    /// (`PoolConfig::row_schema`): row tenants' deletions, exports and moves then touch
+    /// only tables there, never another registry's in the same database.
+    pub async fn record_row_schema(&self, schema: &str) -> Result<(), Error> {
+        let q = &self.quoted_schema;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {q}.settings (name, value) VALUES ('row_schema', $1) \
+             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value"
+        )))
+        .bind(schema)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Records the application's tenant migrations (each version's description, SQL

@@ -452,3 +452,80 @@ fn sqlstate<T>(result: &Result<T, sqlx::Error>) -> String {
         Err(_) => "none".to_owned(),
     }
 }
+
+/// Two registries in one database, each with its row tenants in its own row schema:
+/// deleting row tenant `acme` in one never touches the rows `acme` has in the other's
+/// tables, and neither registry's export carries the other's tables.
+#[tokio::test]
+async fn registries_sharing_a_database_never_act_on_each_others_tables() {
+    let (_db, pool) = database().await;
+    let mut managers = Vec::new();
+    for side in ["a", "b"] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE SCHEMA shared_{side};
+             CREATE TABLE shared_{side}.notes (
+                 id bigserial, tenant_id text NOT NULL, body text NOT NULL,
+                 PRIMARY KEY (tenant_id, id));
+             {}",
+            tenantry::strategy::rls_sql(&format!("shared_{side}.notes"), "tenant_id").unwrap()
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+        let manager = tenantry::TenantManager::builder(pool.clone())
+            .control_schema(format!("registry_{side}"))
+            .pool_config(PoolConfig {
+                row_schema: Some(format!("shared_{side}")),
+                ..PoolConfig::default()
+            })
+            .listen_for_changes(false)
+            .build()
+            .await
+            .unwrap();
+        create_with(&manager, "acme", Strategy::Row).await;
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("SELECT set_config('tenantry.tenant_id', 'acme', true)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO shared_{side}.notes (tenant_id, body) VALUES ('acme', 'of {side}')"
+        )))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        managers.push(manager);
+    }
+    let acme: tenantry::TenantId = "acme".parse().unwrap();
+    let export = String::from_utf8(managers[0].admin().export(&acme).await.unwrap()).unwrap();
+    assert!(
+        export.contains("of a") && !export.contains("of b"),
+        "{export}"
+    );
+    managers[0].suspend_tenant(&acme).await.unwrap();
+    managers[0].delete_tenant(&acme).await.unwrap();
+    let count = |side: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("SELECT set_config('tenantry.tenant_id', 'acme', true)")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM shared_{side}.notes"
+            )))
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+            n
+        }
+    };
+    assert_eq!(
+        count("a").await,
+        0,
+        "registry a deleted its own acme's rows"
+    );
+    assert_eq!(count("b").await, 1, "registry b's acme keeps its rows");
+}

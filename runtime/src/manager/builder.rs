@@ -76,9 +76,10 @@ impl TenantManagerBuilder {
         self
     }
 
-    /// Whether [`Self::migrations`] are registered in the registry (default `true`: an
-    /// application's are). Operator tools that were handed a directory turn it off, so
-    /// that a one-off source never replaces the application's.
+    /// Whether [`Self::migrations`] and `PoolConfig::row_schema` are recorded in the
+    /// registry (default `true`: an application's are). Operator tools that were handed
+    /// a directory turn it off, so that a one-off source never replaces the
+    /// application's.
     pub fn register_migrations(mut self, yes: bool) -> Self {
         self.register = yes;
         self
@@ -188,6 +189,13 @@ impl TenantManagerBuilder {
             }
         } else if self.register {
             repo.register_migrations(&self.migrations).await?;
+        }
+        // The application's row schema scopes what row tenants' moves, exports and
+        // deletions touch, for the CLI too (which does not record its own).
+        if self.register
+            && let Some(schema) = &self.pool_config.row_schema
+        {
+            repo.record_row_schema(schema).await?;
         }
         let mut lifecycle = Lifecycle::new(repo.clone(), self.migrations.clone());
         if let Some(prefix) = &self.database_prefix {

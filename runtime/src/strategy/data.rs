@@ -178,7 +178,8 @@ async fn tables(conn: &mut PgConnection, place: Place<'_>) -> Result<Vec<Table>,
             .await?
         }
         Place::Rows { control } => {
-            let shared = shared_tables_sql();
+            let row_schema = super::row::recorded_row_schema(&mut *conn, control).await?;
+            let shared = shared_tables_sql(row_schema.as_deref());
             sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "SELECT c.oid {shared} AND NOT c.relispartition
                    AND (SELECT count(DISTINCT p.polname) FROM pg_policy p

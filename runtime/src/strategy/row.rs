@@ -111,7 +111,8 @@ pub async fn tables_missing_rls(
     conn: &mut PgConnection,
     control_schema: &str,
 ) -> Result<Vec<String>, Error> {
-    let shared = shared_tables_sql();
+    // Every schema: a table anywhere with a tenant column and no RLS is a hazard.
+    let shared = shared_tables_sql(None);
     let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT format('%I.%I', n.nspname, c.relname) {shared}
            AND NOT (c.relrowsecurity AND c.relforcerowsecurity
@@ -138,7 +139,8 @@ pub async fn shared_keys_without_tenant(
     conn: &mut PgConnection,
     control_schema: &str,
 ) -> Result<Vec<(String, String)>, Error> {
-    let shared = shared_tables_sql();
+    // Every schema: a table anywhere with a tenant column and no RLS is a hazard.
+    let shared = shared_tables_sql(None);
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH t AS (SELECT c.oid, format('%I.%I', n.nspname, c.relname) AS name, a.attnum
                     {shared})
@@ -162,8 +164,12 @@ pub async fn shared_keys_without_tenant(
 }
 
 /// `FROM .. WHERE ..` of the tables with a `tenant_id` (`$2`) column outside tenant
-/// schemas, the control schema (`$1`) and its template, and the system schemas.
-pub(super) fn shared_tables_sql() -> String {
+/// schemas, the control schema (`$1`) and its template, and the system schemas; only
+/// in the registry's row schema when it recorded one ([`recorded_row_schema`]).
+pub(super) fn shared_tables_sql(row_schema: Option<&str>) -> String {
+    let scope = row_schema
+        .map(|schema| format!(" AND n.nspname = {}", quote_literal(schema)))
+        .unwrap_or_default();
     format!(
         "
          FROM pg_class c
@@ -172,9 +178,32 @@ pub(super) fn shared_tables_sql() -> String {
          WHERE c.relkind IN ('r', 'p')
            AND n.nspname NOT LIKE {} AND n.nspname <> $1
            AND n.nspname NOT LIKE $1 || '\\_%'
-           AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema'){scope}",
         quote_literal(&tenant_schema_pattern())
     )
+}
+
+/// The schema of the shared tables the registry in `control_schema` manages, as its
+/// application recorded it (`PoolConfig::row_schema`, see
+/// [`TenantRepository::record_row_schema`](crate::repository::TenantRepository::record_row_schema));
+/// `None` when none was recorded (or there is no such registry): every schema then.
+pub(crate) async fn recorded_row_schema(
+    conn: &mut PgConnection,
+    control_schema: &str,
+) -> Result<Option<String>, Error> {
+    let table: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass(format('%I.settings', $1::text))::text")
+            .bind(control_schema)
+            .fetch_one(&mut *conn)
+            .await?;
+    let Some(table) = table else {
+        return Ok(None);
+    };
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT value FROM {table} WHERE name = 'row_schema'"
+    )))
+    .fetch_optional(&mut *conn)
+    .await?)
 }
 
 /// The shared tables: tables with a `tenant_id` column outside tenant schemas, the
@@ -183,7 +212,7 @@ pub async fn shared_tables(
     conn: &mut PgConnection,
     control_schema: &str,
 ) -> Result<Vec<String>, Error> {
-    let shared = shared_tables_sql();
+    let shared = shared_tables_sql(recorded_row_schema(conn, control_schema).await?.as_deref());
     Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT format('%I.%I', n.nspname, c.relname) {shared} ORDER BY 1"
     )))
@@ -260,7 +289,7 @@ async fn policed_tables(
     conn: &mut PgConnection,
     control_schema: &str,
 ) -> Result<Vec<String>, Error> {
-    let shared = shared_tables_sql();
+    let shared = shared_tables_sql(recorded_row_schema(conn, control_schema).await?.as_deref());
     Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT format('%I.%I', n.nspname, c.relname) {shared}
            AND (SELECT count(DISTINCT p.polname) FROM pg_policy p
