@@ -447,8 +447,10 @@ async fn run_soak(
 
     let l = std::mem::take(&mut *ledger.lock().unwrap());
     assert_eq!(l.completed + l.cancelled, operations);
+    // A real soak must have cancelled enough requests to mean something; a self-test
+    // (fewer requests, its outcome the planted fault's message) need not.
     assert!(
-        l.cancelled > operations / 20,
+        plant != Plant::None || l.cancelled > operations / 20,
         "the soak cancelled enough requests: {}",
         l.cancelled
     );
