@@ -359,13 +359,7 @@ async fn row_tenants_through_the_same_routes() {
 #[tokio::test]
 async fn prepare_database_works_for_an_app_user_that_is_not_a_superuser() {
     let (db, pool) = database().await;
-    let digits: String = db
-        .name()
-        .chars()
-        .rev()
-        .filter(char::is_ascii_digit)
-        .take(8)
-        .collect();
+    let digits = db.tag();
     let user = format!("saas_app_{digits}");
     // An administrator created the row role earlier; the app user may not grant it.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(

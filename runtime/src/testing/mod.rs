@@ -140,6 +140,18 @@ impl TestDatabase {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Up to 8 digits of the database's name (its unique part, last digits first): a
+    /// tag for the names a test makes outside its database (roles, database prefixes),
+    /// since tests share a server.
+    pub fn tag(&self) -> String {
+        self.name
+            .chars()
+            .rev()
+            .filter(char::is_ascii_digit)
+            .take(8)
+            .collect()
+    }
 }
 
 impl Drop for TestDatabase {

@@ -115,13 +115,7 @@ impl TestTenants {
             .map_err(|e| setup_error("no test database", e))?;
         let pool = sqlx::PgPool::connect(db.url()).await?;
         // Names of this test's own: tests share a server.
-        let digits: String = db
-            .name()
-            .chars()
-            .rev()
-            .filter(char::is_ascii_digit)
-            .take(8)
-            .collect();
+        let digits = db.tag();
         let prefix = format!("t{digits}_");
         let role = format!("tenantry_test_{digits}");
         let row_schema = options

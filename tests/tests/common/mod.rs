@@ -49,13 +49,7 @@ pub async fn manager(config: PoolConfig) -> (TestDatabase, TenantManager) {
 
 /// A prefix for tenant database names of this test's own: tests share a server.
 pub fn database_prefix(db: &TestDatabase) -> String {
-    let digits: String = db
-        .name()
-        .chars()
-        .rev()
-        .filter(char::is_ascii_digit)
-        .take(8)
-        .collect();
+    let digits = db.tag();
     format!("t{digits}_")
 }
 
