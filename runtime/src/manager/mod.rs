@@ -206,85 +206,74 @@ impl TenantManager {
     /// `false` if `id` is surely not a tenant: it is not in the set of known ids, read
     /// within the cache TTL (and kept current by change notifications).
     async fn may_exist(&self, id: &TenantId) -> Result<bool, Error> {
-        let fresh = |known: &Option<(HashMap<TenantId, String>, Instant)>| {
-            known
-                .as_ref()
-                .filter(|(_, read)| read.elapsed() < self.inner.cache_ttl)
-                .map(|(ids, _)| ids.contains_key(id))
-        };
-        if self.inner.cache_ttl.is_zero() {
-            return Ok(true);
-        }
-        if let Some(known) = fresh(&self.inner.known.read().unwrap_or_else(|e| e.into_inner())) {
-            return Ok(known);
-        }
-        let _one_at_a_time = self.inner.refreshing.lock().await;
-        if let Some(known) = fresh(&self.inner.known.read().unwrap_or_else(|e| e.into_inner())) {
-            return Ok(known);
-        }
-        // Re-read the set, with every record's digest (one query per TTL, however
-        // many ids come in). Changes that arrive while it is read are added after, so
-        // none is lost.
-        let generation = self.inner.pools.generation();
-        self.inner.registry_lookups.fetch_add(1, Ordering::Relaxed);
-        let read = Instant::now();
-        let ids: HashMap<TenantId, String> = self
-            .inner
-            .lifecycle
-            .repository()
-            .fingerprints()
-            .await?
-            .into_iter()
-            .collect();
-        let mut known = self.inner.known.write().unwrap_or_else(|e| e.into_inner());
-        if self.inner.pools.generation() == generation {
-            *known = Some((ids, read));
-            return Ok(known.as_ref().is_some_and(|(ids, _)| ids.contains_key(id)));
-        }
-        // Something changed meanwhile: do not trust this read; ask for the id itself.
-        Ok(true)
+        let repo = self.inner.lifecycle.repository();
+        self.in_known_set(
+            &self.inner.known,
+            &self.inner.refreshing,
+            |ids: &HashMap<TenantId, String>| ids.contains_key(id),
+            // Every record's digest with its id.
+            || async { Ok(repo.fingerprints().await?.into_iter().collect()) },
+        )
+        .await
     }
 
     /// `false` if `domain` is surely registered to no tenant: it is not in the set of
     /// registered domains, read within the cache TTL (and dropped by every change).
     async fn domain_may_exist(&self, domain: &str) -> Result<bool, Error> {
+        let repo = self.inner.lifecycle.repository();
+        self.in_known_set(
+            &self.inner.known_domains,
+            &self.inner.refreshing_domains,
+            |domains: &std::collections::HashSet<String>| domains.contains(domain),
+            || repo.all_domains(),
+        )
+        .await
+    }
+
+    /// Whether `contains` holds in the set kept in `known`, re-read with `read` (one
+    /// query per cache TTL however many lookups come in, one re-read at a time under
+    /// `refreshing`); `true` when caching is off. A read overtaken by a change is not
+    /// kept (the change may be newer than what it read), and the caller asks the
+    /// registry about the one entry.
+    async fn in_known_set<S, Fut>(
+        &self,
+        known: &RwLock<Option<(S, Instant)>>,
+        refreshing: &tokio::sync::Mutex<()>,
+        contains: impl Fn(&S) -> bool,
+        read: impl FnOnce() -> Fut,
+    ) -> Result<bool, Error>
+    where
+        Fut: std::future::Future<Output = Result<S, Error>>,
+    {
         if self.inner.cache_ttl.is_zero() {
             return Ok(true);
         }
-        let fresh = |known: &Option<(std::collections::HashSet<String>, Instant)>| {
+        let fresh = || {
             known
-                .as_ref()
-                .filter(|(_, read)| read.elapsed() < self.inner.cache_ttl)
-                .map(|(domains, _)| domains.contains(domain))
-        };
-        let read_lock = || {
-            self.inner
-                .known_domains
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .filter(|(_, at)| at.elapsed() < self.inner.cache_ttl)
+                .map(|(set, _)| contains(set))
         };
-        if let Some(known) = fresh(&read_lock()) {
-            return Ok(known);
+        if let Some(found) = fresh() {
+            return Ok(found);
         }
-        let _one_at_a_time = self.inner.refreshing_domains.lock().await;
-        if let Some(known) = fresh(&read_lock()) {
-            return Ok(known);
+        let _one_at_a_time = refreshing.lock().await;
+        if let Some(found) = fresh() {
+            return Ok(found);
         }
         let generation = self.inner.pools.generation();
         self.inner.registry_lookups.fetch_add(1, Ordering::Relaxed);
-        let read = Instant::now();
-        let domains = self.inner.lifecycle.repository().all_domains().await?;
-        let found = domains.contains(domain);
-        let mut known = self
-            .inner
-            .known_domains
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let at = Instant::now();
+        let set = read().await?;
+        let found = contains(&set);
+        let mut known = known.write().unwrap_or_else(|e| e.into_inner());
         if self.inner.pools.generation() != generation {
-            // Something changed meanwhile: do not keep this read; ask for the domain.
+            // Something changed meanwhile: do not trust this read; ask for the entry.
             return Ok(true);
         }
-        *known = Some((domains, read));
+        *known = Some((set, at));
         Ok(found)
     }
 
