@@ -696,39 +696,42 @@ impl Page {
         Ok(page)
     }
 
-    /// Keeps `limit` of the `limit + 1` rows fetched, and fewer when they would
-    /// serialise to more than [`Page::MAX_BYTES`] (one row at least), with the link to
-    /// the next page if a row was left out.
+    /// The page's rows as a JSON array: `limit` of the `limit + 1` rows fetched, and
+    /// fewer when they would take more than [`Page::MAX_BYTES`] (one row at least),
+    /// each serialised once; and the link to the next page if a row was left out.
     fn next<T: Serialize>(
         &self,
         uri: &axum::http::Uri,
-        rows: &mut Vec<T>,
+        rows: &[T],
         id: impl Fn(&T) -> i64,
-    ) -> Option<String> {
-        let mut more = rows.len() as i64 > self.limit;
-        rows.truncate(self.limit as usize);
-        let mut bytes = 2;
-        let fit = rows
-            .iter()
-            .position(|row| {
-                bytes += serde_json::to_vec(row).map_or(0, |v| v.len()) + 1;
-                bytes > Self::MAX_BYTES
-            })
-            .map(|i| i.max(1));
-        if let Some(fit) = fit.filter(|fit| *fit < rows.len()) {
-            rows.truncate(fit);
-            more = true;
+    ) -> Result<(Vec<u8>, Option<String>), Error> {
+        let wanted = rows.len().min(self.limit as usize);
+        let mut array = vec![b'['];
+        let mut held = 0;
+        for row in &rows[..wanted] {
+            let json = serde_json::to_vec(row)
+                .map_err(|e| Error::Internal(format!("cannot serialise a row: {e}")))?;
+            if held > 0 && array.len() + json.len() + 2 > Self::MAX_BYTES {
+                break;
+            }
+            if held > 0 {
+                array.push(b',');
+            }
+            array.extend_from_slice(&json);
+            held += 1;
         }
-        if !more {
-            return None;
+        array.push(b']');
+        if held == rows.len() {
+            return Ok((array, None));
         }
-        let last = id(rows.last()?);
-        Some(format!(
+        let last = id(&rows[held - 1]);
+        let link = format!(
             "<{}?limit={}&after={}>; rel=\"next\"",
             uri.path(),
             self.limit,
             encode_cursor(last)
-        ))
+        );
+        Ok((array, Some(link)))
     }
 }
 
@@ -744,6 +747,11 @@ fn decode_cursor(raw: &str) -> Result<i64, Error> {
         .and_then(|hex| u64::from_str_radix(hex, 16).ok())
         .map(|n| (n ^ CURSOR_KEY) as i64)
         .ok_or_else(|| Error::Validation("`after` is not a cursor this server gave".to_owned()))
+}
+
+/// JSON bytes serialised already, as an `application/json` response.
+fn json_body(bytes: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
 }
 
 /// `body` with the `Link` header of the next page, if any.
@@ -764,9 +772,9 @@ async fn list_projects(mut db: TenantDb, uri: axum::http::Uri) -> Result<Respons
     if let Some(after) = page.after {
         select = select.filter("id", tenantry::Op::Gt, after);
     }
-    let mut rows = select.fetch_all(&mut db).await?;
-    let next = page.next(&uri, &mut rows, |p| p.id);
-    Ok(with_next(Json(rows), next))
+    let rows = select.fetch_all(&mut db).await?;
+    let (array, next) = page.next(&uri, &rows, |p| p.id)?;
+    Ok(with_next(json_body(array), next))
 }
 
 #[tenant_scoped]
@@ -811,15 +819,13 @@ async fn get_data(mut db: TenantDb, uri: axum::http::Uri) -> Result<Response, Er
     if let Some(after) = page.after {
         select = select.filter("id", tenantry::Op::Gt, after);
     }
-    let mut rows = select.fetch_all(&mut db).await?;
-    let next = page.next(&uri, &mut rows, |d| d.id);
-    Ok(with_next(Json(DataPage { data: rows }), next))
-}
-
-/// The body of `GET /api/v1/data`: `{"data": [...]}`.
-#[derive(Serialize)]
-struct DataPage {
-    data: Vec<DataRow>,
+    let rows = select.fetch_all(&mut db).await?;
+    let (array, next) = page.next(&uri, &rows, |d| d.id)?;
+    // The body of `GET /api/v1/data`: `{"data": [...]}`.
+    let mut body = b"{\"data\":".to_vec();
+    body.extend_from_slice(&array);
+    body.push(b'}');
+    Ok(with_next(json_body(body), next))
 }
 
 /// The largest value `POST /api/v1/data` stores, in bytes.
