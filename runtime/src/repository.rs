@@ -172,10 +172,26 @@ const REGISTRY_UPGRADES: &[&str] = &[
         value text NOT NULL
     );
     "#,
+    // 10: the change log: a change notification carries only the number of its entry
+    // here, and instances act on the entry, so a notification nobody logged (any role
+    // that can connect can NOTIFY) changes nothing; `tenant_id` NULL: the named servers
+    r#"
+    CREATE TABLE {schema}.changes (
+        seq       bigserial PRIMARY KEY,
+        tenant_id text,
+        logged_at timestamptz NOT NULL DEFAULT now()
+    );
+    "#,
 ];
 
-/// The payload of the change notification that says the named servers changed.
-pub(crate) const SERVERS_CHANGED: &str = ":servers";
+/// How long the change log keeps an entry: far longer than a notification takes to
+/// arrive (an instance that loses its listener re-reads everything anyway).
+const CHANGE_LOG_KEPT: &str = "1 hour";
+
+/// A notification names a change logged at most this long ago, or it is a replay (an
+/// instance whose listener lagged longer clears nothing it should have: the cache TTL
+/// still bounds what it serves).
+const CHANGE_ANNOUNCED_WITHIN: &str = "10 minutes";
 
 /// A digest of everything a tenant record carries (its row, domains and migration
 /// version), `{schema}` being the quoted control schema: one sweep of these per cache
@@ -223,6 +239,8 @@ struct Sql {
     all_applied: String,
     template_fingerprint: String,
     record_template: String,
+    log_change: String,
+    logged_changes: String,
 }
 
 impl TenantRepository {
@@ -278,6 +296,19 @@ impl TenantRepository {
             record_template: format!(
                 "INSERT INTO {q}.templates (name, fingerprint) VALUES ($1, $2) \
                  ON CONFLICT (name) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, built_at = now()"
+            ),
+            log_change: format!(
+                "WITH logged AS (INSERT INTO {q}.changes (tenant_id) VALUES ($2) RETURNING seq), \
+                 pruned AS (DELETE FROM {q}.changes WHERE seq IN ( \
+                     SELECT seq FROM {q}.changes \
+                     WHERE logged_at < now() - interval '{CHANGE_LOG_KEPT}' \
+                       AND (SELECT seq FROM logged) % 64 = 0 \
+                     FOR UPDATE SKIP LOCKED)) \
+                 SELECT pg_notify($1, seq::text) FROM logged"
+            ),
+            logged_changes: format!(
+                "SELECT seq, tenant_id FROM {q}.changes WHERE seq = ANY($1) \
+                 AND logged_at > now() - interval '{CHANGE_ANNOUNCED_WITHIN}'"
             ),
             all_applied: format!(
                 "SELECT m.tenant_id, m.version, m.checksum FROM {q}.tenant_migrations m \
@@ -458,14 +489,53 @@ impl TenantRepository {
     }
 
     /// Announces a change to tenant `id` to every app instance, when the caller's
-    /// transaction commits (`NOTIFY` is transactional).
+    /// transaction commits (`NOTIFY` is transactional): the change goes into the
+    /// registry's change log and the notification carries only its entry's number.
     pub async fn notify(&self, conn: &mut PgConnection, id: &TenantId) -> Result<(), Error> {
-        sqlx::query("SELECT pg_notify($1, $2)")
+        self.log_change(conn, Some(id.as_str())).await
+    }
+
+    /// Logs a change (`None`: the named servers) and notifies its entry's number. One
+    /// entry in 64 also prunes entries older than [`CHANGE_LOG_KEPT`] (skipping any a
+    /// concurrent pruning holds).
+    async fn log_change(&self, conn: &mut PgConnection, id: Option<&str>) -> Result<(), Error> {
+        sqlx::query(sqlx::AssertSqlSafe(self.sql.log_change.as_str()))
             .bind(self.channel())
-            .bind(id.as_str())
+            .bind(id)
             .execute(conn)
             .await?;
         Ok(())
+    }
+
+    /// The logged changes these notification payloads name, with their numbers: a
+    /// tenant id, or `None` for the named servers. Payloads that name no entry (not a
+    /// number, a number never logged, or an entry logged more than
+    /// [`CHANGE_ANNOUNCED_WITHIN`] ago: a notification arrives in milliseconds) are
+    /// left out: nobody logged them, or they replay an old change.
+    pub(crate) async fn logged_changes(
+        &self,
+        payloads: &[&str],
+    ) -> Result<Vec<(i64, Option<TenantId>)>, Error> {
+        let seqs: Vec<i64> = payloads
+            .iter()
+            .filter_map(|p| p.parse::<i64>().ok())
+            .collect();
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(i64, Option<String>)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(self.sql.logged_changes.as_str()))
+                .bind(&seqs)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            // An id the registry holds is valid; one that is not cannot be anyone's.
+            .filter_map(|(seq, id)| match id {
+                None => Some((seq, None)),
+                Some(id) => TenantId::parse(&id).ok().map(|id| (seq, Some(id))),
+            })
+            .collect())
     }
 
     /// The tenant with this id, locked until the caller's transaction ends.
@@ -662,12 +732,7 @@ impl TenantRepository {
 
     /// Tells every instance that the named servers changed.
     async fn notify_servers(&self, conn: &mut PgConnection) -> Result<(), Error> {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(self.channel())
-            .bind(SERVERS_CHANGED)
-            .execute(conn)
-            .await?;
-        Ok(())
+        self.log_change(conn, None).await
     }
 
     /// The quoted fence function of moves, in the control schema.

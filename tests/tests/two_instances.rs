@@ -9,6 +9,7 @@ use axum::Router;
 use axum::http::Method;
 use common::*;
 use serde_json::json;
+use sqlx::Connection;
 use sqlx::postgres::PgPoolOptions;
 use tenantry::TenantManager;
 
@@ -217,4 +218,78 @@ async fn without_notifications_the_ttl_bounds_staleness() {
     })
     .await;
     assert!(took >= Duration::from_millis(300), "{took:?}");
+}
+
+/// Any role that can connect can `NOTIFY` on the change channel. A flood of made-up
+/// notifications (tenant ids, the old servers payload, garbage, numbers no change was
+/// logged under) empties no instance's cache; a real change still arrives at once.
+#[tokio::test]
+async fn spoofed_change_notifications_change_nothing() {
+    let db = tenantry::testing::TestDatabase::create().await.unwrap();
+    let (a, _) = instance(db.url()).await;
+    let (b, _) = instance(db.url()).await;
+    for t in ["acme", "other", "marker"] {
+        create(&a, t).await;
+    }
+    let [acme, other, marker]: [tenantry::TenantId; 3] =
+        ["acme", "other", "marker"].map(|t| t.parse().unwrap());
+    b.resolve_tenant(&acme).await.unwrap();
+    b.resolve_tenant(&other).await.unwrap();
+
+    // A second application's role on the same server, with nothing granted.
+    let admin = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let role = format!("intruder_{}", db.tag());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'intruder'"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let options: sqlx::postgres::PgConnectOptions = db.url().parse().unwrap();
+    let mut intruder =
+        sqlx::PgConnection::connect_with(&options.username(&role).password("intruder"))
+            .await
+            .unwrap();
+    let logged: i64 = sqlx::query_scalar("SELECT max(seq) FROM tenantry.changes")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    for i in 0..300_i64 {
+        // Separate transactions: PostgreSQL folds equal notifications of one.
+        sqlx::query(
+            "SELECT pg_notify('tenantry_changes', p) \
+             FROM unnest(ARRAY['acme', 'other', ':servers', 'garbage!', $1, $2, '-1']) p",
+        )
+        .bind(i.to_string())
+        .bind((logged - i).to_string())
+        .execute(&mut intruder)
+        .await
+        .unwrap();
+    }
+    // Notifications arrive in commit order: once the marker's change is seen, every
+    // spoofed one before it has been handled.
+    a.suspend_tenant(&marker).await.unwrap();
+    within(Duration::from_secs(2), || async {
+        b.resolve_tenant(&marker).await.is_err()
+    })
+    .await;
+    let before = b.registry_lookups();
+    b.resolve_tenant(&acme).await.unwrap();
+    b.resolve_tenant(&other).await.unwrap();
+    assert_eq!(
+        b.registry_lookups(),
+        before,
+        "the spoofed notifications dropped cached tenants"
+    );
+    // A real change still reaches the other instance at once.
+    a.suspend_tenant(&acme).await.unwrap();
+    within(Duration::from_secs(1), || async {
+        b.resolve_tenant(&acme).await.is_err()
+    })
+    .await;
+    let _ = intruder.close().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}")))
+        .execute(&admin)
+        .await
+        .unwrap();
 }

@@ -2,6 +2,7 @@
 //! and every connection binding go together, whether the change was made here or
 //! announced by another instance (PostgreSQL `NOTIFY`).
 
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
@@ -57,13 +58,50 @@ impl Inner {
     }
 }
 
+/// At most this many notifications are checked against the change log in one query.
+const BATCH: usize = 1024;
+
+/// The change-log entries this instance acted on, the newest [`Applied::CAP`]: a
+/// notification that repeats one (a replay) changes nothing.
+#[derive(Default)]
+struct Applied {
+    seen: HashSet<i64>,
+    order: VecDeque<i64>,
+}
+
+impl Applied {
+    /// More than the changes of the replay window at any plausible rate.
+    const CAP: usize = 65_536;
+
+    /// Whether `seq` is new (and remembers it).
+    fn first_time(&mut self, seq: i64) -> bool {
+        if !self.seen.insert(seq) {
+            return false;
+        }
+        self.order.push_back(seq);
+        if self.order.len() > Self::CAP
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        true
+    }
+}
+
 /// Drops cache entries of tenants changed by any app instance, until the manager is
 /// dropped. A lost connection may have missed notifications, so it clears the cache.
+///
+/// A notification carries only the number of a change-log entry; the entry says what
+/// changed. A notification that names no entry (any role that can connect can
+/// `NOTIFY` on the channel), or one that repeats an entry already acted on, changes
+/// nothing, so a flood of them empties no cache: it costs one indexed query per batch
+/// of notifications read together, one batch at a time.
 pub(super) async fn listen_for_changes(
     mut listener: PgListener,
     inner: std::sync::Weak<Inner>,
     mut stopped: watch::Receiver<()>,
 ) {
+    let mut applied = Applied::default();
     loop {
         let next = tokio::select! {
             next = listener.try_recv() => next,
@@ -71,24 +109,47 @@ pub(super) async fn listen_for_changes(
         };
         let Some(inner) = inner.upgrade() else { return };
         match next {
-            Ok(Some(notification))
-                if notification.payload() == crate::repository::SERVERS_CHANGED =>
-            {
-                match inner.lifecycle.repository().servers().await {
-                    Ok(servers) => inner.pools.servers().set_registered(&servers),
-                    Err(error) => tracing::warn!(%error, "could not reload the named servers"),
+            Ok(Some(first)) => {
+                let mut batch = vec![first];
+                while batch.len() < BATCH {
+                    match listener.next_buffered() {
+                        Some(n) => batch.push(n),
+                        None => break,
+                    }
+                }
+                let payloads: Vec<&str> = batch.iter().map(|n| n.payload()).collect();
+                match inner.lifecycle.repository().logged_changes(&payloads).await {
+                    Ok(changes) => {
+                        let fresh: Vec<_> = changes
+                            .into_iter()
+                            .filter(|(seq, _)| applied.first_time(*seq))
+                            .collect();
+                        if fresh.len() < payloads.len() {
+                            tracing::debug!(
+                                ignored = payloads.len() - fresh.len(),
+                                "change notifications that name no new logged change ignored"
+                            );
+                        }
+                        for (_, change) in fresh {
+                            match change {
+                                Some(id) => inner.invalidate(&id),
+                                None => reload_servers(&inner).await,
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        // What changed is unknown: everything may have.
+                        tracing::warn!(%error, "could not read the change log; cache cleared");
+                        inner.invalidate_all();
+                        drop(inner);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                 }
             }
-            Ok(Some(notification)) => match TenantId::parse(notification.payload()) {
-                Ok(id) => inner.invalidate(&id),
-                Err(_) => inner.invalidate_all(),
-            },
             Ok(None) => {
                 tracing::warn!("tenant change listener reconnecting; cache cleared");
                 inner.invalidate_all();
-                if let Ok(servers) = inner.lifecycle.repository().servers().await {
-                    inner.pools.servers().set_registered(&servers);
-                }
+                reload_servers(&inner).await;
             }
             Err(error) => {
                 tracing::warn!(%error, "tenant change listener failed; retrying");
@@ -97,5 +158,12 @@ pub(super) async fn listen_for_changes(
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+async fn reload_servers(inner: &Inner) {
+    match inner.lifecycle.repository().servers().await {
+        Ok(servers) => inner.pools.servers().set_registered(&servers),
+        Err(error) => tracing::warn!(%error, "could not reload the named servers"),
     }
 }
