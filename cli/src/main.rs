@@ -52,6 +52,16 @@ enum Command {
     Doctor(DoctorArgs),
     /// Run a SQL file in every active tenant (or some), each in its own transaction
     /// under the tenant's binding (row tenants under their row-level security).
+    ///
+    /// Checked by the server before a tenant's transaction commits: every relation it
+    /// read, wrote or altered (by statements, functions, triggers or rules, as the lock
+    /// table records them) lies outside every other schema tenant's schema and the
+    /// registry; the transaction was not ended by the script; the role and the tenant
+    /// setting are unchanged. A failed check rolls that tenant's run back.
+    ///
+    /// Not checked: which tenant's rows a row tenant's script wrote in the shared
+    /// tables. Row-level security applies the tenant setting at each statement, so a
+    /// script that switches the setting, writes and switches back is not caught.
     Exec(ExecArgs),
     /// The named PostgreSQL servers database tenants can live on.
     #[command(subcommand)]
@@ -1187,11 +1197,15 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<u8, Failure> {
         timeout: Duration::from_secs(args.timeout),
     };
     let sql = std::sync::Arc::new(sql);
+    let fence = std::sync::Arc::new(tenantry::admin::ScriptFence::new(
+        &cli.control_schema,
+        &tenants,
+    ));
     let outcomes = manager
         .fan_out(options, move |_tenant, mut tx| {
-            let sql = sql.clone();
+            let (sql, fence) = (sql.clone(), fence.clone());
             async move {
-                let out = tenantry::admin::run_script(&mut tx, &sql).await?;
+                let out = tenantry::admin::run_script(&mut tx, &sql, &fence).await?;
                 Ok((out, tx))
             }
         })

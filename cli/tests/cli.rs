@@ -822,6 +822,65 @@ async fn exec_runs_sql_in_each_tenant_under_its_binding() {
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("ended its transaction"), "{}", r.stdout);
 
+    // A script run for acme that reaches another tenant's schema, however it gets
+    // there (the path set and set back, a qualified name, a read), is refused from
+    // the locks its transaction holds, and nothing of it stays.
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let globex_before: i64 = sqlx::query_scalar("SELECT count(*) FROM tenant_globex.projects")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    for (name, sql) in [
+        (
+            "path.sql",
+            "SET search_path TO tenant_globex; INSERT INTO projects (name) VALUES ('planted'); \
+             SET search_path TO tenant_acme;",
+        ),
+        (
+            "qualified.sql",
+            "INSERT INTO tenant_globex.projects (name) VALUES ('planted') RETURNING id",
+        ),
+        ("peek.sql", "SELECT name FROM tenant_globex.projects"),
+        (
+            "function.sql",
+            "CREATE FUNCTION pg_temp.sneak() RETURNS void LANGUAGE sql AS \
+             $$ INSERT INTO tenant_globex.projects (name) VALUES ('planted') $$; \
+             SELECT pg_temp.sneak();",
+        ),
+    ] {
+        let path = file(name, sql);
+        let r = tenantry(
+            url,
+            &["exec", "--sql", &path, "--tenants", "acme", "--json"],
+        );
+        assert_eq!(r.code, 1, "{name}: {}{}", r.stdout, r.stderr);
+        let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        assert_eq!(report[0]["status"], "error", "{name}: {report}");
+        assert!(report[0].get("rows").is_none(), "{name}: {report}");
+        assert!(
+            report[0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("touched `tenant_globex`"),
+            "{name}: {report}"
+        );
+    }
+    let globex_after: i64 = sqlx::query_scalar("SELECT count(*) FROM tenant_globex.projects")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        globex_after, globex_before,
+        "a refused script wrote globex's rows"
+    );
+    // Its own schema and shared tables outside every tenant's schema stay usable.
+    let own = file(
+        "own.sql",
+        "SET search_path TO tenant_acme; SELECT count(*) AS n FROM projects",
+    );
+    let r = tenantry(url, &["exec", "--sql", &own, "--tenants", "acme"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+
     // Bad input: no file, an empty file, a bad id.
     let r = tenantry(url, &["exec", "--sql", "/nonexistent.sql"]);
     assert_eq!(r.code, 1);
@@ -833,6 +892,7 @@ async fn exec_runs_sql_in_each_tenant_under_its_binding() {
         2
     );
     // The role is the server's, not the database's: remove it once the database is gone.
+    pool.close().await;
     drop(dir);
     drop(db);
     let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(

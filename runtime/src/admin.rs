@@ -243,21 +243,94 @@ pub struct ScriptOutput {
     pub affected: u64,
 }
 
+/// The schemas a script run by [`run_script`] must not touch: the registry's and every
+/// schema tenant's (the tenant the script runs for excepted).
+#[derive(Debug, Clone, Default)]
+pub struct ScriptFence {
+    schemas: std::collections::BTreeSet<String>,
+}
+
+impl ScriptFence {
+    /// The fence for a registry in `control_schema` holding `tenants` (for example
+    /// [`TenantManager::list_tenants`]).
+    pub fn new<'a>(control_schema: &str, tenants: impl IntoIterator<Item = &'a Tenant>) -> Self {
+        let mut schemas: std::collections::BTreeSet<String> = tenants
+            .into_iter()
+            .filter_map(|t| t.schema().map(str::to_owned))
+            .collect();
+        schemas.insert(control_schema.to_owned());
+        Self { schemas }
+    }
+}
+
 /// Runs an operator's SQL script in a tenant's transaction (what `tenantry exec`
 /// runs per tenant): a single query, or a change with `RETURNING`, answers its rows as
 /// JSON objects; anything else (DDL, several statements) runs as a script and answers
 /// how many rows it changed. The SQL is the operator's own, trusted like `psql` input.
 ///
+/// What is checked, from the server's state after the script ran and before anything
+/// is kept (a failed check is an error, and the caller's transaction rolls back):
+/// - every relation the transaction read, wrote or altered, whichever way (statements,
+///   functions, triggers, rules), as PostgreSQL's lock table records it until the
+///   transaction ends, lies outside `fence`: no other schema tenant's schema and not
+///   the registry. A script that `SET search_path TO` another tenant's schema and
+///   writes there is refused however it sets it back.
+/// - the transaction is the one the script started in (no `COMMIT`/`ROLLBACK`), and
+///   the role and the tenant setting are what they were.
+///
+/// Not checked: which tenant's rows a row tenant's script wrote in the shared tables.
+/// Row-level security applies the tenant setting at each statement, so a script that
+/// changes the setting to another tenant, writes, and sets it back is not caught: do
+/// not give `tenantry exec` scripts you have not read for row tenants.
+///
 /// ```no_run
-/// # async fn f(mut tx: tenantry::TenantTx) -> Result<(), tenantry::Error> {
-/// let out = tenantry::admin::run_script(&mut tx, "SELECT id, name FROM projects").await?;
+/// # async fn f(m: tenantry::TenantManager, mut tx: tenantry::TenantTx) -> Result<(), tenantry::Error> {
+/// let fence = tenantry::admin::ScriptFence::new("tenantry", &m.list_tenants().await?);
+/// let out = tenantry::admin::run_script(&mut tx, "SELECT id, name FROM projects", &fence).await?;
 /// for row in out.rows.unwrap_or_default() {
 ///     println!("{row}");
 /// }
 /// tx.commit().await?;
 /// # Ok(()) }
 /// ```
-pub async fn run_script(tx: &mut crate::TenantTx, sql: &str) -> Result<ScriptOutput, Error> {
+pub async fn run_script(
+    tx: &mut crate::TenantTx,
+    sql: &str,
+    fence: &ScriptFence,
+) -> Result<ScriptOutput, Error> {
+    let out = run_unchecked(tx, sql).await?;
+    let own = tx.tenant().schema().map(str::to_owned);
+    let touched: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT n.nspname::text FROM pg_catalog.pg_locks l \
+         JOIN pg_catalog.pg_class c ON c.oid = l.relation \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'relation' \
+           AND l.database = (SELECT oid FROM pg_catalog.pg_database \
+                             WHERE datname = pg_catalog.current_database()) \
+         ORDER BY 1",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let foreign: Vec<&String> = touched
+        .iter()
+        .filter(|s| fence.schemas.contains(*s) && Some(*s) != own.as_ref())
+        .collect();
+    if !foreign.is_empty() {
+        return Err(Error::Validation(format!(
+            "the script run for tenant `{}` touched {}, which belong(s) to other tenants or \
+             the registry: rolled back",
+            tx.tenant().id,
+            foreign
+                .iter()
+                .map(|s| format!("`{}`", s.escape_debug()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(out)
+}
+
+async fn run_unchecked(tx: &mut crate::TenantTx, sql: &str) -> Result<ScriptOutput, Error> {
     let body = sql.trim().trim_end_matches(';').trim_end();
     // As rows first, behind a savepoint: a script that cannot be a CTE (DDL, several
     // statements, a change without RETURNING) fails at parse time, runs nowhere, and
