@@ -86,6 +86,53 @@ async fn call(
     (status, serde_json::from_slice(&bytes).unwrap_or_default())
 }
 
+/// Where rows are on the cluster, read on each worker directly (what a failed move test
+/// prints): each table of `schema` there, its row count, and which of `keys` (matched
+/// against `column` as text) it holds.
+async fn on_workers(
+    cluster: &TestCluster,
+    schema: &str,
+    column: &str,
+    keys: &[String],
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    for url in cluster.worker_urls() {
+        let Ok(wpool) = PgPool::connect(url).await else {
+            seen.push(format!("{url}: unreachable"));
+            continue;
+        };
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relkind = 'r'",
+        )
+        .bind(schema)
+        .fetch_all(&wpool)
+        .await
+        .unwrap_or_default();
+        for table in tables {
+            let found: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT {column}::text FROM {table} WHERE {column}::text = ANY($1)"
+            )))
+            .bind(keys)
+            .fetch_all(&wpool)
+            .await
+            .unwrap_or_default();
+            let count: i64 =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                    .fetch_one(&wpool)
+                    .await
+                    .unwrap_or(-1);
+            seen.push(format!(
+                "{url} {table}: {count} rows, {} of the keys: {found:?}",
+                found.len()
+            ));
+        }
+        wpool.close().await;
+    }
+    seen
+}
+
 async fn names(app: &axum::Router, tenant: &str) -> BTreeSet<String> {
     let (status, json) = call(app, "GET", tenant, None).await;
     assert_eq!(status, 200, "{json}");
@@ -396,14 +443,16 @@ async fn migrate_all_and_a_move_to_the_other_worker_under_traffic() {
     let citus = m.admin().citus().unwrap().clone();
     for t in ["walker", "rover"] {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let writer = {
-            let (app, stop) = (app.clone(), stop.clone());
+            let (app, stop, written) = (app.clone(), stop.clone(), written.clone());
             let t = t.to_owned();
             tokio::spawn(async move {
                 let mut acked = BTreeSet::new();
                 let mut n = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     n += 1;
+                    written.store(n, std::sync::atomic::Ordering::Relaxed);
                     let name = format!("{t}:{n}");
                     let body = serde_json::json!({ "name": name }).to_string();
                     match call(&app, "POST", &t, Some(body)).await {
@@ -426,6 +475,7 @@ async fn migrate_all_and_a_move_to_the_other_worker_under_traffic() {
             .move_tenant(&id(t), MoveTo::Node(to.clone()), Duration::ZERO)
             .await
             .unwrap_or_else(|e| panic!("move {t} to {to}: {e}"));
+        let at_move = written.load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(report.node.as_deref(), Some(to.as_str()));
         // A schema tenant whose tables all have a primary key moves by logical
         // replication (writes go on); a row tenant's rows, under row-level security,
@@ -459,14 +509,18 @@ async fn migrate_all_and_a_move_to_the_other_worker_under_traffic() {
         } else {
             0
         };
-        assert!(
-            lost.is_empty(),
-            "{t} lost {} of {} acknowledged writes ({} stored, {direct} read directly), e.g. {:?}",
-            lost.len(),
-            acked.len(),
-            stored.len(),
-            lost.iter().take(5).collect::<Vec<_>>()
-        );
+        if !lost.is_empty() {
+            let keys: Vec<String> = lost.iter().map(|s| s.to_string()).collect();
+            let seen = on_workers(&cluster, "tenant_walker", "name", &keys).await;
+            panic!(
+                "{t} lost {} of {} acknowledged writes ({} stored, {direct} read directly), e.g. {:?}; \
+                 writes when the move returned: {at_move}; placements: {seen:?}",
+                lost.len(),
+                acked.len(),
+                stored.len(),
+                lost.iter().take(5).collect::<Vec<_>>()
+            );
+        }
         assert!(stored.iter().all(|n| n.starts_with(&format!("{t}:"))));
         // Moving where it is: 422.
         let again = m
@@ -597,11 +651,13 @@ async fn a_logical_move_keeps_every_acknowledged_insert_update_and_delete() {
     let from = m.admin().node_of(&tenant).await.unwrap().unwrap();
     let citus = m.admin().citus().unwrap().clone();
     let to = citus.workers.iter().find(|w| **w != from).unwrap().clone();
+    let started = std::time::Instant::now();
     let report = m
         .admin()
         .move_tenant(&id("busy"), MoveTo::Node(to.clone()), Duration::ZERO)
         .await
         .unwrap();
+    let moved = started.elapsed();
     assert_eq!(report.transfer, Some(NodeTransfer::Logical));
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -621,13 +677,16 @@ async fn a_logical_move_keeps_every_acknowledged_insert_update_and_delete() {
             wrong.push((key, name.clone(), stored.get(key).cloned()));
         }
     }
-    assert!(
-        wrong.is_empty(),
-        "{} of {} acknowledged changes not as told, e.g. {:?}",
-        wrong.len(),
-        told.len(),
-        &wrong[..wrong.len().min(5)]
-    );
+    if !wrong.is_empty() {
+        let keys: Vec<String> = wrong.iter().take(5).map(|w| w.0.to_string()).collect();
+        let seen = on_workers(&cluster, "tenant_busy", "id", &keys).await;
+        panic!(
+            "{} of {} acknowledged changes not as told, e.g. {:?}; placements: {seen:?}; move took {moved:?}",
+            wrong.len(),
+            told.len(),
+            &wrong[..wrong.len().min(5)]
+        );
+    }
     // Nothing else changed: the rows the client never touched are the seeds.
     let untouched = stored
         .iter()
