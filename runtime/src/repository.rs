@@ -182,6 +182,61 @@ const REGISTRY_UPGRADES: &[&str] = &[
         logged_at timestamptz NOT NULL DEFAULT now()
     );
     "#,
+    // 11: row tenants' moves without DDL on the shared tables: guard triggers on each
+    // shared table (one per command, for each statement, installed once) read the
+    // tenants in `row_moves`: none, the statement goes on; a tenant whose rows it wrote,
+    // those rows are recorded in `row_move_changes` for its move's catch-up, or if the
+    // tenant is `fenced`, the statement fails with SQLSTATE 25006. A move switches its
+    // tenant by writing its row here, which locks no shared table.
+    r#"
+    CREATE TABLE {schema}.row_moves (
+        tenant_id  text PRIMARY KEY,
+        fenced     boolean NOT NULL DEFAULT false,
+        started_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE UNLOGGED TABLE {schema}.row_move_changes (
+        tenant_id text NOT NULL,
+        tbl       text NOT NULL,
+        key       jsonb
+    );
+    CREATE INDEX ON {schema}.row_move_changes (tenant_id, tbl);
+    CREATE FUNCTION {schema}.row_move_guard() RETURNS trigger LANGUAGE plpgsql
+      SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $guard$
+    DECLARE
+        fenced text;
+    BEGIN
+        -- The usual case: no move, one look at an empty table per statement.
+        IF NOT EXISTS (SELECT 1 FROM {schema}.row_moves) THEN
+            RETURN NULL;
+        END IF;
+        IF TG_OP <> 'DELETE' THEN
+            SELECT m.tenant_id INTO fenced FROM {schema}.row_moves m
+             WHERE m.fenced AND m.tenant_id IN (SELECT n.tenant_id::text FROM new_rows n)
+             LIMIT 1;
+            IF fenced IS NOT NULL THEN
+                RAISE EXCEPTION 'tenant % is being moved: writes are paused, retry shortly',
+                    fenced USING ERRCODE = 'read_only_sql_transaction';
+            END IF;
+            INSERT INTO {schema}.row_move_changes (tenant_id, tbl, key)
+            SELECT n.tenant_id::text, TG_TABLE_NAME, to_jsonb(n) FROM new_rows n
+             WHERE n.tenant_id::text IN (SELECT m.tenant_id FROM {schema}.row_moves m);
+        END IF;
+        IF TG_OP <> 'INSERT' THEN
+            SELECT m.tenant_id INTO fenced FROM {schema}.row_moves m
+             WHERE m.fenced AND m.tenant_id IN (SELECT o.tenant_id::text FROM old_rows o)
+             LIMIT 1;
+            IF fenced IS NOT NULL THEN
+                RAISE EXCEPTION 'tenant % is being moved: writes are paused, retry shortly',
+                    fenced USING ERRCODE = 'read_only_sql_transaction';
+            END IF;
+            INSERT INTO {schema}.row_move_changes (tenant_id, tbl, key)
+            SELECT o.tenant_id::text, TG_TABLE_NAME, to_jsonb(o) FROM old_rows o
+             WHERE o.tenant_id::text IN (SELECT m.tenant_id FROM {schema}.row_moves m);
+        END IF;
+        RETURN NULL;
+    END
+    $guard$;
+    "#,
 ];
 
 /// How long the change log keeps an entry: far longer than a notification takes to

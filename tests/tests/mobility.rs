@@ -981,3 +981,256 @@ async fn a_move_cannot_use_up_the_shared_sequences() {
     assert!(next < 1_000, "the shared sequence stayed low: {next}");
     assert_eq!(shared_rows(&pool, "huge").await, 0, "no rows left behind");
 }
+
+/// A row tenant's move stalls no other row tenant, whatever transactions are open:
+/// its change capture and write fence are its row in the registry, read by one guard
+/// trigger per shared table, not triggers created and dropped per move (their locks
+/// queued behind a third tenant's open transaction, and every other tenant's
+/// statements on the table queued behind them for as long as it stayed open).
+#[tokio::test]
+async fn a_row_tenants_move_stalls_no_other_tenant_behind_an_open_transaction() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (_db, m) = manager(PoolConfig::default()).await;
+    for t in ["mover", "other", "third"] {
+        create_with(&m, t, Strategy::Row).await;
+    }
+    {
+        let t = m.resolve_tenant(&id("mover")).await.unwrap();
+        let mut db = m.tenant_db(t).await.unwrap();
+        sqlx::query(
+            "INSERT INTO projects (name) SELECT 'seed' || g FROM generate_series(1, 3000) g",
+        )
+        .execute(&mut db)
+        .await
+        .unwrap();
+    }
+    let hold = Duration::from_secs(3);
+    let mut mover_names: BTreeSet<String> = (1..=3000).map(|g| format!("seed{g}")).collect();
+    let mut other_names = BTreeSet::new();
+    // Out of the row strategy (its capture and fence on the shared tables: the first
+    // move puts the guards on them), back (a schema place's; the shared tables are the
+    // target), and out again (the guards in place: only the move's waits hold the
+    // open transactions' writes).
+    let rounds = [Strategy::Schema, Strategy::Row, Strategy::Schema];
+    for (round, to) in rounds.into_iter().enumerate() {
+        // The third tenant reads and writes the shared table and keeps its transaction
+        // open through the move's start.
+        let (opened, third) = {
+            let m = m.clone();
+            let (tell, opened) = tokio::sync::oneshot::channel();
+            let third = tokio::spawn(async move {
+                let t = m.resolve_tenant(&id("third")).await.unwrap();
+                let mut tx = m.tenant_tx(t).await.unwrap();
+                sqlx::query("SELECT count(*) FROM projects")
+                    .execute(&mut tx)
+                    .await
+                    .unwrap();
+                sqlx::query("INSERT INTO projects (name) VALUES ('held')")
+                    .execute(&mut tx)
+                    .await
+                    .unwrap();
+                tell.send(()).unwrap();
+                tokio::time::sleep(hold).await;
+                tx.commit().await.unwrap();
+            });
+            (opened, third)
+        };
+        opened.await.unwrap();
+        // The mover has a write in flight as its move starts, committed later: it is
+        // neither in the copy's snapshot nor seen by a capture that went on after it.
+        let in_flight = format!("mover:{round}:in-flight");
+        let (began, late) = {
+            let (m, name) = (m.clone(), in_flight.clone());
+            let (tell, began) = tokio::sync::oneshot::channel();
+            let late = tokio::spawn(async move {
+                let t = m.resolve_tenant(&id("mover")).await.unwrap();
+                let mut tx = m.tenant_tx(t).await.unwrap();
+                sqlx::query("INSERT INTO projects (name) VALUES ($1)")
+                    .bind(&name)
+                    .execute(&mut tx)
+                    .await
+                    .unwrap();
+                tell.send(()).unwrap();
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                tx.commit().await.unwrap();
+            });
+            (began, late)
+        };
+        began.await.unwrap();
+        mover_names.insert(in_flight);
+        let stop = Arc::new(AtomicBool::new(false));
+        // Another row tenant reads and writes throughout, each statement timed.
+        let other = {
+            let (m, stop) = (m.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut slowest, mut written) = (Duration::ZERO, Vec::new());
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let t = m.resolve_tenant(&id("other")).await.unwrap();
+                    let mut db = m.tenant_db(t).await.unwrap();
+                    let name = format!("other:{round}:{n}");
+                    let started = std::time::Instant::now();
+                    sqlx::query("SELECT count(*) FROM projects")
+                        .execute(&mut db)
+                        .await
+                        .unwrap();
+                    slowest = slowest.max(started.elapsed());
+                    let started = std::time::Instant::now();
+                    sqlx::query("INSERT INTO projects (name) VALUES ($1)")
+                        .bind(&name)
+                        .execute(&mut db)
+                        .await
+                        .unwrap();
+                    slowest = slowest.max(started.elapsed());
+                    written.push(name);
+                    drop(db);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                (slowest, written)
+            })
+        };
+        // The mover writes throughout too: what it is told was written stays.
+        let mover = {
+            let (m, stop) = (m.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut acked, mut refused) = (Vec::new(), 0);
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let name = format!("mover:{round}:{n}");
+                    let t = m.resolve_tenant(&id("mover")).await.unwrap();
+                    let mut db = m.tenant_db(t).await.unwrap();
+                    match sqlx::query("INSERT INTO projects (name) VALUES ($1)")
+                        .bind(&name)
+                        .execute(&mut db)
+                        .await
+                    {
+                        Ok(_) => acked.push(name),
+                        Err(e) => {
+                            let e = Error::from(e);
+                            assert_eq!(e.status().as_u16(), 503, "{e}");
+                            refused += 1;
+                        }
+                    }
+                    drop(db);
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                }
+                (acked, refused)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let report = m
+            .admin()
+            .move_tenant(
+                &id("mover"),
+                MoveTo::Strategy(to),
+                Duration::from_millis(200),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("move to {to}: {e}"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.store(true, Ordering::Relaxed);
+        let (slowest, written) = other.await.unwrap();
+        let (acked, refused) = mover.await.unwrap();
+        third.await.unwrap();
+        late.await.unwrap();
+        assert_eq!(report.tenant.strategy, to);
+        assert!(
+            slowest < Duration::from_secs(1),
+            "round {round}: another row tenant's statement waited {slowest:?} during the \
+             move (a transaction was held open for {hold:?})"
+        );
+        assert!(!written.is_empty() && !acked.is_empty());
+        mover_names.extend(acked);
+        other_names.extend(written);
+        // Every acknowledged write is where its tenant now reads, and nothing else.
+        let t = m.resolve_tenant(&id("mover")).await.unwrap();
+        let mut db = m.tenant_db(t).await.unwrap();
+        let names: BTreeSet<String> = sqlx::query_scalar("SELECT name FROM projects")
+            .fetch_all(&mut db)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+        drop(db);
+        let lost: Vec<_> = mover_names.difference(&names).take(5).collect();
+        let foreign: Vec<_> = names
+            .iter()
+            .filter(|n| !n.starts_with("mover:") && !n.starts_with("seed"))
+            .take(5)
+            .collect();
+        assert!(
+            lost.is_empty() && foreign.is_empty(),
+            "round {round} ({refused} writes refused while fenced): lost {lost:?}, \
+             another tenant's rows {foreign:?}"
+        );
+        let t = m.resolve_tenant(&id("other")).await.unwrap();
+        let mut db = m.tenant_db(t).await.unwrap();
+        let theirs: BTreeSet<String> = sqlx::query_scalar("SELECT name FROM projects")
+            .fetch_all(&mut db)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            theirs, other_names,
+            "round {round}: the other tenant's rows"
+        );
+    }
+    // Nothing of the moves is left.
+    let findings = m.admin().doctor(false).await.unwrap();
+    assert!(
+        !findings.iter().any(|f| f.kind == "move-leftover"),
+        "{findings:?}"
+    );
+    // A row tenant's move whose process died with the fence up: its writes get 503,
+    // `doctor` names it, and recovery ends it.
+    let pool = m.admin().registry_pool().clone();
+    sqlx::query("INSERT INTO tenantry.row_moves (tenant_id, fenced) VALUES ('other', true)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let t = m.resolve_tenant(&id("other")).await.unwrap();
+    let mut db = m.tenant_db(t).await.unwrap();
+    let refused: Error = sqlx::query("INSERT INTO projects (name) VALUES ('refused')")
+        .execute(&mut db)
+        .await
+        .unwrap_err()
+        .into();
+    assert_eq!(refused.status().as_u16(), 503, "{refused}");
+    drop(db);
+    let findings = m.admin().doctor(false).await.unwrap();
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.kind == "move-leftover" && f.subject == "row tenant other"),
+        "{findings:?}"
+    );
+    assert!(m.admin().recover_move(&id("other")).await.unwrap());
+    add_projects(&m, "other", &["after recovery"]).await;
+    assert!(
+        !m.admin().recover_move(&id("other")).await.unwrap(),
+        "nothing left"
+    );
+    // A dead move's change records are copies of the tenant's rows: its deletion takes
+    // them too, and nothing of it is there for the next tenant of its id.
+    sqlx::raw_sql(
+        "INSERT INTO tenantry.row_moves (tenant_id) VALUES ('third');
+         INSERT INTO tenantry.row_move_changes (tenant_id, tbl, key)
+         VALUES ('third', 'projects', '{\"name\": \"held\"}')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    m.suspend_tenant(&id("third")).await.unwrap();
+    m.delete_tenant(&id("third")).await.unwrap();
+    let left: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM tenantry.row_moves WHERE tenant_id = 'third')
+              + (SELECT count(*) FROM tenantry.row_move_changes WHERE tenant_id = 'third')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "a deleted tenant's move records");
+}

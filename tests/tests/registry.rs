@@ -32,7 +32,7 @@ async fn registry_setup_is_idempotent_and_safe_under_concurrent_start() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(versions, 10, "each of the ten upgrades recorded once");
+    assert_eq!(versions, 11, "each of the eleven upgrades recorded once");
     // And once more, later.
     TenantManager::builder(pool.clone()).build().await.unwrap();
     let columns: Vec<String> = sqlx::query_scalar(

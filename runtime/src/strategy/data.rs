@@ -507,7 +507,7 @@ const CAPTURE_TABLE_IN_DATABASE: &str = "public._tenantry_move_changes";
 /// function of the move's own, in `schema` of the old place's database.
 #[derive(Debug, Clone)]
 pub(crate) struct Capture {
-    /// The quoted changes table.
+    /// The quoted changes table (a `FROM` item with columns `tbl` and `key`).
     pub table: String,
     /// The quoted trigger function.
     pub function: String,
@@ -553,6 +553,17 @@ impl Capture {
             function: format!("{schema}.{}", quote_ident(&trigger)),
             trigger,
             rows_of: rows.then(|| tenant.clone()),
+        }
+    }
+
+    /// The capture of row tenant `tenant`'s move through the shared tables' guard
+    /// triggers (see `row_guard`): its records in the registry in `quoted_control`.
+    pub fn guarded(quoted_control: &str, tenant: &TenantId) -> Self {
+        Self {
+            table: super::row_guard::changes_of(quoted_control, tenant),
+            function: String::new(),
+            trigger: String::new(),
+            rows_of: Some(tenant.clone()),
         }
     }
 
@@ -654,7 +665,7 @@ pub(crate) async fn catch_up(
     let sources = tables(from, source).await?;
     let targets = tables(to, target).await?;
     let changed: Vec<(String, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT tbl, bool_or(key IS NULL) FROM {} GROUP BY tbl",
+        "SELECT tbl, bool_or(key IS NULL) FROM {} c GROUP BY tbl",
         capture.table
     )))
     .fetch_all(&mut *from)
@@ -697,7 +708,7 @@ pub(crate) async fn catch_up(
                     .join(" AND ")
             };
             let keys: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT coalesce(jsonb_agg(DISTINCT key), '[]')::text FROM {} WHERE tbl = $1",
+                "SELECT coalesce(jsonb_agg(DISTINCT key), '[]')::text FROM {} c WHERE tbl = $1",
                 capture.table
             )))
             .bind(&s.name)

@@ -23,6 +23,7 @@ pub(crate) mod data;
 mod database;
 mod relocate;
 mod row;
+mod row_guard;
 mod schema;
 mod template;
 

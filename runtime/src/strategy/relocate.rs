@@ -17,6 +17,7 @@ use serde::Serialize;
 use sqlx::{Connection, PgConnection};
 
 use super::data::{self, Capture, ExportedTenant, Place, Snapshot};
+use super::row_guard::{self, Step};
 use super::{Strategies, database, row, schema};
 use crate::error::Error;
 use crate::tenant::{Strategy, Tenant, TenantStatus};
@@ -58,6 +59,16 @@ struct Attempt {
     fenced: bool,
     /// A target schema made ahead of the copy (Citus, login not a superuser).
     precreated: Option<schema::Precreated>,
+}
+
+/// What moves of a tenant left behind (see [`Strategies::recover_move`]).
+struct Leftovers {
+    /// Fence and capture triggers at the tenant's place.
+    own_place: i64,
+    /// Fence and capture triggers on the registry database's tables.
+    shared: i64,
+    /// Its row in `row_moves`.
+    guarded: bool,
 }
 
 /// What [`Strategies::copy_and_switch`] did.
@@ -172,6 +183,10 @@ impl Strategies {
 
     /// The capture of `tenant`'s move, next to its old place.
     fn capture_of(&self, tenant: &Tenant) -> Capture {
+        if self.row_guarded(tenant) {
+            let control = crate::naming::quote_ident(self.repo.control_schema());
+            return Capture::guarded(&control, &tenant.id);
+        }
         let schema = match tenant.strategy {
             Strategy::Database => "public".to_owned(),
             _ => crate::naming::quote_ident(self.repo.control_schema()),
@@ -210,6 +225,36 @@ impl Strategies {
     /// trigger on a worker could not reach the coordinator's control schema).
     fn on_citus(&self, tenant: &Tenant) -> bool {
         self.citus && tenant.strategy != Strategy::Database
+    }
+
+    /// Whether the tenant's capture and fence are its row in the registry's
+    /// `row_moves`, read by the shared tables' guard triggers (a row tenant off Citus:
+    /// see `row_guard`), rather than triggers of the move's own.
+    fn row_guarded(&self, tenant: &Tenant) -> bool {
+        tenant.strategy == Strategy::Row && !self.citus
+    }
+
+    /// Takes a row tenant's move to `step`; a capture or fence going up then waits for
+    /// the transactions open meanwhile (but those of server processes `spare`, the
+    /// move's own), and is undone if they do not end in time.
+    async fn guard_step(&self, tenant: &Tenant, step: Step, spare: &[i32]) -> Result<(), Error> {
+        let control = self.repo.control_schema();
+        let mut conn = self.repo.pool().acquire().await?;
+        if step == Step::Capture {
+            let tables =
+                data::table_names(&mut conn, self.place_of(Strategy::Row, &tenant.storage)).await?;
+            row_guard::install(&mut conn, control, &tables).await?;
+        }
+        row_guard::set(&mut conn, control, &tenant.id, step).await?;
+        if matches!(step, Step::Capture | Step::Fence)
+            && let Err(e) = row_guard::wait_for_open_transactions(&mut conn, spare).await
+        {
+            if let Err(lift) = row_guard::set(&mut conn, control, &tenant.id, Step::Lift).await {
+                tracing::error!(tenant = %tenant.id, error = %lift, "a failed move could not lift its write fence; `tenantry tenants move --recover` lifts it");
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Runs fence `statements` on the coordinator in `tx`, one at a time, with the
@@ -257,6 +302,17 @@ impl Strategies {
 
     /// Raises (`up`) or lifts the write fence on the tenant's place.
     async fn fence(&self, tenant: &Tenant, up: bool) -> Result<(), Error> {
+        self.fence_sparing(tenant, up, &[]).await
+    }
+
+    /// [`Self::fence`]; a row tenant's fence going up does not wait for the
+    /// transactions of server processes `spare` (the move's own).
+    async fn fence_sparing(&self, tenant: &Tenant, up: bool, spare: &[i32]) -> Result<(), Error> {
+        if self.row_guarded(tenant) {
+            return self
+                .guard_step(tenant, if up { Step::Fence } else { Step::Lift }, spare)
+                .await;
+        }
         if self.on_citus(tenant) {
             let mut tx = self.repo.pool().begin().await?;
             self.fence_on_citus(&mut tx, tenant, tenant.strategy, up)
@@ -287,6 +343,15 @@ impl Strategies {
 
     /// Starts (`up`) or stops and removes the capture of the tenant's writes.
     async fn capture(&self, tenant: &Tenant, capture: &Capture, up: bool) -> Result<(), Error> {
+        if self.row_guarded(tenant) {
+            return self
+                .guard_step(
+                    tenant,
+                    if up { Step::Capture } else { Step::CaptureOff },
+                    &[],
+                )
+                .await;
+        }
         self.on_source(tenant, |tables, names| capture.sql(tables, names, up))
             .await
     }
@@ -330,19 +395,28 @@ impl Strategies {
     pub async fn recover_move(&self, tenant: &Tenant) -> Result<bool, Error> {
         let lock = MoveLock::acquire(self, &tenant.id).await?;
         let recovered = async {
-            let before = self.leftovers(tenant).await?;
-            if !self.on_citus(tenant) {
-                // Moves on Citus capture nothing.
-                self.capture(tenant, &self.capture_of(tenant), false)
-                    .await?;
+            let left = self.leftovers(tenant).await?;
+            // Triggers of a move's own (a schema or database tenant's, a row tenant's
+            // on Citus, any tenant's on the shared tables from before the guards): DDL,
+            // run only where they are (it queues behind every open transaction there).
+            if left.own_place > 0 {
+                if !self.on_citus(tenant) && !self.row_guarded(tenant) {
+                    // Moves on Citus capture nothing.
+                    self.capture(tenant, &self.capture_of(tenant), false)
+                        .await?;
+                }
+                if !self.row_guarded(tenant) {
+                    self.fence(tenant, false).await?;
+                }
             }
-            self.fence(tenant, false).await?;
-            if tenant.strategy != Strategy::Row && self.citus {
-                let mut tx = self.repo.pool().begin().await?;
-                self.fence_on_citus(&mut tx, tenant, Strategy::Row, false)
-                    .await?;
-                tx.commit().await?;
-            } else if tenant.strategy != Strategy::Row {
+            if left.shared > 0 && self.citus {
+                if tenant.strategy != Strategy::Row {
+                    let mut tx = self.repo.pool().begin().await?;
+                    self.fence_on_citus(&mut tx, tenant, Strategy::Row, false)
+                        .await?;
+                    tx.commit().await?;
+                }
+            } else if left.shared > 0 {
                 let mut tx = self.repo.pool().begin().await?;
                 let place = self.place_of(Strategy::Row, &tenant.storage);
                 let (tables, names) = data::capture_targets(&mut tx, place).await?;
@@ -364,24 +438,52 @@ impl Strategies {
                     .await?;
                 tx.commit().await?;
             }
-            Ok::<_, Error>(before > 0)
+            if left.guarded {
+                let mut conn = self.repo.pool().acquire().await?;
+                row_guard::set(
+                    &mut conn,
+                    self.repo.control_schema(),
+                    &tenant.id,
+                    Step::Lift,
+                )
+                .await?;
+            }
+            Ok::<_, Error>(left.own_place > 0 || left.shared > 0 || left.guarded)
         }
         .await;
         lock.release().await;
         recovered
     }
 
-    /// How many fence and capture triggers of `tenant` are on the registry's
-    /// database, or in its own database.
-    async fn leftovers(&self, tenant: &Tenant) -> Result<i64, Error> {
-        let mut conn = self.connect_source(tenant).await?;
-        let here: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pg_trigger WHERE tgname::text = ANY ($1)")
-                .bind(data::move_triggers(&tenant.id).to_vec())
+    /// What moves of `tenant` left: fence and capture triggers at its place (its own
+    /// database's, or the registry's) and on the registry database's tables, and its
+    /// row in `row_moves`.
+    async fn leftovers(&self, tenant: &Tenant) -> Result<Leftovers, Error> {
+        const COUNT: &str = "SELECT count(*) FROM pg_trigger WHERE tgname::text = ANY ($1)";
+        let names = data::move_triggers(&tenant.id).to_vec();
+        let mut registry = self.repo.pool().acquire().await?;
+        let shared: i64 = sqlx::query_scalar(COUNT)
+            .bind(&names)
+            .fetch_one(&mut *registry)
+            .await?;
+        let own_place = if tenant.strategy == Strategy::Database {
+            let mut conn = self.connect_source(tenant).await?;
+            let here: i64 = sqlx::query_scalar(COUNT)
+                .bind(&names)
                 .fetch_one(&mut conn)
                 .await?;
-        let _ = conn.close().await;
-        Ok(here)
+            let _ = conn.close().await;
+            here
+        } else {
+            shared
+        };
+        let guarded =
+            row_guard::pending(&mut registry, self.repo.control_schema(), &tenant.id).await?;
+        Ok(Leftovers {
+            own_place,
+            shared,
+            guarded,
+        })
     }
 
     async fn relocate_locked(
@@ -545,7 +647,12 @@ impl Strategies {
         let (fenced, recopied) = match fenced {
             Some(fenced) => (fenced, 0),
             None => {
-                self.fence(tenant, true).await?;
+                // The new place's transaction is the move's own: the fence does not
+                // wait for it.
+                let target_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                    .fetch_one(&mut *target)
+                    .await?;
+                self.fence_sparing(tenant, true, &[target_pid]).await?;
                 made.fenced = true;
                 let fenced = Instant::now();
                 let mut source_conn = self.connect_source(tenant).await?;
@@ -644,13 +751,8 @@ impl Strategies {
                     self.fence_on_citus(&mut tx, old, Strategy::Row, false)
                         .await?;
                 } else {
-                    let place = self.place_of(Strategy::Row, &old.storage);
-                    let tables = data::table_names(&mut tx, place).await?;
-                    let sql =
-                        data::fence_sql(&tables, &self.repo.fence_function(), &old.id, true, false);
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                        .execute(&mut *tx)
-                        .await?;
+                    // The guard's row, not DDL: no other tenant waits for this.
+                    row_guard::forget(&mut tx, self.repo.control_schema(), &old.id).await?;
                 }
                 row::delete_rows(&mut tx, self.repo.control_schema(), &old.id).await?;
                 tx.commit().await?;
@@ -677,6 +779,23 @@ pub(super) async fn doctor(
     )
     .fetch_all(s.repo.pool())
     .await?;
+    let mut conn = s.repo.pool().acquire().await?;
+    for (tenant, fenced) in row_guard::all_pending(&mut conn, s.repo.control_schema()).await? {
+        findings.push(super::Finding {
+            kind: "move-leftover",
+            subject: format!("row tenant {}", tenant.escape_debug()),
+            detail: format!(
+                "a row tenant's move {}; unless a move is running, its process died: \
+                 `tenantry tenants move {} --recover` ends it",
+                if fenced {
+                    "with its write fence up (its writes get 503)"
+                } else {
+                    "recording its writes"
+                },
+                tenant.escape_debug()
+            ),
+        });
+    }
     for (trigger, table) in left {
         findings.push(super::Finding {
             kind: "move-leftover",

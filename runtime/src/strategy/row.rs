@@ -368,12 +368,15 @@ pub(super) async fn build(
     Ok(())
 }
 
-/// Deletes the tenant's rows, inside the caller's transaction.
+/// Deletes the tenant's rows, inside the caller's transaction, with what a move of
+/// it whose process died left in the registry (its rows' copies among a move's
+/// change records): nothing of it stays for the next tenant of its id.
 pub(super) async fn remove(
     s: &Strategies,
     tx: &mut PgConnection,
     tenant: &Tenant,
 ) -> Result<(), Error> {
+    super::row_guard::forget(tx, s.repo.control_schema(), &tenant.id).await?;
     delete_rows(tx, s.repo.control_schema(), &tenant.id).await?;
     Ok(())
 }

@@ -1,0 +1,319 @@
+//! Row tenants' moves without DDL on the shared tables.
+//!
+//! A move's change capture and write fence used to be triggers created and dropped on
+//! the shared tables for each move. `CREATE TRIGGER` and `DROP TRIGGER` take table
+//! locks that queue behind any open transaction of any tenant, and every other
+//! tenant's statements on the table then queue behind them: one tenant's long
+//! transaction stalled every row tenant for as long as it stayed open.
+//!
+//! Now each shared table carries guard triggers, installed once (the first move puts
+//! them on a table that lacks them, waiting at most [`LOCK_WAIT`] each try, so that
+//! nobody queues behind it for longer). They fire once per statement, with the
+//! statement's rows (transition tables), and read the tenants in the registry's
+//! `row_moves`: usually it is empty, and that one look is all they cost; else the
+//! rows the statement wrote of a tenant there are recorded in `row_move_changes` for
+//! its move's catch-up, or, if that tenant is `fenced`, the statement fails with
+//! SQLSTATE 25006 (a 503 with `Retry-After`) and writes nothing. A move switches its
+//! tenant by writing its row there, which locks no shared table.
+//!
+//! The DDL also did something the rows cannot: it waited for the writes in flight.
+//! A transaction that wrote before the capture (or the fence) was on, and commits
+//! after, would be missed; so after each switch the move waits for every transaction
+//! that was open at that moment to end ([`wait_for_open_transactions`], what
+//! `CREATE INDEX CONCURRENTLY` does). Waiting holds no lock: only the moving tenant's
+//! writes (refused while fenced) notice.
+
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection, PgConnection};
+
+use crate::error::Error;
+use crate::naming::quote_ident;
+use crate::tenant::TenantId;
+
+/// The longest a guard's installation makes others' statements on a table queue
+/// behind it, per try.
+pub(crate) const LOCK_WAIT: &str = "50ms";
+
+/// How long a move waits for the transactions open when it switched capture or fence
+/// on, or for a try at installing a guard to find the table free.
+pub(crate) const MOVE_WAIT: Duration = Duration::from_secs(10);
+
+/// The guard triggers on a shared table of the registry in `control`: their names
+/// and the clause each is made with. One per command: a trigger with transition
+/// tables fires on one kind of statement only.
+pub(crate) fn triggers(control: &str) -> [(String, &'static str); 3] {
+    let mut base = format!("tenantry_guard_{control}");
+    // Identifiers are cut at 63 bytes by the server; control schemas are ASCII.
+    base.truncate(56);
+    [
+        (
+            format!("{base}_insert"),
+            "AFTER INSERT ON {t} REFERENCING NEW TABLE AS new_rows",
+        ),
+        (
+            format!("{base}_update"),
+            "AFTER UPDATE ON {t} REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows",
+        ),
+        (
+            format!("{base}_delete"),
+            "AFTER DELETE ON {t} REFERENCING OLD TABLE AS old_rows",
+        ),
+    ]
+}
+
+/// The change records of `tenant`'s move, as a `FROM` item with the columns of a
+/// capture table (`tbl`, `key`: here the whole row, of which the catch-up reads the
+/// key).
+pub(crate) fn changes_of(quoted_control: &str, tenant: &TenantId) -> String {
+    format!(
+        "(SELECT tbl, key FROM {quoted_control}.row_move_changes WHERE tenant_id = {})",
+        crate::naming::quote_literal(tenant.as_str())
+    )
+}
+
+/// Puts the guard triggers on each of `tables` (quoted names) that lacks them, one
+/// trigger per transaction, each try waiting at most [`LOCK_WAIT`] for the table and
+/// retried for up to [`MOVE_WAIT`]: statements of other tenants queue behind a
+/// waiting `CREATE TRIGGER`, so it must never wait long.
+pub(crate) async fn install(
+    conn: &mut PgConnection,
+    control: &str,
+    tables: &[String],
+) -> Result<(), Error> {
+    let triggers = triggers(control);
+    let names: Vec<&str> = triggers.iter().map(|(n, _)| n.as_str()).collect();
+    let there: Vec<(String, String)> = sqlx::query_as(
+        "SELECT format('%I.%I', n.nspname, c.relname), t.tgname::text
+         FROM pg_catalog.pg_trigger t
+         JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE t.tgname::text = ANY ($1)",
+    )
+    .bind(&names)
+    .fetch_all(&mut *conn)
+    .await?;
+    let function = format!("{}.row_move_guard", quote_ident(control));
+    for table in tables {
+        for (name, when) in &triggers {
+            if there.iter().any(|(t, n)| t == table && n == name) {
+                continue;
+            }
+            let sql = format!(
+                "SET LOCAL lock_timeout = '{LOCK_WAIT}';
+                 CREATE TRIGGER {} {} FOR EACH STATEMENT EXECUTE FUNCTION {function}()",
+                quote_ident(name),
+                when.replace("{t}", table)
+            );
+            create_briefly(conn, &sql, table).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `sql` (DDL on `table` under a short `lock_timeout`) in its own transaction,
+/// again after a pause while the lock is not granted, up to [`MOVE_WAIT`].
+async fn create_briefly(conn: &mut PgConnection, sql: &str, table: &str) -> Result<(), Error> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let mut tx = conn.begin().await?;
+        match sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *tx)
+            .await
+        {
+            Ok(_) => {
+                tx.commit().await?;
+                return Ok(());
+            }
+            // Installed meanwhile by another instance's move.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42710") => return Ok(()),
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("55P03") && started.elapsed() < MOVE_WAIT =>
+            {
+                drop(tx);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
+                return Err(Error::Conflict(format!(
+                    "the move's guard could not be put on `{table}`: transactions held the \
+                     table for {} s; nothing was changed, retry when they are done",
+                    MOVE_WAIT.as_secs()
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A step of a row tenant's move, written to its row in `row_moves`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Record the tenant's writes (the move starts; another move's row is a conflict).
+    Capture,
+    /// Refuse the tenant's writes (after [`Step::Capture`]).
+    Fence,
+    /// Stop recording and forget the records; a fence stays up.
+    CaptureOff,
+    /// Neither record nor refuse: the tenant's row goes.
+    Lift,
+}
+
+/// Writes `step` for `tenant` to the registry in `control` (its own transaction).
+pub(crate) async fn set(
+    conn: &mut PgConnection,
+    control: &str,
+    tenant: &TenantId,
+    step: Step,
+) -> Result<(), Error> {
+    let c = quote_ident(control);
+    let busy = || {
+        Error::Conflict(format!(
+            "tenant `{tenant}` is being moved already (its write fence is up)"
+        ))
+    };
+    match step {
+        Step::Capture => {
+            let made = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO {c}.row_moves (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING"
+            )))
+            .bind(tenant.as_str())
+            .execute(&mut *conn)
+            .await?;
+            if made.rows_affected() == 0 {
+                return Err(busy());
+            }
+        }
+        Step::Fence => {
+            let made = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO {c}.row_moves AS m (tenant_id, fenced) VALUES ($1, true)
+                 ON CONFLICT (tenant_id) DO UPDATE SET fenced = true WHERE NOT m.fenced"
+            )))
+            .bind(tenant.as_str())
+            .execute(&mut *conn)
+            .await?;
+            if made.rows_affected() == 0 {
+                return Err(busy());
+            }
+        }
+        Step::CaptureOff | Step::Lift => {
+            let keep_fence = if step == Step::CaptureOff {
+                " AND NOT fenced"
+            } else {
+                ""
+            };
+            let mut tx = conn.begin().await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {c}.row_moves WHERE tenant_id = $1{keep_fence}"
+            )))
+            .bind(tenant.as_str())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {c}.row_move_changes WHERE tenant_id = $1"
+            )))
+            .bind(tenant.as_str())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes `tenant`'s row in `row_moves` and its records inside the caller's
+/// transaction (the old place's deletion after a move out of the row strategy).
+pub(crate) async fn forget(
+    conn: &mut PgConnection,
+    control: &str,
+    tenant: &TenantId,
+) -> Result<(), Error> {
+    let c = quote_ident(control);
+    for table in ["row_moves", "row_move_changes"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {c}.{table} WHERE tenant_id = $1"
+        )))
+        .bind(tenant.as_str())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Whether `tenant` has a row in `row_moves` (a move under way, or one whose process
+/// died).
+pub(crate) async fn pending(
+    conn: &mut PgConnection,
+    control: &str,
+    tenant: &TenantId,
+) -> Result<bool, Error> {
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT EXISTS (SELECT 1 FROM {}.row_moves WHERE tenant_id = $1)",
+        quote_ident(control)
+    )))
+    .bind(tenant.as_str())
+    .fetch_one(&mut *conn)
+    .await?)
+}
+
+/// The tenants with a row in `row_moves`, fenced or not (for `tenantry doctor`).
+pub(crate) async fn all_pending(
+    conn: &mut PgConnection,
+    control: &str,
+) -> Result<Vec<(String, bool)>, Error> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT tenant_id, fenced FROM {}.row_moves ORDER BY tenant_id",
+        quote_ident(control)
+    )))
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// Waits until every transaction that is open in this database now (but `conn`'s and
+/// those of server processes `spare`, the move's own) has ended: after it, every
+/// write made before a capture or fence went on is committed or gone. Up to
+/// [`MOVE_WAIT`]; then a conflict naming the server processes that kept theirs open.
+/// Holds no lock.
+pub(crate) async fn wait_for_open_transactions(
+    conn: &mut PgConnection,
+    spare: &[i32],
+) -> Result<(), Error> {
+    let open: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT l.virtualxid, l.pid FROM pg_catalog.pg_locks l
+         JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+         WHERE l.locktype = 'virtualxid' AND l.mode = 'ExclusiveLock' AND l.granted
+           AND l.pid <> pg_catalog.pg_backend_pid() AND NOT l.pid = ANY ($1)
+           AND a.backend_type = 'client backend'
+           AND a.datname = pg_catalog.current_database()",
+    )
+    .bind(spare)
+    .fetch_all(&mut *conn)
+    .await?;
+    if open.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = open.iter().map(|(v, _)| v.clone()).collect();
+    let started = Instant::now();
+    loop {
+        let left: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_catalog.pg_locks
+             WHERE locktype = 'virtualxid' AND mode = 'ExclusiveLock' AND granted
+               AND virtualxid = ANY ($1) ORDER BY pid",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        if left.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() >= MOVE_WAIT {
+            return Err(Error::Conflict(format!(
+                "transactions open since the move began (server processes {left:?}) did not \
+                 end within {} s; the move was undone, retry when they are done",
+                MOVE_WAIT.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
