@@ -183,7 +183,8 @@ const REGISTRY_UPGRADES: &[&str] = &[
     );
     "#,
     // 11: row tenants' moves without DDL on the shared tables: guard triggers on each
-    // shared table (one per command, for each statement, installed once) read the
+    // shared table and partition (one per command, for each statement, installed once,
+    // the shared table's name as argument) read the
     // tenants in `row_moves`: none, the statement goes on; a tenant whose rows it wrote,
     // those rows are recorded in `row_move_changes` for its move's catch-up, or if the
     // tenant is `fenced`, the statement fails with SQLSTATE 25006. A move switches its
@@ -204,10 +205,16 @@ const REGISTRY_UPGRADES: &[&str] = &[
       SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $guard$
     DECLARE
         fenced text;
+        tbl text := TG_ARGV[0];
     BEGIN
         -- The usual case: no move, one look at an empty table per statement.
         IF NOT EXISTS (SELECT 1 FROM {schema}.row_moves) THEN
             RETURN NULL;
+        END IF;
+        -- A TRUNCATE takes every tenant's rows: none while any tenant moves.
+        IF TG_OP = 'TRUNCATE' THEN
+            RAISE EXCEPTION 'tenants are being moved: TRUNCATE of % is paused, retry shortly',
+                tbl USING ERRCODE = 'read_only_sql_transaction';
         END IF;
         IF TG_OP <> 'DELETE' THEN
             SELECT m.tenant_id INTO fenced FROM {schema}.row_moves m
@@ -218,7 +225,7 @@ const REGISTRY_UPGRADES: &[&str] = &[
                     fenced USING ERRCODE = 'read_only_sql_transaction';
             END IF;
             INSERT INTO {schema}.row_move_changes (tenant_id, tbl, key)
-            SELECT n.tenant_id::text, TG_TABLE_NAME, to_jsonb(n) FROM new_rows n
+            SELECT n.tenant_id::text, tbl, to_jsonb(n) FROM new_rows n
              WHERE n.tenant_id::text IN (SELECT m.tenant_id FROM {schema}.row_moves m);
         END IF;
         IF TG_OP <> 'INSERT' THEN
@@ -230,12 +237,23 @@ const REGISTRY_UPGRADES: &[&str] = &[
                     fenced USING ERRCODE = 'read_only_sql_transaction';
             END IF;
             INSERT INTO {schema}.row_move_changes (tenant_id, tbl, key)
-            SELECT o.tenant_id::text, TG_TABLE_NAME, to_jsonb(o) FROM old_rows o
+            SELECT o.tenant_id::text, tbl, to_jsonb(o) FROM old_rows o
              WHERE o.tenant_id::text IN (SELECT m.tenant_id FROM {schema}.row_moves m);
         END IF;
         RETURN NULL;
     END
     $guard$;
+    -- Only the registry's login attaches it: on another role's table it would run that
+    -- role's code (a cast, an operator) as the registry's owner.
+    REVOKE ALL ON FUNCTION {schema}.row_move_guard() FROM PUBLIC;
+    -- The backends of moves under way (their new place's transaction): moves wait for
+    -- the transactions open when they switch a row tenant's capture or fence on, but
+    -- not for each other's.
+    CREATE TABLE {schema}.move_backends (
+        pid           integer NOT NULL,
+        backend_start timestamptz NOT NULL,
+        PRIMARY KEY (pid, backend_start)
+    );
     "#,
 ];
 

@@ -1234,3 +1234,291 @@ async fn a_row_tenants_move_stalls_no_other_tenant_behind_an_open_transaction() 
     .unwrap();
     assert_eq!(left, 0, "a deleted tenant's move records");
 }
+
+/// A registry login that is no superuser sees other logins' sessions (their database)
+/// but not their kind: a row tenant's move still waits for their transactions, so a
+/// write of the tenant in flight under another login as the move starts is kept.
+#[tokio::test]
+async fn a_non_superuser_registry_login_waits_for_other_logins_writes() {
+    let (db, m) = manager(PoolConfig::default()).await;
+    let admin = m.admin().registry_pool().clone();
+    let owner = format!("registry_{}", db.tag());
+    for statement in [
+        format!("CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS"),
+        format!("GRANT {} TO {owner}", saas::ROW_ROLE),
+        format!("GRANT CREATE ON DATABASE {} TO {owner}", db.name()),
+        format!("ALTER SCHEMA shared OWNER TO {owner}"),
+        format!("ALTER TABLE shared.projects OWNER TO {owner}"),
+        format!("ALTER TABLE shared.data OWNER TO {owner}"),
+        format!("ALTER SCHEMA tenantry OWNER TO {owner}"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+    // What the registry made in its schema (and the template schema) is its login's.
+    let owned: Vec<String> = sqlx::query_scalar(
+        "SELECT format('ALTER %s %s OWNER TO %I',
+                  CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW' ELSE 'TABLE' END,
+                  c.oid::regclass, $1::text)
+         FROM pg_class c
+         WHERE c.relnamespace IN (SELECT oid FROM pg_namespace
+                                  WHERE nspname = 'tenantry' OR nspname LIKE 'tenantry\\_%')
+           AND c.relkind IN ('r', 'v', 'p', 'S')
+           AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid
+                           AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i'))
+         UNION ALL
+         SELECT format('ALTER FUNCTION %s OWNER TO %I', p.oid::regprocedure, $1::text)
+         FROM pg_proc p WHERE p.pronamespace = 'tenantry'::regnamespace
+         UNION ALL
+         SELECT format('ALTER SCHEMA %I OWNER TO %I', nspname, $1::text)
+         FROM pg_namespace WHERE nspname LIKE 'tenantry\\_%'",
+    )
+    .bind(&owner)
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    for statement in owned {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+    let options: sqlx::postgres::PgConnectOptions = db.url().parse().unwrap();
+    let pool = sqlx::PgPool::connect_with(options.username(&owner))
+        .await
+        .unwrap();
+    let m = TenantManager::builder(pool)
+        .migrations(saas::tenant_migrations())
+        .database_prefix(database_prefix(&db))
+        .pool_config(saas::pool_config())
+        .build()
+        .await
+        .unwrap();
+    create_with(&m, "mover", Strategy::Row).await;
+    add_projects(&m, "mover", &["m1", "m2"]).await;
+    // Out and back: the guards go on the shared tables.
+    for to in [Strategy::Schema, Strategy::Row] {
+        m.admin()
+            .move_tenant(&id("mover"), MoveTo::Strategy(to), Duration::ZERO)
+            .await
+            .unwrap_or_else(|e| panic!("move to {to}: {e}"));
+    }
+    // Another login (here a superuser, whose sessions the registry's login may not
+    // inspect) has a write of the tenant in flight as the move starts.
+    let (began, late) = {
+        let admin = admin.clone();
+        let (tell, began) = tokio::sync::oneshot::channel();
+        let late = tokio::spawn(async move {
+            let mut tx = admin.begin().await.unwrap();
+            sqlx::query("INSERT INTO shared.projects (tenant_id, name) VALUES ('mover', 'late')")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tell.send(()).unwrap();
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            tx.commit().await.unwrap();
+        });
+        (began, late)
+    };
+    began.await.unwrap();
+    m.admin()
+        .move_tenant(
+            &id("mover"),
+            MoveTo::Strategy(Strategy::Schema),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    late.await.unwrap();
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM tenant_mover.projects ORDER BY name")
+            .fetch_all(&admin)
+            .await
+            .unwrap();
+    assert_eq!(names, ["late", "m1", "m2"], "the write in flight was kept");
+    // The guard runs as its owner: no other role may attach it to a table of its own.
+    let attach = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET ROLE {role}; CREATE TEMP TABLE mine (tenant_id text);
+         CREATE TRIGGER steal AFTER INSERT ON mine REFERENCING NEW TABLE AS new_rows
+           FOR EACH STATEMENT EXECUTE FUNCTION tenantry.row_move_guard('x')",
+        role = saas::ROW_ROLE
+    )))
+    .execute(&mut admin.acquire().await.unwrap().detach())
+    .await
+    .unwrap_err();
+    assert!(attach.to_string().contains("permission denied"), "{attach}");
+}
+
+/// Two row tenants move at once: neither waits for the other's new place (the move's
+/// own transaction, which holds only its tenant's rows), so both finish, neither
+/// stalled for the other's copy.
+#[tokio::test]
+async fn two_row_tenants_move_at_once() {
+    let (_db, m) = manager(PoolConfig::default()).await;
+    for t in ["left", "right"] {
+        create_with(&m, t, Strategy::Row).await;
+        let tenant = m.resolve_tenant(&id(t)).await.unwrap();
+        let mut db = m.tenant_db(tenant).await.unwrap();
+        sqlx::query("INSERT INTO projects (name) SELECT 'p' || g FROM generate_series(1, 5000) g")
+            .execute(&mut db)
+            .await
+            .unwrap();
+    }
+    // The guards go on with a first move.
+    for to in [Strategy::Schema, Strategy::Row] {
+        m.admin()
+            .move_tenant(&id("left"), MoveTo::Strategy(to), Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    for round in 0..3 {
+        let started = std::time::Instant::now();
+        let admin = m.admin();
+        let (a, b) = (id("left"), id("right"));
+        let (left, right) = tokio::join!(
+            admin.move_tenant(&a, MoveTo::Strategy(Strategy::Schema), Duration::ZERO),
+            admin.move_tenant(&b, MoveTo::Strategy(Strategy::Schema), Duration::ZERO),
+        );
+        let took = started.elapsed();
+        left.unwrap_or_else(|e| panic!("round {round}: left: {e}"));
+        right.unwrap_or_else(|e| panic!("round {round}: right: {e}"));
+        assert!(took < Duration::from_secs(8), "round {round}: {took:?}");
+        for t in ["left", "right"] {
+            assert_eq!(contents(&m, t).await.0.len(), 5000, "round {round}: {t}");
+            m.admin()
+                .move_tenant(&id(t), MoveTo::Strategy(Strategy::Row), Duration::ZERO)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// A partitioned shared table: a statement names the table it writes, and a statement
+/// trigger fires on that table only, so the guards go on every partition too (with
+/// the shared table's name for the catch-up): a write straight into a partition is
+/// fenced and recorded like one through the shared table, and no TRUNCATE runs while
+/// a tenant moves.
+#[tokio::test]
+async fn partitions_of_shared_tables_are_guarded_too() {
+    let (db, pool) = database().await;
+    let role = format!("rows_{}", db.tag());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {role} LOGIN NOBYPASSRLS;
+         CREATE SCHEMA shared;
+         CREATE TABLE shared.events (
+             tenant_id text NOT NULL DEFAULT current_setting('tenantry.tenant_id'),
+             id bigint NOT NULL,
+             body text NOT NULL,
+             PRIMARY KEY (tenant_id, id)
+         ) PARTITION BY RANGE (id);
+         CREATE TABLE shared.events_low PARTITION OF shared.events
+             FOR VALUES FROM (MINVALUE) TO (1000);
+         CREATE TABLE shared.events_high PARTITION OF shared.events
+             FOR VALUES FROM (1000) TO (MAXVALUE);
+         GRANT USAGE ON SCHEMA shared TO {role};
+         GRANT SELECT, INSERT, UPDATE, DELETE ON shared.events TO {role};"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    tenantry::strategy::install_rls(&mut conn, "shared.events", "tenant_id")
+        .await
+        .unwrap();
+    drop(conn);
+    let migrations = tenantry::TenantMigrations::from_sources([(
+        1,
+        "events".to_owned(),
+        "CREATE TABLE events (id bigint PRIMARY KEY, body text NOT NULL) PARTITION BY RANGE (id);
+         CREATE TABLE events_low PARTITION OF events FOR VALUES FROM (MINVALUE) TO (1000);
+         CREATE TABLE events_high PARTITION OF events FOR VALUES FROM (1000) TO (MAXVALUE);"
+            .to_owned(),
+    )])
+    .unwrap();
+    let m = TenantManager::builder(pool.clone())
+        .migrations(migrations)
+        .pool_config(PoolConfig {
+            row_schema: Some("shared".into()),
+            row_user: Some(role.clone()),
+            ..PoolConfig::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    create_with(&m, "acme", Strategy::Row).await;
+    {
+        let t = m.resolve_tenant(&id("acme")).await.unwrap();
+        let mut db = m.tenant_db(t).await.unwrap();
+        sqlx::query("INSERT INTO events (id, body) VALUES (1, 'low'), (2000, 'high')")
+            .execute(&mut db)
+            .await
+            .unwrap();
+    }
+    for to in [Strategy::Schema, Strategy::Row] {
+        m.admin()
+            .move_tenant(&id("acme"), MoveTo::Strategy(to), Duration::ZERO)
+            .await
+            .unwrap_or_else(|e| panic!("move to {to}: {e}"));
+    }
+    let guards: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT c.relname::text, count(t.oid) FROM pg_class c
+         LEFT JOIN pg_trigger t ON t.tgrelid = c.oid AND t.tgname LIKE 'tenantry\\_guard\\_%'
+         WHERE c.relnamespace = 'shared'::regnamespace AND c.relkind IN ('r', 'p')
+         GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        guards,
+        [
+            ("events".to_owned(), 4),
+            ("events_high".to_owned(), 4),
+            ("events_low".to_owned(), 4)
+        ]
+    );
+    // A move's capture: a write straight into a partition is recorded under the
+    // shared table's name.
+    sqlx::raw_sql(
+        "INSERT INTO tenantry.row_moves (tenant_id) VALUES ('acme');
+         INSERT INTO shared.events_high (tenant_id, id, body) VALUES ('acme', 3000, 'direct');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let recorded: Vec<(String, String)> = sqlx::query_as(
+        "SELECT tbl, key ->> 'body' FROM tenantry.row_move_changes WHERE tenant_id = 'acme'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded, [("events".to_owned(), "direct".to_owned())]);
+    // Its fence: refused straight into a partition too, and no TRUNCATE meanwhile.
+    sqlx::query("UPDATE tenantry.row_moves SET fenced = true WHERE tenant_id = 'acme'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for statement in [
+        "INSERT INTO shared.events_low (tenant_id, id, body) VALUES ('acme', 5, 'x')",
+        "UPDATE shared.events_high SET body = 'y' WHERE tenant_id = 'acme'",
+        "DELETE FROM shared.events_low WHERE tenant_id = 'acme'",
+        "TRUNCATE shared.events_low",
+        "TRUNCATE shared.events",
+    ] {
+        let e = sqlx::query(statement).execute(&pool).await.unwrap_err();
+        let code = e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .unwrap_or_default();
+        assert_eq!(code, "25006", "{statement}: {e}");
+    }
+    assert!(m.admin().recover_move(&id("acme")).await.unwrap());
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM shared.events WHERE tenant_id = 'acme'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, 3, "the refused writes wrote nothing");
+}

@@ -235,9 +235,9 @@ impl Strategies {
     }
 
     /// Takes a row tenant's move to `step`; a capture or fence going up then waits for
-    /// the transactions open meanwhile (but those of server processes `spare`, the
-    /// move's own), and is undone if they do not end in time.
-    async fn guard_step(&self, tenant: &Tenant, step: Step, spare: &[i32]) -> Result<(), Error> {
+    /// the transactions open meanwhile (but those of moves under way), and is undone
+    /// if they do not end in time.
+    async fn guard_step(&self, tenant: &Tenant, step: Step) -> Result<(), Error> {
         let control = self.repo.control_schema();
         let mut conn = self.repo.pool().acquire().await?;
         if step == Step::Capture {
@@ -247,7 +247,7 @@ impl Strategies {
         }
         row_guard::set(&mut conn, control, &tenant.id, step).await?;
         if matches!(step, Step::Capture | Step::Fence)
-            && let Err(e) = row_guard::wait_for_open_transactions(&mut conn, spare).await
+            && let Err(e) = row_guard::wait_for_open_transactions(&mut conn, control).await
         {
             if let Err(lift) = row_guard::set(&mut conn, control, &tenant.id, Step::Lift).await {
                 tracing::error!(tenant = %tenant.id, error = %lift, "a failed move could not lift its write fence; `tenantry tenants move --recover` lifts it");
@@ -302,15 +302,9 @@ impl Strategies {
 
     /// Raises (`up`) or lifts the write fence on the tenant's place.
     async fn fence(&self, tenant: &Tenant, up: bool) -> Result<(), Error> {
-        self.fence_sparing(tenant, up, &[]).await
-    }
-
-    /// [`Self::fence`]; a row tenant's fence going up does not wait for the
-    /// transactions of server processes `spare` (the move's own).
-    async fn fence_sparing(&self, tenant: &Tenant, up: bool, spare: &[i32]) -> Result<(), Error> {
         if self.row_guarded(tenant) {
             return self
-                .guard_step(tenant, if up { Step::Fence } else { Step::Lift }, spare)
+                .guard_step(tenant, if up { Step::Fence } else { Step::Lift })
                 .await;
         }
         if self.on_citus(tenant) {
@@ -345,11 +339,7 @@ impl Strategies {
     async fn capture(&self, tenant: &Tenant, capture: &Capture, up: bool) -> Result<(), Error> {
         if self.row_guarded(tenant) {
             return self
-                .guard_step(
-                    tenant,
-                    if up { Step::Capture } else { Step::CaptureOff },
-                    &[],
-                )
+                .guard_step(tenant, if up { Step::Capture } else { Step::CaptureOff })
                 .await;
         }
         self.on_source(tenant, |tables, names| capture.sql(tables, names, up))
@@ -613,7 +603,14 @@ impl Strategies {
                 database::load(options, db, id, &snapshot).await?;
                 PgConnection::connect_with(&options.clone().database(db)).await?
             }
-            None => PgConnection::connect_with(&self.repo.pool().connect_options()).await?,
+            None => {
+                let mut conn =
+                    PgConnection::connect_with(&self.repo.pool().connect_options()).await?;
+                // Its transaction holds only this tenant's rows: row tenants' moves,
+                // this one's fence included, do not wait for it.
+                row_guard::register_backend(&mut conn, self.repo.control_schema()).await?;
+                conn
+            }
         };
         let storage = self.names.schema(id);
         if strategy == Strategy::Schema {
@@ -647,12 +644,7 @@ impl Strategies {
         let (fenced, recopied) = match fenced {
             Some(fenced) => (fenced, 0),
             None => {
-                // The new place's transaction is the move's own: the fence does not
-                // wait for it.
-                let target_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-                    .fetch_one(&mut *target)
-                    .await?;
-                self.fence_sparing(tenant, true, &[target_pid]).await?;
+                self.fence(tenant, true).await?;
                 made.fenced = true;
                 let fenced = Instant::now();
                 let mut source_conn = self.connect_source(tenant).await?;
@@ -706,6 +698,10 @@ impl Strategies {
                 moved
             }
         };
+        if new_db.is_none() {
+            let _ =
+                row_guard::unregister_backend(&mut target_conn, self.repo.control_schema()).await;
+        }
         let _ = target_conn.close().await;
         Ok(Switched {
             tenant: moved,

@@ -39,25 +39,32 @@ pub(crate) const LOCK_WAIT: &str = "50ms";
 /// on, or for a try at installing a guard to find the table free.
 pub(crate) const MOVE_WAIT: Duration = Duration::from_secs(10);
 
-/// The guard triggers on a shared table of the registry in `control`: their names
-/// and the clause each is made with. One per command: a trigger with transition
-/// tables fires on one kind of statement only.
-pub(crate) fn triggers(control: &str) -> [(String, &'static str); 3] {
+/// The guard triggers on a shared table (or partition) of the registry in `control`:
+/// their names and the clause each is made with. One per command: a trigger with
+/// transition tables fires on one kind of statement only.
+pub(crate) fn triggers(control: &str) -> [(String, &'static str); 4] {
     let mut base = format!("tenantry_guard_{control}");
-    // Identifiers are cut at 63 bytes by the server; control schemas are ASCII.
-    base.truncate(56);
+    // Identifiers are cut at 63 bytes by the server; control schemas are ASCII. Two
+    // control schemas alike in their first 39 bytes would share the names: `install`
+    // refuses a trigger of that name that is not this registry's.
+    base.truncate(54);
     [
         (
             format!("{base}_insert"),
-            "AFTER INSERT ON {t} REFERENCING NEW TABLE AS new_rows",
+            "AFTER INSERT ON {t} REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT",
         ),
         (
             format!("{base}_update"),
-            "AFTER UPDATE ON {t} REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows",
+            "AFTER UPDATE ON {t} REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows \
+             FOR EACH STATEMENT",
         ),
         (
             format!("{base}_delete"),
-            "AFTER DELETE ON {t} REFERENCING OLD TABLE AS old_rows",
+            "AFTER DELETE ON {t} REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT",
+        ),
+        (
+            format!("{base}_truncate"),
+            "BEFORE TRUNCATE ON {t} FOR EACH STATEMENT",
         ),
     ]
 }
@@ -72,10 +79,13 @@ pub(crate) fn changes_of(quoted_control: &str, tenant: &TenantId) -> String {
     )
 }
 
-/// Puts the guard triggers on each of `tables` (quoted names) that lacks them, one
-/// trigger per transaction, each try waiting at most [`LOCK_WAIT`] for the table and
-/// retried for up to [`MOVE_WAIT`]: statements of other tenants queue behind a
-/// waiting `CREATE TRIGGER`, so it must never wait long.
+/// Puts the guard triggers on each of `tables` (quoted names) and on each of their
+/// partitions (a statement names the table it writes, and a statement trigger fires
+/// on that table only) where they are missing, one trigger per transaction, each try
+/// waiting at most [`LOCK_WAIT`] for the table and retried for up to [`MOVE_WAIT`]:
+/// statements of other tenants queue behind a waiting `CREATE TRIGGER`, so it must
+/// never wait long. A trigger of a guard's name that is disabled or calls another
+/// function is refused: the move would run unguarded.
 pub(crate) async fn install(
     conn: &mut PgConnection,
     control: &str,
@@ -83,27 +93,54 @@ pub(crate) async fn install(
 ) -> Result<(), Error> {
     let triggers = triggers(control);
     let names: Vec<&str> = triggers.iter().map(|(n, _)| n.as_str()).collect();
-    let there: Vec<(String, String)> = sqlx::query_as(
-        "SELECT format('%I.%I', n.nspname, c.relname), t.tgname::text
+    let function = format!("{}.row_move_guard", quote_ident(control));
+    // Each table and partition, with the name of the shared table it belongs to (what
+    // the catch-up calls it).
+    let targets: Vec<(String, String)> = sqlx::query_as(
+        "SELECT format('%I.%I', n.nspname, c.relname), r.relname::text
+         FROM unnest($1::text[]) AS t(name)
+         JOIN pg_catalog.pg_class r ON r.oid = t.name::regclass
+         -- (no rows for a table that is not partitioned)
+         CROSS JOIN LATERAL (SELECT r.oid AS relid
+                             UNION SELECT relid FROM pg_catalog.pg_partition_tree(r.oid)) p
+         JOIN pg_catalog.pg_class c ON c.oid = p.relid
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind IN ('r', 'p')
+         ORDER BY 1",
+    )
+    .bind(tables)
+    .fetch_all(&mut *conn)
+    .await?;
+    let there: Vec<(String, String, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT format('%I.%I', n.nspname, c.relname), t.tgname::text,
+                t.tgfoid = '{function}()'::pg_catalog.regprocedure AND t.tgenabled <> 'D'
          FROM pg_catalog.pg_trigger t
          JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-         WHERE t.tgname::text = ANY ($1)",
-    )
+         WHERE t.tgname::text = ANY ($1)"
+    )))
     .bind(&names)
     .fetch_all(&mut *conn)
     .await?;
-    let function = format!("{}.row_move_guard", quote_ident(control));
-    for table in tables {
+    for (table, shared) in &targets {
         for (name, when) in &triggers {
-            if there.iter().any(|(t, n)| t == table && n == name) {
-                continue;
+            match there.iter().find(|(t, n, _)| t == table && n == name) {
+                Some((_, _, true)) => continue,
+                Some((_, _, false)) => {
+                    return Err(Error::Conflict(format!(
+                        "trigger `{name}` on `{table}` is disabled or is not this registry's \
+                         move guard: a move of a row tenant would run unguarded; drop it \
+                         (or enable it) and retry"
+                    )));
+                }
+                None => {}
             }
             let sql = format!(
                 "SET LOCAL lock_timeout = '{LOCK_WAIT}';
-                 CREATE TRIGGER {} {} FOR EACH STATEMENT EXECUTE FUNCTION {function}()",
+                 CREATE TRIGGER {} {} EXECUTE FUNCTION {function}({})",
                 quote_ident(name),
-                when.replace("{t}", table)
+                when.replace("{t}", table),
+                crate::naming::quote_literal(shared)
             );
             create_briefly(conn, &sql, table).await?;
         }
@@ -186,15 +223,16 @@ pub(crate) async fn set(
             }
         }
         Step::Fence => {
+            // After the capture only: a row gone meanwhile (the tenant deleted) is not
+            // made again, fenced, for the next tenant of its id.
             let made = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO {c}.row_moves AS m (tenant_id, fenced) VALUES ($1, true)
-                 ON CONFLICT (tenant_id) DO UPDATE SET fenced = true WHERE NOT m.fenced"
+                "UPDATE {c}.row_moves SET fenced = true WHERE tenant_id = $1 AND NOT fenced"
             )))
             .bind(tenant.as_str())
             .execute(&mut *conn)
             .await?;
             if made.rows_affected() == 0 {
-                return Err(busy());
+                return Err(Error::TenantChanged(tenant.clone()));
             }
         }
         Step::CaptureOff | Step::Lift => {
@@ -270,27 +308,40 @@ pub(crate) async fn all_pending(
     .await?)
 }
 
-/// Waits until every transaction that is open in this database now (but `conn`'s and
-/// those of server processes `spare`, the move's own) has ended: after it, every
-/// write made before a capture or fence went on is committed or gone. Up to
-/// [`MOVE_WAIT`]; then a conflict naming the server processes that kept theirs open.
-/// Holds no lock.
+/// Waits until every transaction that is open in this database now has ended (but
+/// `conn`'s, and those of moves under way, registered in `move_backends` by
+/// [`register_backend`]), prepared ones included: after it, every write made before a
+/// capture or fence went on is committed or gone. Up to [`MOVE_WAIT`]; then a
+/// conflict naming the server processes that kept theirs open. Holds no lock.
+///
+/// Every session of the database counts, whoever it belongs to: a registry login
+/// without `pg_read_all_stats` sees other users' sessions' database but not their
+/// kind, so autovacuum workers are waited for too when it cannot tell them apart.
 pub(crate) async fn wait_for_open_transactions(
     conn: &mut PgConnection,
-    spare: &[i32],
+    control: &str,
 ) -> Result<(), Error> {
-    let open: Vec<(String, i32)> = sqlx::query_as(
+    let c = quote_ident(control);
+    let open: Vec<(String, i32)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT l.virtualxid, l.pid FROM pg_catalog.pg_locks l
          JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
          WHERE l.locktype = 'virtualxid' AND l.mode = 'ExclusiveLock' AND l.granted
-           AND l.pid <> pg_catalog.pg_backend_pid() AND NOT l.pid = ANY ($1)
-           AND a.backend_type = 'client backend'
-           AND a.datname = pg_catalog.current_database()",
-    )
-    .bind(spare)
+           AND l.pid <> pg_catalog.pg_backend_pid()
+           AND a.datid = (SELECT d.oid FROM pg_catalog.pg_database d
+                          WHERE d.datname = pg_catalog.current_database())
+           AND (a.backend_type IS NULL OR a.backend_type = 'client backend')
+           AND NOT EXISTS (SELECT 1 FROM {c}.move_backends b
+                           WHERE b.pid = a.pid AND b.backend_start = a.backend_start)"
+    )))
     .fetch_all(&mut *conn)
     .await?;
-    if open.is_empty() {
+    let prepared: Vec<String> = sqlx::query_scalar(
+        "SELECT gid FROM pg_catalog.pg_prepared_xacts
+         WHERE database = pg_catalog.current_database()",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    if open.is_empty() && prepared.is_empty() {
         return Ok(());
     }
     let ids: Vec<String> = open.iter().map(|(v, _)| v.clone()).collect();
@@ -304,16 +355,56 @@ pub(crate) async fn wait_for_open_transactions(
         .bind(&ids)
         .fetch_all(&mut *conn)
         .await?;
-        if left.is_empty() {
+        let still_prepared: Vec<String> = sqlx::query_scalar(
+            "SELECT gid FROM pg_catalog.pg_prepared_xacts
+             WHERE database = pg_catalog.current_database() AND gid = ANY ($1)",
+        )
+        .bind(&prepared)
+        .fetch_all(&mut *conn)
+        .await?;
+        if left.is_empty() && still_prepared.is_empty() {
             return Ok(());
         }
         if started.elapsed() >= MOVE_WAIT {
             return Err(Error::Conflict(format!(
-                "transactions open since the move began (server processes {left:?}) did not \
-                 end within {} s; the move was undone, retry when they are done",
+                "transactions open since the move began (server processes {left:?}, prepared \
+                 transactions {still_prepared:?}) did not end within {} s; the move was \
+                 undone, retry when they are done",
                 MOVE_WAIT.as_secs()
             )));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Records `conn`'s server process as a move's (its new place's transaction, which
+/// row tenants' moves do not wait for: it writes only its own tenant's rows), and
+/// forgets records of processes that are gone. [`unregister_backend`] ends it.
+pub(crate) async fn register_backend(conn: &mut PgConnection, control: &str) -> Result<(), Error> {
+    let c = quote_ident(control);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM {c}.move_backends b WHERE NOT EXISTS (
+             SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = b.pid);
+         INSERT INTO {c}.move_backends (pid, backend_start)
+             SELECT pid, backend_start FROM pg_catalog.pg_stat_activity
+             WHERE pid = pg_catalog.pg_backend_pid()
+             ON CONFLICT DO NOTHING"
+    )))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Forgets `conn`'s server process as a move's.
+pub(crate) async fn unregister_backend(
+    conn: &mut PgConnection,
+    control: &str,
+) -> Result<(), Error> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM {}.move_backends WHERE pid = pg_catalog.pg_backend_pid()",
+        quote_ident(control)
+    )))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
