@@ -4,7 +4,6 @@ use std::marker::PhantomData;
 
 use sqlx::postgres::PgArguments;
 
-use crate::entity::Op;
 use crate::error::Error;
 
 /// A type that can be stored in a PostgreSQL column: one that sqlx decodes and
@@ -342,5 +341,41 @@ pub struct Assign<E> {
 impl<E> std::fmt::Debug for Assign<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Assign({} = ..)", self.column)
+    }
+}
+
+/// A comparison in a [`Select`](crate::Select) or a typed column condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `=`
+    Eq,
+    /// `<>`
+    Ne,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `LIKE`
+    Like,
+    /// `ILIKE`
+    ILike,
+}
+
+impl Op {
+    pub(crate) fn sql(self) -> &'static str {
+        match self {
+            Op::Eq => "=",
+            Op::Ne => "<>",
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Gt => ">",
+            Op::Ge => ">=",
+            Op::Like => "LIKE",
+            Op::ILike => "ILIKE",
+        }
     }
 }

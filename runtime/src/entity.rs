@@ -10,7 +10,7 @@ use std::marker::PhantomData;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{Arguments, Encode, PgConnection, Postgres, Type};
 
-use crate::column::{Assign, Cond, Order};
+use crate::column::{Assign, Cond, Op, Order};
 use crate::db::{TenantDb, TenantTx};
 use crate::error::Error;
 use crate::naming::quote_ident;
@@ -813,42 +813,6 @@ fn read_text<E: TenantEntity>(
     E::sql()
         .for_tenant(tenant)
         .read_text(text, count, schema, tenant)
-}
-
-/// A comparison in a [`Select`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    /// `=`
-    Eq,
-    /// `<>`
-    Ne,
-    /// `<`
-    Lt,
-    /// `<=`
-    Le,
-    /// `>`
-    Gt,
-    /// `>=`
-    Ge,
-    /// `LIKE`
-    Like,
-    /// `ILIKE`
-    ILike,
-}
-
-impl Op {
-    fn sql(self) -> &'static str {
-        match self {
-            Op::Eq => "=",
-            Op::Ne => "<>",
-            Op::Lt => "<",
-            Op::Le => "<=",
-            Op::Gt => ">",
-            Op::Ge => ">=",
-            Op::Like => "LIKE",
-            Op::ILike => "ILIKE",
-        }
-    }
 }
 
 /// A filtered query over an entity. Columns are checked against the entity's

@@ -32,10 +32,10 @@ pub mod strategy;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use column::{Assign, Col, ColumnType, ColumnValue, Cond, Order, ReadOnly, Writable};
+pub use column::{Assign, Col, ColumnType, ColumnValue, Cond, Op, Order, ReadOnly, Writable};
 pub use context::TenantContext;
 pub use db::{TenantDb, TenantTx};
-pub use entity::{NewEntity, Op, Select, TenantEntity, TenantHandle};
+pub use entity::{NewEntity, Select, TenantEntity, TenantHandle};
 pub use error::{Error, PROBLEM_JSON, Problem, Result};
 pub use limits::{LimitedService, TenantLimitLayer};
 pub use manager::{FanOut, Selection, TenantManager, TenantManagerBuilder, TenantOutcome};

@@ -994,12 +994,12 @@ impl TenantRepository {
         Ok(())
     }
 
-    /// Records the application's tenant migrations (each version's description, SQL
-    /// and checksum), replacing a version whose checksum changed; versions the source
+    /// Records the application's tenant migrations, `(version, description, SQL,
+    /// checksum)` each, replacing a version whose checksum changed; versions the source
     /// does not have stay (an older instance does not unregister a newer one's).
     pub async fn register_migrations(
         &self,
-        migrations: &crate::migrate::TenantMigrations,
+        migrations: impl IntoIterator<Item = (i64, String, String, Vec<u8>)>,
     ) -> Result<(), Error> {
         let q = &self.quoted_schema;
         let sql = format!(
@@ -1011,11 +1011,11 @@ impl TenantRepository {
         );
         let (mut versions, mut descriptions, mut sqls, mut checksums) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for m in migrations.ups() {
-            versions.push(m.version);
-            descriptions.push(m.description.to_string());
-            sqls.push(m.sql.as_str().to_owned());
-            checksums.push(m.checksum.to_vec());
+        for (version, description, sql, checksum) in migrations {
+            versions.push(version);
+            descriptions.push(description);
+            sqls.push(sql);
+            checksums.push(checksum);
         }
         if versions.is_empty() {
             return Ok(());
@@ -1031,15 +1031,16 @@ impl TenantRepository {
     }
 
     /// The tenant migrations an application registered ([`Self::register_migrations`]),
-    /// as a source; empty when none did.
-    pub async fn registered_migrations(&self) -> Result<crate::migrate::TenantMigrations, Error> {
+    /// `(version, description, SQL)` each in version order (for
+    /// [`TenantMigrations::from_sources`](crate::TenantMigrations::from_sources));
+    /// empty when none did.
+    pub async fn registered_migrations(&self) -> Result<Vec<(i64, String, String)>, Error> {
         let q = &self.quoted_schema;
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT version, description, sql FROM {q}.migration_source ORDER BY version"
         )))
         .fetch_all(&self.pool)
-        .await?;
-        crate::migrate::TenantMigrations::from_sources(rows)
+        .await?)
     }
 
     /// The migration versions applied to every tenant that is not deleted, with their

@@ -185,10 +185,19 @@ impl TenantManagerBuilder {
         repo.ensure_schema().await?;
         if self.migrations.versions().is_empty() {
             if self.from_registry {
-                self.migrations = repo.registered_migrations().await?;
+                self.migrations =
+                    crate::TenantMigrations::from_sources(repo.registered_migrations().await?)?;
             }
         } else if self.register {
-            repo.register_migrations(&self.migrations).await?;
+            repo.register_migrations(self.migrations.ups().map(|m| {
+                (
+                    m.version,
+                    m.description.to_string(),
+                    m.sql.as_str().to_owned(),
+                    m.checksum.to_vec(),
+                )
+            }))
+            .await?;
         }
         // The application's row schema scopes what row tenants' moves, exports and
         // deletions touch, for the CLI too (which does not record its own).

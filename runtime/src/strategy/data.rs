@@ -14,8 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, Row};
 
-use super::row::{RLS_POLICIES, TENANT_COLUMN, TENANT_SETTING, shared_tables_sql};
+use super::shared::{RLS_POLICIES, TENANT_COLUMN, shared_tables_sql};
 use crate::error::Error;
+use crate::naming::TENANT_SETTING;
 use crate::naming::{quote_ident, quote_literal};
 use crate::tenant::{Strategy, TenantId, TenantLimits};
 
@@ -141,7 +142,7 @@ async fn prepare(
 ) -> Result<(), Error> {
     // On Citus these reach the workers too, where the rows' text and checksums are
     // computed (and the row tenant's shards filter on the tenant setting).
-    super::row::propagate_locally(conn).await?;
+    super::shared::propagate_locally(conn).await?;
     sqlx::raw_sql(
         "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, MDY'; \
          SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 1; \
@@ -150,7 +151,7 @@ async fn prepare(
     .execute(&mut *conn)
     .await?;
     if let Place::Rows { .. } = place {
-        super::row::set_rows_tenant(conn, tenant).await?;
+        super::shared::set_rows_tenant(conn, tenant).await?;
     }
     Ok(())
 }
@@ -178,7 +179,7 @@ async fn tables(conn: &mut PgConnection, place: Place<'_>) -> Result<Vec<Table>,
             .await?
         }
         Place::Rows { control } => {
-            let row_schema = super::row::recorded_row_schema(&mut *conn, control).await?;
+            let row_schema = super::shared::recorded_row_schema(&mut *conn, control).await?;
             let shared = shared_tables_sql(row_schema.as_deref());
             sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "SELECT c.oid {shared} AND NOT c.relispartition

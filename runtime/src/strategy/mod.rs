@@ -25,6 +25,7 @@ mod relocate;
 mod row;
 mod row_guard;
 mod schema;
+mod shared;
 mod template;
 
 use serde::Serialize;
