@@ -16,8 +16,7 @@ use sqlx::{PgConnection, Row};
 
 use super::shared::{RLS_POLICIES, TENANT_COLUMN, shared_tables_sql};
 use crate::error::Error;
-use crate::naming::TENANT_SETTING;
-use crate::naming::{quote_ident, quote_literal};
+use crate::naming::{TENANT_SETTING, quote_ident, quote_literal};
 use crate::tenant::{Strategy, TenantId, TenantLimits};
 
 /// The `format` of a tenantry export.

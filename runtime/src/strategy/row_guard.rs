@@ -205,11 +205,6 @@ pub(crate) async fn set(
     step: Step,
 ) -> Result<(), Error> {
     let c = quote_ident(control);
-    let busy = || {
-        Error::Conflict(format!(
-            "tenant `{tenant}` is being moved already (its write fence is up)"
-        ))
-    };
     match step {
         Step::Capture => {
             let made = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -219,7 +214,9 @@ pub(crate) async fn set(
             .execute(&mut *conn)
             .await?;
             if made.rows_affected() == 0 {
-                return Err(busy());
+                return Err(Error::Conflict(format!(
+                    "tenant `{tenant}` is being moved already (its write fence is up)"
+                )));
             }
         }
         Step::Fence => {
@@ -236,24 +233,8 @@ pub(crate) async fn set(
             }
         }
         Step::CaptureOff | Step::Lift => {
-            let keep_fence = if step == Step::CaptureOff {
-                " AND NOT fenced"
-            } else {
-                ""
-            };
             let mut tx = conn.begin().await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DELETE FROM {c}.row_moves WHERE tenant_id = $1{keep_fence}"
-            )))
-            .bind(tenant.as_str())
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DELETE FROM {c}.row_move_changes WHERE tenant_id = $1"
-            )))
-            .bind(tenant.as_str())
-            .execute(&mut *tx)
-            .await?;
+            clear(&mut tx, control, tenant, step == Step::CaptureOff).await?;
             tx.commit().await?;
         }
     }
@@ -267,14 +248,27 @@ pub(crate) async fn forget(
     control: &str,
     tenant: &TenantId,
 ) -> Result<(), Error> {
+    clear(conn, control, tenant, false).await
+}
+
+/// Deletes `tenant`'s change records and its row in `row_moves` (unless that row is
+/// fenced and `keep_fence`), inside the caller's transaction.
+async fn clear(
+    conn: &mut PgConnection,
+    control: &str,
+    tenant: &TenantId,
+    keep_fence: bool,
+) -> Result<(), Error> {
     let c = quote_ident(control);
-    for table in ["row_moves", "row_move_changes"] {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DELETE FROM {c}.{table} WHERE tenant_id = $1"
-        )))
-        .bind(tenant.as_str())
-        .execute(&mut *conn)
-        .await?;
+    let unless_fenced = if keep_fence { " AND NOT fenced" } else { "" };
+    for sql in [
+        format!("DELETE FROM {c}.row_moves WHERE tenant_id = $1{unless_fenced}"),
+        format!("DELETE FROM {c}.row_move_changes WHERE tenant_id = $1"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
