@@ -260,6 +260,31 @@ impl<E, T: ColumnType + 'static, W> Col<E, T, W> {
     pub fn ilike(self, pattern: impl ColumnValue<T>) -> Cond<E> {
         self.compare(Op::ILike, pattern.into_value())
     }
+
+    /// `column = ANY(values)`: one of `values`, bound as one array parameter (one
+    /// statement text whatever the number of values; an empty list matches nothing).
+    /// What loads the rows that belong to a page of other rows in one query:
+    ///
+    /// ```no_run
+    /// # use tenantry::TenantEntity;
+    /// # #[derive(TenantEntity)]
+    /// # struct Tag { #[tenant(id, generated)] id: i64, article_id: i64, tag: String }
+    /// # async fn f(db: &mut tenantry::TenantDb) -> Result<(), tenantry::Error> {
+    /// let tags = Tag::select().filter_by(Tag::ARTICLE_ID.any(vec![1, 2, 3])).fetch_all(db).await?;
+    /// # let _ = tags; Ok(()) }
+    /// ```
+    pub fn any(self, values: impl IntoIterator<Item = impl ColumnValue<T>>) -> Cond<E>
+    where
+        Vec<T>: ColumnType,
+    {
+        let values: Vec<T> = values.into_iter().map(ColumnValue::into_value).collect();
+        Cond {
+            column: self.name,
+            op: Op::Any,
+            value: binder(values),
+            _entity: PhantomData,
+        }
+    }
 }
 
 impl<E, T: ColumnType + 'static> Col<E, T, Writable> {
@@ -363,6 +388,9 @@ pub enum Op {
     Like,
     /// `ILIKE`
     ILike,
+    /// `= ANY(array)`: the column equals one of a list of values ([`Col::any`]; with
+    /// the string form, bind a `Vec` of the column's type).
+    Any,
 }
 
 impl Op {
@@ -376,6 +404,15 @@ impl Op {
             Op::Ge => ">=",
             Op::Like => "LIKE",
             Op::ILike => "ILIKE",
+            Op::Any => "= ANY",
+        }
+    }
+
+    /// The condition `column <op> $n`, `column` quoted.
+    pub(crate) fn clause(self, column: &str, n: usize) -> String {
+        match self {
+            Op::Any => format!("{column} = ANY (${n})"),
+            op => format!("{column} {} ${n}", op.sql()),
         }
     }
 }

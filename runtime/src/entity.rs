@@ -10,7 +10,7 @@ use std::marker::PhantomData;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{Arguments, Encode, PgConnection, Postgres, Type};
 
-use crate::column::{Assign, Cond, Op, Order};
+use crate::column::{Assign, Col, ColumnType, Cond, Op, Order};
 use crate::db::{TenantDb, TenantTx};
 use crate::error::Error;
 use crate::naming::quote_ident;
@@ -228,6 +228,8 @@ pub struct EntitySql {
     list: String,
     count: String,
     insert: String,
+    /// `insert` with `ON CONFLICT DO NOTHING` before its `RETURNING`.
+    insert_or_ignore: String,
     update: String,
     delete: String,
     select_prefix: String,
@@ -352,11 +354,11 @@ impl EntitySql {
             insert_names.push(tc.clone());
             insert_binds.push(Bind::Tenant);
         }
-        let insert = if insert_names.is_empty() {
-            format!("INSERT INTO {t} DEFAULT VALUES RETURNING {cols}")
+        let insert_head = if insert_names.is_empty() {
+            format!("INSERT INTO {t} DEFAULT VALUES")
         } else {
             format!(
-                "INSERT INTO {t} ({}) VALUES ({}) RETURNING {cols}",
+                "INSERT INTO {t} ({}) VALUES ({})",
                 insert_names.join(", "),
                 (1..=insert_names.len())
                     .map(|n| format!("${n}"))
@@ -364,6 +366,8 @@ impl EntitySql {
                     .join(", ")
             )
         };
+        let insert = format!("{insert_head} RETURNING {cols}");
+        let insert_or_ignore = format!("{insert_head} ON CONFLICT DO NOTHING RETURNING {cols}");
         // Update every column but the key, the tenant column and generated ones.
         let set: Vec<(usize, &&str)> = columns
             .iter()
@@ -390,6 +394,7 @@ impl EntitySql {
             list,
             count,
             insert,
+            insert_or_ignore,
             update: format!(
                 "UPDATE {t} SET {set_sql} WHERE {} RETURNING {cols}",
                 keyed(set.len() + 1)
@@ -597,6 +602,20 @@ pub trait TenantEntity: Sized + Send + Unpin + 'static {
         Box::pin(insert_row(handle, |i, args| self.bind_column(i, args)))
     }
 
+    /// [`Self::insert`] unless a unique key has the row already (`ON CONFLICT DO
+    /// NOTHING`): the stored row, or `None` (see [`NewEntity::insert_or_ignore`]).
+    fn insert_or_ignore<'a, H: TenantHandle>(
+        &'a self,
+        handle: &'a mut H,
+    ) -> BoxFuture<'a, Result<Option<Self>, Error>>
+    where
+        Self: Sync,
+    {
+        Box::pin(insert_or_ignore_row(handle, |i, args| {
+            self.bind_column(i, args)
+        }))
+    }
+
     /// Writes every non-key column of this value; returns the stored row, or `None`
     /// if the tenant has no row with this primary key.
     fn update<'a, H: TenantHandle>(
@@ -739,6 +758,35 @@ pub trait NewEntity: Sized + Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Self::Entity, Error>> {
         Box::pin(insert_row(handle, |i, args| self.bind_column(i, args)))
     }
+
+    /// Inserts a row with these values unless it would violate a unique key
+    /// (`INSERT ... ON CONFLICT DO NOTHING`): the stored row, or `None` when a row
+    /// with the same key values was there already (left unchanged). What a "follow",
+    /// "favorite" or "tag" link that may exist already needs, without an error to
+    /// catch or a transaction to roll back.
+    fn insert_or_ignore<'a, H: TenantHandle>(
+        &'a self,
+        handle: &'a mut H,
+    ) -> BoxFuture<'a, Result<Option<Self::Entity>, Error>> {
+        Box::pin(insert_or_ignore_row(handle, |i, args| {
+            self.bind_column(i, args)
+        }))
+    }
+}
+
+/// [`insert_row`] with `ON CONFLICT DO NOTHING`: `None` when a unique key had the row.
+async fn insert_or_ignore_row<E: TenantEntity, H: TenantHandle>(
+    handle: &mut H,
+    column: impl Fn(usize, &mut PgArguments) -> Result<(), Error>,
+) -> Result<Option<E>, Error> {
+    let sql = E::sql().for_tenant(handle.bound_tenant());
+    let args = EntitySql::arguments(column, handle.bound_tenant(), &sql.insert_binds)?;
+    let row = own_statement!(
+        handle,
+        fetch_optional(sqlx::query_with(sql.insert_or_ignore.as_str(), args))
+    );
+    handle.touch(sealed::Token(()));
+    decode_optional(row.as_ref())
 }
 
 /// Inserts a row of `E`, each column's value added by `column(index, args)` (the
@@ -952,7 +1000,7 @@ impl<E: TenantEntity> Select<E> {
         let mut clauses = Vec::new();
         for (column, op) in &self.conditions {
             n += 1;
-            clauses.push(format!("{} {} ${n}", quote_ident(column), op.sql()));
+            clauses.push(op.clause(&quote_ident(column), n));
         }
         if let Some(tenant_column) = &statements.tenant_column {
             n += 1;
@@ -1074,6 +1122,109 @@ impl<E: TenantEntity> Select<E> {
                 fetch_optional(args)
             );
             decode_optional(row.as_ref())
+        })
+    }
+
+    /// How many rows match, per value of `column`: `SELECT column, count(*) ...
+    /// GROUP BY column`, in no particular order. A count per row of another list (the
+    /// comments of each article on a page) is `Comment::select()
+    /// .filter_by(Comment::ARTICLE_ID.any(ids)).count_by(Comment::ARTICLE_ID, db)`;
+    /// the distinct values of a column with their frequency are the same without the
+    /// filter. An ordering, limit or offset is an error (500).
+    ///
+    /// ```no_run
+    /// # use tenantry::TenantEntity;
+    /// # #[derive(TenantEntity)]
+    /// # struct Favorite { #[tenant(id, generated)] id: i64, user_id: i64, article_id: i64 }
+    /// # async fn f(db: &mut tenantry::TenantDb) -> Result<(), tenantry::Error> {
+    /// let per_article: Vec<(i64, i64)> = Favorite::select()
+    ///     .filter_by(Favorite::ARTICLE_ID.any(vec![1, 2, 3]))
+    ///     .count_by(Favorite::ARTICLE_ID, db)
+    ///     .await?;
+    /// # let _ = per_article; Ok(()) }
+    /// ```
+    pub fn count_by<'a, T, W, H: TenantHandle>(
+        self,
+        column: Col<E, T, W>,
+        handle: &'a mut H,
+    ) -> BoxFuture<'a, Result<Vec<(T, i64)>, Error>>
+    where
+        T: ColumnType + Send + 'static,
+        E: 'a,
+    {
+        let name = column.name();
+        Box::pin(async move {
+            if self.order.is_some() || self.limit.is_some() || self.offset.is_some() {
+                return Err(Error::Internal(format!(
+                    "`{}`: a grouped count takes conditions only (no order, limit or offset)",
+                    E::TABLE
+                )));
+            }
+            let mut select = self;
+            let Some(name) = select.column(name) else {
+                return Err(select.error.take().unwrap_or_else(|| {
+                    Error::Internal(format!("`{}` has no such column", E::TABLE))
+                }));
+            };
+            let quoted = quote_ident(name);
+            let (mut sql, args) = select.build(handle.bound_tenant(), true)?;
+            sql.push_str(&format!(" GROUP BY {quoted}"));
+            let rows = read_statement!(
+                handle,
+                E::TABLE,
+                |schema| read_text::<E>(&sql, true, schema.as_deref(), handle.bound_tenant())
+                    .replacen("SELECT count(*)", &format!("SELECT {quoted}, count(*)"), 1),
+                fetch_all(args)
+            );
+            rows.iter()
+                .map(|row| Ok((sqlx::Row::try_get(row, 0)?, sqlx::Row::try_get(row, 1)?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(Error::from)
+        })
+    }
+
+    /// Whether any row matches (the first one is read, and dropped).
+    pub fn exists<H: TenantHandle>(self, handle: &mut H) -> BoxFuture<'_, Result<bool, Error>> {
+        Box::pin(async move { Ok(self.fetch_optional(handle).await?.is_some()) })
+    }
+
+    /// Deletes the matching rows (of the handle's tenant only: the tenant filter is
+    /// added as for every statement) and returns how many there were. An ordering,
+    /// limit or offset is an error (500): `DELETE` has none, and dropping it silently
+    /// would delete more than the caller asked for.
+    ///
+    /// ```no_run
+    /// # use tenantry::TenantEntity;
+    /// # #[derive(TenantEntity)]
+    /// # struct Follow { #[tenant(id, generated)] id: i64, follower: i64, followee: i64 }
+    /// # async fn f(tx: &mut tenantry::TenantTx) -> Result<(), tenantry::Error> {
+    /// let gone = Follow::select()
+    ///     .filter_by(Follow::FOLLOWER.eq(1))
+    ///     .filter_by(Follow::FOLLOWEE.eq(2))
+    ///     .delete(tx)
+    ///     .await?;
+    /// # let _ = gone; Ok(()) }
+    /// ```
+    pub fn delete<H: TenantHandle>(self, handle: &mut H) -> BoxFuture<'_, Result<u64, Error>> {
+        Box::pin(async move {
+            if self.order.is_some() || self.limit.is_some() || self.offset.is_some() {
+                return Err(Error::Internal(format!(
+                    "`{}`: a delete takes conditions only (no order, limit or offset)",
+                    E::TABLE
+                )));
+            }
+            let (select, mut args) = self.build(handle.bound_tenant(), true)?;
+            let statements = E::sql().for_tenant(handle.bound_tenant());
+            // `SELECT count(*) FROM <table> [WHERE ...]` -> `DELETE FROM <table> [WHERE ...]`.
+            let tail = &select[statements.count_prefix.len()..];
+            let text = format!("DELETE FROM {}{tail}", quoted_table(E::TABLE));
+            let args = std::mem::take(&mut args);
+            let done = own_statement!(
+                handle,
+                execute(sqlx::query_with(sqlx::AssertSqlSafe(text), args))
+            );
+            handle.touch(sealed::Token(()));
+            Ok(done.rows_affected())
         })
     }
 
