@@ -543,3 +543,134 @@ async fn new_entities_typed_columns_and_pages_stay_in_the_tenant() {
         "acme's pages hold only acme's rows"
     );
 }
+
+/// `Col::any`, `Select::count_by`, `Select::exists`, `Select::delete` and
+/// `insert_or_ignore` over a table two tenants share with no row-level security: the
+/// tenant filter tenantry writes is all that separates them, and it holds in each.
+#[tokio::test]
+async fn lists_of_values_grouped_counts_deletes_and_ignored_conflicts_stay_in_the_tenant() {
+    let (_db, pool) = database().await;
+    sqlx::raw_sql(
+        "CREATE SCHEMA shared;
+         CREATE TABLE shared.items (id bigint, tenant_id text NOT NULL, label text NOT NULL, PRIMARY KEY (tenant_id, id));",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let manager = TenantManager::builder(pool.clone())
+        .pool_config(PoolConfig {
+            shared_schema: Some("shared".into()),
+            ..PoolConfig::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    for id in ["acme", "globex"] {
+        manager
+            .create_tenant(NewTenant::new(id.parse().unwrap(), id))
+            .await
+            .unwrap();
+    }
+    let tenant = |id: &'static str| {
+        let manager = manager.clone();
+        async move {
+            let t = manager.resolve_tenant(&id.parse().unwrap()).await.unwrap();
+            manager.tenant_db(t).await.unwrap()
+        }
+    };
+    let mut a = tenant("acme").await;
+    let mut g = tenant("globex").await;
+    // The same keys in both tenants: 1..=4, labels "x" x3 and "y" in each.
+    for db in [&mut a, &mut g] {
+        for (id, label) in [(1, "x"), (2, "x"), (3, "x"), (4, "y")] {
+            NewItem {
+                id,
+                label: label.into(),
+            }
+            .insert(db)
+            .await
+            .unwrap();
+        }
+    }
+
+    // `= ANY`: one statement for a list of keys; an empty list matches nothing.
+    let some = Item::select()
+        .filter_by(Item::ID.any([1, 3, 99]))
+        .fetch_all(&mut a)
+        .await
+        .unwrap();
+    assert_eq!(some.iter().map(|i| i.id).collect::<Vec<_>>(), [1, 3]);
+    assert!(some.iter().all(|i| i.tenant_id.as_str() == "acme"));
+    let none = Item::select()
+        .filter_by(Item::ID.any(Vec::<i64>::new()))
+        .count(&mut a)
+        .await
+        .unwrap();
+    assert_eq!(none, 0);
+    let by_string = Item::select()
+        .filter("label", Op::Any, vec!["y".to_owned()])
+        .fetch_all(&mut a)
+        .await
+        .unwrap();
+    assert_eq!(by_string.len(), 1);
+
+    // Counts per value: the tenant's rows only (globex has the same labels).
+    let mut counts = Item::select().count_by(Item::LABEL, &mut a).await.unwrap();
+    counts.sort();
+    assert_eq!(counts, [("x".to_owned(), 3), ("y".to_owned(), 1)]);
+    let mut some_counts = Item::select()
+        .filter_by(Item::ID.any([1, 4]))
+        .count_by(Item::LABEL, &mut g)
+        .await
+        .unwrap();
+    some_counts.sort();
+    assert_eq!(some_counts, [("x".to_owned(), 1), ("y".to_owned(), 1)]);
+
+    // exists.
+    assert!(
+        Item::select()
+            .filter_by(Item::LABEL.eq("y"))
+            .exists(&mut a)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !Item::select()
+            .filter_by(Item::LABEL.eq("z"))
+            .exists(&mut a)
+            .await
+            .unwrap()
+    );
+
+    // delete: acme's "x" rows go; globex's, with the same labels and keys, stay.
+    let gone = Item::select()
+        .filter_by(Item::LABEL.eq("x"))
+        .delete(&mut a)
+        .await
+        .unwrap();
+    assert_eq!(gone, 3);
+    assert_eq!(Item::count(&mut a).await.unwrap(), 1);
+    assert_eq!(
+        Item::count(&mut g).await.unwrap(),
+        4,
+        "globex lost rows to acme's delete"
+    );
+    // An unfiltered delete is the tenant's rows, all and only.
+    assert_eq!(Item::select().delete(&mut a).await.unwrap(), 1);
+    assert_eq!(Item::count(&mut g).await.unwrap(), 4);
+    let refused = Item::select().limit(1).delete(&mut g).await;
+    assert!(matches!(refused, Err(Error::Internal(_))), "{refused:?}");
+    assert_eq!(Item::count(&mut g).await.unwrap(), 4);
+
+    // insert_or_ignore: a key the tenant has is left alone (None); the same key is
+    // free in the other tenant.
+    let again = NewItem {
+        id: 1,
+        label: "replaced?".into(),
+    };
+    assert!(again.insert_or_ignore(&mut g).await.unwrap().is_none());
+    assert_eq!(Item::find(&mut g, &1).await.unwrap().unwrap().label, "x");
+    let stored = again.insert_or_ignore(&mut a).await.unwrap().unwrap();
+    assert_eq!(stored.tenant_id.as_str(), "acme");
+    assert_eq!(stored.label, "replaced?");
+}

@@ -237,6 +237,16 @@ fn new_struct(e: &Entity, krate: &TokenStream) -> TokenStream {
             ) -> #p::BoxFuture<'a, ::core::result::Result<#ident, #krate::Error>> {
                 <Self as #krate::NewEntity>::insert(self, handle)
             }
+
+            /// Inserts a row with these values unless a unique key has it already
+            /// (`ON CONFLICT DO NOTHING`): the stored row, or `None`.
+            #[allow(dead_code)]
+            #vis fn insert_or_ignore<'a, H: #krate::TenantHandle>(
+                &'a self,
+                handle: &'a mut H,
+            ) -> #p::BoxFuture<'a, ::core::result::Result<::core::option::Option<#ident>, #krate::Error>> {
+                <Self as #krate::NewEntity>::insert_or_ignore(self, handle)
+            }
         }
 
         #[doc(hidden)]
