@@ -10,7 +10,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rand::RngExt;
 use serde::{Deserialize, Deserializer, Serialize};
 use tenantry::extract::{Json, Path, Query};
-use tenantry::{CurrentTenant, NewEntity, TenantDb, TenantEntity, TenantHandle, TenantTx};
+use tenantry::{CurrentTenant, TenantDb, TenantEntity, TenantHandle, TenantTx};
 use tenantry::{Select, tenant_scoped};
 
 use crate::AppState;

@@ -64,10 +64,16 @@ pub fn tenant_migrations() -> TenantMigrations {
 
 /// The manager over `pool` with Conduit's migrations and pool settings.
 pub async fn manager(pool: sqlx::PgPool) -> Result<TenantManager, Error> {
+    manager_with(pool, pool_config()).await
+}
+
+/// [`manager`] with other pool settings (keep [`pool_config`]'s `row_schema` and
+/// `row_role`).
+pub async fn manager_with(pool: sqlx::PgPool, config: PoolConfig) -> Result<TenantManager, Error> {
     prepare_database(&pool).await?;
     TenantManager::builder(pool)
         .migrations(tenant_migrations())
-        .pool_config(pool_config())
+        .pool_config(config)
         .build()
         .await
 }
