@@ -1,0 +1,7 @@
+//! One module per command group.
+
+pub mod doctor;
+pub mod exec;
+pub mod migrate;
+pub mod servers;
+pub mod tenants;
