@@ -101,7 +101,7 @@ impl Plain {
             .and_then(|v| v.strip_prefix("Token "))
             .ok_or((StatusCode::UNAUTHORIZED, "bad header".to_owned()))?;
         self.tokens
-            .verify(&self.community, token)
+            .verify_for(&self.community, 0, token)
             .map(Some)
             .map_err(|_| (StatusCode::UNAUTHORIZED, "bad token".to_owned()))
     }
@@ -732,14 +732,25 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             members.entry(tenant).or_default().push(id);
         }
     }
+    let incarnations: HashMap<String, i64> = manager
+        .list_tenants()
+        .await?
+        .into_iter()
+        .map(|t| (t.id.as_str().to_owned(), t.incarnation))
+        .collect();
     let member_tokens = |tenant: &str| -> Result<Vec<String>, Box<dyn std::error::Error>> {
         let id: TenantId = tenant.parse()?;
+        let incarnation = incarnations.get(tenant).copied().unwrap_or(0);
         let ids = members
             .get(tenant)
             .cloned()
             .unwrap_or_else(|| (1..=MEMBERS).collect());
         ids.into_iter()
-            .map(|u| tokens.issue(&id, u).map_err(|e| format!("{e:?}").into()))
+            .map(|u| {
+                tokens
+                    .issue_for(&id, incarnation, u)
+                    .map_err(|e| format!("{e:?}").into())
+            })
             .collect()
     };
     let plain_traffic = Traffic {

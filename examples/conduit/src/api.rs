@@ -252,12 +252,89 @@ fn required(field: &'static str, value: &str, max: usize) -> ApiResult<String> {
     Ok(value.to_owned())
 }
 
+/// An email, trimmed and lowercased (one account per address, whatever its case).
 fn email(value: &str) -> ApiResult<String> {
-    let value = required("email", value, 254)?;
+    let value = required("email", value, 254)?.to_lowercase();
+    let plain = !value.chars().any(|c| c.is_whitespace() || c.is_control());
     match value.split_once('@') {
-        Some((local, domain)) if !local.is_empty() && !domain.is_empty() => Ok(value),
+        Some((local, domain)) if plain && !local.is_empty() && domain.contains('.') => Ok(value),
         _ => Err(ApiError::invalid("email", "is invalid")),
     }
+}
+
+/// A username: 1 to 64 ASCII letters, digits, `_`, `-` or `.`, starting with a letter
+/// or digit (no look-alike characters, no path tricks like `..` or `a/b`).
+fn username(value: &str) -> ApiResult<String> {
+    let value = required("username", value, 64)?;
+    let ok = value
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !ok {
+        return Err(ApiError::invalid(
+            "username",
+            "may hold only letters, digits, `_`, `-` and `.`, and starts with a letter or digit",
+        ));
+    }
+    Ok(value)
+}
+
+/// A member other than `me` with this username, whatever its case.
+async fn username_taken<H: TenantHandle>(
+    h: &mut H,
+    name: &str,
+    me: Option<i64>,
+) -> ApiResult<bool> {
+    // `_` is a wildcard of ILIKE: escaped, so the pattern matches `name` only.
+    let pattern = name.replace('_', "\\_");
+    let mut select = User::select().filter_by(User::USERNAME.ilike(pattern));
+    if let Some(me) = me {
+        select = select.filter_by(User::ID.ne(me));
+    }
+    Ok(select.exists(h).await?)
+}
+
+/// A bio: at most 2,000 characters.
+fn bio(value: Option<String>) -> ApiResult<Option<String>> {
+    match value {
+        Some(text) if text.chars().count() > 2_000 => Err(ApiError::invalid(
+            "bio",
+            "is too long (at most 2000 characters)",
+        )),
+        other => Ok(other),
+    }
+}
+
+/// An image: an `http`/`https` URL of at most 2,000 characters; empty clears it.
+fn image(value: Option<String>) -> ApiResult<Option<String>> {
+    match value.map(|v| v.trim().to_owned()) {
+        None => Ok(None),
+        Some(url) if url.is_empty() => Ok(None),
+        Some(url) => {
+            let lower = url.to_ascii_lowercase();
+            let web = lower.starts_with("https://") || lower.starts_with("http://");
+            if !web || url.len() > 2_000 || url.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ApiError::invalid(
+                    "image",
+                    "must be an http(s) URL of at most 2000 characters",
+                ));
+            }
+            Ok(Some(url))
+        }
+    }
+}
+
+/// At most 64 characters of a request's value, for a message.
+fn shown(value: &str) -> String {
+    let mut short: String = value.chars().take(64).collect();
+    if short.len() < value.len() {
+        short.push_str("...");
+    }
+    short.escape_debug().to_string()
 }
 
 fn password(value: &str) -> ApiResult<String> {
@@ -286,17 +363,6 @@ fn tags(list: &[String]) -> ApiResult<Vec<String>> {
         }
     }
     Ok(set.into_iter().collect())
-}
-
-/// A unique key the request hit (two registrations racing): the spec's 422.
-fn taken(field: &'static str) -> impl Fn(tenantry::Error) -> ApiError {
-    move |e| {
-        if e.status() == StatusCode::CONFLICT {
-            ApiError::invalid(field, "has already been taken")
-        } else {
-            ApiError::Tenantry(e)
-        }
-    }
 }
 
 /// An address for `title`: its words in lowercase, and a random suffix so that two
@@ -336,7 +402,7 @@ async fn article_at<H: TenantHandle>(h: &mut H, slug: &str) -> ApiResult<Article
         .filter_by(Article::SLUG.eq(slug))
         .fetch_optional(h)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no article `{}`", slug.escape_debug())))
+        .ok_or_else(|| ApiError::NotFound(format!("no article `{}`", shown(slug))))
 }
 
 /// The profiles of `ids` as `viewer` sees them.
@@ -520,10 +586,10 @@ pub async fn register(
     CurrentTenant(tenant): CurrentTenant,
     Json(UserBody { user }): Json<UserBody<Register>>,
 ) -> ApiResult<(StatusCode, Json<UserEnvelope>)> {
-    let username = required("username", &user.username, 64)?;
+    let username = username(&user.username)?;
     let email = email(&user.email)?;
     let password = password(&user.password)?;
-    if user_named(&mut tx, &username).await?.is_some() {
+    if username_taken(&mut tx, &username, None).await? {
         return Err(ApiError::invalid("username", "has already been taken"));
     }
     let by_email = User::select().filter_by(User::EMAIL.eq(email.as_str()));
@@ -539,9 +605,8 @@ pub async fn register(
         image: None,
     }
     .insert(&mut tx)
-    .await
-    .map_err(taken("username"))?;
-    let token = state.tokens.issue(&tenant.id, stored.id)?;
+    .await?;
+    let token = state.tokens.issue(&tenant, stored.id)?;
     let user = user_out(stored, token);
     Ok((StatusCode::CREATED, Json(UserEnvelope { user })))
 }
@@ -556,18 +621,19 @@ pub async fn login(
 ) -> ApiResult<Json<UserEnvelope>> {
     let refused = || ApiError::Unauthorized("email or password is invalid".to_owned());
     let found = User::select()
-        .filter_by(User::EMAIL.eq(user.email.trim()))
+        .filter_by(User::EMAIL.eq(user.email.trim().to_lowercase()))
         .fetch_optional(&mut db)
         .await?;
     // Release the connection before the deliberately slow hash check.
     drop(db);
     let Some(found) = found else {
+        auth::verify_nothing(user.password).await?;
         return Err(refused());
     };
     if !auth::verify_password(user.password, found.password_hash.clone()).await? {
         return Err(refused());
     }
-    let token = state.tokens.issue(&tenant.id, found.id)?;
+    let token = state.tokens.issue(&tenant, found.id)?;
     Ok(Json(UserEnvelope {
         user: user_out(found, token),
     }))
@@ -592,14 +658,12 @@ pub async fn update_user(
     Json(UserBody { user }): Json<UserBody<UpdateUser>>,
 ) -> ApiResult<Json<UserEnvelope>> {
     let mut changes = Vec::new();
-    if let Some(username) = &user.username {
-        let username = required("username", username, 64)?;
-        if let Some(other) = user_named(&mut tx, &username).await?
-            && other.id != me.id
-        {
+    if let Some(name) = &user.username {
+        let name = username(name)?;
+        if username_taken(&mut tx, &name, Some(me.id)).await? {
             return Err(ApiError::invalid("username", "has already been taken"));
         }
-        changes.push(User::USERNAME.set(username));
+        changes.push(User::USERNAME.set(name));
     }
     if let Some(address) = &user.email {
         let address = email(address)?;
@@ -617,15 +681,14 @@ pub async fn update_user(
         let hash = auth::hash_password(password(new_password)?).await?;
         changes.push(User::PASSWORD_HASH.set(hash));
     }
-    if let Some(bio) = user.bio {
-        changes.push(User::BIO.set(bio));
+    if let Some(text) = user.bio {
+        changes.push(User::BIO.set(bio(text)?));
     }
-    if let Some(image) = user.image {
-        changes.push(User::IMAGE.set(image));
+    if let Some(url) = user.image {
+        changes.push(User::IMAGE.set(image(url)?));
     }
     let stored = User::update_columns(&mut tx, &me.id, changes)
-        .await
-        .map_err(taken("username"))?
+        .await?
         .ok_or_else(|| ApiError::Unauthorized("the token's user is gone".to_owned()))?;
     Ok(Json(UserEnvelope {
         user: user_out(stored, me.token),
@@ -641,7 +704,7 @@ async fn profile_of<H: TenantHandle>(
 ) -> ApiResult<Json<ProfileEnvelope>> {
     let user = user_named(h, username)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no user `{}`", username.escape_debug())))?;
+        .ok_or_else(|| ApiError::NotFound(format!("no user `{}`", shown(username))))?;
     let mut all = profiles(h, viewer, vec![user.id]).await?;
     let profile = all
         .remove(&user.id)
@@ -668,7 +731,13 @@ pub async fn follow(
 ) -> ApiResult<Json<ProfileEnvelope>> {
     let user = user_named(&mut tx, &username)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no user `{}`", username.escape_debug())))?;
+        .ok_or_else(|| ApiError::NotFound(format!("no user `{}`", shown(&username))))?;
+    if user.id == me.id {
+        return Err(ApiError::invalid(
+            "username",
+            "is you: you cannot follow yourself",
+        ));
+    }
     NewFollow {
         follower_id: me.id,
         followee_id: user.id,
@@ -687,7 +756,7 @@ pub async fn unfollow(
 ) -> ApiResult<Json<ProfileEnvelope>> {
     let user = user_named(&mut tx, &username)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no user `{}`", username.escape_debug())))?;
+        .ok_or_else(|| ApiError::NotFound(format!("no user `{}`", shown(&username))))?;
     Follow::select()
         .filter_by(Follow::FOLLOWER_ID.eq(me.id))
         .filter_by(Follow::FOLLOWEE_ID.eq(user.id))

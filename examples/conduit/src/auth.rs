@@ -43,6 +43,10 @@ struct Claims {
     sub: String,
     /// The tenant that issued the token.
     tenant: String,
+    /// Which life of that tenant id (the registry's incarnation): a tenant deleted and
+    /// created again under the same id refuses the old one's tokens, though its new
+    /// members get the old ids again.
+    inc: i64,
     /// Expiry (seconds since the epoch).
     exp: u64,
 }
@@ -58,42 +62,66 @@ impl Tokens {
         })
     }
 
-    fn key(&self, tenant: &TenantId) -> [u8; 32] {
+    /// HMAC-SHA256(secret, tenant id and incarnation): one key per life of a tenant.
+    fn key(&self, tenant: &TenantId, incarnation: i64) -> [u8; 32] {
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.secret)
             .expect("HMAC takes a key of any length");
         mac.update(b"conduit token key\0");
         mac.update(tenant.as_str().as_bytes());
+        mac.update(b"\0");
+        mac.update(&incarnation.to_be_bytes());
         mac.finalize().into_bytes().into()
     }
 
     /// A token for `user` of `tenant`.
-    pub fn issue(&self, tenant: &TenantId, user: i64) -> Result<String, ApiError> {
+    pub fn issue(&self, tenant: &Tenant, user: i64) -> Result<String, ApiError> {
+        self.issue_for(&tenant.id, tenant.incarnation, user)
+    }
+
+    /// A token for `user` of life `incarnation` of tenant `id`.
+    pub fn issue_for(
+        &self,
+        id: &TenantId,
+        incarnation: i64,
+        user: i64,
+    ) -> Result<String, ApiError> {
         let exp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             + TOKEN_LIFETIME;
         let claims = Claims {
             sub: user.to_string(),
-            tenant: tenant.as_str().to_owned(),
+            tenant: id.as_str().to_owned(),
+            inc: incarnation,
             exp: exp.as_secs(),
         };
         let signing = |e: jsonwebtoken::errors::Error| {
             ApiError::Tenantry(tenantry::Error::Internal(format!("signing: {e}")))
         };
-        let key = EncodingKey::from_secret(&self.key(tenant)).map_err(signing)?;
+        let key = EncodingKey::from_secret(&self.key(id, incarnation)).map_err(signing)?;
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).map_err(signing)
     }
 
-    /// The user a token of `tenant` names: 401 unless `tenant`'s key signed it, it
-    /// names `tenant` and it has not expired.
-    pub fn verify(&self, tenant: &TenantId, token: &str) -> Result<i64, ApiError> {
+    /// The user a token of `tenant` names: 401 unless this life of `tenant` signed it,
+    /// it names `tenant` and it has not expired.
+    pub fn verify(&self, tenant: &Tenant, token: &str) -> Result<i64, ApiError> {
+        self.verify_for(&tenant.id, tenant.incarnation, token)
+    }
+
+    /// [`Self::verify`] for life `incarnation` of tenant `id`.
+    pub fn verify_for(
+        &self,
+        id: &TenantId,
+        incarnation: i64,
+        token: &str,
+    ) -> Result<i64, ApiError> {
         let refused = || ApiError::Unauthorized("the token is not valid here".to_owned());
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
-        let key = DecodingKey::from_secret(&self.key(tenant)).map_err(|_| refused())?;
+        let key = DecodingKey::from_secret(&self.key(id, incarnation)).map_err(|_| refused())?;
         let data =
             jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|_| refused())?;
-        if data.claims.tenant != tenant.as_str() {
+        if data.claims.tenant != id.as_str() || data.claims.inc != incarnation {
             return Err(refused());
         }
         data.claims.sub.parse().map_err(|_| refused())
@@ -132,7 +160,7 @@ impl TenantPolicy for TokenPolicy {
         match token_of(parts) {
             Ok(None) => Ok(()),
             Ok(Some(token)) => {
-                self.0.verify(&tenant.id, token).map(|_| ()).map_err(|_| {
+                self.0.verify(tenant, token).map(|_| ()).map_err(|_| {
                     tenantry::Error::Unauthorized("the token is not valid here".into())
                 })
             }
@@ -158,7 +186,7 @@ async fn auth_user(parts: &mut Parts, state: &AppState) -> Result<Option<AuthUse
     };
     let CurrentTenant(tenant) =
         <CurrentTenant as FromRequestParts<AppState>>::from_request_parts(parts, state).await?;
-    let id = state.tokens.verify(&tenant.id, &token)?;
+    let id = state.tokens.verify(&tenant, &token)?;
     Ok(Some(AuthUser { id, token }))
 }
 
@@ -194,6 +222,20 @@ pub async fn hash_password(password: String) -> Result<String, ApiError> {
     .await
     .map_err(|e| tenantry::Error::Internal(format!("hashing task: {e}")))?
     .map_err(|e| ApiError::Tenantry(tenantry::Error::Internal(format!("hashing: {e}"))))
+}
+
+/// Spends the time of a password check without a stored hash (an unknown email), so
+/// that a login's duration does not tell whether the email is registered.
+pub async fn verify_nothing(password: String) -> Result<(), ApiError> {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let dummy = match DUMMY.get() {
+        Some(hash) => hash.clone(),
+        None => {
+            let hash = hash_password("not a password of anyone".to_owned()).await?;
+            DUMMY.get_or_init(|| hash).clone()
+        }
+    };
+    verify_password(password, dummy).await.map(|_| ())
 }
 
 /// Whether `password` matches `hash`, computed off the async threads.

@@ -68,14 +68,35 @@ impl ApiError {
 }
 
 impl From<tenantry::Error> for ApiError {
+    /// tenantry's error, but for the two database refusals the spec names otherwise:
+    /// a unique key a racing request took first (422 on the field its constraint
+    /// names), and a row that refers to a member deleted meanwhile (the token's user
+    /// is gone: 401).
     fn from(e: tenantry::Error) -> Self {
+        if let tenantry::Error::Database(sqlx::Error::Database(db)) = &e {
+            let constraint = db.constraint().unwrap_or_default();
+            if db.is_unique_violation() {
+                let field = ["email", "username", "slug"]
+                    .into_iter()
+                    .find(|f| constraint.contains(f))
+                    .unwrap_or("body");
+                return ApiError::invalid(field, "has already been taken");
+            }
+            if db.is_foreign_key_violation()
+                && ["author_id", "user_id", "follower_id"]
+                    .iter()
+                    .any(|c| constraint.contains(c))
+            {
+                return ApiError::Unauthorized("the token's user is gone".to_owned());
+            }
+        }
         ApiError::Tenantry(e)
     }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        ApiError::Tenantry(tenantry::Error::from(e))
+        ApiError::from(tenantry::Error::from(e))
     }
 }
 

@@ -70,10 +70,21 @@ pub async fn manager(pool: sqlx::PgPool) -> Result<TenantManager, Error> {
 /// [`manager`] with other pool settings (keep [`pool_config`]'s `row_schema` and
 /// `row_role`).
 pub async fn manager_with(pool: sqlx::PgPool, config: PoolConfig) -> Result<TenantManager, Error> {
+    manager_for(pool, config, "tenant_").await
+}
+
+/// [`manager_with`], database tenants' databases named `{database_prefix}{id}`
+/// (two registries on one server need two prefixes).
+pub async fn manager_for(
+    pool: sqlx::PgPool,
+    config: PoolConfig,
+    database_prefix: &str,
+) -> Result<TenantManager, Error> {
     prepare_database(&pool).await?;
     TenantManager::builder(pool)
         .migrations(tenant_migrations())
         .pool_config(config)
+        .database_prefix(database_prefix)
         .build()
         .await
 }
@@ -120,8 +131,27 @@ pub fn router(state: AppState, base_domain: &str) -> Router {
         .nest("/api", api())
         .layer(tenants)
         .route("/health", get(|| async { "ok" }))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(TraceLayer::new_for_http())
+}
+
+/// Unknown paths: a 404 in problem details, like every other error.
+async fn not_found() -> error::ApiError {
+    error::ApiError::NotFound("no such route".to_owned())
+}
+
+/// A known path with another method: 405 in problem details.
+async fn method_not_allowed() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let problem = tenantry::Problem {
+        type_: "about:blank".to_owned(),
+        title: "Method Not Allowed".to_owned(),
+        status: 405,
+        detail: "this route does not take that method".to_owned(),
+    };
+    problem.into_response()
 }
 
 /// Creates `id` with `strategy` unless it exists; `true` if it was created.

@@ -33,6 +33,10 @@ struct Args {
     /// random one when unset (tokens then die with the process).
     #[arg(long, env = "CONDUIT_SECRET", hide_env_values = true)]
     secret: Option<String>,
+    /// Database tenants' databases are named `{prefix}{tenant}` (another registry on
+    /// the same server needs another prefix; the CLI's `--database-prefix` must match).
+    #[arg(long, env = "CONDUIT_DATABASE_PREFIX", default_value = "tenant_")]
+    database_prefix: String,
     /// Hosts `{tenant}.{base}` name a tenant.
     #[arg(long, env = "CONDUIT_BASE_DOMAIN", default_value = "localhost")]
     base_domain: String,
@@ -97,7 +101,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .connect(&url)
         .await
         .map_err(|e| format!("cannot connect to the database: {e}"))?;
-    let manager = conduit::manager(pool).await?;
+    let manager = conduit::manager_for(pool, conduit::pool_config(), &args.database_prefix).await?;
     for (id, strategy) in &wanted {
         if conduit::ensure_tenant(&manager, id, *strategy).await? {
             println!("created community `{id}` ({strategy:?})");

@@ -482,3 +482,153 @@ async fn errors_are_problem_details_with_the_specs_errors_member() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn a_community_deleted_and_created_again_refuses_the_old_ones_tokens() {
+    let (api, _db) = Api::start().await;
+    let t = format!("cr-{}", std::process::id());
+    api.tenant(&t, Strategy::Schema).await;
+    let old = api.register(&t, "alice", "pw-alice").await;
+    let id: tenantry::TenantId = t.parse().unwrap();
+    api.manager.suspend_tenant(&id).await.unwrap();
+    api.manager.delete_tenant(&id).await.unwrap();
+    api.tenant(&t, Strategy::Schema).await;
+    // The new community's first member gets id 1 again, as alice had.
+    let new = api.register(&t, "victim", "pw-victim").await;
+    let me = api
+        .ok("GET", &format!("/t/{t}/api/user"), Some(&new), None)
+        .await;
+    assert_eq!(me["user"]["username"], "victim");
+    for (method, uri) in [("GET", "/user"), ("PUT", "/user")] {
+        let body = (method == "PUT").then(|| json!({"user": {"email": "attacker@example.com"}}));
+        let (status, body, _) = api
+            .call(method, &format!("/t/{t}/api{uri}"), Some(&old), body, None)
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri}: {body}");
+    }
+    let me = api
+        .ok("GET", &format!("/t/{t}/api/user"), Some(&new), None)
+        .await;
+    assert_eq!(me["user"]["email"], "victim@example.com");
+}
+
+#[tokio::test]
+async fn input_is_normalised_and_bounded() {
+    let (api, _db) = Api::start().await;
+    let t = format!("cn-{}", std::process::id());
+    api.tenant(&t, Strategy::Row).await;
+    let token = api.register(&t, "Alice", "pw").await;
+    let users = format!("/t/{t}/api/users");
+    let register = |name: &str, email: &str| json!({"user": {"username": name, "email": email, "password": "pw"}});
+    // Emails and usernames are one account whatever their case.
+    for (body, field) in [
+        (register("bob", "ALICE@example.com"), "email"),
+        (register("alice", "other@example.com"), "username"),
+        (register("..", "dots@example.com"), "username"),
+        (register("a/b", "slash@example.com"), "username"),
+        (register("ali\u{200b}ce", "zw@example.com"), "username"),
+        (register("carol", "not-an-email"), "email"),
+    ] {
+        let (status, answer, content_type) = api
+            .call("POST", &users, None, Some(body.clone()), None)
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+        assert!(answer["errors"][field].is_array(), "{body}: {answer}");
+        assert_eq!(content_type, "application/problem+json");
+    }
+    let login = json!({"user": {"email": "ALICE@Example.com", "password": "pw"}});
+    api.ok(
+        "POST",
+        &format!("/t/{t}/api/users/login"),
+        None,
+        Some(login),
+    )
+    .await;
+    // A bio or image over the bounds, or an image that is not a web URL: 422.
+    for (change, field) in [
+        (json!({"bio": "x".repeat(2_001)}), "bio"),
+        (json!({"image": "javascript:alert(1)"}), "image"),
+        (
+            json!({"image": format!("https://example.com/{}", "x".repeat(2_000))}),
+            "image",
+        ),
+    ] {
+        let (status, answer, _) = api
+            .call(
+                "PUT",
+                &format!("/t/{t}/api/user"),
+                Some(&token),
+                Some(json!({"user": change})),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+        assert!(answer["errors"][field].is_array(), "{answer}");
+    }
+    let fine = json!({"user": {"bio": "hi", "image": "https://example.com/a.png"}});
+    let me = api
+        .ok("PUT", &format!("/t/{t}/api/user"), Some(&token), Some(fine))
+        .await;
+    assert_eq!(me["user"]["image"], "https://example.com/a.png");
+    // Following yourself: 422.
+    assert_eq!(
+        api.status(
+            "POST",
+            &format!("/t/{t}/api/profiles/Alice/follow"),
+            Some(&token)
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    // A 404 echoes at most 64 characters of what was asked for.
+    let long = "x".repeat(5_000);
+    let (status, answer, _) = api
+        .call(
+            "GET",
+            &format!("/t/{t}/api/profiles/{long}"),
+            None,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(answer["detail"].as_str().unwrap().len() < 200, "{answer}");
+    // Unknown routes and methods: problem details too.
+    for (method, uri, expected) in [
+        ("GET", format!("/t/{t}/api/nope"), StatusCode::NOT_FOUND),
+        ("GET", "/nope".to_owned(), StatusCode::NOT_FOUND),
+        (
+            "PATCH",
+            format!("/t/{t}/api/user"),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+    ] {
+        let (status, _, content_type) = api.call(method, &uri, None, None, None).await;
+        assert_eq!(status, expected, "{method} {uri}");
+        assert_eq!(content_type, "application/problem+json", "{method} {uri}");
+    }
+    // A member deleted meanwhile: their token's writes are 401, not a conflict.
+    let gone = api.register(&t, "gone", "pw").await;
+    let tenant = api
+        .manager
+        .resolve_tenant(&t.parse().unwrap())
+        .await
+        .unwrap();
+    let mut db = api.manager.tenant_db(tenant).await.unwrap();
+    sqlx::query("DELETE FROM users WHERE username = 'gone'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    drop(db);
+    let article = json!({"article": {"title": "t", "description": "d", "body": "b"}});
+    let (status, answer, _) = api
+        .call(
+            "POST",
+            &format!("/t/{t}/api/articles"),
+            Some(&gone),
+            Some(article),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+}
