@@ -1522,3 +1522,26 @@ async fn partitions_of_shared_tables_are_guarded_too() {
             .unwrap();
     assert_eq!(rows, 3, "the refused writes wrote nothing");
 }
+
+/// A move's lock is gone when the move returns: the same process's next move (or
+/// recovery) of the tenant, right after, is never told that one is still running.
+/// (A closed session's advisory locks go only when its backend has exited, after
+/// the client's close returned; the lock is unlocked first.)
+#[tokio::test]
+async fn back_to_back_moves_of_a_tenant_are_not_refused_as_concurrent() {
+    let (_db, m) = manager(PoolConfig::default()).await;
+    create_with(&m, "hasty", Strategy::Row).await;
+    for round in 0..200 {
+        let recovered = m.admin().recover_move(&id("hasty")).await;
+        assert!(
+            matches!(recovered, Ok(false)),
+            "round {round}: {recovered:?}"
+        );
+    }
+    for to in [Strategy::Schema, Strategy::Row, Strategy::Schema] {
+        m.admin()
+            .move_tenant(&id("hasty"), MoveTo::Strategy(to), Duration::ZERO)
+            .await
+            .unwrap();
+    }
+}

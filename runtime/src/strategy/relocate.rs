@@ -26,13 +26,15 @@ use crate::tenant::{Strategy, Tenant, TenantStatus};
 /// connection of its own (if the process dies, the session ends and the lock goes).
 struct MoveLock {
     conn: PgConnection,
+    key: String,
 }
 
 impl MoveLock {
     async fn acquire(s: &Strategies, id: &crate::tenant::TenantId) -> Result<Self, Error> {
         let mut conn = PgConnection::connect_with(&s.repo.pool().connect_options()).await?;
+        let key = format!("tenantry.move:{}:{id}", s.repo.control_schema());
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-            .bind(format!("tenantry.move:{}:{id}", s.repo.control_schema()))
+            .bind(&key)
             .fetch_one(&mut conn)
             .await?;
         if !got {
@@ -41,11 +43,18 @@ impl MoveLock {
                 "tenant `{id}` is being moved already; wait for that move to end"
             )));
         }
-        Ok(Self { conn })
+        Ok(Self { conn, key })
     }
 
-    /// Ends the session, and with it the lock.
-    async fn release(self) {
+    /// Unlocks, then ends the session. The unlock is answered before the next move
+    /// may try: a closed session's locks go only when its backend has exited, after
+    /// the close returned, so the same process's next move of the tenant could be
+    /// told (409) that this one is still running.
+    async fn release(mut self) {
+        let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+            .bind(&self.key)
+            .execute(&mut self.conn)
+            .await;
         let _ = self.conn.close().await;
     }
 }
