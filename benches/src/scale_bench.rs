@@ -488,7 +488,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     println!(
         "scale_bench: server max_connections {server_max}; tenantry budget {} (default) and 8, recycling after {recycle} tenants; plain and naive pools 8; {concurrency} clients, {rounds} rounds x {secs} s",
-        t_default.admin().pools().budget()
+        t_default
+            .pool_stats_by_server()
+            .first()
+            .map_or(0, |s| s.budget)
     );
 
     const API: &str = "/api/v1/projects";
@@ -659,10 +662,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     // 128 clients against the default budget: the server's view of tenant connections
     // (the other manager's connections closed first, so that only this one's count).
-    t_eight.admin().pools().close_idle().await;
+    t_eight.admin().close_idle_connections().await;
     // PgBouncer's server connections carry the same application_name: stop it first.
     if let Some(m) = &t_pooled {
-        m.admin().pools().close_idle().await;
+        m.admin().close_idle_connections().await;
     }
     drop(t_pooled);
     drop(bouncer);
@@ -694,7 +697,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         f.errors,
         peak.load(Ordering::SeqCst),
         t_default.pool_stats().peak_open,
-        t_default.admin().pools().budget()
+        t_default
+            .pool_stats_by_server()
+            .first()
+            .map_or(0, |s| s.budget)
     );
 
     // Backend memory after a pass over every schema tenant, recycling on and off.
@@ -702,8 +708,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         ("recycle after 100 tenants", 100),
         ("no recycling", u32::MAX),
     ] {
-        t_default.admin().pools().close_idle().await;
-        t_eight.admin().pools().close_idle().await;
+        t_default.admin().close_idle_connections().await;
+        t_eight.admin().close_idle_connections().await;
         let m = manager(
             &admin,
             PoolConfig {
@@ -726,7 +732,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             )),
             m.pool_stats().opened
         );
-        m.admin().pools().close_idle().await;
+        m.admin().close_idle_connections().await;
     }
     Ok(())
 }

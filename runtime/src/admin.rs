@@ -1,4 +1,6 @@
-//! Operator and registry internals: what the `tenantry` CLI and admin tools use.
+//! Operator operations: what the `tenantry` CLI and admin tools use, each going
+//! through the lifecycle's rules, caches and announcements (no registry, pool or
+//! lifecycle object is handed out).
 //!
 //! Applications need none of this; they hold a [`TenantManager`].
 //! An operator tool gets an [`Admin`] from [`TenantManager::admin`](crate::TenantManager::admin):
@@ -21,12 +23,11 @@ use sqlx::PgPool;
 
 pub use crate::citus::{Citus, NodeTransfer};
 pub use crate::lifecycle::{ImportOptions, Lifecycle, MoveTo};
-pub use crate::naming::{TENANT_PREFIX, quote_ident, quote_literal};
-pub use crate::pgbin::{bindir_of, libpq_url, server_bindir, url_with_database};
-pub use crate::pool::{APPLICATION_NAME, TenantPools};
 pub use crate::repository::TenantRepository;
-pub use crate::servers::{DEFAULT_SERVER, Servers};
 pub use crate::strategy::{Finding, MoveReport};
+
+use crate::pool::TenantPools;
+use crate::servers::Servers;
 
 use crate::error::Error;
 use crate::manager::TenantManager;
@@ -49,7 +50,7 @@ pub struct Admin<'a> {
 
 impl<'a> Admin<'a> {
     /// The registry.
-    pub fn registry(&self) -> &'a TenantRepository {
+    pub(crate) fn registry(&self) -> &'a TenantRepository {
         self.manager.lifecycle().repository()
     }
 
@@ -58,14 +59,13 @@ impl<'a> Admin<'a> {
         self.registry().pool()
     }
 
-    /// The lifecycle rules (without the manager's cache and announcements: prefer
-    /// the manager's `create_tenant`, `suspend_tenant`, ... in applications).
-    pub fn lifecycle(&self) -> &'a Lifecycle {
+    /// The lifecycle rules (without the manager's cache and announcements).
+    pub(crate) fn lifecycle(&self) -> &'a Lifecycle {
         self.manager.lifecycle()
     }
 
     /// The tenant connections: one budgeted pool per server.
-    pub fn pools(&self) -> &'a TenantPools {
+    pub(crate) fn pools(&self) -> &'a TenantPools {
         self.manager.pools()
     }
 
@@ -136,8 +136,20 @@ impl<'a> Admin<'a> {
     }
 
     /// The named servers: the application's and the registry's, by name.
-    pub fn servers(&self) -> &'a Servers {
+    pub(crate) fn servers(&self) -> &'a Servers {
         self.pools().servers()
+    }
+
+    /// The servers kept in the registry (`tenantry servers add`), by name, with their
+    /// URLs; the registry's own server (`default`) is not among them.
+    pub async fn registered_servers(&self) -> Result<Vec<(String, String)>, Error> {
+        self.registry().servers().await
+    }
+
+    /// Closes every idle tenant connection now (on every server): what an operator
+    /// does to let the server's memory go after a burst, or before measuring.
+    pub async fn close_idle_connections(&self) {
+        self.pools().close_idle().await;
     }
 
     /// Keeps server `name` in the registry, reachable at `url`, for every instance

@@ -43,7 +43,7 @@ use crate::pool::ServerStats;
 use crate::tenant::TenantId;
 
 /// Sets the pool gauges and counters listed in the [module docs](self) from `servers`
-/// (see [`TenantPools::server_stats`](crate::admin::TenantPools::server_stats)), one
+/// (see [`TenantManager::pool_stats_by_server`](crate::TenantManager::pool_stats_by_server)), one
 /// `server` label each, through the installed `metrics` recorder.
 pub fn record_pool(servers: &[ServerStats]) {
     describe();

@@ -19,8 +19,8 @@ pub const TENANT_SETTING: &str = "tenantry.tenant_id";
 /// a second line of defence, not the first.
 ///
 /// ```
-/// assert_eq!(tenantry::admin::quote_ident("tenant_acme"), "\"tenant_acme\"");
-/// assert_eq!(tenantry::admin::quote_ident("a\"b"), "\"a\"\"b\"");
+/// assert_eq!(tenantry::strategy::quote_ident("tenant_acme"), "\"tenant_acme\"");
+/// assert_eq!(tenantry::strategy::quote_ident("a\"b"), "\"a\"\"b\"");
 /// ```
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))

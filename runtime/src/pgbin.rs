@@ -55,12 +55,6 @@ fn bindir_with(programs: &[&str]) -> Option<PathBuf> {
 
 /// `url` with its database replaced by `name` and query parameters kept, so that the
 /// URL stays usable by libpq tools such as `psql` and `pg_dump`.
-///
-/// ```
-/// use tenantry::admin::url_with_database;
-/// assert_eq!(url_with_database("postgres://u@h:5/old?sslmode=disable", "new"), "postgres://u@h:5/new?sslmode=disable");
-/// assert_eq!(url_with_database("postgres://h", "new"), "postgres://h/new");
-/// ```
 pub fn url_with_database(url: &str, name: &str) -> String {
     let authority_start = url.find("://").map_or(0, |i| i + 3);
     let (base, query) = match url.find('?') {
@@ -75,12 +69,6 @@ pub fn url_with_database(url: &str, name: &str) -> String {
 
 /// The URL without sqlx's own query parameters (`statement-cache-capacity`, ...),
 /// which libpq tools reject; libpq's parameters have no `-`.
-///
-/// ```
-/// use tenantry::admin::libpq_url;
-/// assert_eq!(libpq_url("postgres://h/db?sslmode=disable&statement-cache-capacity=0"), "postgres://h/db?sslmode=disable");
-/// assert_eq!(libpq_url("postgres://h/db?statement-cache-capacity=0"), "postgres://h/db");
-/// ```
 pub fn libpq_url(url: &str) -> String {
     match url.split_once('?') {
         None => url.to_owned(),
@@ -167,5 +155,31 @@ mod tests {
         let (url, password) = split_password("postgres://app@db/app");
         assert_eq!(url, "postgres://app@db/app");
         assert_eq!(password, None);
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn url_with_database_keeps_the_query() {
+        assert_eq!(
+            url_with_database("postgres://u@h:5/old?sslmode=disable", "new"),
+            "postgres://u@h:5/new?sslmode=disable"
+        );
+        assert_eq!(url_with_database("postgres://h", "new"), "postgres://h/new");
+    }
+
+    #[test]
+    fn libpq_url_drops_sqlx_parameters() {
+        assert_eq!(
+            libpq_url("postgres://h/db?sslmode=disable&statement-cache-capacity=0"),
+            "postgres://h/db?sslmode=disable"
+        );
+        assert_eq!(
+            libpq_url("postgres://h/db?statement-cache-capacity=0"),
+            "postgres://h/db"
+        );
     }
 }

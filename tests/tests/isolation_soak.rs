@@ -724,7 +724,7 @@ async fn the_soak_catches_a_lost_write_of_a_churned_tenant() {
 }
 
 async fn close(manager: TenantManager) {
-    manager.admin().pools().close_idle().await;
+    manager.admin().close_idle_connections().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,7 +24,7 @@ pub async fn servers(cli: &Cli, cmd: &ServersCommand) -> Result<u8, Failure> {
             *json
         }
     };
-    let registered = admin.registry().servers().await?;
+    let registered = admin.registered_servers().await?;
     if json {
         let list: Vec<_> = registered
             .iter()

@@ -301,14 +301,6 @@ enum Plan {
 }
 
 impl TenantPools {
-    /// Connections to `base` (host, credentials, database) for every tenant, with a
-    /// budget of `budget` connections per server.
-    pub fn new(base: PgConnectOptions, config: PoolConfig, budget: u32) -> Self {
-        let mut servers = Servers::default();
-        servers.add(DEFAULT_SERVER, base.clone());
-        Self::with_servers(base, servers, config, budget)
-    }
-
     /// Connections for tenants on several servers; `base` is the default server.
     /// `budget` applies when [`PoolConfig::max_connections`] is unset.
     pub fn with_servers(
@@ -370,16 +362,6 @@ impl TenantPools {
     /// binds and cleans connections lives (default `tenantry`). Set once, at start.
     pub(crate) fn set_control_schema(&self, schema: &str) {
         let _ = self.shared.control.set(quote_ident(schema));
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &PoolConfig {
-        &self.shared.config
-    }
-
-    /// The connection budget of each server.
-    pub fn budget(&self) -> u32 {
-        self.shared.budget
     }
 
     /// The configured servers.

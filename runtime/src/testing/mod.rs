@@ -196,7 +196,7 @@ pub fn server_url() -> Result<String, TestDbError> {
     }
 }
 
-/// The directory holding `initdb` and `postgres`; see [`crate::pgbin::server_bindir`].
+/// The directory holding `initdb` and `postgres`: `PATH`, `pg_config --bindir`, or the newest `/usr/lib/postgresql/*/bin`.
 pub fn find_bindir() -> Option<PathBuf> {
     crate::pgbin::server_bindir()
 }
