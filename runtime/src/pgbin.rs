@@ -11,6 +11,7 @@ pub fn bindir_of(program: &str) -> Option<PathBuf> {
 }
 
 /// The directory holding both `initdb` and `postgres`.
+#[cfg(feature = "testing")]
 pub fn server_bindir() -> Option<PathBuf> {
     bindir_with(&["initdb", "postgres"])
 }
