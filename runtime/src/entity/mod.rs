@@ -615,4 +615,3 @@ fn read_text<E: TenantEntity>(
         .for_tenant(tenant)
         .read_text(text, count, schema, tenant)
 }
-

@@ -7,8 +7,8 @@ use sqlx::postgres::PgArguments;
 use sqlx::{Encode, Postgres, Type};
 
 use super::{
-    EntitySql, TenantEntity, TenantHandle, add, decode_all, decode_optional, quoted_table, read_text,
-    sealed,
+    EntitySql, TenantEntity, TenantHandle, add, decode_all, decode_optional, quoted_table,
+    read_text, sealed,
 };
 use crate::column::{Col, ColumnType, Cond, Op, Order};
 use crate::error::Error;
@@ -396,4 +396,3 @@ impl<E: TenantEntity> Select<E> {
         })
     }
 }
-

@@ -215,7 +215,13 @@ impl EntitySql {
     /// `count`) for a binding-free read in `schema` (quoted), or as it is for a bound
     /// connection. The tenant's schema version leads it: a statement prepared against
     /// one shape of the table is never used with another.
-    pub(super) fn read_text(&self, text: &str, count: bool, schema: Option<&str>, tenant: &Tenant) -> String {
+    pub(super) fn read_text(
+        &self,
+        text: &str,
+        count: bool,
+        schema: Option<&str>,
+        tenant: &Tenant,
+    ) -> String {
         let Some(schema) = schema else {
             return text.to_owned();
         };
