@@ -213,6 +213,11 @@ async fn planted_soak(pool_size: u32, mix: Mix, with_churn: bool, plant: Plant) 
     let _alone = HEAVY.read().await;
     let (_db, manager) = manager(PoolConfig {
         max_connections: Some(pool_size),
+        // The soak checks isolation, not latency: with two connections for all its
+        // workers, and other soaks of this file running at the same time on a
+        // two-core machine, a request can wait past the default 5 s (503), which is
+        // the pool doing its job. As the PgBouncer soak does, it waits longer.
+        acquire_timeout: Duration::from_secs(30),
         ..PoolConfig::default()
     })
     .await;
