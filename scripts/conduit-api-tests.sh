@@ -8,6 +8,8 @@
 #   scripts/conduit-api-tests.sh            # a private PostgreSQL, removed afterwards
 #   DATABASE_URL=postgres://... scripts/conduit-api-tests.sh   # a server of yours: the
 #                                           # communities it creates are deleted at the end
+#                                           # (CONDUIT_DATABASE_PREFIX if another registry
+#                                           # there uses `tenant_`)
 #
 # Needs Node.js with npx (newman comes from the npm registry: NEWMAN overrides the
 # package, COLLECTION the collection file).
@@ -29,6 +31,8 @@ cargo build -q -p conduit -p tenantry-cli
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 conduit_bin="$target_dir/debug/conduit"
 cli_bin="$target_dir/debug/tenantry"
+export CONDUIT_DATABASE_PREFIX=${CONDUIT_DATABASE_PREFIX:-tenant_}
+cli() { "$cli_bin" --database-url "$db_url" --database-prefix "$CONDUIT_DATABASE_PREFIX" "$@"; }
 
 work=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -42,7 +46,7 @@ cleanup() {
     status=$?
     if [ -n "${DATABASE_URL:-}" ] && [ -n "${db_url:-}" ]; then
         for t in "$schema_t" "$row_t" "$db_t"; do
-            "$cli_bin" --database-url "$db_url" tenants delete "$t" --yes --force >/dev/null 2>&1 || true
+            cli tenants delete "$t" --yes --force >/dev/null 2>&1 || true
         done
     fi
     if [ -n "$conduit_pid" ]; then
@@ -111,13 +115,13 @@ done
 
 # The schema community, with the data the suite left (users, follows), moved to the
 # row strategy while the server runs; then the suite again, with new users.
-"$cli_bin" --database-url "$db_url" tenants move "$schema_t" --to-strategy row \
+cli tenants move "$schema_t" --to-strategy row \
     --migrations examples/conduit/migrations/tenant >"$work/move.log" 2>&1 || {
     echo "conduit-api-tests: the move failed:" >&2
     cat "$work/move.log" >&2
     exit 1
 }
-"$cli_bin" --database-url "$db_url" tenants show "$schema_t" --json | grep -q '"strategy": *"row"' || {
+cli tenants show "$schema_t" --json | grep -q '"strategy": *"row"' || {
     echo "conduit-api-tests: after the move, $schema_t is not a row tenant" >&2
     exit 1
 }

@@ -24,7 +24,6 @@
 //! run), or else a throwaway PostgreSQL.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,7 +43,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tenantry::{NewTenant, TenantId};
-use tenantry_benches::{arg, median, percentile};
+use tenantry_benches::{arg, median, percentile, serve, zipf_cdf, zipf_pick};
 
 const MEMBERS: i64 = 5;
 const ARTICLES: i64 = 20;
@@ -445,13 +444,6 @@ fn plain_router(state: Plain) -> Router {
 
 // ------------------------------------------------------------ the load
 
-async fn serve(app: Router) -> Result<SocketAddr, std::io::Error> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(addr)
-}
-
 /// Which community each request names: uniform, or Zipf(s) by a cumulative table.
 #[derive(Clone)]
 struct Traffic {
@@ -462,15 +454,7 @@ struct Traffic {
 
 impl Traffic {
     fn zipf(communities: Arc<Vec<(String, Vec<String>)>>, s: f64) -> Self {
-        let mut cdf = Vec::with_capacity(communities.len());
-        let mut sum = 0.0;
-        for k in 1..=communities.len() {
-            sum += 1.0 / (k as f64).powf(s);
-            cdf.push(sum);
-        }
-        for c in &mut cdf {
-            *c /= sum;
-        }
+        let cdf = zipf_cdf(communities.len(), s);
         Traffic {
             communities,
             cdf: Some(Arc::new(cdf)),
@@ -483,7 +467,7 @@ impl Traffic {
             None => rng.random_range(0..n),
             Some(cdf) => {
                 let u: f64 = rng.random_range(0.0..1.0);
-                cdf.partition_point(|c| *c < u).min(n - 1)
+                zipf_pick(cdf, u)
             }
         };
         &self.communities[i]

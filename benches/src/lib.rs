@@ -35,6 +35,35 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Serves `app` on a free port of 127.0.0.1, in the background; its address.
+pub async fn serve(app: axum::Router) -> Result<std::net::SocketAddr, std::io::Error> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(addr)
+}
+
+/// The cumulative distribution of Zipf(`s`) over `n` items (the k-th most popular
+/// with weight 1/k^s), for [`zipf_pick`].
+pub fn zipf_cdf(n: usize, s: f64) -> Vec<f64> {
+    let mut cdf = Vec::with_capacity(n);
+    let mut sum = 0.0;
+    for k in 1..=n {
+        sum += 1.0 / (k as f64).powf(s);
+        cdf.push(sum);
+    }
+    for c in &mut cdf {
+        *c /= sum;
+    }
+    cdf
+}
+
+/// An index drawn from `cdf` (see [`zipf_cdf`]) with the uniform draw `u` in [0, 1).
+pub fn zipf_pick(cdf: &[f64], u: f64) -> usize {
+    cdf.partition_point(|c| *c < u)
+        .min(cdf.len().saturating_sub(1))
+}
+
 /// `GET /api/v1/projects?limit=10` of the quick start's router as `tenant`: its
 /// status (0 if the service failed).
 pub async fn get_projects(app: &axum::Router, tenant: &str) -> u16 {

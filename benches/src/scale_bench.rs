@@ -60,7 +60,7 @@ use rand::{RngExt, SeedableRng};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tenantry::{NewTenant, PoolConfig, Strategy, TenantId, TenantManager};
-use tenantry_benches::{arg, arg_text, median};
+use tenantry_benches::{arg, arg_text, median, serve, zipf_cdf, zipf_pick};
 
 type Row = (i64, String, chrono::DateTime<chrono::Utc>);
 
@@ -126,13 +126,6 @@ async fn own_sql(
     Ok(project(row))
 }
 
-async fn serve(app: Router) -> Result<SocketAddr, std::io::Error> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(addr)
-}
-
 /// Which tenant each request names.
 #[derive(Clone)]
 enum Traffic {
@@ -144,15 +137,7 @@ enum Traffic {
 
 impl Traffic {
     fn zipf(tenants: Arc<Vec<(String, i64)>>, s: f64) -> Self {
-        let mut cdf = Vec::with_capacity(tenants.len());
-        let mut sum = 0.0;
-        for k in 1..=tenants.len() {
-            sum += 1.0 / (k as f64).powf(s);
-            cdf.push(sum);
-        }
-        for c in &mut cdf {
-            *c /= sum;
-        }
+        let cdf = zipf_cdf(tenants.len(), s);
         Traffic::Zipf(tenants, Arc::new(cdf))
     }
 
@@ -161,7 +146,7 @@ impl Traffic {
             Traffic::Uniform(t) => &t[rng.random_range(0..t.len())],
             Traffic::Zipf(t, cdf) => {
                 let u: f64 = rng.random_range(0.0..1.0);
-                let i = cdf.partition_point(|c| *c < u).min(t.len() - 1);
+                let i = zipf_pick(cdf, u);
                 &t[i]
             }
         }

@@ -397,6 +397,13 @@ async fn user_named<H: TenantHandle>(h: &mut H, username: &str) -> ApiResult<Opt
         .await?)
 }
 
+/// The member called `username`: 404 if there is none.
+async fn member<H: TenantHandle>(h: &mut H, username: &str) -> ApiResult<User> {
+    user_named(h, username)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no user `{}`", shown(username))))
+}
+
 async fn article_at<H: TenantHandle>(h: &mut H, slug: &str) -> ApiResult<Article> {
     Article::select()
         .filter_by(Article::SLUG.eq(slug))
@@ -702,9 +709,7 @@ async fn profile_of<H: TenantHandle>(
     viewer: Option<i64>,
     username: &str,
 ) -> ApiResult<Json<ProfileEnvelope>> {
-    let user = user_named(h, username)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no user `{}`", shown(username))))?;
+    let user = member(h, username).await?;
     let mut all = profiles(h, viewer, vec![user.id]).await?;
     let profile = all
         .remove(&user.id)
@@ -729,9 +734,7 @@ pub async fn follow(
     me: AuthUser,
     Path(UserPath { username }): Path<UserPath>,
 ) -> ApiResult<Json<ProfileEnvelope>> {
-    let user = user_named(&mut tx, &username)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no user `{}`", shown(&username))))?;
+    let user = member(&mut tx, &username).await?;
     if user.id == me.id {
         return Err(ApiError::invalid(
             "username",
@@ -754,9 +757,7 @@ pub async fn unfollow(
     me: AuthUser,
     Path(UserPath { username }): Path<UserPath>,
 ) -> ApiResult<Json<ProfileEnvelope>> {
-    let user = user_named(&mut tx, &username)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no user `{}`", shown(&username))))?;
+    let user = member(&mut tx, &username).await?;
     Follow::select()
         .filter_by(Follow::FOLLOWER_ID.eq(me.id))
         .filter_by(Follow::FOLLOWEE_ID.eq(user.id))

@@ -19,7 +19,12 @@ impl Api {
     async fn start() -> (Self, TestDatabase) {
         let db = TestDatabase::create().await.expect("a test database");
         let pool = sqlx::PgPool::connect(db.url()).await.expect("connect");
-        let manager = conduit::manager(pool).await.expect("the manager");
+        // Database tenants' databases get this test's own prefix: tests (and other
+        // registries) may share the server.
+        let prefix = format!("t{}_", db.tag());
+        let manager = conduit::manager_for(pool, conduit::pool_config(), &prefix)
+            .await
+            .expect("the manager");
         let tokens = conduit::Tokens::new(&[7u8; 32]).unwrap();
         let state = conduit::AppState {
             manager: manager.clone(),
