@@ -394,8 +394,9 @@ pub enum Op {
 }
 
 impl Op {
-    pub(crate) fn sql(self) -> &'static str {
-        match self {
+    /// The condition `column <op> $n`, `column` quoted.
+    pub(crate) fn clause(self, column: &str, n: usize) -> String {
+        let op = match self {
             Op::Eq => "=",
             Op::Ne => "<>",
             Op::Lt => "<",
@@ -404,15 +405,8 @@ impl Op {
             Op::Ge => ">=",
             Op::Like => "LIKE",
             Op::ILike => "ILIKE",
-            Op::Any => "= ANY",
-        }
-    }
-
-    /// The condition `column <op> $n`, `column` quoted.
-    pub(crate) fn clause(self, column: &str, n: usize) -> String {
-        match self {
-            Op::Any => format!("{column} = ANY (${n})"),
-            op => format!("{column} {} ${n}", op.sql()),
-        }
+            Op::Any => return format!("{column} = ANY (${n})"),
+        };
+        format!("{column} {op} ${n}")
     }
 }

@@ -182,6 +182,19 @@ impl<E: TenantEntity> Select<E> {
         sql
     }
 
+    /// An error (500) if an ordering, limit or offset was set: `what` (a delete, a
+    /// grouped count) takes conditions only, and dropping the rest silently would
+    /// touch more rows than the caller asked for.
+    fn conditions_only(&self, what: &str) -> Result<(), Error> {
+        if self.order.is_some() || self.limit.is_some() || self.offset.is_some() {
+            return Err(Error::Internal(format!(
+                "`{}`: {what} takes conditions only (no order, limit or offset)",
+                E::TABLE
+            )));
+        }
+        Ok(())
+    }
+
     /// The statement for `tenant` and its arguments, in the placeholders' order.
     fn build(mut self, tenant: &Tenant, count: bool) -> Result<(String, PgArguments), Error> {
         if let Some(e) = self.error.take() {
@@ -307,12 +320,7 @@ impl<E: TenantEntity> Select<E> {
     {
         let name = column.name();
         Box::pin(async move {
-            if self.order.is_some() || self.limit.is_some() || self.offset.is_some() {
-                return Err(Error::Internal(format!(
-                    "`{}`: a grouped count takes conditions only (no order, limit or offset)",
-                    E::TABLE
-                )));
-            }
+            self.conditions_only("a grouped count")?;
             let mut select = self;
             let Some(name) = select.column(name) else {
                 return Err(select.error.take().unwrap_or_else(|| {
@@ -360,18 +368,12 @@ impl<E: TenantEntity> Select<E> {
     /// ```
     pub fn delete<H: TenantHandle>(self, handle: &mut H) -> BoxFuture<'_, Result<u64, Error>> {
         Box::pin(async move {
-            if self.order.is_some() || self.limit.is_some() || self.offset.is_some() {
-                return Err(Error::Internal(format!(
-                    "`{}`: a delete takes conditions only (no order, limit or offset)",
-                    E::TABLE
-                )));
-            }
-            let (select, mut args) = self.build(handle.bound_tenant(), true)?;
+            self.conditions_only("a delete")?;
+            let (select, args) = self.build(handle.bound_tenant(), true)?;
             let statements = E::sql().for_tenant(handle.bound_tenant());
             // `SELECT count(*) FROM <table> [WHERE ...]` -> `DELETE FROM <table> [WHERE ...]`.
             let tail = &select[statements.count_prefix.len()..];
             let text = format!("DELETE FROM {}{tail}", quoted_table(E::TABLE));
-            let args = std::mem::take(&mut args);
             let done = own_statement!(
                 handle,
                 execute(sqlx::query_with(sqlx::AssertSqlSafe(text), args))
