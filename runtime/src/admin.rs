@@ -22,9 +22,10 @@
 use sqlx::PgPool;
 
 pub use crate::citus::{Citus, NodeTransfer};
-pub use crate::lifecycle::{ImportOptions, Lifecycle, MoveTo};
+pub use crate::lifecycle::Lifecycle;
+pub use crate::mobility::{ImportOptions, MoveReport, MoveTo};
 pub use crate::repository::TenantRepository;
-pub use crate::strategy::{Finding, MoveReport};
+pub use crate::strategy::Finding;
 
 use crate::pool::TenantPools;
 use crate::servers::Servers;
@@ -204,6 +205,7 @@ impl<'a> Admin<'a> {
     pub async fn doctor(&self, compare_with_source: bool) -> Result<Vec<Finding>, Error> {
         let tenants = self.manager.list_tenants().await?;
         let mut findings = self.lifecycle().doctor(&tenants).await?;
+        crate::mobility::relocate::doctor(&self.lifecycle().strategies, &mut findings).await?;
         let status = self.migration_status(compare_with_source).await?;
         let newest = status.iter().filter_map(|s| s.version).max();
         for s in &status {

@@ -444,9 +444,7 @@ impl NewTenant {
     /// The domain as requests name it: lowercase, without a trailing dot.
     pub fn normalized(&self) -> Self {
         let mut new = self.clone();
-        new.domain = new
-            .domain
-            .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase());
+        new.domain = new.domain.map(|d| crate::domain::Domain::normalize(&d));
         new
     }
 }

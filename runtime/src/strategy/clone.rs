@@ -20,7 +20,7 @@ const DEST: &str = "\u{1}tenantry-dest\u{1}";
 
 /// A template schema, and the script that clones it (`None`: not clonable).
 #[derive(Debug, Clone)]
-pub(super) struct SchemaTemplate {
+pub(crate) struct SchemaTemplate {
     pub fingerprint: Vec<u8>,
     pub script: Option<String>,
 }

@@ -11,11 +11,12 @@
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 
-use super::data::{self, Place, Snapshot};
 use super::template::TemplateLock;
 use super::{Finding, Strategies};
 use crate::error::Error;
 use crate::migrate::Record;
+use crate::mobility::copy::{self, Place};
+use crate::mobility::format::Snapshot;
 use crate::naming::{quote_ident, quote_literal};
 use crate::servers::DEFAULT_SERVER;
 use crate::tenant::{NewTenant, Strategy, Tenant, TenantStatus};
@@ -33,7 +34,7 @@ async fn connect(options: &PgConnectOptions) -> Result<PgConnection, Error> {
 /// Makes sure server `server_name` has a template database matching the migrations
 /// (rebuilt when the source changes); returns its name. Another registry's template
 /// (or any database of that name it did not make) is a conflict, never dropped.
-pub(super) async fn template(
+pub(crate) async fn template(
     s: &Strategies,
     server_name: &str,
     server: &PgConnectOptions,
@@ -135,7 +136,7 @@ async fn build_template(
 
 /// `CREATE DATABASE db TEMPLATE template` on the server. Copies from one template
 /// are serialised on the server (a copy needs the template to itself).
-pub(super) async fn create(
+pub(crate) async fn create(
     server: &PgConnectOptions,
     db: &str,
     template: &str,
@@ -169,7 +170,7 @@ pub(super) async fn create(
 }
 
 /// `DROP DATABASE db WITH (FORCE)` on the server.
-pub(super) async fn drop(server: &PgConnectOptions, db: &str) -> Result<(), Error> {
+pub(crate) async fn drop(server: &PgConnectOptions, db: &str) -> Result<(), Error> {
     let mut admin = connect(server).await?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -184,7 +185,7 @@ pub(super) async fn drop(server: &PgConnectOptions, db: &str) -> Result<(), Erro
 /// Applies pending migrations inside the tenant database, each version with its
 /// local record in one transaction, then mirrors them in the registry; returns the
 /// versions applied.
-pub(super) async fn migrate(s: &Strategies, tenant: &Tenant) -> Result<Vec<i64>, Error> {
+pub(crate) async fn migrate(s: &Strategies, tenant: &Tenant) -> Result<Vec<i64>, Error> {
     let server = s.servers.get(&tenant.server)?;
     let db = &tenant.storage;
     let mut conn = connect(&server.clone().database(db)).await?;
@@ -224,7 +225,7 @@ pub(super) async fn migrate(s: &Strategies, tenant: &Tenant) -> Result<Vec<i64>,
 /// Registry row, `CREATE DATABASE` from the server's template database, then versions
 /// and `active`; on failure the database is dropped and the row removed (`CREATE
 /// DATABASE` cannot join a transaction).
-pub(super) async fn provision(
+pub(crate) async fn provision(
     s: &Strategies,
     new: &NewTenant,
     server_name: &str,
@@ -264,7 +265,7 @@ pub(super) async fn provision(
 }
 
 /// Loads and verifies `fill` in database `db`, in one transaction there.
-pub(super) async fn load(
+pub(crate) async fn load(
     server: &PgConnectOptions,
     db: &str,
     id: &crate::tenant::TenantId,
@@ -272,20 +273,20 @@ pub(super) async fn load(
 ) -> Result<(), Error> {
     let mut conn = connect(&server.clone().database(db)).await?;
     let mut tx = conn.begin().await?;
-    data::write(&mut tx, Place::Database, id, fill).await?;
+    copy::write(&mut tx, Place::Database, id, fill).await?;
     tx.commit().await?;
     let _ = conn.close().await;
     Ok(())
 }
 
 /// Drops the tenant's database on its server.
-pub(super) async fn remove(s: &Strategies, tenant: &Tenant) -> Result<(), Error> {
+pub(crate) async fn remove(s: &Strategies, tenant: &Tenant) -> Result<(), Error> {
     let server = s.servers.get(&tenant.server)?;
     drop(&server, &tenant.storage).await
 }
 
 /// The tenant's database, from `pg_dump` (on the registry's server only).
-pub(super) async fn export(tenant: &Tenant, url: &str) -> Result<Vec<u8>, Error> {
+pub(crate) async fn export(tenant: &Tenant, url: &str) -> Result<Vec<u8>, Error> {
     if tenant.server != DEFAULT_SERVER {
         return Err(Error::Unprocessable(format!(
             "tenant `{}` lives in database `{}` on server `{}`; run pg_dump against that server",
@@ -300,7 +301,7 @@ pub(super) async fn export(tenant: &Tenant, url: &str) -> Result<Vec<u8>, Error>
 /// that failed and could not clean up, or a registry row removed by hand:
 /// `orphan-database`), and database tenants without their database
 /// (`missing-database`).
-pub(super) async fn doctor(
+pub(crate) async fn doctor(
     s: &Strategies,
     tenants: &[Tenant],
     findings: &mut Vec<Finding>,

@@ -19,13 +19,10 @@
 //! [`TenantId::schema_name`]: crate::TenantId::schema_name
 
 mod clone;
-pub(crate) mod data;
-mod database;
-mod relocate;
-mod row;
-mod row_guard;
-mod schema;
-mod shared;
+pub(crate) mod database;
+pub(crate) mod row;
+pub(crate) mod schema;
+pub(crate) mod shared;
 mod template;
 
 use serde::Serialize;
@@ -33,7 +30,6 @@ use sqlx::PgConnection;
 
 pub use crate::citus::{distribute_rows, reference_table};
 pub use crate::naming::{quote_ident, quote_literal};
-pub use relocate::MoveReport;
 pub use row::{
     RLS_POLICIES, TENANT_COLUMN, TENANT_SETTING, install_rls, rls_sql, shared_keys_without_tenant,
     shared_tables, tables_missing_rls,
@@ -84,7 +80,7 @@ impl Strategies {
         &self,
         new: &NewTenant,
         server: &str,
-        fill: Option<&data::Snapshot>,
+        fill: Option<&crate::mobility::format::Snapshot>,
     ) -> Result<Tenant, Error> {
         match new.strategy {
             Strategy::Schema => schema::provision(self, new, fill).await,
@@ -129,7 +125,6 @@ impl Strategies {
         schema::doctor(self, tenants, &mut findings).await?;
         database::doctor(self, tenants, &mut findings).await?;
         row::doctor(self, &mut findings).await?;
-        relocate::doctor(self, &mut findings).await?;
         Ok(findings)
     }
 

@@ -7,9 +7,10 @@
 
 use sqlx::PgConnection;
 
-use super::data::{self, Place, Snapshot};
 use super::{Finding, Strategies};
 use crate::error::Error;
+use crate::mobility::copy::{self, Place};
+use crate::mobility::format::Snapshot;
 use crate::naming::{is_identifier, quote_ident};
 use crate::tenant::{NewTenant, Tenant, TenantId, TenantStatus};
 
@@ -243,7 +244,7 @@ pub(crate) async fn table_with_rows_of(
 /// A row tenant is a registry row: its data lives in shared tables. Rows of its id
 /// that nobody deleted (written by hand, or by another app under the same id) would
 /// become the new tenant's, so their presence is a conflict.
-pub(super) async fn provision(
+pub(crate) async fn provision(
     s: &Strategies,
     new: &NewTenant,
     fill: Option<&Snapshot>,
@@ -263,7 +264,7 @@ pub(super) async fn provision(
 /// Makes room for row tenant `id` in the shared tables inside the caller's
 /// transaction: rows of its id that are there already are a conflict (left
 /// untouched); `fill`'s data is loaded and verified.
-pub(super) async fn build(
+pub(crate) async fn build(
     s: &Strategies,
     tx: &mut PgConnection,
     id: &TenantId,
@@ -277,7 +278,7 @@ pub(super) async fn build(
         )));
     }
     if let Some(fill) = fill {
-        data::write(tx, Place::Rows { control }, id, fill).await?;
+        copy::write(tx, Place::Rows { control }, id, fill).await?;
     }
     Ok(())
 }
@@ -285,18 +286,18 @@ pub(super) async fn build(
 /// Deletes the tenant's rows, inside the caller's transaction, with what a move of
 /// it whose process died left in the registry (its rows' copies among a move's
 /// change records): nothing of it stays for the next tenant of its id.
-pub(super) async fn remove(
+pub(crate) async fn remove(
     s: &Strategies,
     tx: &mut PgConnection,
     tenant: &Tenant,
 ) -> Result<(), Error> {
-    super::row_guard::forget(tx, s.repo.control_schema(), &tenant.id).await?;
+    crate::mobility::row_guard::forget(tx, s.repo.control_schema(), &tenant.id).await?;
     delete_rows(tx, s.repo.control_schema(), &tenant.id).await?;
     Ok(())
 }
 
 /// The shared tables' definitions and the tenant's rows in them, as `COPY` blocks.
-pub(super) async fn export(s: &Strategies, tenant: &Tenant, url: &str) -> Result<Vec<u8>, Error> {
+pub(crate) async fn export(s: &Strategies, tenant: &Tenant, url: &str) -> Result<Vec<u8>, Error> {
     let mut body = Vec::new();
     let mut tx = s.repo.pool().begin().await?;
     bind_rows_locally(&mut tx, &tenant.id).await?;
@@ -322,7 +323,7 @@ pub(super) async fn export(s: &Strategies, tenant: &Tenant, url: &str) -> Result
 
 /// Shared tables without forced row-level security and all four policies
 /// (`missing-rls`), and keys of shared tables that leave `tenant_id` out (`tenant-key`).
-pub(super) async fn doctor(s: &Strategies, findings: &mut Vec<Finding>) -> Result<(), Error> {
+pub(crate) async fn doctor(s: &Strategies, findings: &mut Vec<Finding>) -> Result<(), Error> {
     let mut conn = s.repo.pool().acquire().await?;
     let control = s.repo.control_schema();
     for table in tables_missing_rls(&mut conn, control).await? {

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use sqlx::PgConnection;
 
 use super::clone;
-pub(super) use super::clone::SchemaTemplate;
-use super::data::{self, Place, Snapshot};
+pub(crate) use super::clone::SchemaTemplate;
 use super::template::TemplateLock;
 use super::{Finding, Strategies};
 use crate::error::Error;
 use crate::migrate::Record;
+use crate::mobility::copy::{self, Place};
+use crate::mobility::format::Snapshot;
 use crate::naming::{quote_ident, tenant_schema_pattern};
 use crate::tenant::{NewTenant, Strategy, Tenant, TenantId, TenantStatus};
 
@@ -20,7 +21,7 @@ use crate::tenant::{NewTenant, Strategy, Tenant, TenantId, TenantStatus};
 /// is left behind, and the id can be used again once the cause is fixed. The schema
 /// is cloned from the template unless that is turned off or not possible, in which
 /// case the migrations are replayed.
-pub(super) async fn provision(
+pub(crate) async fn provision(
     s: &Strategies,
     new: &NewTenant,
     fill: Option<&Snapshot>,
@@ -66,13 +67,13 @@ pub(super) async fn provision(
 /// transaction does not see: "schema .. does not exist" on a worker). Dropped again
 /// by [`Precreated::discard`] when the build fails.
 #[derive(Debug)]
-pub(super) struct Precreated {
+pub(crate) struct Precreated {
     name: String,
 }
 
 /// Makes the schema ahead (see [`Precreated`]) where it must be; `None` elsewhere
 /// (the build's transaction creates it).
-pub(super) async fn precreate(s: &Strategies, name: &str) -> Result<Option<Precreated>, Error> {
+pub(crate) async fn precreate(s: &Strategies, name: &str) -> Result<Option<Precreated>, Error> {
     if !s.citus {
         return Ok(None);
     }
@@ -107,7 +108,7 @@ impl Precreated {
     /// dependencies on the workers (the schema, its tables' sequences) over
     /// connections of their own, which commit. The name is this tenant's, made by this
     /// attempt: nothing else is in it.
-    pub(super) async fn discard(self, s: &Strategies) {
+    pub(crate) async fn discard(self, s: &Strategies) {
         let drop = format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(&self.name));
         if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
             .execute(s.repo.pool())
@@ -127,7 +128,7 @@ fn schema_taken(name: &str) -> Error {
 
 /// The template to clone new schemas from, unless cloning is off or there are no
 /// migrations.
-pub(super) async fn template_for(s: &Strategies) -> Result<Option<Arc<SchemaTemplate>>, Error> {
+pub(crate) async fn template_for(s: &Strategies) -> Result<Option<Arc<SchemaTemplate>>, Error> {
     if s.from_template && !s.migrations.versions().is_empty() {
         Ok(Some(template(s).await?))
     } else {
@@ -139,7 +140,7 @@ pub(super) async fn template_for(s: &Strategies) -> Result<Option<Arc<SchemaTemp
 /// it, made ahead when `precreated`): cloned from `template` (or every migration
 /// replayed), the migrations recorded for the tenant in the registry, and `fill`'s
 /// data loaded and verified.
-pub(super) async fn build(
+pub(crate) async fn build(
     s: &Strategies,
     tx: &mut PgConnection,
     schema: &str,
@@ -172,7 +173,7 @@ pub(super) async fn build(
         crate::citus::distribute_schema(tx, schema).await?;
     }
     if let Some(fill) = fill {
-        data::write(tx, Place::Schema(schema), id, fill).await?;
+        copy::write(tx, Place::Schema(schema), id, fill).await?;
     }
     Ok(())
 }
@@ -224,7 +225,7 @@ async fn template(s: &Strategies) -> Result<Arc<SchemaTemplate>, Error> {
 }
 
 /// Drops the tenant's schema and everything in it, inside the caller's transaction.
-pub(super) async fn remove(tx: &mut PgConnection, tenant: &Tenant) -> Result<(), Error> {
+pub(crate) async fn remove(tx: &mut PgConnection, tenant: &Tenant) -> Result<(), Error> {
     let schema = quote_ident(&tenant.id.schema_name());
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP SCHEMA IF EXISTS {schema} CASCADE"
@@ -238,7 +239,7 @@ pub(super) async fn remove(tx: &mut PgConnection, tenant: &Tenant) -> Result<(),
 /// announcement that voids every instance's bindings together). A failure keeps the
 /// versions before it; a rerun resumes at the failed one. Concurrent runs on the same
 /// tenant wait for each other (the registry row is locked).
-pub(super) async fn migrate(s: &Strategies, tenant: &Tenant) -> Result<Vec<i64>, Error> {
+pub(crate) async fn migrate(s: &Strategies, tenant: &Tenant) -> Result<Vec<i64>, Error> {
     let id = &tenant.id;
     let pending = {
         let mut conn = s.repo.pool().acquire().await?;
@@ -273,13 +274,13 @@ pub(super) async fn migrate(s: &Strategies, tenant: &Tenant) -> Result<Vec<i64>,
 }
 
 /// The tenant's schema, from `pg_dump --schema`.
-pub(super) async fn export(tenant: &Tenant, url: &str) -> Result<Vec<u8>, Error> {
+pub(crate) async fn export(tenant: &Tenant, url: &str) -> Result<Vec<u8>, Error> {
     crate::pgbin::pg_dump(url, &["--schema", &tenant.storage]).await
 }
 
 /// Tenant schemas no tenant owns (`orphan-schema`), and schema tenants without their
 /// schema (`missing-schema`).
-pub(super) async fn doctor(
+pub(crate) async fn doctor(
     s: &Strategies,
     tenants: &[Tenant],
     findings: &mut Vec<Finding>,

@@ -16,10 +16,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sqlx::{Connection, PgConnection};
 
-use super::data::{self, Capture, ExportedTenant, Place, Snapshot};
+use super::capture::{self, Capture};
+use super::copy::{self, Place};
+use super::fence;
+use super::format::{ExportedTenant, Snapshot};
 use super::row_guard::{self, Step};
-use super::{Strategies, database, row, schema};
 use crate::error::Error;
+use crate::strategy::{Strategies, database, row, schema};
 use crate::tenant::{Strategy, Tenant, TenantStatus};
 
 /// One move per tenant at a time, across processes: a session advisory lock on a
@@ -140,7 +143,7 @@ impl Strategies {
             Strategy::Database => {
                 let mut conn = self.connect_database(tenant).await?;
                 let mut tx = conn.begin_with(READ).await?;
-                let snapshot = data::read(&mut tx, Place::Database, exported, migrations).await?;
+                let snapshot = copy::read(&mut tx, Place::Database, exported, migrations).await?;
                 tx.rollback().await?;
                 let _ = conn.close().await;
                 Ok(snapshot)
@@ -148,7 +151,7 @@ impl Strategies {
             strategy => {
                 let mut tx = self.repo.pool().begin_with(READ).await?;
                 let place = self.place_of(strategy, &tenant.storage);
-                let snapshot = data::read(&mut tx, place, exported, migrations).await?;
+                let snapshot = copy::read(&mut tx, place, exported, migrations).await?;
                 tx.rollback().await?;
                 Ok(snapshot)
             }
@@ -221,7 +224,7 @@ impl Strategies {
         let mut conn = self.connect_source(tenant).await?;
         let mut tx = conn.begin().await?;
         let place = self.place_of(tenant.strategy, &tenant.storage);
-        let (tables, names) = data::capture_targets(&mut tx, place).await?;
+        let (tables, names) = capture::capture_targets(&mut tx, place).await?;
         run_fence(&mut tx, make(&tables, &names), tenant).await?;
         tx.commit().await?;
         let _ = conn.close().await;
@@ -251,7 +254,7 @@ impl Strategies {
         let mut conn = self.repo.pool().acquire().await?;
         if step == Step::Capture {
             let tables =
-                data::table_names(&mut conn, self.place_of(Strategy::Row, &tenant.storage)).await?;
+                copy::table_names(&mut conn, self.place_of(Strategy::Row, &tenant.storage)).await?;
             row_guard::install(&mut conn, control, &tables).await?;
         }
         row_guard::set(&mut conn, control, &tenant.id, step).await?;
@@ -298,8 +301,8 @@ impl Strategies {
         place: Strategy,
         up: bool,
     ) -> Result<(), Error> {
-        let tables = data::table_names(tx, self.place_of(place, &tenant.storage)).await?;
-        let statements = data::fence_statements(
+        let tables = copy::table_names(tx, self.place_of(place, &tenant.storage)).await?;
+        let statements = fence::fence_statements(
             &tables,
             &self.repo.fence_function(),
             &tenant.id,
@@ -332,10 +335,10 @@ impl Strategies {
         self.on_source(tenant, |tables, _| {
             let mut sql = String::new();
             if up && own_function {
-                sql.push_str(&data::fence_function_sql(&function));
+                sql.push_str(&fence::fence_function_sql(&function));
                 sql.push(';');
             }
-            sql.push_str(&data::fence_sql(tables, &function, &tenant.id, rows, up));
+            sql.push_str(&fence::fence_sql(tables, &function, &tenant.id, rows, up));
             if !up && own_function {
                 sql.push_str(&format!("DROP FUNCTION IF EXISTS {function}();"));
             }
@@ -418,14 +421,14 @@ impl Strategies {
             } else if left.shared > 0 {
                 let mut tx = self.repo.pool().begin().await?;
                 let place = self.place_of(Strategy::Row, &tenant.storage);
-                let (tables, names) = data::capture_targets(&mut tx, place).await?;
+                let (tables, names) = capture::capture_targets(&mut tx, place).await?;
                 let capture = Capture::new(
                     &crate::naming::quote_ident(self.repo.control_schema()),
                     &tenant.id,
                     true,
                 );
                 let mut sql = capture.sql(&tables, &names, false);
-                sql.push_str(&data::fence_sql(
+                sql.push_str(&fence::fence_sql(
                     &tables,
                     &self.repo.fence_function(),
                     &tenant.id,
@@ -459,7 +462,7 @@ impl Strategies {
     /// row in `row_moves`.
     async fn leftovers(&self, tenant: &Tenant) -> Result<Leftovers, Error> {
         const COUNT: &str = "SELECT count(*) FROM pg_trigger WHERE tgname::text = ANY ($1)";
-        let names = data::move_triggers(&tenant.id).to_vec();
+        let names = capture::move_triggers(&tenant.id).to_vec();
         let mut registry = self.repo.pool().acquire().await?;
         let shared: i64 = sqlx::query_scalar(COUNT)
             .bind(&names)
@@ -661,7 +664,7 @@ impl Strategies {
                     .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                     .await?;
                 let source_place = self.place_of(tenant.strategy, &tenant.storage);
-                let recopied = data::catch_up(
+                let recopied = capture::catch_up(
                     &mut source,
                     source_place,
                     &made.capture,
@@ -770,9 +773,9 @@ impl Strategies {
 /// Fences and captures of moves on the registry's database (`move-leftover`): there
 /// while a move runs; after one whose process died, the tenant's writes get 503
 /// until they are dropped.
-pub(super) async fn doctor(
+pub(crate) async fn doctor(
     s: &Strategies,
-    findings: &mut Vec<super::Finding>,
+    findings: &mut Vec<crate::strategy::Finding>,
 ) -> Result<(), Error> {
     let left: Vec<(String, String)> = sqlx::query_as(
         "SELECT t.tgname::text, format('%I.%I', n.nspname, c.relname)
@@ -786,7 +789,7 @@ pub(super) async fn doctor(
     .await?;
     let mut conn = s.repo.pool().acquire().await?;
     for (tenant, fenced) in row_guard::all_pending(&mut conn, s.repo.control_schema()).await? {
-        findings.push(super::Finding {
+        findings.push(crate::strategy::Finding {
             kind: "move-leftover",
             subject: format!("row tenant {}", tenant.escape_debug()),
             detail: format!(
@@ -802,7 +805,7 @@ pub(super) async fn doctor(
         });
     }
     for (trigger, table) in left {
-        findings.push(super::Finding {
+        findings.push(crate::strategy::Finding {
             kind: "move-leftover",
             subject: format!("{table} {trigger}"),
             detail: format!(
