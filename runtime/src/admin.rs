@@ -22,9 +22,9 @@
 use sqlx::PgPool;
 
 pub use crate::citus::{Citus, NodeTransfer};
-pub use crate::lifecycle::Lifecycle;
+use crate::lifecycle::Lifecycle;
 pub use crate::mobility::{ImportOptions, MoveReport, MoveTo};
-pub use crate::repository::TenantRepository;
+use crate::repository::TenantRepository;
 pub use crate::strategy::Finding;
 
 use crate::pool::TenantPools;
@@ -85,22 +85,45 @@ impl<'a> Admin<'a> {
         self.lifecycle().export_sql(id, url).await
     }
 
-    /// The tenant's data as a tenantry export (see [`Lifecycle::export`]), which
-    /// [`Admin::import`] reads back.
+    /// The tenant's data as a tenantry export: a manifest (its record, migration
+    /// versions, tables with row counts and checksums, sequence positions) and one
+    /// `COPY` block per table, read from one snapshot, whatever its strategy or
+    /// server. [`Admin::import`] reads it back, under any strategy and id.
     pub async fn export(&self, id: &TenantId) -> Result<Vec<u8>, Error> {
         self.lifecycle().export(id).await
     }
 
-    /// Creates a tenant from an export, all or nothing (see [`Lifecycle::import`]),
-    /// and drops every cached record of its id.
+    /// Creates a tenant from an [export](Admin::export), all or nothing: under
+    /// the exported id or `options.id`, with the exported strategy or
+    /// `options.strategy` (a row tenant's export becomes a schema tenant and back),
+    /// on `options.server` (database tenants). The tenant is provisioned as
+    /// [`TenantManager::create_tenant`](crate::TenantManager::create_tenant) does, the data loaded and every table's row count and
+    /// checksum verified before it turns active; any failure leaves no tenant,
+    /// schema, database or rows. Its name comes along; its limits (the file may come
+    /// from anyone) and domains (the exported tenant may still hold them) do not: set
+    /// them after. Into a row tenant, the sequences every row tenant shares move past
+    /// the ids loaded, never to a position the file only states, and by at most 1%
+    /// of what is left of them (422 beyond: no file can use them up).
+    ///
+    /// A schema or database tenant's export must be at the version of this
+    /// migration source (422 otherwise: import with the source it was made with,
+    /// then migrate).
+    ///
+    /// Drops every cached record of the id.
     pub async fn import(&self, export: &[u8], options: ImportOptions) -> Result<Tenant, Error> {
         let tenant = self.lifecycle().import(export, options).await?;
         self.manager.invalidate(&tenant.id);
         Ok(tenant)
     }
 
-    /// Moves a tenant to another strategy or server, online (see
-    /// [`Lifecycle::move_tenant`]).
+    /// Moves a tenant to another strategy (`MoveTo::Strategy`) or, a database
+    /// tenant, to another server (`MoveTo::Server`), online: its data is copied
+    /// behind a write fence (writes get a 503 with `Retry-After`, reads go on),
+    /// verified table by table, the registry switched and announced in one
+    /// transaction, and after `grace` (for every instance to hear of it) the old
+    /// place is dropped. Ids, rows and sequences stay. A failure before the switch
+    /// leaves the tenant where it was, serving. Returns what was moved and how long
+    /// writes paused.
     pub async fn move_tenant(
         &self,
         id: &TenantId,
@@ -112,8 +135,10 @@ impl<'a> Admin<'a> {
         Ok(report)
     }
 
-    /// Lifts what a move whose process died left behind (see
-    /// [`Lifecycle::recover_move`]).
+    /// Lifts the write fence and change capture a move left behind when its process
+    /// died (the tenant's writes get 503 until then; `tenantry doctor` reports them as
+    /// `move-leftover`). Refused (409) while a move of the tenant runs. Returns
+    /// whether anything was left.
     pub async fn recover_move(&self, id: &TenantId) -> Result<bool, Error> {
         let found = self.lifecycle().recover_move(id).await?;
         self.manager.invalidate(id);

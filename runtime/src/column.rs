@@ -96,7 +96,7 @@ type Binder = Box<dyn FnOnce(&mut PgArguments) -> Result<(), Error> + Send>;
 /// let recent: Vec<Project> = Project::select()
 ///     .filter_by(Project::NAME.like("apollo%"))
 ///     .filter_by(Project::ID.gt(10))
-///     .order(Project::ID.desc())
+///     .sort_by(Project::ID.desc())
 ///     .limit(20)
 ///     .fetch_all(db)
 ///     .await?;
@@ -328,14 +328,14 @@ impl<E> std::fmt::Debug for Cond<E> {
     }
 }
 
-/// An ordering by a column of `E`, for [`Select::order`](crate::Select::order):
+/// An ordering by a column of `E`, for [`Select::sort_by`](crate::Select::sort_by):
 /// `Project::ID.desc()` (see [`Col`]).
 ///
 /// ```
 /// # use tenantry::TenantEntity;
 /// # #[derive(TenantEntity)]
 /// # struct Project { #[tenant(id, generated)] id: i64, name: String }
-/// let by_name = Project::select().order(Project::NAME.asc());
+/// let by_name = Project::select().sort_by(Project::NAME.asc());
 /// # let _ = by_name;
 /// ```
 #[derive(Debug)]

@@ -16,7 +16,7 @@ use crate::tenant::{NewTenant, Strategy, Tenant, TenantId, TenantLimits, TenantS
 /// pools, and detached execution; operators reach it through
 /// [`Admin`](crate::admin::Admin).
 #[derive(Debug, Clone)]
-pub struct Lifecycle {
+pub(crate) struct Lifecycle {
     pub(crate) strategies: Strategies,
 }
 
@@ -40,11 +40,6 @@ impl Lifecycle {
     pub fn with_database_prefix(mut self, prefix: &str) -> Result<Self, Error> {
         self.strategies.names = Names::new(self.strategies.repo.control_schema(), prefix)?;
         Ok(self)
-    }
-
-    /// The database of a `database` tenant.
-    pub fn database_name(&self, id: &TenantId) -> String {
-        self.strategies.names.database(id)
     }
 
     /// The registry is a Citus coordinator: schema tenants become distributed schemas,
@@ -162,10 +157,10 @@ impl Lifecycle {
         let domain = domain.as_str();
         let mut tx = self.repository().pool().begin().await?;
         let current = self.locked(&mut tx, id).await?;
-        self.repository().add_domain(&mut tx, id, &domain).await?;
+        self.repository().add_domain(&mut tx, id, domain).await?;
         if primary || current.domain.is_none() {
             self.repository()
-                .set_primary_domain(&mut tx, id, Some(&domain))
+                .set_primary_domain(&mut tx, id, Some(domain))
                 .await?;
         }
         self.announce(tx, id).await

@@ -287,7 +287,7 @@ const TENANT_COLUMNS: &str = "id, name, domain, strategy, status, schema_name, s
 
 /// All SQL against the registry. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct TenantRepository {
+pub(crate) struct TenantRepository {
     pool: PgPool,
     schema: String,
     quoted_schema: String,
@@ -527,24 +527,6 @@ impl TenantRepository {
                 }
             })
             .collect())
-    }
-
-    /// The ids of every tenant that is not deleted (one query, for the set of known
-    /// ids that answers unknown ids without a lookup).
-    pub async fn ids(&self) -> Result<Vec<TenantId>, Error> {
-        let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT id FROM {}.tenants WHERE status <> 'deleted'",
-            self.quoted_schema
-        )))
-        .fetch_all(&self.pool)
-        .await?;
-        ids.iter()
-            .map(|id| {
-                TenantId::parse(id).map_err(|_| {
-                    Error::Registry(format!("invalid tenant id `{id}` in the registry"))
-                })
-            })
-            .collect()
     }
 
     /// The (not deleted) tenant that registered this domain.

@@ -264,9 +264,9 @@ async fn row_entities_statements_route_to_one_node() {
     let row = saas::Project::sql().for_strategy(Strategy::Row);
     assert_router_plans(&mut db, "saas::Project", row, made.id).await;
     let page = saas::Project::select()
-        .order_by("id", false)
+        .sort_named("id", false)
         .limit(11)
-        .filter("id", tenantry::Op::Gt, 0_i64)
+        .filter_named("id", tenantry::Op::Gt, 0_i64)
         .sql(Strategy::Row);
     let plan = explain(&mut db, &page, |q| q.bind(0_i64).bind("acme").bind(11_i64)).await;
     assert!(plan.contains("Task Count: 1"), "{page}\n{plan}");

@@ -246,9 +246,9 @@ async fn entity_operations_in_schema_tenants() {
     assert!(ghost.update(&mut a).await.unwrap().is_none());
 
     let filtered = Mark::select()
-        .filter("label", Op::Like, "%a")
-        .filter("id", Op::Gt, 1_i64)
-        .order_by("label", true)
+        .filter_named("label", Op::Like, "%a")
+        .filter_named("id", Op::Gt, 1_i64)
+        .sort_named("label", true)
         .fetch_all(&mut a)
         .await
         .unwrap();
@@ -261,14 +261,14 @@ async fn entity_operations_in_schema_tenants() {
     );
     assert_eq!(
         Mark::select()
-            .filter("label", Op::Eq, "alpha")
+            .filter_named("label", Op::Eq, "alpha")
             .count(&mut a)
             .await
             .unwrap(),
         1
     );
     let hostile = Mark::select()
-        .filter("label; DROP TABLE marks", Op::Eq, "x")
+        .filter_named("label; DROP TABLE marks", Op::Eq, "x")
         .fetch_all(&mut a)
         .await;
     // Columns are named by the program, not the client: an unknown one is the
@@ -281,7 +281,7 @@ async fn entity_operations_in_schema_tenants() {
     }
     assert!(
         Mark::select()
-            .filter("label", Op::Eq, "'; DROP TABLE marks; --")
+            .filter_named("label", Op::Eq, "'; DROP TABLE marks; --")
             .fetch_optional(&mut a)
             .await
             .unwrap()
@@ -378,7 +378,7 @@ async fn tenant_column_is_filled_and_filtered_by_every_statement() {
     assert_eq!(Item::select().fetch_all(&mut a).await.unwrap().len(), 1);
     assert_eq!(
         Item::select()
-            .filter("label", Op::Like, "%")
+            .filter_named("label", Op::Like, "%")
             .count(&mut g)
             .await
             .unwrap(),
@@ -487,7 +487,7 @@ async fn new_entities_typed_columns_and_pages_stay_in_the_tenant() {
         .unwrap();
     assert_eq!(mine, 0, "acme's filter sees none of globex's rows");
     let ids: Vec<i64> = Item::select()
-        .order(Item::ID.desc())
+        .sort_by(Item::ID.desc())
         .fetch_all(&mut g)
         .await
         .unwrap()
@@ -608,7 +608,7 @@ async fn lists_of_values_grouped_counts_deletes_and_ignored_conflicts_stay_in_th
         .unwrap();
     assert_eq!(none, 0);
     let by_string = Item::select()
-        .filter("label", Op::Any, vec!["y".to_owned()])
+        .filter_named("label", Op::Any, vec!["y".to_owned()])
         .fetch_all(&mut a)
         .await
         .unwrap();

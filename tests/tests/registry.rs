@@ -1,5 +1,6 @@
 //! The registry, the lifecycle rules and the manager: TenantManager, TenantService
-//! (`admin::Lifecycle`) and TenantRepository (`admin::TenantRepository`) of the seed design.
+//! and TenantRepository of the seed design (crate-internal now: reached through
+//! `TenantManager` and `admin`).
 
 mod common;
 
@@ -67,10 +68,12 @@ async fn registry_setup_is_idempotent_and_safe_under_concurrent_start() {
 async fn control_schema_name_is_validated() {
     let (_db, pool) = database().await;
     for bad in ["", "Bad", "a-b", "x\"; drop", "1abc"] {
-        assert!(matches!(
-            tenantry::admin::TenantRepository::new(pool.clone(), bad),
-            Err(Error::Validation(_))
-        ));
+        let refused = TenantManager::builder(pool.clone())
+            .control_schema(bad)
+            .build()
+            .await;
+        assert!(matches!(refused, Err(Error::Validation(_))), "{bad}");
+        assert!(!schema_exists(&pool, bad).await, "{bad}");
     }
     let m = TenantManager::builder(pool.clone())
         .control_schema("ops_registry")

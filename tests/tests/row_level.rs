@@ -384,9 +384,9 @@ async fn a_row_tenant_column_entity_fills_and_filters_with_every_kind_of_stateme
 
     // Condition ($1), tenant ($2), limit ($3), offset ($4).
     let page = Label::select()
-        .filter("label", tenantry::Op::Like, "a%")
-        .filter("id", tenantry::Op::Gt, mine[0].id)
-        .order_by("id", false)
+        .filter_named("label", tenantry::Op::Like, "a%")
+        .filter_named("id", tenantry::Op::Gt, mine[0].id)
+        .sort_named("id", false)
         .limit(2)
         .offset(1)
         .fetch_all(&mut acme)
@@ -394,7 +394,7 @@ async fn a_row_tenant_column_entity_fills_and_filters_with_every_kind_of_stateme
         .unwrap();
     assert_eq!(page, mine[2..4]);
     let text = Label::select()
-        .filter("label", tenantry::Op::Like, "a%")
+        .filter_named("label", tenantry::Op::Like, "a%")
         .limit(2)
         .offset(1)
         .sql(Strategy::Row);
@@ -402,9 +402,30 @@ async fn a_row_tenant_column_entity_fills_and_filters_with_every_kind_of_stateme
         text,
         r#"SELECT "id", "label" FROM "items" WHERE "label" LIKE $1 AND "tenant_id" = $2 ORDER BY "id" LIMIT $3 OFFSET $4"#
     );
-    assert_eq!(
+    // The names before `_named`/`_by` still build the same statements for a release.
+    #[allow(deprecated)]
+    let (old, old_typed) = (
         Label::select()
             .filter("label", tenantry::Op::Like, "a%")
+            .order_by("id", true)
+            .sql(Strategy::Row),
+        Label::select().order(Label::ID.desc()).sql(Strategy::Row),
+    );
+    assert_eq!(
+        old,
+        Label::select()
+            .filter_named("label", tenantry::Op::Like, "a%")
+            .sort_named("id", true)
+            .sql(Strategy::Row)
+    );
+    assert_eq!(
+        old_typed,
+        Label::select().sort_by(Label::ID.desc()).sql(Strategy::Row)
+    );
+    assert!(old.ends_with(r#"ORDER BY "id" DESC"#), "{old}");
+    assert_eq!(
+        Label::select()
+            .filter_named("label", tenantry::Op::Like, "a%")
             .count(&mut acme)
             .await
             .unwrap(),
@@ -413,7 +434,7 @@ async fn a_row_tenant_column_entity_fills_and_filters_with_every_kind_of_stateme
     assert_eq!(Label::count(&mut globex).await.unwrap(), 1);
     assert_eq!(Label::list(&mut acme, 2, 3).await.unwrap(), mine[3..5]);
     let first = Label::select()
-        .filter("label", tenantry::Op::Eq, "a4")
+        .filter_named("label", tenantry::Op::Eq, "a4")
         .fetch_optional(&mut acme)
         .await
         .unwrap();

@@ -37,7 +37,7 @@ struct Label {
 }
 
 async fn all(tx: &mut TenantTx) -> Result<(), tenantry::Error> {
-    let _ = LineItem::select().filter("qty", Op::Ge, 2_i32).fetch_all(tx).await?;
+    let _ = LineItem::select().filter_named("qty", Op::Ge, 2_i32).fetch_all(tx).await?;
     let _ = Category::list(tx, 10, 0).await?;
     Ok(())
 }

@@ -20,7 +20,7 @@ async fn open(mut db: TenantDb) -> Result<Json<Vec<Project>>, Error> {
     let rows = Project::select()
         .filter_by(Project::DONE.eq(false))
         .filter_by(Project::DISPLAY_NAME.ilike("a%"))
-        .order(Project::ID.desc())
+        .sort_by(Project::ID.desc())
         .fetch_all(&mut db)
         .await?;
     Project::update_columns(&mut db, &1, vec![Project::DONE.set(true)]).await?;

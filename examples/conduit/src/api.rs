@@ -571,7 +571,7 @@ async fn list<H: TenantHandle>(
     let articles_count = filter.select().count(h).await?;
     let page = filter
         .select()
-        .order(Article::CREATED_AT.desc())
+        .sort_by(Article::CREATED_AT.desc())
         .limit(limit)
         .offset(offset)
         .fetch_all(h)
@@ -1026,7 +1026,7 @@ pub async fn list_comments(
     let article = article_at(&mut db, &slug).await?;
     let comments = Comment::select()
         .filter_by(Comment::ARTICLE_ID.eq(article.id))
-        .order(Comment::ID.asc())
+        .sort_by(Comment::ID.asc())
         .limit(500)
         .fetch_all(&mut db)
         .await?;

@@ -767,10 +767,10 @@ fn with_next(body: impl IntoResponse, next: Option<String>) -> Response {
 async fn list_projects(mut db: TenantDb, uri: axum::http::Uri) -> Result<Response, Error> {
     let page = Page::of(&uri)?;
     let mut select = Project::select()
-        .order_by("id", false)
+        .sort_named("id", false)
         .limit(page.limit + 1);
     if let Some(after) = page.after {
-        select = select.filter("id", tenantry::Op::Gt, after);
+        select = select.filter_named("id", tenantry::Op::Gt, after);
     }
     let rows = select.fetch_all(&mut db).await?;
     let (array, next) = page.next(&uri, &rows, |p| p.id)?;
@@ -814,10 +814,10 @@ pub struct DataRow {
 async fn get_data(mut db: TenantDb, uri: axum::http::Uri) -> Result<Response, Error> {
     let page = Page::of(&uri)?;
     let mut select = DataRow::select()
-        .order_by("id", false)
+        .sort_named("id", false)
         .limit(page.limit + 1);
     if let Some(after) = page.after {
-        select = select.filter("id", tenantry::Op::Gt, after);
+        select = select.filter_named("id", tenantry::Op::Gt, after);
     }
     let rows = select.fetch_all(&mut db).await?;
     let (array, next) = page.next(&uri, &rows, |d| d.id)?;

@@ -23,9 +23,9 @@ use crate::tenant::{Strategy, Tenant};
 /// # use tenantry::{TenantEntity, Op};
 /// # async fn f<P: TenantEntity>(db: &mut tenantry::TenantDb) -> Result<(), tenantry::Error> {
 /// let recent: Vec<P> = P::select()
-///     .filter("name", Op::Like, "apollo%")
-///     .filter("id", Op::Gt, 10_i64)
-///     .order_by("id", false)
+///     .filter_named("name", Op::Like, "apollo%")
+///     .filter_named("id", Op::Gt, 10_i64)
+///     .sort_named("id", false)
 ///     .limit(20)
 ///     .fetch_all(db)
 ///     .await?;
@@ -79,8 +79,10 @@ impl<E: TenantEntity> Select<E> {
         found
     }
 
-    /// Adds `column <op> value`, the value bound as a parameter.
-    pub fn filter<T>(mut self, column: &str, op: Op, value: T) -> Self
+    /// Adds `column <op> value` for a column named at run time, the value bound as a
+    /// parameter; an unknown column fails the statement with a 400 naming the
+    /// entity's columns. The typed form is [`filter_by`](Self::filter_by).
+    pub fn filter_named<T>(mut self, column: &str, op: Op, value: T) -> Self
     where
         T: for<'q> Encode<'q, Postgres> + Type<Postgres>,
     {
@@ -106,20 +108,52 @@ impl<E: TenantEntity> Select<E> {
         self
     }
 
-    /// Orders by a typed column (`Project::ID.desc()`).
-    pub fn order(mut self, order: Order<E>) -> Self {
+    /// Orders by a typed column (`Project::ID.desc()`). The form for a column named
+    /// at run time is [`sort_named`](Self::sort_named).
+    pub fn sort_by(mut self, order: Order<E>) -> Self {
         if let Some(column) = self.column(order.column) {
             self.order = Some((column, order.descending));
         }
         self
     }
 
-    /// Orders by `column`, descending if `descending`.
-    pub fn order_by(mut self, column: &str, descending: bool) -> Self {
+    /// Orders by `column`, named at run time, descending if `descending`. The typed
+    /// form is [`sort_by`](Self::sort_by).
+    pub fn sort_named(mut self, column: &str, descending: bool) -> Self {
         if let Some(column) = self.column(column) {
             self.order = Some((column, descending));
         }
         self
+    }
+
+    /// The old name of [`filter_named`](Self::filter_named).
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed `filter_named`: `_by` takes a typed column, `_named` a name"
+    )]
+    pub fn filter<T>(self, column: &str, op: Op, value: T) -> Self
+    where
+        T: for<'q> Encode<'q, Postgres> + Type<Postgres>,
+    {
+        self.filter_named(column, op, value)
+    }
+
+    /// The old name of [`sort_by`](Self::sort_by).
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed `sort_by`: `_by` takes a typed column, `_named` a name"
+    )]
+    pub fn order(self, order: Order<E>) -> Self {
+        self.sort_by(order)
+    }
+
+    /// The old name of [`sort_named`](Self::sort_named).
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed `sort_named`: `_by` takes a typed column, `_named` a name"
+    )]
+    pub fn order_by(self, column: &str, descending: bool) -> Self {
+        self.sort_named(column, descending)
     }
 
     /// At most `n` rows.
@@ -257,7 +291,7 @@ impl<E: TenantEntity> Select<E> {
                         after.chars().take(64).collect::<String>().escape_debug()
                     ))
                 })?;
-                select = select.filter(E::PRIMARY_KEY, Op::Gt, key);
+                select = select.filter_named(E::PRIMARY_KEY, Op::Gt, key);
             }
             select.order = Some((E::PRIMARY_KEY, false));
             select.offset = None;

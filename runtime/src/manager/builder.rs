@@ -133,8 +133,9 @@ impl TenantManagerBuilder {
         self
     }
 
-    /// The prefix of tenant database names (default `tenant_`); see
-    /// [`Lifecycle::with_database_prefix`](crate::admin::Lifecycle::with_database_prefix).
+    /// The prefix of tenant database names (default `tenant_`: tenant `acme-corp` gets
+    /// the database `tenant_acme_corp`); the template database is `<prefix>_template`,
+    /// a name no tenant id can produce. Lowercase letters, digits and `_`, at most 16.
     pub fn database_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.database_prefix = Some(prefix.into());
         self

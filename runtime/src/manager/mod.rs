@@ -413,7 +413,10 @@ impl TenantManager {
         Ok(TenantContext::scope(tenant, future).await)
     }
 
-    /// Creates a tenant (all or nothing; see [`Lifecycle::create`](crate::admin::Lifecycle::create)).
+    /// Creates a tenant, all or nothing: if any step fails nothing is left behind
+    /// (no registry row, schema, database or rows), and the id can be used again once
+    /// the cause is fixed. How the tenant is provisioned depends on its strategy (see
+    /// [`crate::strategy`]).
     ///
     /// Runs to its end even if the caller is cancelled (a request timeout, a client
     /// that went away): provisioning is not cancel-safe (a database made outside a
@@ -444,9 +447,11 @@ impl TenantManager {
         result
     }
 
-    /// Adds a domain to the tenant (see [`Lifecycle::add_domain`](crate::admin::Lifecycle::add_domain));
-    /// the host resolver of every instance follows (its cache entries of the tenant
-    /// and its cached misses are dropped by the change notification).
+    /// Adds `domain` to the tenant's domains (idempotent); with `primary`, or if the
+    /// tenant has no primary domain yet, it becomes the primary one. Another tenant's
+    /// domain is a 409; a name that is not a public host name a 400/422. The host
+    /// resolver of every instance follows (its cache entries of the tenant and its
+    /// cached misses are dropped by the change notification).
     ///
     /// ```no_run
     /// # async fn f(manager: tenantry::TenantManager) -> Result<(), tenantry::Error> {

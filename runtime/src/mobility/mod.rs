@@ -227,7 +227,7 @@ impl Lifecycle {
     }
 }
 
-/// Where [`Lifecycle::move_tenant`] takes a tenant: exactly one target per move.
+/// Where [`Admin::move_tenant`](crate::admin::Admin::move_tenant) takes a tenant: exactly one target per move.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MoveTo {
     /// Another strategy (a database tenant moved this way stays on its server;
@@ -245,7 +245,7 @@ pub enum MoveTo {
     NodeWith(String, crate::citus::NodeTransfer),
 }
 
-/// How [`Lifecycle::import`] creates the tenant; every field defaults to the export's.
+/// How [`Admin::import`](crate::admin::Admin::import) creates the tenant; every field defaults to the export's.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImportOptions {
     /// The new tenant's id (default: the exported one).

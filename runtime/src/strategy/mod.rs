@@ -13,7 +13,8 @@
 //!   setting ([`rls_sql`], [`install_rls`]).
 //!
 //! The lifecycle rules (validation, states, announcements) live in
-//! [`admin::Lifecycle`](crate::admin::Lifecycle), which dispatches here; the pool asks
+//! the tenant lifecycle ([`TenantManager`](crate::TenantManager)'s operations and
+//! [`admin`](crate::admin)'s), which dispatches here; the pool asks
 //! this module how to scope a connection. Nothing here knows about HTTP or the pool.
 //!
 //! [`TenantId::schema_name`]: crate::TenantId::schema_name
