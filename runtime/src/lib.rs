@@ -39,7 +39,8 @@ pub use context::TenantContext;
 pub use db::{TenantDb, TenantTx};
 pub use entity::{NewEntity, Select, TenantEntity, TenantHandle};
 pub use error::{Error, PROBLEM_JSON, Problem, Result};
-pub use limits::{LimitedService, TenantLimitLayer};
+#[allow(deprecated)]
+pub use limits::{LimitedService, TenantLimitLayer, TenantLimitMiddleware};
 pub use manager::{FanOut, Selection, TenantManager, TenantManagerBuilder, TenantOutcome};
 pub use metrics::TenantMetrics;
 pub use middleware::{CurrentTenant, TenantLayer, TenantMiddleware, TenantPolicy};

@@ -42,16 +42,20 @@ impl Lifecycle {
         Ok(self)
     }
 
-    /// The registry is a Citus coordinator: schema tenants become distributed schemas,
-    /// database tenants are refused on it (see docs/ARCHITECTURE.md, "Citus").
-    pub fn on_citus(mut self, yes: bool) -> Self {
-        self.strategies.citus = yes;
+    /// The registry's Citus, if it is a coordinator: schema tenants become
+    /// distributed schemas, database tenants are refused on it (see
+    /// docs/ARCHITECTURE.md, "Citus").
+    pub fn on_citus(mut self, citus: Option<std::sync::Arc<crate::citus::Citus>>) -> Self {
+        self.strategies.citus = citus;
         self
     }
 
     /// Refuses what a Citus coordinator cannot hold: a database tenant on it.
     pub(crate) fn check_citus(&self, strategy: Strategy, server: &str) -> Result<(), Error> {
-        if self.strategies.citus && strategy == Strategy::Database && server == DEFAULT_SERVER {
+        if self.strategies.citus.is_some()
+            && strategy == Strategy::Database
+            && server == DEFAULT_SERVER
+        {
             return Err(Error::Unprocessable(
                 "the registry's server is a Citus coordinator, where a tenant database would \
                  not be part of the cluster: place database tenants on a named server \

@@ -54,7 +54,7 @@ pub struct TenantLimitLayer {
 #[derive(Debug)]
 struct Shared {
     defaults: TenantLimits,
-    tenants: Mutex<HashMap<TenantId, Budget>>,
+    tenants: Mutex<HashMap<TenantId, Allowance>>,
 }
 
 /// The most tenants whose counters are kept; past it, idle ones are forgotten.
@@ -80,7 +80,7 @@ impl Enforced {
 
 /// One tenant's counters, for one incarnation.
 #[derive(Debug)]
-struct Budget {
+struct Allowance {
     incarnation: i64,
     limits: Enforced,
     tokens: f64,
@@ -96,7 +96,7 @@ struct Budget {
 /// A bound that no tenant can reach: "no concurrency limit".
 const UNBOUNDED: usize = Semaphore::MAX_PERMITS;
 
-impl Budget {
+impl Allowance {
     fn new(incarnation: i64, limits: Enforced) -> Self {
         Self {
             incarnation,
@@ -243,10 +243,10 @@ impl Shared {
         }
         let budget = tenants
             .entry(tenant.id.clone())
-            .or_insert_with(|| Budget::new(tenant.incarnation, limits));
+            .or_insert_with(|| Allowance::new(tenant.incarnation, limits));
         if budget.incarnation != tenant.incarnation {
             // Another tenant under the id: it starts afresh.
-            *budget = Budget::new(tenant.incarnation, limits);
+            *budget = Allowance::new(tenant.incarnation, limits);
         } else if budget.limits != limits {
             budget.change(limits);
         }
@@ -284,24 +284,29 @@ impl Shared {
 }
 
 impl<S> Layer<S> for TenantLimitLayer {
-    type Service = LimitedService<S>;
+    type Service = TenantLimitMiddleware<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        LimitedService {
+        TenantLimitMiddleware {
             inner,
             shared: self.shared.clone(),
         }
     }
 }
 
+/// The old name of [`TenantLimitMiddleware`] (the layer's service is named as
+/// [`TenantLayer`](crate::TenantLayer)'s is: `TenantMiddleware`).
+#[deprecated(since = "0.2.0", note = "renamed `TenantLimitMiddleware`")]
+pub type LimitedService<S> = TenantLimitMiddleware<S>;
+
 /// The service [`TenantLimitLayer`] wraps around the routes.
 #[derive(Debug, Clone)]
-pub struct LimitedService<S> {
+pub struct TenantLimitMiddleware<S> {
     inner: S,
     shared: Arc<Shared>,
 }
 
-impl<S, B> Service<Request<B>> for LimitedService<S>
+impl<S, B> Service<Request<B>> for TenantLimitMiddleware<S>
 where
     S: Service<Request<B>, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,

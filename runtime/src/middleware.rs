@@ -221,7 +221,7 @@ impl<S: std::fmt::Debug> std::fmt::Debug for TenantMiddleware<S> {
 
 /// What the layer leaves in the request extensions for the extractors.
 #[derive(Clone, Debug)]
-struct Scope {
+struct RequestTenant {
     manager: TenantManager,
     hint: Arc<str>,
     tenant: Option<Arc<Tenant>>,
@@ -286,7 +286,7 @@ where
                 Ok(tenant) => tenant,
                 Err(e) => return Ok(e.into_response()),
             };
-            parts.extensions.insert(Scope {
+            parts.extensions.insert(RequestTenant {
                 manager: config.manager.clone(),
                 hint: config.hint.clone(),
                 tenant: tenant.clone(),
@@ -309,11 +309,13 @@ where
 
 /// The tenant [`TenantLayer`] resolved for a request, if any (for layers inside it).
 pub(crate) fn request_tenant(extensions: &http::Extensions) -> Option<Arc<Tenant>> {
-    extensions.get::<Scope>().and_then(|s| s.tenant.clone())
+    extensions
+        .get::<RequestTenant>()
+        .and_then(|s| s.tenant.clone())
 }
 
-fn scope(parts: &Parts) -> Result<&Scope, Error> {
-    parts.extensions.get::<Scope>().ok_or_else(|| {
+fn scope(parts: &Parts) -> Result<&RequestTenant, Error> {
+    parts.extensions.get::<RequestTenant>().ok_or_else(|| {
         tracing::error!("a tenantry extractor ran on a route without `TenantLayer`");
         Error::NoTenantInScope
     })

@@ -225,7 +225,7 @@ impl TenantManagerBuilder {
             servers.add(name, options);
         }
         servers.set_registered(&repo.servers().await?);
-        let citus = crate::citus::detect(&self.pool).await?;
+        let citus = crate::citus::detect(&self.pool).await?.map(Arc::new);
         if let Some(c) = &citus {
             tracing::info!(
                 version = %c.version,
@@ -248,9 +248,15 @@ impl TenantManagerBuilder {
             inner: Arc::new(Inner {
                 lifecycle: lifecycle
                     .provision_from_template(self.from_template)
-                    .on_citus(citus.is_some())
+                    .on_citus(citus.clone())
                     .with_servers(servers.clone()),
-                pools: TenantPools::with_servers(tenant_base, servers, self.pool_config, budget),
+                pools: TenantPools::with_servers(
+                    tenant_base,
+                    servers,
+                    self.pool_config,
+                    budget,
+                    citus.clone(),
+                ),
                 cache: RwLock::new(HashMap::new()),
                 domains: RwLock::new(HashMap::new()),
                 cache_ttl: self.cache_ttl,
@@ -263,7 +269,6 @@ impl TenantManagerBuilder {
                 _shutdown: shutdown,
             }),
         };
-        manager.inner.pools.set_citus(citus.is_some());
         manager.inner.pools.set_control_schema(&self.control_schema);
         if self.listen {
             let mut listener = PgListener::connect_with(&self.pool).await?;

@@ -70,7 +70,7 @@ struct Inner {
     /// One re-read of the known domains at a time.
     refreshing_domains: tokio::sync::Mutex<()>,
     /// Citus on the registry's server (its coordinator), if any.
-    citus: Option<crate::citus::Citus>,
+    citus: Option<Arc<crate::citus::Citus>>,
     /// Dropped with the manager, which stops the change listener.
     _shutdown: watch::Sender<()>,
 }
@@ -112,7 +112,7 @@ impl TenantManager {
     }
 
     pub(crate) fn citus(&self) -> Option<&crate::citus::Citus> {
-        self.inner.citus.as_ref()
+        self.inner.citus.as_deref()
     }
 
     pub(crate) fn pools(&self) -> &TenantPools {

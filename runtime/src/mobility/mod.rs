@@ -162,7 +162,7 @@ impl Lifecycle {
             _ => None,
         };
         if let Some((node, transfer)) = node_move {
-            if !self.strategies.citus {
+            if self.strategies.citus.is_none() {
                 return Err(Error::Unprocessable(format!(
                     "--to-node moves tenants between Citus workers, and the registry's server \
                      is not a Citus coordinator; tenant `{id}` was left where it is"

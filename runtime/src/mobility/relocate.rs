@@ -236,14 +236,14 @@ impl Strategies {
     /// time, and its move copies under the fence (no change capture: a capture
     /// trigger on a worker could not reach the coordinator's control schema).
     fn on_citus(&self, tenant: &Tenant) -> bool {
-        self.citus && tenant.strategy != Strategy::Database
+        self.citus.is_some() && tenant.strategy != Strategy::Database
     }
 
     /// Whether the tenant's capture and fence are its row in the registry's
     /// `row_moves`, read by the shared tables' guard triggers (a row tenant off Citus:
     /// see `row_guard`), rather than triggers of the move's own.
     fn row_guarded(&self, tenant: &Tenant) -> bool {
-        tenant.strategy == Strategy::Row && !self.citus
+        tenant.strategy == Strategy::Row && self.citus.is_none()
     }
 
     /// Takes a row tenant's move to `step`; a capture or fence going up then waits for
@@ -411,7 +411,7 @@ impl Strategies {
                     self.fence(tenant, false).await?;
                 }
             }
-            if left.shared > 0 && self.citus {
+            if left.shared > 0 && self.citus.is_some() {
                 if tenant.strategy != Strategy::Row {
                     let mut tx = self.repo.pool().begin().await?;
                     self.fence_on_citus(&mut tx, tenant, Strategy::Row, false)
@@ -755,7 +755,7 @@ impl Strategies {
                 // The fence goes first (it refuses these deletes too), in the same
                 // transaction: no write of the tenant slips in between.
                 let mut tx = self.repo.pool().begin().await?;
-                if self.citus {
+                if self.citus.is_some() {
                     self.fence_on_citus(&mut tx, old, Strategy::Row, false)
                         .await?;
                 } else {

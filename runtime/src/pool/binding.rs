@@ -19,7 +19,7 @@ use crate::tenant::{Strategy, Tenant};
 
 /// How a connection is scoped to one tenant: what its session (or transaction) sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Scope {
+pub(crate) struct TenantSettings {
     /// The `search_path`, `pg_temp` last: a temporary table never shadows the
     /// tenant's tables.
     pub search_path: String,
@@ -38,7 +38,7 @@ pub(crate) struct Scope {
     pub citus: bool,
 }
 
-impl Scope {
+impl TenantSettings {
     /// How `tenant`'s connections are scoped, under `config`.
     pub(super) fn of(
         tenant: &Tenant,
@@ -130,7 +130,7 @@ impl Scope {
     }
 }
 
-impl Scope {
+impl TenantSettings {
     /// The transaction binding's discarding after a transaction in which the
     /// request's own SQL ran (or one cut off): the function, or in a tenant database
     /// (no control schema) the statements.
@@ -160,7 +160,7 @@ const DISCARD: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; RESET ROLE;
 pub(super) async fn bind_session(
     shared: &Shared,
     conn: &mut PgConnection,
-    scope: Option<&Scope>,
+    scope: Option<&TenantSettings>,
     full: bool,
 ) -> Result<(), Error> {
     if scope.is_some_and(|s| s.own_database) {
@@ -211,7 +211,7 @@ pub(super) async fn bind_session(
 async fn session_bind(
     control: &str,
     conn: &mut PgConnection,
-    scope: Option<&Scope>,
+    scope: Option<&TenantSettings>,
     full: bool,
 ) -> Result<Option<i64>, sqlx::Error> {
     let timeout = scope.and_then(|s| s.statement_timeout_ms.map(|ms| ms.to_string()));
@@ -222,7 +222,7 @@ async fn session_bind(
             lit(scope.map(|s| s.search_path.as_str())),
             lit(Some(TENANT_SETTING)),
             lit(scope.map(|s| s.setting.as_str())),
-            lit(scope.map(Scope::role_setting)),
+            lit(scope.map(TenantSettings::role_setting)),
             lit(scope.map(|s| s.application_name.as_str())),
             lit(timeout.as_deref()),
         );
@@ -236,7 +236,7 @@ async fn session_bind(
         .bind(scope.map(|s| s.search_path.as_str()))
         .bind(TENANT_SETTING)
         .bind(scope.map(|s| s.setting.as_str()))
-        .bind(scope.map(Scope::role_setting))
+        .bind(scope.map(TenantSettings::role_setting))
         .bind(scope.map(|s| s.application_name.as_str()))
         .bind(timeout)
         .fetch_one(&mut *conn)
@@ -248,7 +248,7 @@ async fn session_bind(
 /// timeout set, or the default put back (`RESET`, which never reads `pg_settings`).
 async fn bind_own_database(
     conn: &mut PgConnection,
-    scope: &Scope,
+    scope: &TenantSettings,
     full: bool,
 ) -> Result<(), Error> {
     if full {
@@ -274,7 +274,7 @@ async fn bind_own_database(
 /// [`DISCARD`], then the binding, then the statement cache checked against the server.
 async fn discard_with_statements(
     conn: &mut PgConnection,
-    scope: Option<&Scope>,
+    scope: Option<&TenantSettings>,
 ) -> Result<(), Error> {
     sqlx::raw_sql(DISCARD).execute(&mut *conn).await?;
     if let Some(scope) = scope {

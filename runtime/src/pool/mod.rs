@@ -38,7 +38,6 @@
 //! [`PoolConfig::max_lifetime`], which bounds that memory.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,6 +45,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, Row};
 use tokio::sync::Notify;
 
+use crate::citus::Citus;
 use crate::error::Error;
 use crate::naming::quote_ident;
 pub use crate::servers::{DEFAULT_SERVER, Servers};
@@ -56,7 +56,7 @@ mod budget;
 mod config;
 mod release;
 
-use binding::Scope;
+use binding::TenantSettings;
 pub use config::{APPLICATION_NAME, Binding, PoolConfig};
 pub(crate) use release::PooledConn;
 /// Who a connection logs in as and where: connections are only ever reused within
@@ -247,9 +247,10 @@ struct Shared {
     state: Mutex<State>,
     /// Signalled when a connection of the server (by name) is released or closed.
     released: Mutex<HashMap<String, Arc<Notify>>>,
-    /// The default server is a Citus coordinator: row tenants are bound per
-    /// transaction, with `SET LOCAL`s the coordinator forwards to the workers.
-    citus: AtomicBool,
+    /// The default server's Citus, if it is a coordinator (the manager's one value):
+    /// row tenants are then bound per transaction whatever [`PoolConfig::binding`]
+    /// says, with `SET LOCAL`s the coordinator forwards to the workers.
+    citus: Option<Arc<Citus>>,
     /// The quoted control schema, home of the `session_bind` function.
     control: std::sync::OnceLock<String>,
     /// The last connection serial given out.
@@ -308,6 +309,7 @@ impl TenantPools {
         servers: Servers,
         config: PoolConfig,
         budget: u32,
+        citus: Option<Arc<Citus>>,
     ) -> Self {
         let budget = config.max_connections.unwrap_or(budget).max(1);
         let mut servers = servers;
@@ -321,7 +323,7 @@ impl TenantPools {
                 budget,
                 state: Mutex::new(State::default()),
                 released: Mutex::new(HashMap::new()),
-                citus: AtomicBool::new(false),
+                citus,
                 control: std::sync::OnceLock::new(),
                 serials: std::sync::atomic::AtomicU64::new(0),
                 tables: Mutex::new(HashMap::new()),
@@ -348,14 +350,6 @@ impl TenantPools {
                 retire(&shared, expired);
             }
         });
-    }
-
-    /// Marks the default server as a Citus coordinator (see [`crate::citus`]): row
-    /// tenants are then bound per transaction whatever [`PoolConfig::binding`] says.
-    pub(crate) fn set_citus(&self, on: bool) {
-        self.shared
-            .citus
-            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Names the registry's control schema, where the `session_bind` function that
@@ -767,12 +761,12 @@ impl Shared {
     }
 
     /// How `tenant`'s connections are scoped.
-    fn scope(&self, tenant: &Tenant) -> Scope {
-        Scope::of(
+    fn scope(&self, tenant: &Tenant) -> TenantSettings {
+        TenantSettings::of(
             tenant,
             &self.config,
             self.application_name_of(&tenant.id),
-            self.citus.load(std::sync::atomic::Ordering::Relaxed),
+            self.citus.is_some(),
         )
     }
 
@@ -784,7 +778,7 @@ impl Shared {
     /// Whether `tenant` must be bound per transaction whatever the configuration:
     /// a row tenant on a Citus coordinator (session settings do not reach the workers).
     fn local_only(&self, tenant: &Tenant) -> bool {
-        tenant.strategy == Strategy::Row && self.citus.load(std::sync::atomic::Ordering::Relaxed)
+        tenant.strategy == Strategy::Row && self.citus.is_some()
     }
 
     /// `<application name>:<tenant>`: what `pg_stat_activity` shows while a

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
 
-use super::binding::{self, Scope};
+use super::binding::{self, TenantSettings};
 use super::{Binding, BindingKey, Conn, Layout, Shared, retire};
 use crate::error::Error;
 use crate::naming::quote_ident;
@@ -418,7 +418,7 @@ fn back_from_cleaning(pool: &Arc<Shared>, mut conn: Conn, clean: bool) {
 async fn clean(pool: &Shared, conn: &mut Conn) -> Result<(), Error> {
     if conn.login.database.is_some() {
         // The next binding of its tenant sets the statement timeout again.
-        let scope = Scope {
+        let scope = TenantSettings {
             search_path: "public, pg_temp".to_owned(),
             setting: String::new(),
             role: None,

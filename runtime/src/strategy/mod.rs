@@ -54,7 +54,7 @@ pub(crate) struct Strategies {
     /// Clone new schema tenants from the template schema (else replay migrations).
     pub from_template: bool,
     /// The registry is a Citus coordinator: schema tenants become distributed schemas.
-    pub citus: bool,
+    pub citus: Option<std::sync::Arc<crate::citus::Citus>>,
     templates: template::Templates,
 }
 
@@ -68,7 +68,7 @@ impl Strategies {
             servers: Servers::default(),
             names,
             from_template: true,
-            citus: false,
+            citus: None,
             templates: Default::default(),
         }
     }

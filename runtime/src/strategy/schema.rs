@@ -74,7 +74,7 @@ pub(crate) struct Precreated {
 /// Makes the schema ahead (see [`Precreated`]) where it must be; `None` elsewhere
 /// (the build's transaction creates it).
 pub(crate) async fn precreate(s: &Strategies, name: &str) -> Result<Option<Precreated>, Error> {
-    if !s.citus {
+    if s.citus.is_none() {
         return Ok(None);
     }
     let mut conn = s.repo.pool().acquire().await?;
@@ -168,7 +168,7 @@ pub(crate) async fn build(
             .apply(tx, &target, &s.migrations.versions(), &record)
             .await?;
     }
-    if s.citus {
+    if s.citus.is_some() {
         // On a Citus coordinator: placed on a worker, in this same transaction.
         crate::citus::distribute_schema(tx, schema).await?;
     }
