@@ -100,14 +100,9 @@ async fn session_changes_of_a_handler_never_reach_the_next_request() {
     create(&manager, "alpha").await;
     create(&manager, "bravo").await;
     let app = app(&manager);
-    let r = send(
-        &app,
-        Method::POST,
-        "/api/v1/projects",
-        &[("x-tenant-id", "bravo")],
-        Some(json!({"name": "bravo's own"})),
-    )
-    .await;
+    let r = Client::tenant(&app, "bravo")
+        .post("/api/v1/projects", json!({"name": "bravo's own"}))
+        .await;
     assert_eq!(r.status, 201);
 
     for next in ["alpha", "bravo"] {
@@ -122,14 +117,7 @@ async fn session_changes_of_a_handler_never_reach_the_next_request() {
         assert_eq!(r.status, 200, "{r:?}");
         // Give the release check (off the request's path) time to run.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let r = send(
-            &app,
-            Method::GET,
-            "/test/probe",
-            &[("x-tenant-id", next)],
-            None,
-        )
-        .await;
+        let r = Client::tenant(&app, next).get("/test/probe").await;
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(
             r.json["search_path"],
@@ -142,14 +130,7 @@ async fn session_changes_of_a_handler_never_reach_the_next_request() {
         assert_eq!(r.json["leftover_statement"], 0, "{r:?}");
         assert_eq!(r.json["leftover_temp_table"], false, "{r:?}");
         // The open transaction's write was rolled back, and alpha sees only alpha.
-        let r = send(
-            &app,
-            Method::GET,
-            "/api/v1/projects",
-            &[("x-tenant-id", "bravo")],
-            None,
-        )
-        .await;
+        let r = Client::tenant(&app, "bravo").get("/api/v1/projects").await;
         let names: Vec<&str> = r
             .json
             .as_array()
@@ -158,14 +139,7 @@ async fn session_changes_of_a_handler_never_reach_the_next_request() {
             .map(|p| p["name"].as_str().unwrap())
             .collect();
         assert_eq!(names, ["bravo's own"]);
-        let r = send(
-            &app,
-            Method::GET,
-            "/api/v1/projects",
-            &[("x-tenant-id", "alpha")],
-            None,
-        )
-        .await;
+        let r = Client::tenant(&app, "alpha").get("/api/v1/projects").await;
         assert_eq!(r.json, json!([]), "alpha reads nothing of bravo's");
     }
     let stats = manager.pool_stats();
@@ -183,14 +157,9 @@ async fn a_row_tenant_that_switches_its_setting_and_role_does_not_pass_them_on()
     create_with(&manager, "rowa", Strategy::Row).await;
     create_with(&manager, "rowb", Strategy::Row).await;
     let app = app(&manager);
-    let r = send(
-        &app,
-        Method::POST,
-        "/api/v1/data",
-        &[("x-tenant-id", "rowb")],
-        Some(json!({"value": "rowb's secret"})),
-    )
-    .await;
+    let r = Client::tenant(&app, "rowb")
+        .post("/api/v1/data", json!({"value": "rowb's secret"}))
+        .await;
     assert_eq!(r.status, 201);
     for _ in 0..3 {
         let r = send(
@@ -203,24 +172,10 @@ async fn a_row_tenant_that_switches_its_setting_and_role_does_not_pass_them_on()
         .await;
         assert_eq!(r.status, 200, "{r:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let r = send(
-            &app,
-            Method::GET,
-            "/test/probe",
-            &[("x-tenant-id", "rowa")],
-            None,
-        )
-        .await;
+        let r = Client::tenant(&app, "rowa").get("/test/probe").await;
         assert_eq!(r.json["tenant_setting"], "rowa", "{r:?}");
         assert_eq!(r.json["user"], saas::ROW_ROLE, "{r:?}");
-        let r = send(
-            &app,
-            Method::GET,
-            "/api/v1/data",
-            &[("x-tenant-id", "rowa")],
-            None,
-        )
-        .await;
+        let r = Client::tenant(&app, "rowa").get("/api/v1/data").await;
         assert_eq!(r.json["data"], json!([]), "{r:?}");
     }
 }
@@ -236,14 +191,9 @@ async fn a_request_waiting_while_its_tenant_is_deleted_and_recreated_never_reach
     create(&manager, "holder").await;
     create_with(&manager, "phoenix", Strategy::Row).await;
     let app = app(&manager);
-    let r = send(
-        &app,
-        Method::POST,
-        "/api/v1/data",
-        &[("x-tenant-id", "phoenix")],
-        Some(json!({"value": "first life"})),
-    )
-    .await;
+    let r = Client::tenant(&app, "phoenix")
+        .post("/api/v1/data", json!({"value": "first life"}))
+        .await;
     assert_eq!(r.status, 201);
     // The only connection is taken; phoenix's next request waits for it.
     let holder = manager
@@ -255,14 +205,12 @@ async fn a_request_waiting_while_its_tenant_is_deleted_and_recreated_never_reach
     let waiting = {
         let app = app.clone();
         tokio::spawn(async move {
-            send(
-                &app,
-                Method::POST,
-                "/api/v1/data",
-                &[("x-tenant-id", "phoenix")],
-                Some(json!({"value": "written by the first life's request"})),
-            )
-            .await
+            Client::tenant(&app, "phoenix")
+                .post(
+                    "/api/v1/data",
+                    json!({"value": "written by the first life's request"}),
+                )
+                .await
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -278,14 +226,7 @@ async fn a_request_waiting_while_its_tenant_is_deleted_and_recreated_never_reach
     r.assert_problem(503);
     assert!(r.headers.contains_key("retry-after"));
     // The new owner of the id has nothing of the old one.
-    let r = send(
-        &app,
-        Method::GET,
-        "/api/v1/data",
-        &[("x-tenant-id", "phoenix")],
-        None,
-    )
-    .await;
+    let r = Client::tenant(&app, "phoenix").get("/api/v1/data").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json["data"], json!([]), "{r:?}");
     let pool = manager.admin().registry_pool();
@@ -329,14 +270,9 @@ async fn a_binding_of_a_deleted_incarnation_is_never_reused_by_its_successor() {
     let (app_a, app_b) = (saas_app(&a), saas_app(&b));
     create_with(&a, "phoenix", Strategy::Row).await;
     // B serves the row tenant: its one connection is now bound to it.
-    let r = send(
-        &app_b,
-        Method::GET,
-        "/api/v1/projects",
-        &[("x-tenant-id", "phoenix")],
-        None,
-    )
-    .await;
+    let r = Client::tenant(&app_b, "phoenix")
+        .get("/api/v1/projects")
+        .await;
     assert_eq!(r.status, 200);
     // A deletes it and creates a schema tenant under the same id; B hears nothing.
     let id = "phoenix".parse().unwrap();
@@ -348,23 +284,13 @@ async fn a_binding_of_a_deleted_incarnation_is_never_reused_by_its_successor() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     // B's cache expired, so it reads the new record; its connection is still bound
     // to the old incarnation and must be rebound, not reused.
-    let r = send(
-        &app_b,
-        Method::POST,
-        "/api/v1/projects",
-        &[("x-tenant-id", "phoenix")],
-        Some(json!({"name": "second life"})),
-    )
-    .await;
+    let r = Client::tenant(&app_b, "phoenix")
+        .post("/api/v1/projects", json!({"name": "second life"}))
+        .await;
     assert_eq!(r.status, 201, "{r:?}");
-    let r = send(
-        &app_a,
-        Method::GET,
-        "/api/v1/projects",
-        &[("x-tenant-id", "phoenix")],
-        None,
-    )
-    .await;
+    let r = Client::tenant(&app_a, "phoenix")
+        .get("/api/v1/projects")
+        .await;
     let names: Vec<&str> = r
         .json
         .as_array()
@@ -402,14 +328,7 @@ async fn connections_are_recycled_after_serving_many_tenants() {
     }
     let app = saas_app(&manager);
     for t in &tenants {
-        let r = send(
-            &app,
-            Method::GET,
-            "/api/v1/projects",
-            &[("x-tenant-id", t)],
-            None,
-        )
-        .await;
+        let r = Client::tenant(&app, t).get("/api/v1/projects").await;
         assert_eq!(r.status, 200);
     }
     let stats = manager.pool_stats();

@@ -4,7 +4,6 @@
 
 mod common;
 
-use axum::http::Method;
 use common::*;
 use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
@@ -76,25 +75,13 @@ async fn database_tenants_on_two_servers() {
     // Through the saas routes: four tenants, three strategies, two servers.
     let app = saas_app(&manager);
     for tenant in ["here", "there", "schemaful", "rowful"] {
-        let r = send(
-            &app,
-            Method::POST,
-            "/api/v1/projects",
-            &[("x-tenant-id", tenant)],
-            Some(json!({"name": format!("{tenant}'s")})),
-        )
-        .await;
+        let r = Client::tenant(&app, tenant)
+            .post("/api/v1/projects", json!({"name": format!("{tenant}'s")}))
+            .await;
         assert_eq!(r.status, 201, "{tenant}: {r:?}");
     }
     for tenant in ["here", "there", "schemaful", "rowful"] {
-        let r = send(
-            &app,
-            Method::GET,
-            "/api/v1/projects",
-            &[("x-tenant-id", tenant)],
-            None,
-        )
-        .await;
+        let r = Client::tenant(&app, tenant).get("/api/v1/projects").await;
         let names: Vec<_> = r
             .json
             .as_array()
@@ -155,25 +142,15 @@ async fn database_tenants_on_two_servers() {
     let deleted = manager.delete_tenant(&id).await.unwrap();
     assert_eq!(deleted.status, TenantStatus::Deleted);
     assert!(databases(&east_options, &p).await.is_empty());
-    send(
-        &app,
-        Method::GET,
-        "/api/v1/projects",
-        &[("x-tenant-id", "there")],
-        None,
-    )
-    .await
-    .assert_problem(404);
-    assert_eq!(
-        send(
-            &app,
-            Method::GET,
-            "/api/v1/projects",
-            &[("x-tenant-id", "here")],
-            None
-        )
+    Client::tenant(&app, "there")
+        .get("/api/v1/projects")
         .await
-        .status,
+        .assert_problem(404);
+    assert_eq!(
+        Client::tenant(&app, "here")
+            .get("/api/v1/projects")
+            .await
+            .status,
         200
     );
     drop(manager);

@@ -16,7 +16,6 @@ use tenantry::PoolConfig;
 async fn creating_a_tenant_over_someone_elses_database_is_409_and_touches_nothing() {
     let (db, manager) = manager(PoolConfig::default()).await;
     let app = saas_app(&manager);
-    let (k, v) = admin();
     let name = format!("{}zaud_acme", database_prefix(&db));
     let pool = manager.admin().registry_pool();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
@@ -31,14 +30,12 @@ async fn creating_a_tenant_over_someone_elses_database_is_409_and_touches_nothin
         .unwrap();
     let _ = conn.close().await;
 
-    let r = send(
-        &app,
-        Method::POST,
-        "/api/v1/tenants",
-        &[(k, v.as_str())],
-        Some(json!({"id": "zaud-acme", "name": "Acme", "strategy": "database"})),
-    )
-    .await;
+    let r = Client::admin(&app)
+        .post(
+            "/api/v1/tenants",
+            json!({"id": "zaud-acme", "name": "Acme", "strategy": "database"}),
+        )
+        .await;
     r.assert_problem(409);
     assert!(
         r.json["detail"]
@@ -55,14 +52,7 @@ async fn creating_a_tenant_over_someone_elses_database_is_409_and_touches_nothin
         .unwrap();
     assert_eq!(kept, "still here");
     let _ = conn.close().await;
-    let r = send(
-        &app,
-        Method::GET,
-        "/api/v1/tenants/zaud-acme",
-        &[(k, v.as_str())],
-        None,
-    )
-    .await;
+    let r = Client::admin(&app).get("/api/v1/tenants/zaud-acme").await;
     r.assert_problem(404);
 
     // Once the owner removes it, the id can be created.
@@ -70,14 +60,12 @@ async fn creating_a_tenant_over_someone_elses_database_is_409_and_touches_nothin
         .execute(pool)
         .await
         .unwrap();
-    let r = send(
-        &app,
-        Method::POST,
-        "/api/v1/tenants",
-        &[(k, v.as_str())],
-        Some(json!({"id": "zaud-acme", "name": "Acme", "strategy": "database"})),
-    )
-    .await;
+    let r = Client::admin(&app)
+        .post(
+            "/api/v1/tenants",
+            json!({"id": "zaud-acme", "name": "Acme", "strategy": "database"}),
+        )
+        .await;
     assert_eq!(r.status, 201, "{r:?}");
 }
 
@@ -86,7 +74,6 @@ async fn creating_a_tenant_over_someone_elses_database_is_409_and_touches_nothin
 async fn creating_a_tenant_over_someone_elses_schema_is_409_and_touches_nothing() {
     let (_db, manager) = manager(PoolConfig::default()).await;
     let app = saas_app(&manager);
-    let (k, v) = admin();
     let pool = manager.admin().registry_pool();
     sqlx::raw_sql(
         "CREATE SCHEMA tenant_handmade;
@@ -96,28 +83,19 @@ async fn creating_a_tenant_over_someone_elses_schema_is_409_and_touches_nothing(
     .execute(pool)
     .await
     .unwrap();
-    let r = send(
-        &app,
-        Method::POST,
-        "/api/v1/tenants",
-        &[(k, v.as_str())],
-        Some(json!({"id": "handmade", "name": "Handmade"})),
-    )
-    .await;
+    let r = Client::admin(&app)
+        .post(
+            "/api/v1/tenants",
+            json!({"id": "handmade", "name": "Handmade"}),
+        )
+        .await;
     r.assert_problem(409);
     let kept: String = sqlx::query_scalar("SELECT v FROM tenant_handmade.precious")
         .fetch_one(pool)
         .await
         .unwrap();
     assert_eq!(kept, "still here");
-    let r = send(
-        &app,
-        Method::GET,
-        "/api/v1/tenants/handmade",
-        &[(k, v.as_str())],
-        None,
-    )
-    .await;
+    let r = Client::admin(&app).get("/api/v1/tenants/handmade").await;
     r.assert_problem(404);
 }
 
@@ -130,15 +108,8 @@ async fn data_errors_are_4xx_by_sqlstate_and_the_tenant_keeps_working() {
     create_with(&manager, "nulrow", tenantry::Strategy::Row).await;
     let app = saas_app(&manager);
     for tenant in ["nul", "nulrow"] {
-        let h = [("x-tenant-id", tenant)];
-        let r = send(
-            &app,
-            Method::POST,
-            "/api/v1/projects",
-            &h,
-            Some(json!({"name": "a\u{0}b"})),
-        )
-        .await;
+        let h = Client::tenant(&app, tenant);
+        let r = h.post("/api/v1/projects", json!({"name": "a\u{0}b"})).await;
         r.assert_problem(422);
         let detail = r.json["detail"].as_str().unwrap();
         assert!(detail.contains("NUL"), "{r:?}");
@@ -146,25 +117,11 @@ async fn data_errors_are_4xx_by_sqlstate_and_the_tenant_keeps_working() {
             !detail.to_lowercase().contains("insert"),
             "no SQL text: {r:?}"
         );
-        let r = send(
-            &app,
-            Method::POST,
-            "/api/v1/data",
-            &h,
-            Some(json!({"value": "x\u{0}"})),
-        )
-        .await;
+        let r = h.post("/api/v1/data", json!({"value": "x\u{0}"})).await;
         r.assert_problem(422);
-        let r = send(
-            &app,
-            Method::POST,
-            "/api/v1/projects",
-            &h,
-            Some(json!({"name": "fine"})),
-        )
-        .await;
+        let r = h.post("/api/v1/projects", json!({"name": "fine"})).await;
         assert_eq!(r.status, 201, "{r:?}");
-        let r = send(&app, Method::GET, "/api/v1/projects", &h, None).await;
+        let r = h.get("/api/v1/projects").await;
         assert_eq!(r.json.as_array().unwrap().len(), 1, "{r:?}");
     }
 
@@ -254,16 +211,9 @@ async fn unknown_routes_and_methods_are_problems_before_any_tenant_check() {
     .await;
     r.assert_problem(405);
     // A known route still demands its tenant.
-    let r = send(&app, Method::GET, "/api/v1/projects", &[], None).await;
+    let r = Client::anyone(&app).get("/api/v1/projects").await;
     r.assert_problem(400);
-    let r = send(
-        &app,
-        Method::GET,
-        "/api/v1/projects",
-        &[("x-tenant-id", "known")],
-        None,
-    )
-    .await;
+    let r = Client::tenant(&app, "known").get("/api/v1/projects").await;
     assert_eq!(r.status, 200);
 }
 
@@ -342,14 +292,7 @@ async fn a_flood_of_unknown_ids_costs_no_registry_queries() {
     let (_db, manager) = manager(PoolConfig::default()).await;
     create(&manager, "real").await;
     let app = saas_app(&manager);
-    let r = send(
-        &app,
-        Method::GET,
-        "/api/v1/projects",
-        &[("x-tenant-id", "real")],
-        None,
-    )
-    .await;
+    let r = Client::tenant(&app, "real").get("/api/v1/projects").await;
     assert_eq!(r.status, 200);
     let before = manager.registry_lookups();
     for i in 0..2000 {
@@ -371,23 +314,11 @@ async fn a_flood_of_unknown_ids_costs_no_registry_queries() {
     );
     // A tenant created now is served at once, and the real one still is.
     create(&manager, "made-up-7").await;
-    let r = send(
-        &app,
-        Method::GET,
-        "/api/v1/projects",
-        &[("x-tenant-id", "made-up-7")],
-        None,
-    )
-    .await;
+    let r = Client::tenant(&app, "made-up-7")
+        .get("/api/v1/projects")
+        .await;
     assert_eq!(r.status, 200, "{r:?}");
-    let r = send(
-        &app,
-        Method::GET,
-        "/api/v1/projects",
-        &[("x-tenant-id", "real")],
-        None,
-    )
-    .await;
+    let r = Client::tenant(&app, "real").get("/api/v1/projects").await;
     assert_eq!(r.status, 200, "{r:?}");
 }
 
@@ -398,8 +329,7 @@ async fn a_flood_of_unknown_ids_costs_no_registry_queries() {
 async fn hosts_are_host_names_and_requests_name_one_host() {
     let (_db, manager) = manager(PoolConfig::default()).await;
     let app = saas_app(&manager);
-    let (k, v) = admin();
-    let auth = [(k, v.as_str())];
+    let auth = Client::admin(&app);
     for (i, bad) in [
         "127.0.0.1",
         "10.1.2.3",
@@ -412,30 +342,20 @@ async fn hosts_are_host_names_and_requests_name_one_host() {
     .enumerate()
     {
         let body = json!({"id": format!("bad{i}"), "name": "Bad", "domain": bad});
-        let r = send(&app, Method::POST, "/api/v1/tenants", &auth, Some(body)).await;
+        let r = auth.post("/api/v1/tenants", body).await;
         r.assert_problem(422);
     }
     let body = json!({"id": "s1", "name": "S1", "domain": "Shop.Example.COM."});
-    let r = send(&app, Method::POST, "/api/v1/tenants", &auth, Some(body)).await;
+    let r = auth.post("/api/v1/tenants", body).await;
     assert_eq!(r.status, 201, "{r:?}");
     assert_eq!(r.json["domain"], "shop.example.com");
-    let r = send(
-        &app,
-        Method::POST,
-        "/api/v1/tenants",
-        &auth,
-        Some(json!({"id": "s2", "name": "S2"})),
-    )
-    .await;
+    let r = auth
+        .post("/api/v1/tenants", json!({"id": "s2", "name": "S2"}))
+        .await;
     assert_eq!(r.status, 201);
-    let r = send(
-        &app,
-        Method::POST,
-        "/api/v1/projects",
-        &[("x-tenant-id", "s2")],
-        Some(json!({"name": "s2's"})),
-    )
-    .await;
+    let r = Client::tenant(&app, "s2")
+        .post("/api/v1/projects", json!({"name": "s2's"}))
+        .await;
     assert_eq!(r.status, 201);
     let r = send(
         &app,
@@ -513,11 +433,11 @@ async fn unauthenticated_requests_cannot_enumerate_tenants() {
     let mut bodies = Vec::new();
     for tenant in ["exists", "resting", "nobody", "made-up-1"] {
         for auth in [None, Some("Bearer wrong")] {
-            let mut h = vec![("x-tenant-id", tenant)];
+            let mut caller = Client::tenant(&app, tenant);
             if let Some(a) = auth {
-                h.push(("authorization", a));
+                caller = caller.with("authorization", a);
             }
-            let r = send(&app, Method::GET, "/api/v1/projects", &h, None).await;
+            let r = caller.get("/api/v1/projects").await;
             r.assert_problem(401);
             bodies.push(r.json["detail"].clone());
         }
@@ -566,23 +486,18 @@ async fn lists_are_paged_and_values_bounded() {
     let (_db, manager) = manager(PoolConfig::default()).await;
     create(&manager, "pager").await;
     let app = saas_app(&manager);
-    let h = [("x-tenant-id", "pager")];
+    let h = Client::tenant(&app, "pager");
     for i in 0..120 {
-        let r = send(
-            &app,
-            Method::POST,
-            "/api/v1/projects",
-            &h,
-            Some(json!({"name": format!("p{i:03}")})),
-        )
-        .await;
+        let r = h
+            .post("/api/v1/projects", json!({"name": format!("p{i:03}")}))
+            .await;
         assert_eq!(r.status, 201);
     }
     let mut seen = Vec::new();
     let mut next = Some("/api/v1/projects".to_owned());
     let mut pages = 0;
     while let Some(uri) = next.take() {
-        let r = send(&app, Method::GET, &uri, &h, None).await;
+        let r = h.get(&uri).await;
         assert_eq!(r.status, 200, "{r:?}");
         let page = r.json.as_array().expect("still a JSON array");
         assert!(page.len() <= 50);
@@ -604,43 +519,28 @@ async fn lists_are_paged_and_values_bounded() {
         "/api/v1/projects?after=zzz",
         "/api/v1/data?after=c",
     ] {
-        let r = send(&app, Method::GET, bad, &h, None).await;
+        let r = h.get(bad).await;
         r.assert_problem(400);
     }
     for i in 0..3 {
-        let r = send(
-            &app,
-            Method::POST,
-            "/api/v1/data",
-            &h,
-            Some(json!({"value": format!("v{i}")})),
-        )
-        .await;
+        let r = h
+            .post("/api/v1/data", json!({"value": format!("v{i}")}))
+            .await;
         assert_eq!(r.status, 201);
     }
-    let r = send(&app, Method::GET, "/api/v1/data?limit=2", &h, None).await;
+    let r = h.get("/api/v1/data?limit=2").await;
     assert_eq!(r.json["data"].as_array().unwrap().len(), 2);
     assert!(r.headers.contains_key("link"));
     // Values: 64 KiB at most (422), bodies beyond axum's 2 MB limit 413.
-    let r = send(
-        &app,
-        Method::POST,
-        "/api/v1/data",
-        &h,
-        Some(json!({"value": "x".repeat(70_000)})),
-    )
-    .await;
+    let r = h
+        .post("/api/v1/data", json!({"value": "x".repeat(70_000)}))
+        .await;
     r.assert_problem(422);
-    let r = send(
-        &app,
-        Method::POST,
-        "/api/v1/data",
-        &h,
-        Some(json!({"value": "x".repeat(3_000_000)})),
-    )
-    .await;
+    let r = h
+        .post("/api/v1/data", json!({"value": "x".repeat(3_000_000)}))
+        .await;
     r.assert_problem(413);
-    let r = send(&app, Method::GET, "/api/v1/data?limit=500", &h, None).await;
+    let r = h.get("/api/v1/data?limit=500").await;
     assert_eq!(
         r.json["data"].as_array().unwrap().len(),
         3,

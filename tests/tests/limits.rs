@@ -51,14 +51,7 @@ async fn a_tenant_over_its_rate_gets_429_and_the_others_do_not_notice() {
         .unwrap();
     assert!(retry >= 1, "{over:?}");
     for _ in 0..10 {
-        let r = send(
-            &app,
-            Method::GET,
-            "/api/v1/projects",
-            &[("x-tenant-id", "globex")],
-            None,
-        )
-        .await;
+        let r = Client::tenant(&app, "globex").get("/api/v1/projects").await;
         assert_eq!(r.status, 200, "globex has no limit: {r:?}");
     }
 

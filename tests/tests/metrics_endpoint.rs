@@ -87,27 +87,20 @@ async fn metrics_count_requests_per_tenant_and_the_pool_per_server() {
             if round >= n {
                 continue;
             }
-            let r = send(
-                &app,
-                Method::POST,
-                "/api/v1/projects",
-                &[("x-tenant-id", tenant)],
-                Some(serde_json::json!({"name": format!("{tenant}-{round}")})),
-            )
-            .await;
+            let r = Client::tenant(&app, tenant)
+                .post(
+                    "/api/v1/projects",
+                    serde_json::json!({"name": format!("{tenant}-{round}")}),
+                )
+                .await;
             assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
         }
     }
     // Two client errors of acme's.
     for _ in 0..2 {
-        let r = send(
-            &app,
-            Method::POST,
-            "/api/v1/projects",
-            &[("x-tenant-id", "acme")],
-            Some(serde_json::json!({"name": ""})),
-        )
-        .await;
+        let r = Client::tenant(&app, "acme")
+            .post("/api/v1/projects", serde_json::json!({"name": ""}))
+            .await;
         assert_eq!(r.status.as_u16() / 100, 4, "{r:?}");
     }
     // A request that finds the budget full: held connections, then a 503.
@@ -120,16 +113,7 @@ async fn metrics_count_requests_per_tenant_and_the_pool_per_server() {
     }
     let waiter = {
         let app = app.clone();
-        tokio::spawn(async move {
-            send(
-                &app,
-                Method::GET,
-                "/api/v1/projects",
-                &[("x-tenant-id", "globex")],
-                None,
-            )
-            .await
-        })
+        tokio::spawn(async move { Client::tenant(&app, "globex").get("/api/v1/projects").await })
     };
     // While it waits, the scrape shows it waiting.
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -46,18 +46,14 @@ async fn statuses_of_the_layer() {
     let app = saas_app(&manager);
 
     assert_eq!(
-        send(
-            &app,
-            Method::GET,
-            "/api/v1/projects",
-            &[("x-tenant-id", "acme")],
-            None
-        )
-        .await
-        .status,
+        Client::tenant(&app, "acme")
+            .get("/api/v1/projects")
+            .await
+            .status,
         200
     );
-    send(&app, Method::GET, "/api/v1/projects", &[], None)
+    Client::anyone(&app)
+        .get("/api/v1/projects")
         .await
         .assert_problem(400);
     send(
@@ -69,34 +65,19 @@ async fn statuses_of_the_layer() {
     )
     .await
     .assert_problem(400);
-    send(
-        &app,
-        Method::GET,
-        "/api/v1/projects",
-        &[("x-tenant-id", "ghost")],
-        None,
-    )
-    .await
-    .assert_problem(404);
-    send(
-        &app,
-        Method::GET,
-        "/api/v1/projects",
-        &[("x-tenant-id", "frozen")],
-        None,
-    )
-    .await
-    .assert_problem(403);
+    Client::tenant(&app, "ghost")
+        .get("/api/v1/projects")
+        .await
+        .assert_problem(404);
+    Client::tenant(&app, "frozen")
+        .get("/api/v1/projects")
+        .await
+        .assert_problem(403);
     // The optional route still refuses a present but bad tenant.
-    send(
-        &app,
-        Method::GET,
-        "/api/v1/current-tenant",
-        &[("x-tenant-id", "frozen")],
-        None,
-    )
-    .await
-    .assert_problem(403);
+    Client::tenant(&app, "frozen")
+        .get("/api/v1/current-tenant")
+        .await
+        .assert_problem(403);
     send(
         &app,
         Method::GET,
@@ -122,7 +103,7 @@ async fn hostile_tenant_ids_get_400_and_run_no_sql() {
     let lookups = manager.registry_lookups();
     for value in HOSTILE {
         for uri in ["/api/v1/projects", "/api/v1/current-tenant", "/api/v1/data"] {
-            let reply = send(&app, Method::GET, uri, &[("x-tenant-id", value)], None).await;
+            let reply = Client::tenant(&app, value).get(uri).await;
             reply.assert_problem(400);
             assert_eq!(
                 reply.json["type"], "https://tenantry.dev/problems/invalid-tenant-id",
@@ -157,15 +138,10 @@ async fn hostile_tenant_ids_get_400_and_run_no_sql() {
     assert_eq!(schemas_before, schemas_after);
     // The legitimate tenant still works.
     assert_eq!(
-        send(
-            &app,
-            Method::GET,
-            "/api/v1/projects",
-            &[("x-tenant-id", "acme")],
-            None
-        )
-        .await
-        .status,
+        Client::tenant(&app, "acme")
+            .get("/api/v1/projects")
+            .await
+            .status,
         200
     );
 }
@@ -228,7 +204,7 @@ async fn header_name_is_configurable_and_context_is_set() {
         .to_bytes();
     assert_eq!(&body[..], b"acme acme acme \"tenant_acme\", pg_temp");
     // The default header means nothing to this layer.
-    let reply = send(&app, Method::GET, "/who", &[("x-tenant-id", "acme")], None).await;
+    let reply = Client::tenant(&app, "acme").get("/who").await;
     reply.assert_problem(400);
     assert!(reply.json["detail"].as_str().unwrap().contains("x-org"));
 }
@@ -241,7 +217,7 @@ async fn extractors_without_the_layer_fail_closed() {
         "leaked"
     }
     let app = Router::new().route("/oops", get(handler));
-    let reply = send(&app, Method::GET, "/oops", &[("x-tenant-id", "acme")], None).await;
+    let reply = Client::tenant(&app, "acme").get("/oops").await;
     reply.assert_problem(500);
 }
 
@@ -279,15 +255,7 @@ async fn admin_routes_without_the_layer_need_no_tenant() {
     // Admin routes carry no TenantLayer: they work without any tenant header.
     let (_db, manager) = manager(PoolConfig::default()).await;
     let app = saas_app(&manager);
-    let (k, v) = admin();
-    let reply = send(
-        &app,
-        Method::GET,
-        "/api/v1/tenants",
-        &[(k, v.as_str())],
-        None,
-    )
-    .await;
+    let reply = Client::admin(&app).get("/api/v1/tenants").await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json, serde_json::json!([]));
 }

@@ -6,7 +6,6 @@ mod common;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use axum::http::Method;
 use common::*;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tenantry::{PoolConfig, TenantMetrics};
@@ -47,26 +46,14 @@ async fn spans_carry_the_tenant_and_metrics_are_bounded() {
     let app = saas::router(state);
     for (tenant, times) in [("acme", 5), ("globex", 4), ("initech", 1)] {
         for _ in 0..times {
-            let r = send(
-                &app,
-                Method::GET,
-                "/api/v1/projects",
-                &[("x-tenant-id", tenant)],
-                None,
-            )
-            .await;
+            let r = Client::tenant(&app, tenant).get("/api/v1/projects").await;
             assert_eq!(r.status, 200);
         }
     }
-    send(
-        &app,
-        Method::GET,
-        "/api/v1/projects/999",
-        &[("x-tenant-id", "acme")],
-        None,
-    )
-    .await
-    .assert_problem(404);
+    Client::tenant(&app, "acme")
+        .get("/api/v1/projects/999")
+        .await
+        .assert_problem(404);
 
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     let request_lines: Vec<&str> = text

@@ -77,15 +77,10 @@ async fn database_down_gives_503_and_recovery_is_automatic() {
     .assert_problem(503);
     // A tenant the registry has to be asked about (an unknown id would be a 404 from
     // the set of known ids, without asking).
-    send(
-        &app,
-        Method::GET,
-        "/api/v1/projects",
-        &[("x-tenant-id", "ghost")],
-        None,
-    )
-    .await
-    .assert_problem(503);
+    Client::tenant(&app, "ghost")
+        .get("/api/v1/projects")
+        .await
+        .assert_problem(503);
     // Admin routes.
     send(
         &app,

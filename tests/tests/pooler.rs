@@ -172,22 +172,10 @@ async fn the_transaction_binding_keeps_tenants_apart_behind_pgbouncer() {
         call.unwrap();
     }
     for (i, (tenant, _)) in tenants.iter().enumerate() {
-        let projects = send(
-            &app,
-            Method::GET,
-            "/api/v1/projects?limit=500",
-            &[("x-tenant-id", tenant)],
-            None,
-        )
-        .await;
-        let data = send(
-            &app,
-            Method::GET,
-            "/api/v1/data",
-            &[("x-tenant-id", tenant)],
-            None,
-        )
-        .await;
+        let projects = Client::tenant(&app, tenant)
+            .get("/api/v1/projects?limit=500")
+            .await;
+        let data = Client::tenant(&app, tenant).get("/api/v1/data").await;
         let mut seen: Vec<String> = projects
             .json
             .as_array()
@@ -210,14 +198,7 @@ async fn the_transaction_binding_keeps_tenants_apart_behind_pgbouncer() {
         expected.sort();
         assert_eq!(seen, expected, "{tenant} reads exactly its own rows");
     }
-    let victim = send(
-        &app,
-        Method::GET,
-        "/api/v1/projects",
-        &[("x-tenant-id", "victim")],
-        None,
-    )
-    .await;
+    let victim = Client::tenant(&app, "victim").get("/api/v1/projects").await;
     assert_eq!(
         victim.json,
         json!([]),

@@ -85,14 +85,7 @@ async fn the_budget_holds_over_more_tenants_and_clients_than_connections() {
     sampler.await.unwrap();
     // Every tenant reads exactly its own four rows.
     for (i, t) in tenants.iter().enumerate() {
-        let r = send(
-            &app,
-            Method::GET,
-            "/api/v1/data",
-            &[("x-tenant-id", t)],
-            None,
-        )
-        .await;
+        let r = Client::tenant(&app, t).get("/api/v1/data").await;
         let mut values: Vec<String> = r.json["data"]
             .as_array()
             .unwrap()
@@ -141,26 +134,12 @@ async fn a_full_budget_is_503_with_retry_after_and_recovers() {
     let mut held = manager.tenant_db(holder).await.unwrap();
     held.conn().await.unwrap();
     let app = saas_app(&manager);
-    let r = send(
-        &app,
-        Method::GET,
-        "/api/v1/projects",
-        &[("x-tenant-id", "waiter")],
-        None,
-    )
-    .await;
+    let r = Client::tenant(&app, "waiter").get("/api/v1/projects").await;
     r.assert_problem(503);
     assert_eq!(r.headers.get("retry-after").unwrap(), "1");
     assert_eq!(manager.pool_stats().timed_out, 1);
     drop(held);
-    let r = send(
-        &app,
-        Method::GET,
-        "/api/v1/projects",
-        &[("x-tenant-id", "waiter")],
-        None,
-    )
-    .await;
+    let r = Client::tenant(&app, "waiter").get("/api/v1/projects").await;
     assert_eq!(r.status, 200, "{r:?}");
 }
 
@@ -191,14 +170,9 @@ async fn a_slow_request_body_holds_no_connection() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     for _ in 0..3 {
-        let r = send(
-            &app,
-            Method::POST,
-            "/api/v1/projects",
-            &[("x-tenant-id", "fast")],
-            Some(json!({"name": "quick"})),
-        )
-        .await;
+        let r = Client::tenant(&app, "fast")
+            .post("/api/v1/projects", json!({"name": "quick"}))
+            .await;
         assert_eq!(r.status, 201, "{r:?}");
     }
     assert_eq!(manager.pool_stats().timed_out, 0);

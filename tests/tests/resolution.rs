@@ -264,15 +264,10 @@ async fn user_tokens_tie_the_tenant_to_the_principal() {
     .await
     .assert_problem(403);
     // No token, or an unknown one: 401.
-    send(
-        &app,
-        Method::GET,
-        "/api/v1/projects",
-        &[("x-tenant-id", "acme")],
-        None,
-    )
-    .await
-    .assert_problem(401);
+    Client::tenant(&app, "acme")
+        .get("/api/v1/projects")
+        .await
+        .assert_problem(401);
     send(
         &app,
         Method::GET,

@@ -100,7 +100,8 @@ async fn admin_routes_need_the_token() {
     )
     .await
     .assert_problem(401);
-    send(&app, Method::GET, "/api/v1/tenants/acme", &[], None)
+    Client::anyone(&app)
+        .get("/api/v1/tenants/acme")
         .await
         .assert_problem(401);
     assert!(manager.list_tenants().await.unwrap().is_empty());
@@ -112,31 +113,21 @@ async fn current_tenant_is_null_without_header() {
     create(&manager, "acme").await;
     let app = saas_app(&manager);
 
-    let none = send(&app, Method::GET, "/api/v1/current-tenant", &[], None).await;
+    let none = Client::anyone(&app).get("/api/v1/current-tenant").await;
     assert_eq!(none.status, 200);
     assert_eq!(none.json, json!({"tenant": null}));
 
-    let some = send(
-        &app,
-        Method::GET,
-        "/api/v1/current-tenant",
-        &[("x-tenant-id", "acme")],
-        None,
-    )
-    .await;
+    let some = Client::tenant(&app, "acme")
+        .get("/api/v1/current-tenant")
+        .await;
     assert_eq!(some.status, 200);
     assert_eq!(some.json["tenant"]["id"], "acme");
     assert_eq!(some.json["tenant"]["name"], "Tenant acme");
 
-    send(
-        &app,
-        Method::GET,
-        "/api/v1/current-tenant",
-        &[("x-tenant-id", "ghost")],
-        None,
-    )
-    .await
-    .assert_problem(404);
+    Client::tenant(&app, "ghost")
+        .get("/api/v1/current-tenant")
+        .await
+        .assert_problem(404);
 }
 
 #[tokio::test]
@@ -235,7 +226,8 @@ async fn projects_belong_to_their_tenant() {
     send(&app, Method::GET, "/api/v1/projects/abc", &acme, None)
         .await
         .assert_problem(400);
-    send(&app, Method::GET, "/api/v1/projects", &[], None)
+    Client::anyone(&app)
+        .get("/api/v1/projects")
         .await
         .assert_problem(400);
 }
@@ -247,24 +239,12 @@ async fn data_endpoint_returns_this_tenants_rows() {
     create(&manager, "globex").await;
     let app = saas_app(&manager);
     for (tenant, value) in [("acme", "a1"), ("globex", "g1"), ("acme", "a2")] {
-        let r = send(
-            &app,
-            Method::POST,
-            "/api/v1/data",
-            &[("x-tenant-id", tenant)],
-            Some(json!({"value": value})),
-        )
-        .await;
+        let r = Client::tenant(&app, tenant)
+            .post("/api/v1/data", json!({"value": value}))
+            .await;
         assert_eq!(r.status, 201);
     }
-    let acme = send(
-        &app,
-        Method::GET,
-        "/api/v1/data",
-        &[("x-tenant-id", "acme")],
-        None,
-    )
-    .await;
+    let acme = Client::tenant(&app, "acme").get("/api/v1/data").await;
     let values: Vec<_> = acme.json["data"]
         .as_array()
         .unwrap()
@@ -272,14 +252,7 @@ async fn data_endpoint_returns_this_tenants_rows() {
         .map(|r| r["value"].clone())
         .collect();
     assert_eq!(values, vec![json!("a1"), json!("a2")]);
-    let globex = send(
-        &app,
-        Method::GET,
-        "/api/v1/data",
-        &[("x-tenant-id", "globex")],
-        None,
-    )
-    .await;
+    let globex = Client::tenant(&app, "globex").get("/api/v1/data").await;
     assert_eq!(globex.json["data"].as_array().unwrap().len(), 1);
     assert_eq!(globex.json["data"][0]["value"], "g1");
 }
@@ -315,26 +288,17 @@ async fn row_tenants_through_the_same_routes() {
 
     let mut ids = Vec::new();
     for tenant in ["rowa", "rowb", "schemac"] {
-        let r = send(
-            &app,
-            Method::POST,
-            "/api/v1/projects",
-            &[("x-tenant-id", tenant)],
-            Some(json!({"name": format!("{tenant} project")})),
-        )
-        .await;
+        let r = Client::tenant(&app, tenant)
+            .post(
+                "/api/v1/projects",
+                json!({"name": format!("{tenant} project")}),
+            )
+            .await;
         assert_eq!(r.status, 201, "{r:?}");
         ids.push(r.json["id"].as_i64().unwrap());
     }
     for (i, tenant) in ["rowa", "rowb", "schemac"].iter().enumerate() {
-        let listed = send(
-            &app,
-            Method::GET,
-            "/api/v1/projects",
-            &[("x-tenant-id", tenant)],
-            None,
-        )
-        .await;
+        let listed = Client::tenant(&app, tenant).get("/api/v1/projects").await;
         assert_eq!(
             listed.json,
             json!([{"id": ids[i], "name": format!("{tenant} project")}])
@@ -342,18 +306,15 @@ async fn row_tenants_through_the_same_routes() {
     }
     // rowb's project id is invisible to rowa (the shared table's ids are global).
     let uri = format!("/api/v1/projects/{}", ids[1]);
-    send(&app, Method::GET, &uri, &[("x-tenant-id", "rowa")], None)
+    Client::tenant(&app, "rowa")
+        .get(&uri)
         .await
         .assert_problem(404);
-    send(&app, Method::DELETE, &uri, &[("x-tenant-id", "rowa")], None)
+    Client::tenant(&app, "rowa")
+        .delete(&uri)
         .await
         .assert_problem(404);
-    assert_eq!(
-        send(&app, Method::GET, &uri, &[("x-tenant-id", "rowb")], None)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(Client::tenant(&app, "rowb").get(&uri).await.status, 200);
 }
 
 #[tokio::test]

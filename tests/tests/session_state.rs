@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Json;
-use axum::http::Method;
 use axum::routing::post;
 use common::*;
 use rand::rngs::StdRng;
@@ -188,14 +187,9 @@ async fn env(strategy: Strategy, binding: Binding) -> Env {
         binding,
     };
     for id in env.tenants.clone() {
-        let r = send(
-            &env.app,
-            Method::POST,
-            "/api/v1/projects",
-            &[("x-tenant-id", id)],
-            Some(json!({ "name": format!("{id}'s own") })),
-        )
-        .await;
+        let r = Client::tenant(&env.app, id)
+            .post("/api/v1/projects", json!({ "name": format!("{id}'s own") }))
+            .await;
         assert_eq!(r.status, 201, "{r:?}");
     }
     env
@@ -207,14 +201,9 @@ impl Env {
     }
 
     async fn call(&self, tenant: &str, path: &str, sql: &[&str], simple: bool) -> Value {
-        let r = send(
-            &self.app,
-            Method::POST,
-            path,
-            &[("x-tenant-id", tenant)],
-            Some(json!({ "sql": sql, "simple": simple })),
-        )
-        .await;
+        let r = Client::tenant(&self.app, tenant)
+            .post(path, json!({ "sql": sql, "simple": simple }))
+            .await;
         assert_eq!(r.status, 200, "{}: {r:?}", self.label());
         r.json
     }
@@ -243,14 +232,7 @@ impl Env {
                 "{}: after {after}, {id} read through its own SQL",
                 self.label()
             );
-            let r = send(
-                &self.app,
-                Method::GET,
-                "/api/v1/projects",
-                &[("x-tenant-id", id)],
-                None,
-            )
-            .await;
+            let r = Client::tenant(&self.app, id).get("/api/v1/projects").await;
             let names: Vec<&str> = r
                 .json
                 .as_array()
@@ -365,14 +347,9 @@ async fn sequence_state_of_another_tenant(env: &Env) {
         .sql(a, "DELETE FROM projects WHERE name = 'counted'")
         .await;
     assert!(r.get("rows").is_some(), "{r}");
-    let created = send(
-        &env.app,
-        Method::POST,
-        "/api/v1/projects",
-        &[("x-tenant-id", a)],
-        Some(json!({ "name": "counted" })),
-    )
-    .await;
+    let created = Client::tenant(&env.app, a)
+        .post("/api/v1/projects", json!({ "name": "counted" }))
+        .await;
     assert_eq!(created.status, 201);
     let r = env.sql(b, "SELECT currval('projects_id_seq')::text").await;
     assert!(
@@ -381,14 +358,9 @@ async fn sequence_state_of_another_tenant(env: &Env) {
         env.label()
     );
     // Nor the same tenant's next request, after an entity insert.
-    let created = send(
-        &env.app,
-        Method::POST,
-        "/api/v1/projects",
-        &[("x-tenant-id", a)],
-        Some(json!({ "name": "counted again" })),
-    )
-    .await;
+    let created = Client::tenant(&env.app, a)
+        .post("/api/v1/projects", json!({ "name": "counted again" }))
+        .await;
     assert_eq!(created.status, 201);
     let r = env.sql(a, "SELECT lastval()::text").await;
     assert!(
@@ -806,14 +778,9 @@ async fn database_tenants_running_their_own_sql_reuse_their_connections() {
             "SELECT current_setting('statement_timeout') || ',' || \
              (to_regclass('pg_temp.leftover') IS NULL)::text"
         };
-        let r = send(
-            &app,
-            Method::POST,
-            "/test/sql",
-            &[("x-tenant-id", id)],
-            Some(json!({ "sql": [sql], "simple": true })),
-        )
-        .await;
+        let r = Client::tenant(&app, id)
+            .post("/test/sql", json!({ "sql": [sql], "simple": true }))
+            .await;
         assert_eq!(r.status, 200, "{i}: {r:?}");
         assert!(r.json.get("rows").is_some(), "{i}: {id}: {}", r.json);
         if (i / 2) % 2 == 1 {
@@ -828,13 +795,7 @@ async fn database_tenants_running_their_own_sql_reuse_their_connections() {
     // does not close the other tenant's connection to open one of its own.
     for i in 0..40 {
         let id = ["dba", "dbb"][(i / 2) % 2];
-        let r = send(
-            &app,
-            Method::POST,
-            "/test/sql",
-            &[("x-tenant-id", id)],
-            Some(json!({ "sql": ["CREATE TEMP TABLE IF NOT EXISTS leftover (x int)"], "simple": true })),
-        )
+        let r = Client::tenant(&app, id).post("/test/sql", json!({ "sql": ["CREATE TEMP TABLE IF NOT EXISTS leftover (x int)"], "simple": true }))
         .await;
         assert_eq!(r.status, 200, "{i}: {r:?}");
         tokio::time::sleep(Duration::from_millis(16 + (i as u64 * 3) % 10)).await;

@@ -218,14 +218,7 @@ async fn the_quickstart_takes_a_name_and_pages_per_tenant() {
     assert!(link.ends_with("&limit=1>; rel=\"next\""), "{link}");
 
     // Another tenant sees none of it.
-    let other = send(
-        &app,
-        Method::GET,
-        "/projects",
-        &[("x-tenant-id", "globex")],
-        None,
-    )
-    .await;
+    let other = Client::tenant(&app, "globex").get("/projects").await;
     assert_eq!(other.status, 200, "{other:?}");
     assert_eq!(other.json, json!([]));
 }

@@ -188,3 +188,66 @@ pub fn pgbouncer_or_skip(test: &str) -> bool {
     eprintln!("\n*** SKIPPED: {message} ***\n");
     false
 }
+
+/// One caller of an app: the admin, a tenant named by header, or anyone; each
+/// request is sent as [`send`] sends it.
+#[allow(dead_code)]
+#[derive(Clone)]
+pub struct Client {
+    app: Router,
+    headers: Vec<(&'static str, String)>,
+}
+
+#[allow(dead_code)]
+impl Client {
+    /// A caller without headers.
+    pub fn anyone(app: &Router) -> Self {
+        Self {
+            app: app.clone(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// The admin (its bearer token).
+    pub fn admin(app: &Router) -> Self {
+        let (name, value) = admin();
+        Self::anyone(app).with(name, &value)
+    }
+
+    /// A caller of tenant `id` (the `x-tenant-id` header).
+    pub fn tenant(app: &Router, id: &str) -> Self {
+        Self::anyone(app).with("x-tenant-id", id)
+    }
+
+    /// The same caller with one more header.
+    pub fn with(mut self, name: &'static str, value: &str) -> Self {
+        self.headers.push((name, value.to_owned()));
+        self
+    }
+
+    async fn request(&self, method: Method, uri: &str, body: Option<serde_json::Value>) -> Reply {
+        let headers: Vec<(&str, &str)> =
+            self.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        send(&self.app, method, uri, &headers, body).await
+    }
+
+    pub async fn get(&self, uri: &str) -> Reply {
+        self.request(Method::GET, uri, None).await
+    }
+
+    pub async fn delete(&self, uri: &str) -> Reply {
+        self.request(Method::DELETE, uri, None).await
+    }
+
+    pub async fn post(&self, uri: &str, body: serde_json::Value) -> Reply {
+        self.request(Method::POST, uri, Some(body)).await
+    }
+
+    pub async fn put(&self, uri: &str, body: serde_json::Value) -> Reply {
+        self.request(Method::PUT, uri, Some(body)).await
+    }
+
+    pub async fn patch(&self, uri: &str, body: serde_json::Value) -> Reply {
+        self.request(Method::PATCH, uri, Some(body)).await
+    }
+}
