@@ -20,7 +20,7 @@ impl Domain {
     /// trailing dot. Not checked: a lookup of a name that cannot be stored finds
     /// nothing.
     pub(crate) fn normalize(raw: &str) -> String {
-        raw.trim().trim_end_matches('.').to_ascii_lowercase()
+        crate::tenant::normalized_domain(raw)
     }
 
     /// Whether `domain`, normalized already, may name a tenant: a lowercase host name

@@ -444,9 +444,15 @@ impl NewTenant {
     /// The domain as requests name it: lowercase, without a trailing dot.
     pub fn normalized(&self) -> Self {
         let mut new = self.clone();
-        new.domain = new.domain.map(|d| crate::domain::Domain::normalize(&d));
+        new.domain = new.domain.map(|d| normalized_domain(&d));
         new
     }
+}
+
+/// A domain as stored and as requests name it: trimmed, lowercase, without a trailing
+/// dot (the one normalization; `domain::Domain` checks what it gives).
+pub(crate) fn normalized_domain(raw: &str) -> String {
+    raw.trim().trim_end_matches('.').to_ascii_lowercase()
 }
 
 impl sqlx::Type<sqlx::Postgres> for TenantId {

@@ -1,5 +1,6 @@
-//! The runtime crate's modules import each other without a cycle: what
-//! docs/ARCHITECTURE.md's module map claims, checked here rather than stated.
+//! The runtime crate's modules import each other without a cycle and only downwards,
+//! floor by floor, as docs/ARCHITECTURE.md's module map says: the map is read from
+//! the document and checked against the code, so neither drifts from the other.
 //!
 //! The graph: one node per file of `runtime/src` (a folder's `mod.rs` is the folder's
 //! node, `strategy/data.rs` is `strategy/data`); an edge for every path
@@ -158,4 +159,92 @@ fn a_cycle_is_found() {
         found.contains(&"column".to_owned()) && found.contains(&"entity".to_owned()),
         "{found:?}"
     );
+}
+
+/// The module map of docs/ARCHITECTURE.md: (floor, node, lines) per row, in order.
+fn module_map() -> Vec<(String, String, usize)> {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/ARCHITECTURE.md"
+    ))
+    .expect("docs/ARCHITECTURE.md");
+    let mut rows = Vec::new();
+    for line in doc.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // | floor | `file.rs` | lines | what |
+        if cells.len() < 5 || !cells[2].starts_with('`') || !cells[2].ends_with(".rs`") {
+            continue;
+        }
+        let Ok(lines) = cells[3].parse::<usize>() else {
+            continue;
+        };
+        let file = cells[2].trim_matches('`').trim_end_matches(".rs");
+        let node = file.strip_suffix("/mod").unwrap_or(file).to_owned();
+        rows.push((cells[1].to_owned(), node, lines));
+    }
+    rows
+}
+
+#[test]
+fn the_module_map_lists_every_file_and_every_import_goes_down() {
+    let map = module_map();
+    let mut floors: Vec<String> = Vec::new();
+    let mut floor_of = BTreeMap::new();
+    for (floor, node, _) in &map {
+        if floors.last() != Some(floor) {
+            assert!(
+                !floors.contains(floor),
+                "floor `{floor}` appears twice in the module map: list its files together"
+            );
+            floors.push(floor.clone());
+        }
+        assert!(
+            floor_of.insert(node.clone(), floors.len() - 1).is_none(),
+            "`{node}` is listed twice"
+        );
+    }
+    assert!(floors.len() >= 5, "the module map was not found: {floors:?}");
+
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../runtime/src"));
+    let mut files = Vec::new();
+    sources(root, root, &mut files);
+    let mut problems = Vec::new();
+    for (node, text) in &files {
+        let Some((_, _, listed)) = map.iter().find(|(_, n, _)| n == node) else {
+            problems.push(format!("`{node}` is not in the module map"));
+            continue;
+        };
+        let lines = text.lines().count();
+        if lines.abs_diff(*listed) > (listed * 15 / 100).max(40) {
+            problems.push(format!("`{node}` has {lines} lines; the map says {listed}"));
+        }
+    }
+    for (_, node, _) in &map {
+        if !files.iter().any(|(n, _)| n == node) {
+            problems.push(format!("the module map lists `{node}`, which is not a file"));
+        }
+    }
+    for (from, targets) in graph() {
+        for to in targets {
+            if let (Some(a), Some(b)) = (floor_of.get(&from), floor_of.get(&to))
+                && b > a
+            {
+                problems.push(format!(
+                    "`{from}` (floor `{}`) imports `{to}` (floor `{}`, above it)",
+                    floors[*a], floors[*b]
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn an_import_upwards_is_found() {
+    let map = module_map();
+    let floor = |node: &str| map.iter().position(|(_, n, _)| n == node).unwrap();
+    // What the check compares: `tenant` is listed below `manager`, so an edge from
+    // `tenant` to `manager` would be reported.
+    assert!(floor("tenant") < floor("manager"));
+    assert!(graph()["manager"].contains("tenant"));
 }
