@@ -380,8 +380,7 @@ async fn export_and_doctor() {
     );
 
     // A database tenant: its own database is dumped.
-    let digits = db.tag();
-    let prefix = format!("c{digits}_");
+    let prefix = db.database_prefix();
     let r = tenantry(
         url,
         &[
@@ -1311,8 +1310,7 @@ async fn import_move_and_servers_with_json_and_clear_errors() {
 async fn create_import_and_move_use_the_migrations_the_application_registered() {
     let db = db().await;
     let url = Some(db.url());
-    let digits = db.tag();
-    let prefix = format!("r{digits}_");
+    let prefix = db.database_prefix();
 
     // No application yet: create says what is missing and which flag to pass.
     let r = tenantry(url, &["tenants", "create", "early", "--name", "Early"]);

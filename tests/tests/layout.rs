@@ -203,7 +203,10 @@ fn the_module_map_lists_every_file_and_every_import_goes_down() {
             "`{node}` is listed twice"
         );
     }
-    assert!(floors.len() >= 5, "the module map was not found: {floors:?}");
+    assert!(
+        floors.len() >= 5,
+        "the module map was not found: {floors:?}"
+    );
 
     let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../runtime/src"));
     let mut files = Vec::new();
@@ -221,7 +224,9 @@ fn the_module_map_lists_every_file_and_every_import_goes_down() {
     }
     for (_, node, _) in &map {
         if !files.iter().any(|(n, _)| n == node) {
-            problems.push(format!("the module map lists `{node}`, which is not a file"));
+            problems.push(format!(
+                "the module map lists `{node}`, which is not a file"
+            ));
         }
     }
     for (from, targets) in graph() {

@@ -21,7 +21,7 @@ impl Api {
         let pool = sqlx::PgPool::connect(db.url()).await.expect("connect");
         // Database tenants' databases get this test's own prefix: tests (and other
         // registries) may share the server.
-        let prefix = format!("t{}_", db.tag());
+        let prefix = db.database_prefix();
         let manager = conduit::manager_for(pool, conduit::pool_config(), &prefix)
             .await
             .expect("the manager");

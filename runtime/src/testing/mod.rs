@@ -152,6 +152,14 @@ impl TestDatabase {
             .take(8)
             .collect()
     }
+
+    /// A prefix for the tenant databases a test makes (`t<tag>_`, for
+    /// [`TenantManagerBuilder::database_prefix`](crate::TenantManagerBuilder::database_prefix)):
+    /// dropping the test database drops every database whose name starts with it, so a
+    /// test on a shared server (`DATABASE_URL`) leaves none of its tenants' databases.
+    pub fn database_prefix(&self) -> String {
+        format!("t{}_", self.tag())
+    }
 }
 
 impl Drop for TestDatabase {
@@ -160,6 +168,7 @@ impl Drop for TestDatabase {
         // from inside a runtime. Failures only leave an unused database behind.
         let admin_url = self.admin_url.clone();
         let name = self.name.clone();
+        let prefix = self.database_prefix();
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -174,6 +183,23 @@ impl Drop for TestDatabase {
                     )))
                     .execute(&mut conn)
                     .await;
+                    // The tenant databases made under this test's prefix (names only
+                    // its own tag produces).
+                    let made: Vec<String> = sqlx::query_scalar(
+                        "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1)",
+                    )
+                    .bind(&prefix)
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                    for db in made {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                            crate::naming::quote_ident(&db)
+                        )))
+                        .execute(&mut conn)
+                        .await;
+                    }
                     let _ = conn.close().await;
                 }
             });

@@ -116,7 +116,7 @@ impl TestTenants {
         let pool = sqlx::PgPool::connect(db.url()).await?;
         // Names of this test's own: tests share a server.
         let digits = db.tag();
-        let prefix = format!("t{digits}_");
+        let prefix = db.database_prefix();
         let role = format!("tenantry_test_{digits}");
         let row_schema = options
             .row_schema

@@ -49,8 +49,7 @@ pub async fn manager(config: PoolConfig) -> (TestDatabase, TenantManager) {
 
 /// A prefix for tenant database names of this test's own: tests share a server.
 pub fn database_prefix(db: &TestDatabase) -> String {
-    let digits = db.tag();
-    format!("t{digits}_")
+    db.database_prefix()
 }
 
 /// The saas example's router over `manager`.
