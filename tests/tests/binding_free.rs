@@ -38,9 +38,7 @@ const TENANTS: [&str; 2] = ["alpha", "bravo"];
 async fn setup(binding_free_reads: bool) -> (TestDatabase, PgPool, TenantManager) {
     let (db, admin) = database().await;
     saas::prepare_database(&admin).await.unwrap();
-    let manager = TenantManager::builder(admin.clone())
-        .migrations(saas::tenant_migrations())
-        .database_prefix(database_prefix(&db))
+    let manager = saas_builder(&db, admin.clone())
         .pool_config(PoolConfig {
             max_connections: Some(1),
             binding_free_reads,

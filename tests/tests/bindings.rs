@@ -249,9 +249,7 @@ async fn deaf_instance(db: &tenantry::testing::TestDatabase) -> TenantManager {
         .connect(db.url())
         .await
         .unwrap();
-    TenantManager::builder(pool)
-        .migrations(saas::tenant_migrations())
-        .database_prefix(database_prefix(db))
+    saas_builder(db, pool)
         .listen_for_changes(false)
         .cache_ttl(Duration::from_millis(100))
         .pool_config(PoolConfig {

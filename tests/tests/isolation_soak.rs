@@ -236,9 +236,7 @@ async fn soak_behind_pgbouncer(budget: u32, server_connections: u32, mix: Mix) {
         server_connections,
     )
     .expect("a PgBouncer (install the `pgbouncer` package)");
-    let manager = TenantManager::builder(pool)
-        .migrations(saas::tenant_migrations())
-        .database_prefix(database_prefix(&db))
+    let manager = saas_builder(&db, pool)
         .tenant_connections(bouncer.options(&db.connect_options()))
         .pool_config(PoolConfig {
             binding: tenantry::Binding::Transaction,

@@ -1289,13 +1289,7 @@ async fn a_non_superuser_registry_login_waits_for_other_logins_writes() {
     let pool = sqlx::PgPool::connect_with(options.username(&owner))
         .await
         .unwrap();
-    let m = TenantManager::builder(pool)
-        .migrations(saas::tenant_migrations())
-        .database_prefix(database_prefix(&db))
-        .pool_config(saas::pool_config())
-        .build()
-        .await
-        .unwrap();
+    let m = saas_builder(&db, pool).build().await.unwrap();
     create_with(&m, "mover", Strategy::Row).await;
     add_projects(&m, "mover", &["m1", "m2"]).await;
     // Out and back: the guards go on the shared tables.

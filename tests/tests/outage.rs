@@ -10,7 +10,7 @@ use common::*;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use tenantry::testing::{FlakyProxy, TestDatabase};
-use tenantry::{PoolConfig, TenantManager};
+use tenantry::PoolConfig;
 
 #[tokio::test]
 async fn database_down_gives_503_and_recovery_is_automatic() {
@@ -30,9 +30,7 @@ async fn database_down_gives_503_and_recovery_is_automatic() {
         .await
         .unwrap();
     saas::prepare_database(&pool).await.unwrap();
-    let manager = TenantManager::builder(pool)
-        .migrations(saas::tenant_migrations())
-        .database_prefix(database_prefix(&db))
+    let manager = saas_builder(&db, pool)
         .pool_config(PoolConfig {
             acquire_timeout: Duration::from_secs(1),
             ..saas::pool_config()

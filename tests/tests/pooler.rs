@@ -24,9 +24,7 @@ async fn pooled_manager(pool_size: u32) -> (TestDatabase, PgBouncer, TenantManag
     let (db, pool) = database().await;
     saas::prepare_database(&pool).await.unwrap();
     let bouncer = bouncer(&db, pool_size);
-    let manager = TenantManager::builder(pool)
-        .migrations(saas::tenant_migrations())
-        .database_prefix(database_prefix(&db))
+    let manager = saas_builder(&db, pool)
         .tenant_connections(bouncer.options(&db.connect_options()))
         .pool_config(PoolConfig {
             binding: Binding::Transaction,

@@ -126,9 +126,7 @@ async fn env(strategy: Strategy, binding: Binding) -> Env {
     let (db, admin) = database().await;
     saas::prepare_database(&admin).await.unwrap();
     let mut bouncer = None;
-    let mut builder = TenantManager::builder(admin.clone())
-        .migrations(saas::tenant_migrations())
-        .database_prefix(database_prefix(&db));
+    let mut builder = saas_builder(&db, admin.clone());
     if binding == Binding::Transaction {
         // One server connection behind the pooler: every transaction of every
         // tenant runs on it.
@@ -751,9 +749,7 @@ async fn session_bind_discards_everything_and_binds_in_one_call() {
 async fn database_tenants_running_their_own_sql_reuse_their_connections() {
     let (db, admin) = database().await;
     saas::prepare_database(&admin).await.unwrap();
-    let manager = TenantManager::builder(admin.clone())
-        .migrations(saas::tenant_migrations())
-        .database_prefix(database_prefix(&db))
+    let manager = saas_builder(&db, admin.clone())
         .pool_config(PoolConfig {
             max_connections: Some(2),
             ..saas::pool_config()

@@ -47,6 +47,16 @@ pub async fn manager(config: PoolConfig) -> (TestDatabase, TenantManager) {
     (db, manager)
 }
 
+/// A manager builder over `pool` set up as the saas example's (its tenant migrations
+/// and pool configuration) with this test's database prefix; a test adds the settings
+/// it is about.
+pub fn saas_builder(db: &TestDatabase, pool: PgPool) -> tenantry::TenantManagerBuilder {
+    TenantManager::builder(pool)
+        .migrations(saas::tenant_migrations())
+        .database_prefix(database_prefix(db))
+        .pool_config(saas::pool_config())
+}
+
 /// A prefix for tenant database names of this test's own: tests share a server.
 pub fn database_prefix(db: &TestDatabase) -> String {
     db.database_prefix()
