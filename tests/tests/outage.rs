@@ -9,8 +9,8 @@ use axum::http::Method;
 use common::*;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
-use tenantry::testing::{FlakyProxy, TestDatabase};
 use tenantry::PoolConfig;
+use tenantry::testing::{FlakyProxy, TestDatabase};
 
 #[tokio::test]
 async fn database_down_gives_503_and_recovery_is_automatic() {

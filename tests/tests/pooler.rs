@@ -164,6 +164,19 @@ async fn the_transaction_binding_keeps_tenants_apart_behind_pgbouncer() {
             )
             .await;
             assert_eq!(r.status, 201, "{tenant} {n}: {r:?}");
+            // Reads in between, while other requests mess with the pooler's server
+            // connections, see only the tenant's rows.
+            let r = Client::tenant(&app, &tenant)
+                .get("/api/v1/projects?limit=500")
+                .await;
+            assert_eq!(r.status, 200, "{tenant} {n}: {r:?}");
+            for p in r.json.as_array().unwrap() {
+                let name = p["name"].as_str().unwrap();
+                assert!(
+                    name.starts_with(&format!("{tenant}:")),
+                    "{tenant} read {name}"
+                );
+            }
         })
     });
     for call in futures::future::join_all(calls).await {
