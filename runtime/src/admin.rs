@@ -1,6 +1,7 @@
 //! Operator operations: what the `tenantry` CLI and admin tools use, each going
-//! through the lifecycle's rules, caches and announcements (no registry, pool or
-//! lifecycle object is handed out).
+//! through the lifecycle's rules, caches and announcements (no registry, tenant pool
+//! or lifecycle object is handed out; [`Admin::registry_pool`] is the operator's own
+//! SQL access to the registry's server, what its URL gives anyway).
 //!
 //! Applications need none of this; they hold a [`TenantManager`].
 //! An operator tool gets an [`Admin`] from [`TenantManager::admin`](crate::TenantManager::admin):
@@ -25,7 +26,7 @@ pub use crate::citus::{Citus, NodeTransfer};
 use crate::lifecycle::Lifecycle;
 pub use crate::mobility::{ImportOptions, MoveReport, MoveTo};
 use crate::repository::TenantRepository;
-pub use crate::strategy::Finding;
+pub use crate::strategy::finding::Finding;
 
 use crate::pool::TenantPools;
 use crate::servers::Servers;
@@ -36,14 +37,15 @@ use crate::migrate::TenantMigrationStatus;
 use crate::tenant::{Tenant, TenantId, TenantStatus};
 
 impl TenantManager {
-    /// Operator access: the registry, the lifecycle rules, exports, `doctor`, the
-    /// connection pools (what the `tenantry` CLI uses).
+    /// Operator operations: exports, imports and moves, named servers, `doctor`,
+    /// migration status (what the `tenantry` CLI uses).
     pub fn admin(&self) -> Admin<'_> {
         Admin { manager: self }
     }
 }
 
-/// Operator access to a manager's registry, lifecycle and pools.
+/// A manager's operator operations, each through the lifecycle's rules, caches and
+/// announcements.
 #[derive(Debug, Clone, Copy)]
 pub struct Admin<'a> {
     manager: &'a TenantManager,
@@ -55,7 +57,9 @@ impl<'a> Admin<'a> {
         self.manager.lifecycle().repository()
     }
 
-    /// The pool the registry lives on (a direct connection to its server).
+    /// The pool the registry lives on (a direct connection to its server), for an
+    /// operator's own SQL: what the registry's URL gives anyway. Changing tenants
+    /// through it bypasses the lifecycle; use the operations instead.
     pub fn registry_pool(&self) -> &'a PgPool {
         self.registry().pool()
     }

@@ -241,20 +241,20 @@ impl Shared {
                 return Ok(None);
             }
         }
-        let budget = tenants
+        let allowance = tenants
             .entry(tenant.id.clone())
             .or_insert_with(|| Allowance::new(tenant.incarnation, limits));
-        if budget.incarnation != tenant.incarnation {
+        if allowance.incarnation != tenant.incarnation {
             // Another tenant under the id: it starts afresh.
-            *budget = Allowance::new(tenant.incarnation, limits);
-        } else if budget.limits != limits {
-            budget.change(limits);
+            *allowance = Allowance::new(tenant.incarnation, limits);
+        } else if allowance.limits != limits {
+            allowance.change(limits);
         }
-        budget.last_seen = now;
-        let permit = match budget.in_flight.clone().try_acquire_owned() {
+        allowance.last_seen = now;
+        let permit = match allowance.in_flight.clone().try_acquire_owned() {
             Ok(permit) => Permit {
                 permit: Some(permit),
-                debt: budget.debt.clone(),
+                debt: allowance.debt.clone(),
             },
             Err(_) => {
                 return Err(Error::TooManyRequests {
@@ -265,19 +265,19 @@ impl Shared {
             }
         };
         if let Some(rate) = limits.rate {
-            let elapsed = now.duration_since(budget.refilled).as_secs_f64();
-            budget.tokens = (budget.tokens + elapsed * rate).min(burst(&limits));
-            budget.refilled = now;
-            if budget.tokens < 1.0 {
+            let elapsed = now.duration_since(allowance.refilled).as_secs_f64();
+            allowance.tokens = (allowance.tokens + elapsed * rate).min(burst(&limits));
+            allowance.refilled = now;
+            if allowance.tokens < 1.0 {
                 // At most an hour: a client is told something it can act on.
-                let wait = ((1.0 - budget.tokens) / rate).ceil().clamp(1.0, 3600.0);
+                let wait = ((1.0 - allowance.tokens) / rate).ceil().clamp(1.0, 3600.0);
                 return Err(Error::TooManyRequests {
                     tenant: tenant.id.clone(),
                     limit: "request rate",
                     retry_after: wait as u64,
                 });
             }
-            budget.tokens -= 1.0;
+            allowance.tokens -= 1.0;
         }
         Ok(Some(permit))
     }

@@ -314,7 +314,7 @@ pub(crate) fn request_tenant(extensions: &http::Extensions) -> Option<Arc<Tenant
         .and_then(|s| s.tenant.clone())
 }
 
-fn scope(parts: &Parts) -> Result<&RequestTenant, Error> {
+fn layer_record(parts: &Parts) -> Result<&RequestTenant, Error> {
     parts.extensions.get::<RequestTenant>().ok_or_else(|| {
         tracing::error!("a tenantry extractor ran on a route without `TenantLayer`");
         Error::NoTenantInScope
@@ -322,7 +322,7 @@ fn scope(parts: &Parts) -> Result<&RequestTenant, Error> {
 }
 
 fn required_tenant(parts: &Parts) -> Result<(Arc<Tenant>, TenantManager), Error> {
-    let scope = scope(parts)?;
+    let scope = layer_record(parts)?;
     match &scope.tenant {
         Some(tenant) => Ok((tenant.clone(), scope.manager.clone())),
         None => Err(Error::MissingTenant {
@@ -346,7 +346,7 @@ impl<S: Send + Sync> FromRequestParts<S> for CurrentTenant {
 impl<S: Send + Sync> OptionalFromRequestParts<S> for CurrentTenant {
     type Rejection = Error;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Error> {
-        Ok(scope(parts)?.tenant.clone().map(CurrentTenant))
+        Ok(layer_record(parts)?.tenant.clone().map(CurrentTenant))
     }
 }
 
@@ -355,7 +355,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for CurrentTenant {
 impl<S: Send + Sync> FromRequestParts<S> for TenantManager {
     type Rejection = Error;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
-        Ok(scope(parts)?.manager.clone())
+        Ok(layer_record(parts)?.manager.clone())
     }
 }
 
@@ -380,7 +380,7 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantTx {
 impl<S: Send + Sync> OptionalFromRequestParts<S> for TenantDb {
     type Rejection = Error;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Error> {
-        let scope = scope(parts)?;
+        let scope = layer_record(parts)?;
         match &scope.tenant {
             Some(tenant) => scope.manager.tenant_db(tenant.clone()).await.map(Some),
             None => Ok(None),
@@ -393,7 +393,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for TenantDb {
 impl<S: Send + Sync> OptionalFromRequestParts<S> for TenantTx {
     type Rejection = Error;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Error> {
-        let scope = scope(parts)?;
+        let scope = layer_record(parts)?;
         match &scope.tenant {
             Some(tenant) => scope.manager.tenant_tx(tenant.clone()).await.map(Some),
             None => Ok(None),

@@ -35,12 +35,12 @@ async fn database_tenants_on_two_servers() {
         .migrations(saas::tenant_migrations())
         .pool_config(saas::pool_config())
         .server("east", east_options.clone())
-        .database_prefix(database_prefix(&db))
+        .database_prefix(db.database_prefix())
         .build()
         .await
         .unwrap();
     let home: PgConnectOptions = db.url().parse().unwrap();
-    let p = database_prefix(&db);
+    let p = db.database_prefix();
     let here_db = format!("{p}here");
 
     let here = manager
@@ -166,7 +166,7 @@ async fn failed_database_provisioning_leaves_nothing() {
         "CREATE TABLE t (id int); SELECT * FROM no_such_table;",
     )
     .unwrap();
-    let p = database_prefix(&db);
+    let p = db.database_prefix();
     let broken = TenantManager::builder(pool.clone())
         .migrations(
             tenantry::TenantMigrations::from_dir(dir.path())

@@ -16,7 +16,7 @@ use tenantry::PoolConfig;
 async fn creating_a_tenant_over_someone_elses_database_is_409_and_touches_nothing() {
     let (db, manager) = manager(PoolConfig::default()).await;
     let app = saas_app(&manager);
-    let name = format!("{}zaud_acme", database_prefix(&db));
+    let name = format!("{}zaud_acme", db.database_prefix());
     let pool = manager.admin().registry_pool();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
         .execute(pool)
@@ -652,7 +652,7 @@ async fn row_tenants_leave_other_applications_rows_alone() {
 #[tokio::test]
 async fn a_second_registry_never_rebuilds_another_registrys_template() {
     let (db_a, a) = manager(PoolConfig::default()).await;
-    let prefix = database_prefix(&db_a);
+    let prefix = db_a.database_prefix();
     create_with(&a, "first", tenantry::Strategy::Database).await;
     let (_db_b, pool_b) = database().await;
     let b = tenantry::TenantManager::builder(pool_b)

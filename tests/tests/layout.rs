@@ -3,9 +3,9 @@
 //! the document and checked against the code, so neither drifts from the other.
 //!
 //! The graph: one node per file of `runtime/src` (a folder's `mod.rs` is the folder's
-//! node, `strategy/data.rs` is `strategy/data`); an edge for every path
-//! `crate::<module>[::<file>]` in a file's code, and for every `super::<sibling>`
-//! inside a folder. A file's `super::Type` (its folder's own items) is not an edge: the
+//! node, `mobility/copy.rs` is `mobility/copy`); an edge for every path
+//! `crate::<module>[::<file>]` in a file's code (a group `crate::{a::X, b}` gives one
+//! per member), and for every `super::<sibling>` inside a folder. A file's `super::Type` (its folder's own items) is not an edge: the
 //! files of a room may use what their room defines.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -71,19 +71,58 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
     let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../runtime/src"));
     let mut files = Vec::new();
     sources(root, root, &mut files);
+    edges_of(&files)
+}
+
+/// The edges among `files` (node name, source).
+fn edges_of(files: &[(String, String)]) -> BTreeMap<String, BTreeSet<String>> {
     let nodes: BTreeSet<String> = files.iter().map(|(n, _)| n.clone()).collect();
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (name, text) in &files {
+    for (name, text) in files {
         let code = code(text);
         let mut targets = Vec::new();
         let mut rest = code.as_str();
+        let target = |path: &str| {
+            let top = ident(path);
+            let below = path[top.len()..].strip_prefix("::").map(ident);
+            match below.map(|b| format!("{top}/{b}")) {
+                Some(file) if nodes.contains(&file) => file,
+                _ => top,
+            }
+        };
         while let Some(i) = rest.find("crate::") {
             rest = &rest[i + "crate::".len()..];
-            let top = ident(rest);
-            let below = rest[top.len()..].strip_prefix("::").map(ident);
-            match below.map(|b| format!("{top}/{b}")) {
-                Some(file) if nodes.contains(&file) => targets.push(file),
-                _ => targets.push(top),
+            match rest.strip_prefix('{') {
+                // `crate::{a::X, b::{Y, Z}}`: each member's first two names.
+                Some(group) => {
+                    let mut depth = 0;
+                    let end = group
+                        .find(|c| {
+                            match c {
+                                '{' => depth += 1,
+                                '}' if depth == 0 => return true,
+                                '}' => depth -= 1,
+                                _ => {}
+                            }
+                            false
+                        })
+                        .unwrap_or(group.len());
+                    let mut depth = 0;
+                    let mut start = 0;
+                    for (k, c) in group[..end].char_indices() {
+                        match c {
+                            '{' => depth += 1,
+                            '}' => depth -= 1,
+                            ',' if depth == 0 => {
+                                targets.push(target(group[start..k].trim()));
+                                start = k + 1;
+                            }
+                            _ => {}
+                        }
+                    }
+                    targets.push(target(group[start..end].trim()));
+                }
+                None => targets.push(target(rest)),
             }
         }
         if let Some((folder, _)) = name.rsplit_once('/') {
@@ -185,6 +224,35 @@ fn module_map() -> Vec<(String, String, usize)> {
     rows
 }
 
+/// The imports in `edges` that go from a floor of `map` to a higher one.
+fn upward(
+    map: &[(String, String, usize)],
+    edges: &BTreeMap<String, BTreeSet<String>>,
+) -> Vec<String> {
+    let mut floors: Vec<&str> = Vec::new();
+    let mut floor_of = BTreeMap::new();
+    for (floor, node, _) in map {
+        if floors.last() != Some(&floor.as_str()) {
+            floors.push(floor);
+        }
+        floor_of.insert(node.as_str(), floors.len() - 1);
+    }
+    let mut found = Vec::new();
+    for (from, targets) in edges {
+        for to in targets {
+            if let (Some(a), Some(b)) = (floor_of.get(from.as_str()), floor_of.get(to.as_str()))
+                && b > a
+            {
+                found.push(format!(
+                    "`{from}` (floor `{}`) imports `{to}` (floor `{}`, above it)",
+                    floors[*a], floors[*b]
+                ));
+            }
+        }
+    }
+    found
+}
+
 #[test]
 fn the_module_map_lists_every_file_and_every_import_goes_down() {
     let map = module_map();
@@ -229,27 +297,40 @@ fn the_module_map_lists_every_file_and_every_import_goes_down() {
             ));
         }
     }
-    for (from, targets) in graph() {
-        for to in targets {
-            if let (Some(a), Some(b)) = (floor_of.get(&from), floor_of.get(&to))
-                && b > a
-            {
-                problems.push(format!(
-                    "`{from}` (floor `{}`) imports `{to}` (floor `{}`, above it)",
-                    floors[*a], floors[*b]
-                ));
-            }
-        }
-    }
+    problems.extend(upward(&map, &graph()));
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 #[test]
 fn an_import_upwards_is_found() {
     let map = module_map();
-    let floor = |node: &str| map.iter().position(|(_, n, _)| n == node).unwrap();
-    // What the check compares: `tenant` is listed below `manager`, so an edge from
-    // `tenant` to `manager` would be reported.
-    assert!(floor("tenant") < floor("manager"));
-    assert!(graph()["manager"].contains("tenant"));
+    let mut edges = graph();
+    assert!(upward(&map, &edges).is_empty());
+    // A planted import of the manager by the tenant model is reported, naming both.
+    edges
+        .entry("tenant".to_owned())
+        .or_default()
+        .insert("manager".to_owned());
+    let found = upward(&map, &edges);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("`tenant` (floor `model`)") && found[0].contains("`manager`"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn grouped_crate_paths_are_edges() {
+    // Imports merged by crate (`use crate::{a::X, b::{Y, Z}}`) name every module: the
+    // check does not go blind if rustfmt groups them.
+    let file = |name: &str, text: &str| (name.to_owned(), text.to_owned());
+    let edges = edges_of(&[
+        file("a", "use crate::{b::X, c::{Y, Z}, d::e::F};\nfn f() { crate::g::h(); }"),
+        file("b", ""),
+        file("c", ""),
+        file("d/e", ""),
+        file("g", ""),
+    ]);
+    let expected: BTreeSet<String> = ["b", "c", "d/e", "g"].map(String::from).into();
+    assert_eq!(edges["a"], expected);
 }

@@ -253,7 +253,7 @@ async fn a_failed_import_leaves_no_tenant_schema_database_or_rows() {
     // A name the CHECK constraint refuses (1 to 200 characters).
     let text = String::from_utf8(export.clone()).unwrap();
     let spoiled = text.replace("\tspoiled\t", "\t\t").into_bytes();
-    let prefix = database_prefix(&db);
+    let prefix = db.database_prefix();
     for strategy in [Strategy::Schema, Strategy::Row, Strategy::Database] {
         let e = admin
             .import(
@@ -335,7 +335,7 @@ async fn moves_between_strategies_keep_ids_rows_and_sequences_and_drop_the_old_p
     add_projects(&m, "mover", &["m1", "m2", "m3"]).await;
     add_projects(&m, "bystander", &["b1"]).await;
     let mut expected = contents(&m, "mover").await;
-    let prefix = database_prefix(&db);
+    let prefix = db.database_prefix();
     let grace = Duration::from_millis(200);
 
     let report = admin
@@ -741,7 +741,7 @@ async fn another_instance_follows_a_move_through_the_notifications() {
     let (db, m) = manager(PoolConfig::default()).await;
     let other = TenantManager::builder(sqlx::PgPool::connect(db.url()).await.unwrap())
         .migrations(saas::tenant_migrations())
-        .database_prefix(database_prefix(&db))
+        .database_prefix(db.database_prefix())
         .pool_config(saas::pool_config())
         .cache_ttl(Duration::from_secs(3600))
         .build()
@@ -800,7 +800,7 @@ async fn a_database_tenant_moves_to_a_server_kept_in_the_registry() {
     assert_eq!(report.tenant.strategy, Strategy::Database);
     assert_eq!(contents(&m, "nomad").await, before);
     let east_pool = sqlx::PgPool::connect(east.url()).await.unwrap();
-    let name = format!("{}nomad", database_prefix(&db));
+    let name = format!("{}nomad", db.database_prefix());
     assert!(database_exists(&east_pool, &name).await);
     assert!(!database_exists(admin.registry_pool(), &name).await);
     // Its address cannot change while the tenant lives there; removing it neither.

@@ -58,7 +58,7 @@ async fn the_budget_holds_over_more_tenants_and_clients_than_connections() {
         create_with(&manager, t, strategies[i % 3]).await;
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let (peak, sampler) = sample_connections(&manager, database_prefix(&db), stop.clone());
+    let (peak, sampler) = sample_connections(&manager, db.database_prefix(), stop.clone());
     let app = saas_app(&manager);
     // 48 clients at once, 4 writes per tenant: every request needs a connection, and
     // most find the budget taken.

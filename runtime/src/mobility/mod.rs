@@ -31,10 +31,7 @@ fn move_name(kind: &str, tenant: &TenantId) -> String {
 }
 
 impl Lifecycle {
-    /// The tenant's data as a tenantry export: a manifest (its record, migration
-    /// versions, tables with row counts and checksums, sequence positions) and one
-    /// `COPY` block per table, read from one snapshot, whatever its strategy or
-    /// server. [`Lifecycle::import`] reads it back, under any strategy and id.
+    /// [`Admin::export`](crate::admin::Admin::export), whose documentation says what it does.
     pub async fn export(&self, id: &TenantId) -> Result<Vec<u8>, Error> {
         let tenant = self.live(id).await?;
         let snapshot = self.strategies.snapshot(&tenant).await?;
@@ -51,9 +48,7 @@ impl Lifecycle {
         snapshot.to_bytes(&header)
     }
 
-    /// The tenant's schema and data as SQL (from `pg_dump`), read through `url`, a
-    /// libpq URL of the registry's server: for people and `psql`, not for
-    /// [`Lifecycle::import`].
+    /// [`Admin::export_sql`](crate::admin::Admin::export_sql), whose documentation says what it does.
     pub async fn export_sql(&self, id: &TenantId, url: &str) -> Result<Vec<u8>, Error> {
         let tenant = self.live(id).await?;
         let header = format!(
@@ -73,21 +68,7 @@ impl Lifecycle {
         Ok(body)
     }
 
-    /// Creates a tenant from an [export](Lifecycle::export), all or nothing: under
-    /// the exported id or `options.id`, with the exported strategy or
-    /// `options.strategy` (a row tenant's export becomes a schema tenant and back),
-    /// on `options.server` (database tenants). The tenant is provisioned as
-    /// [`Lifecycle::create`] does, the data loaded and every table's row count and
-    /// checksum verified before it turns active; any failure leaves no tenant,
-    /// schema, database or rows. Its name comes along; its limits (the file may come
-    /// from anyone) and domains (the exported tenant may still hold them) do not: set
-    /// them after. Into a row tenant, the sequences every row tenant shares move past
-    /// the ids loaded, never to a position the file only states, and by at most 1%
-    /// of what is left of them (422 beyond: no file can use them up).
-    ///
-    /// A schema or database tenant's export must be at the version of this
-    /// migration source (422 otherwise: import with the source it was made with,
-    /// then migrate).
+    /// [`Admin::import`](crate::admin::Admin::import), whose documentation says what it does.
     pub async fn import(&self, export: &[u8], options: ImportOptions) -> Result<Tenant, Error> {
         let snapshot = Snapshot::parse(export)?;
         let exported = &snapshot.manifest.tenant;
@@ -123,10 +104,7 @@ impl Lifecycle {
         Ok(tenant)
     }
 
-    /// Lifts the write fence and change capture a move left behind when its process
-    /// died (the tenant's writes get 503 until then; `tenantry doctor` reports them as
-    /// `move-leftover`). Refused (409) while a move of the tenant runs. Returns
-    /// whether anything was left.
+    /// [`Admin::recover_move`](crate::admin::Admin::recover_move), whose documentation says what it does.
     pub async fn recover_move(&self, id: &TenantId) -> Result<bool, Error> {
         let tenant = self.live(id).await?;
         let found = self.strategies.recover_move(&tenant).await?;
@@ -134,14 +112,7 @@ impl Lifecycle {
         Ok(found)
     }
 
-    /// Moves a tenant to another strategy (`MoveTo::Strategy`) or, a database
-    /// tenant, to another server (`MoveTo::Server`), online: its data is copied
-    /// behind a write fence (writes get a 503 with `Retry-After`, reads go on),
-    /// verified table by table, the registry switched and announced in one
-    /// transaction, and after `grace` (for every instance to hear of it) the old
-    /// place is dropped. Ids, rows and sequences stay. A failure before the switch
-    /// leaves the tenant where it was, serving. Returns what was moved and how long
-    /// writes paused.
+    /// [`Admin::move_tenant`](crate::admin::Admin::move_tenant), whose documentation says what it does.
     pub async fn move_tenant(
         &self,
         id: &TenantId,

@@ -26,7 +26,6 @@ pub(crate) mod schema;
 pub(crate) mod shared;
 mod template;
 
-use serde::Serialize;
 use sqlx::PgConnection;
 
 pub use crate::citus::{distribute_rows, reference_table};
@@ -146,13 +145,20 @@ impl Strategies {
     }
 }
 
-/// Something `tenantry doctor` found wrong.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Finding {
-    /// What kind of problem (`orphan-schema`, `missing-database`, `missing-rls`, ...).
-    pub kind: &'static str,
-    /// The schema, database, table or tenant concerned.
-    pub subject: String,
-    /// What is wrong, and what to do about it.
-    pub detail: String,
+pub(crate) use finding::Finding;
+
+/// `Finding`'s one public path is `tenantry::admin::Finding`.
+pub(crate) mod finding {
+    use serde::Serialize;
+
+    /// Something `tenantry doctor` found wrong.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+    pub struct Finding {
+        /// What kind of problem (`orphan-schema`, `missing-database`, `missing-rls`, ...).
+        pub kind: &'static str,
+        /// The schema, database, table or tenant concerned.
+        pub subject: String,
+        /// What is wrong, and what to do about it.
+        pub detail: String,
+    }
 }

@@ -98,6 +98,7 @@ pub struct TestDatabase {
     url: String,
     admin_url: String,
     name: String,
+    tag: String,
 }
 
 impl TestDatabase {
@@ -119,10 +120,18 @@ impl TestDatabase {
             .await?;
         conn.close().await?;
         let url = crate::pgbin::url_with_database(&admin_url, &name);
+        // 64 random bits (a randomly keyed hash of the unique name), in base 36.
+        let mut bits = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), &name);
+        let mut tag = String::new();
+        for _ in 0..12 {
+            tag.push(char::from_digit((bits % 36) as u32, 36).expect("a base-36 digit"));
+            bits /= 36;
+        }
         Ok(Self {
             url,
             admin_url,
             name,
+            tag,
         })
     }
 
@@ -141,16 +150,12 @@ impl TestDatabase {
         &self.name
     }
 
-    /// Up to 8 digits of the database's name (its unique part, last digits first): a
-    /// tag for the names a test makes outside its database (roles, database prefixes),
-    /// since tests share a server.
+    /// A random tag of this test database (12 lowercase letters and digits, 62 bits):
+    /// for the names a test makes outside its database (roles, database prefixes),
+    /// since tests share a server. Two test databases alive at once, in any process,
+    /// practically never share one.
     pub fn tag(&self) -> String {
-        self.name
-            .chars()
-            .rev()
-            .filter(char::is_ascii_digit)
-            .take(8)
-            .collect()
+        self.tag.clone()
     }
 
     /// A prefix for the tenant databases a test makes (`t<tag>_`, for
@@ -183,8 +188,8 @@ impl Drop for TestDatabase {
                     )))
                     .execute(&mut conn)
                     .await;
-                    // The tenant databases made under this test's prefix (names only
-                    // its own tag produces).
+                    // The tenant databases made under this test's prefix: its tag is
+                    // random (see `tag`), so no other test's databases share it.
                     let made: Vec<String> = sqlx::query_scalar(
                         "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1)",
                     )

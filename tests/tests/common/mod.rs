@@ -37,9 +37,7 @@ pub async fn manager(config: PoolConfig) -> (TestDatabase, TenantManager) {
         row_role: config.row_role.or(saas::pool_config().row_role),
         ..config
     };
-    let manager = TenantManager::builder(pool)
-        .migrations(saas::tenant_migrations())
-        .database_prefix(database_prefix(&db))
+    let manager = saas_builder(&db, pool)
         .pool_config(config)
         .build()
         .await
@@ -53,14 +51,10 @@ pub async fn manager(config: PoolConfig) -> (TestDatabase, TenantManager) {
 pub fn saas_builder(db: &TestDatabase, pool: PgPool) -> tenantry::TenantManagerBuilder {
     TenantManager::builder(pool)
         .migrations(saas::tenant_migrations())
-        .database_prefix(database_prefix(db))
+        .database_prefix(db.database_prefix())
         .pool_config(saas::pool_config())
 }
 
-/// A prefix for tenant database names of this test's own: tests share a server.
-pub fn database_prefix(db: &TestDatabase) -> String {
-    db.database_prefix()
-}
 
 /// The saas example's router over `manager`.
 pub fn saas_app(manager: &TenantManager) -> Router {
@@ -165,7 +159,7 @@ pub fn admin_header() -> (&'static str, &'static str) {
 pub async fn second_instance(db: &TestDatabase) -> TenantManager {
     let pool = PgPool::connect(db.url()).await.expect("connect");
     TenantManager::builder(pool)
-        .database_prefix(database_prefix(db))
+        .database_prefix(db.database_prefix())
         .cache_ttl(std::time::Duration::from_secs(3600))
         .build()
         .await
