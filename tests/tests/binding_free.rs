@@ -146,6 +146,50 @@ async fn plain_tables_are_read_without_a_binding_and_each_tenant_reads_its_own()
     );
 }
 
+/// A handle's first read on a connection bound elsewhere is binding-free; a handle
+/// that reads again binds once, and its reads (and those of a handle that finds the
+/// connection bound to its tenant) use the statements every tenant shares. Each
+/// tenant reads its own rows whichever form a read takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_that_reads_again_binds_once_and_reads_its_own() {
+    let (_db, _admin, manager) = setup(true).await;
+    assert_eq!(view(&manager, "alpha").await, ["alpha's note"]);
+    let rebound = |s: tenantry::PoolStats| s.rebound;
+    let before = manager.pool_stats();
+    let mut db = manager
+        .tenant_db(tenant(&manager, "bravo").await)
+        .await
+        .unwrap();
+    let first = Note::list(&mut db, 10, 0).await.unwrap();
+    assert_eq!(
+        rebound(manager.pool_stats()),
+        rebound(before),
+        "the first read binds nothing"
+    );
+    let second = Note::list(&mut db, 10, 0).await.unwrap();
+    let third = Note::select().count(&mut db).await.unwrap();
+    drop(db);
+    assert_eq!(first, second);
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].body, "bravo's note");
+    assert_eq!(third, 1);
+    assert_eq!(
+        rebound(manager.pool_stats()),
+        rebound(before) + 1,
+        "the second read bound the connection, once: {:?}",
+        manager.pool_stats()
+    );
+    // Bound to bravo now: bravo's next handle reads bound, alpha's binding-free.
+    assert_eq!(notes(&manager, "bravo").await, ["bravo's note"]);
+    assert_eq!(notes(&manager, "alpha").await, ["alpha's note"]);
+    assert_eq!(rebound(manager.pool_stats()), rebound(before) + 1);
+    assert!(
+        path_seen_by(&manager, "bravo")
+            .await
+            .contains("tenant_bravo")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_view_over_a_function_that_uses_the_search_path_is_read_bound() {
     let (_db, _admin, manager) = setup(true).await;

@@ -325,7 +325,10 @@ fn grouped_crate_paths_are_edges() {
     // check does not go blind if rustfmt groups them.
     let file = |name: &str, text: &str| (name.to_owned(), text.to_owned());
     let edges = edges_of(&[
-        file("a", "use crate::{b::X, c::{Y, Z}, d::e::F};\nfn f() { crate::g::h(); }"),
+        file(
+            "a",
+            "use crate::{b::X, c::{Y, Z}, d::e::F};\nfn f() { crate::g::h(); }",
+        ),
         file("b", ""),
         file("c", ""),
         file("d/e", ""),

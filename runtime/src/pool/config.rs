@@ -61,8 +61,12 @@ pub struct PoolConfig {
     /// read: a plain or partitioned table, without row-level security, every column of
     /// a built-in type (checked once per tenant and table, again after the tenant is
     /// invalidated and at least every minute). The connection then keeps the binding it
-    /// had, so `pg_stat_activity` names the tenant it was last bound to. Anything else (a
-    /// write, the request's own SQL, a `TenantTx`) binds first, as before. Default on.
+    /// had, so `pg_stat_activity` names the tenant it was last bound to. That is a
+    /// handle's first read on a connection bound elsewhere; a handle that reads again
+    /// binds once, and a connection bound to the tenant reads with the statements all
+    /// tenants share (a tenant's own statements would crowd the statement cache, and a
+    /// miss costs a round trip). Anything else (a write, the request's own SQL, a
+    /// `TenantTx`) binds first, as before. Default on.
     pub binding_free_reads: bool,
     /// Prepared statements each tenant connection keeps (sqlx's statement cache;
     /// default 500, sqlx's own is 100). Binding-free reads are prepared once per

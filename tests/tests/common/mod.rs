@@ -55,7 +55,6 @@ pub fn saas_builder(db: &TestDatabase, pool: PgPool) -> tenantry::TenantManagerB
         .pool_config(saas::pool_config())
 }
 
-
 /// The saas example's router over `manager`.
 pub fn saas_app(manager: &TenantManager) -> Router {
     saas::router(saas::AppState::new(manager.clone(), ADMIN_TOKEN))
