@@ -75,7 +75,7 @@ for _ in $(seq 1 600); do
     sleep 0.1
 done
 curl -fsS "http://127.0.0.1:$port/health" >/dev/null
-db_url=${DATABASE_URL:-$(sed -n 's/.*database at \(postgres[^ ]*\).*/\1/p' "$work/conduit.log" | head -1)}
+db_url=${DATABASE_URL:-$(sed -n 's/.*database at \(postgres[^ ]*\).*/\1/p;T;q' "$work/conduit.log")}
 
 # Fetch newman once, before the three runs race to.
 npx -y "$NEWMAN" --version >/dev/null
@@ -121,7 +121,8 @@ cli tenants move "$schema_t" --to-strategy row \
     cat "$work/move.log" >&2
     exit 1
 }
-cli tenants show "$schema_t" --json | grep -q '"strategy": *"row"' || {
+shown="$(cli tenants show "$schema_t" --json)" || shown=""
+grep -q '"strategy": *"row"' <<<"$shown" || {
     echo "conduit-api-tests: after the move, $schema_t is not a row tenant" >&2
     exit 1
 }

@@ -17,6 +17,15 @@ use crate::options::{Cli, Command, MigrateCommand};
 use crate::output::Failure;
 
 fn main() -> ExitCode {
+    // Output piped into `head` or `grep -q` ends like any Unix tool's when the reader
+    // goes away (killed by SIGPIPE), not with a panic about a broken pipe: Rust
+    // ignores SIGPIPE, so every `println!` after the reader left would panic.
+    #[cfg(unix)]
+    // SAFETY: at the start of `main`, before any thread exists, the signal's
+    // disposition is set back to the default; nothing else handles SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

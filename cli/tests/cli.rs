@@ -1484,3 +1484,46 @@ async fn error_messages_from_an_import_file_are_safe_to_print() {
     );
     assert!(r.stderr.contains("pro\\u{1b}[2Jjects"), "{}", r.stderr);
 }
+
+/// Output piped into a reader that goes away (`| head -1`, `| grep -q`) ends the CLI
+/// the way it ends any Unix tool, by SIGPIPE, not with a panic about a broken pipe.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_reader_that_goes_away_ends_the_output_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+
+    let db = db().await;
+    let migrations = saas_migrations();
+    let r = tenantry(
+        Some(db.url()),
+        &[
+            "tenants",
+            "create",
+            "piped",
+            "--name",
+            "Piped",
+            "--migrations",
+            &migrations,
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tenantry"))
+        .args(["tenants", "list", "--json"])
+        .env("DATABASE_URL", db.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tenantry");
+    // The reader leaves before the first line is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for tenantry");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {stderr}",
+        out.status
+    );
+}
