@@ -159,10 +159,14 @@ impl PooledConn {
     }
 
     /// Binds the connection to `tenant` if it was taken unbound for binding-free reads:
-    /// before anything but such a read runs on it.
+    /// before anything but such a read runs on it. The connection counts as bound only
+    /// once the binding succeeded: a bind that failed or was cancelled (a handler's
+    /// timeout around a statement) leaves it unbound, so a retry binds again instead
+    /// of running a statement that names no schema on another tenant's session.
     pub(crate) async fn ensure_bound(&mut self, tenant: &Tenant) -> Result<(), Error> {
-        if self.unbound.take().is_some() {
+        if self.unbound.is_some() {
             self.bind(tenant).await?;
+            self.unbound = None;
         }
         Ok(())
     }
