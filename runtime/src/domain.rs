@@ -9,18 +9,12 @@ use crate::error::Error;
 pub(crate) struct Domain(String);
 
 impl Domain {
-    /// `raw` normalized ([`Domain::normalize`]) and checked ([`Domain::check`]).
+    /// `raw` normalized (trimmed, lowercase, without a trailing dot: the one
+    /// normalization, `tenant::normalized_domain`) and checked ([`Domain::check`]).
     pub(crate) fn parse(raw: &str) -> Result<Self, Error> {
-        let domain = Self::normalize(raw);
+        let domain = crate::tenant::normalized_domain(raw);
         Self::check(&domain)?;
         Ok(Self(domain))
-    }
-
-    /// `raw` as stored and as requests name it: trimmed, lowercase, without a
-    /// trailing dot. Not checked: a lookup of a name that cannot be stored finds
-    /// nothing.
-    pub(crate) fn normalize(raw: &str) -> String {
-        crate::tenant::normalized_domain(raw)
     }
 
     /// Whether `domain`, normalized already, may name a tenant: a lowercase host name
@@ -94,6 +88,6 @@ mod tests {
         ] {
             assert!(Domain::parse(bad).is_err(), "{bad} was accepted");
         }
-        assert_eq!(Domain::normalize("A.B."), "a.b");
+        assert_eq!(crate::tenant::normalized_domain("A.B."), "a.b");
     }
 }

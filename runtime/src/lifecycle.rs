@@ -174,7 +174,7 @@ impl Lifecycle {
     /// last one (409 otherwise: make another one primary first); a domain the tenant
     /// does not have is a 404.
     pub async fn remove_domain(&self, id: &TenantId, domain: &str) -> Result<Tenant, Error> {
-        let domain = Domain::normalize(domain);
+        let domain = crate::tenant::normalized_domain(domain);
         let mut tx = self.repository().pool().begin().await?;
         let current = self.locked(&mut tx, id).await?;
         if current.domain.as_deref() == Some(domain.as_str()) {
@@ -203,7 +203,7 @@ impl Lifecycle {
 
     /// Makes `domain`, one of the tenant's domains, its primary one (404 otherwise).
     pub async fn set_primary_domain(&self, id: &TenantId, domain: &str) -> Result<Tenant, Error> {
-        let domain = Domain::normalize(domain);
+        let domain = crate::tenant::normalized_domain(domain);
         let mut tx = self.repository().pool().begin().await?;
         let current = self.locked(&mut tx, id).await?;
         if !current.domains.contains(&domain) {

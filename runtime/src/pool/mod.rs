@@ -565,7 +565,7 @@ impl TenantPools {
             local_discard: None,
             touched: false,
             unbound: None,
-            free_reads: 0,
+            read_unbound: false,
         };
         let conn = match plan {
             Plan::Idle(conn) => *conn,

@@ -56,8 +56,8 @@ pub(crate) struct PooledConn {
     /// tenant's invalidation epoch when taken): the connection keeps the binding it
     /// had until something needs this one ([`PooledConn::ensure_bound`]).
     pub(super) unbound: Option<u64>,
-    /// Binding-free reads served through this handle so far.
-    pub(super) free_reads: u32,
+    /// A binding-free read ran through this handle: its next read binds.
+    pub(super) read_unbound: bool,
 }
 
 impl PooledConn {
@@ -172,7 +172,9 @@ impl PooledConn {
     }
 
     /// The quoted schema a binding-free read of `table` names for `tenant`, or `None`
-    /// when the table must be read bound (then the connection is bound). Asks the
+    /// when the read runs bound: the table must be read bound, the connection is bound
+    /// to the tenant already, or this handle read unbound before (in each case the
+    /// connection is bound when this returns `None`). Asks the
     /// catalog once per tenant and table (see [`super::PoolConfig::binding_free_reads`]).
     pub(crate) async fn read_schema(
         &mut self,
@@ -199,7 +201,7 @@ impl PooledConn {
         // share those statements too. A request's first read, often its only one,
         // stays binding-free. (The Conduit workload over 1,000 communities: 0.37x of a
         // plain server with every read binding-free, 0.50x with this; see BENCHMARKS.)
-        if self.free_reads > 0 {
+        if self.read_unbound {
             self.ensure_bound(tenant).await?;
             return Ok(None);
         }
@@ -241,7 +243,7 @@ impl PooledConn {
         if schema.is_none() {
             self.ensure_bound(tenant).await?;
         } else {
-            self.free_reads += 1;
+            self.read_unbound = true;
         }
         Ok(schema)
     }
