@@ -440,3 +440,51 @@ async fn expired_entries_are_confirmed_by_one_sweep_and_changes_elsewhere_still_
     let b = deaf.find_tenant(&unchanged).await.unwrap().unwrap();
     assert!(std::sync::Arc::ptr_eq(&a, &b), "confirmed, not re-read");
 }
+
+/// A test database takes the databases made under its prefix with it, and only those:
+/// another test database's (alive, with its own random tag) stay.
+#[tokio::test]
+async fn a_test_database_drops_the_databases_under_its_prefix_and_no_others() {
+    let (mine, pool) = database().await;
+    let (other, _other_pool) = database().await;
+    assert_ne!(mine.tag(), other.tag());
+    let made = format!("{}tenant_db", mine.database_prefix());
+    let kept = format!("{}tenant_db", other.database_prefix());
+    for name in [&made, &kept] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let exists = |name: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)",
+            )
+            .bind(name)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert!(exists(made.clone()).await && exists(kept.clone()).await);
+    let probe = sqlx::PgPool::connect(other.url()).await.unwrap();
+    pool.close().await;
+    drop(mine);
+    let gone: bool =
+        sqlx::query_scalar("SELECT NOT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
+            .bind(&made)
+            .fetch_one(&probe)
+            .await
+            .unwrap();
+    let still: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
+            .bind(&kept)
+            .fetch_one(&probe)
+            .await
+            .unwrap();
+    assert!(gone, "{made} outlived its test database");
+    assert!(still, "{kept} belongs to another test database");
+    probe.close().await;
+}
